@@ -1,0 +1,34 @@
+"""`attnlab <verb>`: the command line. User errors print one line and exit with code 2."""
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+VERB_MODULES = ["lm", "demo"]  # modules in attnlab.commands, each with register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attnlab", description="Transformers from shared layers: "
+                                     "train, generate, evaluate, convert, compress and serve.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for name in VERB_MODULES:
+        importlib.import_module(f"attnlab.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as err:
+        print(f"attnlab {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""What the verbs share: run configs from YAML/JSON with key=value overrides, and
+checkpoint paths that may name a run directory."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..checkpoint import CONFIG_FILE
+from ..errors import UserError
+
+
+def load_run_config(path=None, overrides=()) -> dict:
+    """YAML or JSON file (or nothing) + overrides like `train.lr=3e-4` -> nested dict."""
+    run = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist")
+        try:
+            run = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {path} is not valid YAML/JSON: {err}") from None
+        if not isinstance(run, dict):
+            raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, ...)")
+    for item in overrides:
+        apply_override(run, item)
+    return run
+
+
+def apply_override(run: dict, item: str):
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    *parents, leaf = key.split(".")
+    node = run
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {item!r}: {part} is not a section")
+    node[leaf] = value
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint directory, or a run directory (its best/, else last/)."""
+    path = Path(path)
+    if (path / CONFIG_FILE).exists():
+        return path
+    for name in ("best", "last"):
+        if (path / name / CONFIG_FILE).exists():
+            return path / name
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    raise UserError(f"{path} is neither a checkpoint (no {CONFIG_FILE}) nor a run directory with best/ or last/")
+
+
+def print_json(data):
+    print(json.dumps(data, indent=2))

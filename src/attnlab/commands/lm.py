@@ -1,0 +1,103 @@
+"""train, generate, eval: the life of a model on the command line."""
+
+import json
+import sys
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint
+from ..data.corpus import read_text
+from ..errors import UserError
+from ..evaluation import perplexity
+from ..inference import Sampling, stream_text
+from ..training import TrainConfig, Trainer
+from ..training.tasks import setup_task
+from .common import load_run_config, print_json, resolve_checkpoint
+
+RUN_FILE = "run.json"
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a model from a run config (YAML/JSON) with key=value overrides")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=3e-4 model.n_layer=2")
+    p.add_argument("--config", help="YAML or JSON run config (sections: task, model, tokenizer, data, train)")
+    p.add_argument("--data", help="text file or folder (sets data.path)")
+    p.add_argument("--preset", help="model preset (sets model.preset)")
+    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(run=train)
+
+    p = sub.add_parser("generate", help="generate text from a causal LM checkpoint")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch (default: read stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
+    p.add_argument("--json", action="store_true", help="print one JSON line per prompt instead of streaming")
+    p.set_defaults(run=generate)
+
+    p = sub.add_parser("eval", help="perplexity and bits per token/character of a causal LM on a text file")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="text file or folder")
+    p.add_argument("--stride", type=int, help="window step in tokens (default: half the context)")
+    p.set_defaults(run=evaluate)
+
+
+def train(args):
+    run_dir = Path(args.out)
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.preset:
+        overrides.append(f"model.preset={args.preset}")
+    if args.resume:
+        if not (run_dir / RUN_FILE).exists():
+            raise UserError(f"{run_dir} has no run to resume ({RUN_FILE} is missing)")
+        run = load_run_config(run_dir / RUN_FILE, overrides)
+    else:
+        if (run_dir / "last").exists():
+            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        run = load_run_config(args.config, overrides)
+    train_config = TrainConfig.from_dict(run.get("train", {}))
+    model, tokenizer, batches = setup_task(run, run_dir, args.resume)
+    trainer = Trainer(model, train_config, batches, run_dir, tokenizer)
+    if args.resume:
+        trainer.resume(run_dir / "last")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+    print(f"{model.config.family} model, {model.num_parameters():,} parameters, training on {trainer.device}; "
+          f"run directory {run_dir}", file=sys.stderr)
+    try:
+        last = trainer.train()
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted at step {trainer.step}; the last checkpoint in {run_dir / 'last'} is intact, "
+                        "continue with --resume") from None
+    print_json({"run_dir": str(run_dir), "best_val_loss": trainer.best_val, **last})
+
+
+def generate(args):
+    model, tokenizer = load_checkpoint(resolve_checkpoint(args.checkpoint), families=("gpt",))
+    prompts = args.prompt or [sys.stdin.read()]
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+    pieces = stream_text(model, tokenizer, prompts, sampling, stop=args.stop)
+    if args.json or len(prompts) > 1:
+        completions = [""] * len(prompts)
+        for step in pieces:
+            completions = [c + p for c, p in zip(completions, step)]
+        for prompt, completion in zip(prompts, completions):
+            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
+        return
+    sys.stdout.write(prompts[0])
+    for step in pieces:
+        sys.stdout.write(step[0])
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def evaluate(args):
+    model, tokenizer = load_checkpoint(resolve_checkpoint(args.checkpoint), families=("gpt",))
+    print_json(perplexity(model, tokenizer, read_text(args.data), stride=args.stride))

@@ -1,0 +1,87 @@
+"""Config base classes: validated dataclasses that round-trip through JSON.
+
+Each model family defines its config beside its model (models/<family>.py) by subclassing
+`ModelConfig`, which is saved as config.json next to the weights; the trainer's settings
+subclass `Config`. `validate()` raises one `UserError` that names the field and the fix.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import ClassVar
+
+from .errors import UserError
+
+
+@dataclasses.dataclass
+class Config:
+    section: ClassVar[str] = "config"  # names this config in error messages
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Subclasses check their fields here with the helpers below."""
+
+    # -- validation helpers -------------------------------------------------------------
+    def invalid(self, message) -> UserError:
+        return UserError(f"{self.section} config: {message}")
+
+    def require_positive(self, *names):
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise self.invalid(f"{name} must be a positive integer, got {value!r}")
+
+    def require_choice(self, name, choices):
+        value = getattr(self, name)
+        if value not in choices:
+            raise self.invalid(f"{name}={value!r} is not one of {', '.join(map(str, choices))}")
+
+    def require_fraction(self, *names):
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise self.invalid(f"{name} must be in [0, 1), got {value!r}")
+
+    def require_divisible(self, name, by_name):
+        value, by = getattr(self, name), getattr(self, by_name)
+        if value % by:
+            raise self.invalid(f"{name} ({value}) must be divisible by {by_name} ({by})")
+
+    # -- (de)serialisation --------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"{cls.section} config: unknown field(s) {', '.join(unknown)}; "
+                            f"known fields are {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def save(self, path: Path):
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+@dataclasses.dataclass
+class ModelConfig(Config):
+    """A model family's config; config.json records the family so the right model is built."""
+
+    family: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.section = cls.family
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        return super().from_dict({k: v for k, v in values.items() if k != "family"})

@@ -1,0 +1,90 @@
+"""Text corpora: a file or a folder of files -> token ids -> memmap on disk -> random blocks."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of a file, or of every file under a folder (sorted, joined by newlines)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"data folder {path} has no files")
+    parts = []
+    for file in files:
+        raw = file.read_bytes()
+        try:
+            parts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{file} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
+    text = "\n".join(parts)
+    if not text.strip():
+        raise UserError(f"data path {path} holds no text")
+    return text
+
+
+def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 16) -> np.ndarray:
+    """Token ids of `text`, encoded in line-aligned chunks (batched for subword tokenizers)."""
+    chunks, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + chunk_chars)
+        end = len(text) if end == -1 else end + 1
+        chunks.append(text[start:end])
+        start = end
+    if hasattr(tokenizer, "encode_batch"):
+        encoded = tokenizer.encode_batch(chunks)
+    else:
+        encoded = [tokenizer.encode(chunk) for chunk in chunks]
+    return np.fromiter((i for ids in encoded for i in ids), dtype=np.int64)
+
+
+def token_dtype(vocab_size: int):
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def write_memmap(ids: np.ndarray, path, vocab_size: int) -> np.memmap:
+    """Store ids on disk in the smallest dtype that holds the vocabulary; return the memmap."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab_size)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(len(ids),))
+    out[:] = ids
+    out.flush()
+    del out
+    tmp.replace(path)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def open_memmap(path, vocab_size: int) -> np.memmap:
+    return np.memmap(path, dtype=token_dtype(vocab_size), mode="r")
+
+
+def split_ids(ids: np.ndarray, val_fraction: float):
+    """First (1 - val_fraction) for training, the rest for validation."""
+    cut = int(len(ids) * (1 - val_fraction))
+    return ids[:cut], ids[cut:]
+
+
+class LMBlocks:
+    """Random contiguous blocks for causal LM training: targets are inputs shifted by one."""
+
+    def __init__(self, splits: dict, block_size: int, batch_size: int):
+        for name, ids in splits.items():
+            if len(ids) <= block_size + 1:
+                raise UserError(f"the {name} split has {len(ids)} tokens, too few for blocks of {block_size}; "
+                                "use more text, a smaller block_size or a different val_fraction")
+        self.splits, self.block_size, self.batch_size = splits, block_size, batch_size
+
+    def sample(self, split: str, generator: torch.Generator) -> dict:
+        data = self.splits[split]
+        starts = torch.randint(len(data) - self.block_size - 1, (self.batch_size,), generator=generator).tolist()
+        rows = np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
+        rows = torch.from_numpy(rows)
+        return {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}

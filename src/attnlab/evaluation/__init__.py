@@ -1,0 +1,5 @@
+"""Evaluation: perplexity and bits per token / character."""
+
+from .perplexity import perplexity
+
+__all__ = ["perplexity"]

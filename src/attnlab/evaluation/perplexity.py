@@ -1,0 +1,53 @@
+"""Perplexity and bits per token / character of a causal LM on a text."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..data.corpus import encode_text
+from ..errors import UserError
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8) -> dict:
+    """Score every token after the first with up to block_size tokens of context.
+
+    Windows of block_size advance by `stride` (default: half a block); each token is scored
+    once, in the first window that holds it with the most context.
+    """
+    block = model.config.block_size
+    stride = stride or max(1, block // 2)
+    ids = torch.from_numpy(encode_text(tokenizer, text))
+    if len(ids) < 2:
+        raise UserError("the text is too short to evaluate: it needs at least two tokens")
+    device = next(model.parameters()).device
+    windows = []  # (start, first scored position within the window)
+    scored_to = 1
+    start = 0
+    while scored_to < len(ids):
+        start = max(0, min(start, len(ids) - block))
+        end = min(start + block, len(ids))
+        windows.append((start, scored_to - start))
+        scored_to = end
+        start += stride
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i:i + batch_size]
+        length = min(block, len(ids))
+        inputs = torch.stack([ids[s:s + length] for s, _ in chunk]).to(device)
+        logits = model(inputs).logits[:, :-1].float()  # (B, T-1, V) predicts positions 1..T-1
+        nll = F.cross_entropy(logits.transpose(1, 2), inputs[:, 1:], reduction="none")  # (B, T-1)
+        for row, (_, first) in enumerate(chunk):
+            total_nll += nll[row, first - 1:].sum().item()
+            total_tokens += nll.size(1) - (first - 1)
+    mean = total_nll / total_tokens
+    scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
+    return {
+        "tokens": total_tokens,
+        "loss": mean,
+        "perplexity": math.exp(mean),
+        "bits_per_token": mean / math.log(2),
+        "bits_per_char": total_nll / math.log(2) / max(1, scored_chars),
+    }

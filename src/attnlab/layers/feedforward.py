@@ -1,0 +1,42 @@
+"""Position-wise feed-forward: plain (ReLU, GELU) or gated (SwiGLU, GeGLU)."""
+
+import torch.nn.functional as F
+from torch import nn
+
+_ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+}
+# name -> (activation, gated)
+FFN_KINDS = {
+    "relu": ("relu", False),
+    "gelu": ("gelu", False),
+    "gelu_tanh": ("gelu_tanh", False),
+    "swiglu": ("silu", True),
+    "geglu": ("gelu_tanh", True),
+    "reglu": ("relu", True),
+}
+
+
+class FeedForward(nn.Module):
+    """up -> activation (times gate, if gated) -> dropout -> down."""
+
+    def __init__(self, d_model: int, hidden: int, kind: str = "gelu", bias: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if kind not in FFN_KINDS:
+            raise ValueError(f"unknown feed-forward activation {kind!r}; choose one of {tuple(FFN_KINDS)}")
+        activation, gated = FFN_KINDS[kind]
+        self.activation = _ACTIVATIONS[activation]
+        self.up = nn.Linear(d_model, hidden, bias=bias)
+        self.gate = nn.Linear(d_model, hidden, bias=bias) if gated else None
+        self.down = nn.Linear(hidden, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        if self.gate is None:
+            h = self.activation(self.up(x))
+        else:
+            h = self.activation(self.gate(x)) * self.up(x)
+        return self.down(self.dropout(h))

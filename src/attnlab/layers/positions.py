@@ -1,0 +1,62 @@
+"""Positional encodings: sinusoidal (fixed), learned (absolute) and rotary (RoPE)."""
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal_table(n_positions: int, dim: int, interleaved: bool = True) -> torch.Tensor:
+    """(n_positions, dim) table of Vaswani et al.: sin at even and cos at odd channels.
+
+    interleaved=False puts all sines in the first half and all cosines in the second
+    (the layout of Marian / fairseq checkpoints).
+    """
+    position = torch.arange(n_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))
+    angles = position * inv_freq  # (P, dim/2)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    if interleaved:
+        table[:, 0::2], table[:, 1::2] = angles.sin(), angles.cos()
+    else:
+        half = angles.size(1)
+        table[:, :half], table[:, half:2 * half] = angles.sin(), angles.cos()
+    return table.float()
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed encodings, looked up by position id: (B, T) or (T,) -> (..., dim)."""
+
+    def __init__(self, n_positions: int, dim: int, interleaved: bool = True):
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(n_positions, dim, interleaved), persistent=False)
+
+    def forward(self, position_ids):
+        return self.table[position_ids]
+
+
+class LearnedPositions(nn.Embedding):
+    """Absolute positions as a trained embedding table, indexed by position id."""
+
+    def __init__(self, n_positions: int, dim: int):
+        super().__init__(n_positions, dim)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al.) in the rotate-half layout: channel i pairs with channel i + D/2."""
+
+    def __init__(self, head_dim: int, n_positions: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(n_positions, dtype=torch.float32), inv_freq)  # (P, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (P, D)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x, position_ids):
+        """x (B, H, T, D); position_ids (B, T) -> x rotated by each token's position."""
+        cos = self.cos[position_ids].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
+        sin = self.sin[position_ids].unsqueeze(1).to(x.dtype)
+        half = x.size(-1) // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin

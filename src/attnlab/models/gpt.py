@@ -1,0 +1,145 @@
+"""GPT: a decoder-only causal language model (GPT-2 and Llama styles from one config)."""
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..layers import (FFN_KINDS, NORMS, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
+                      TransformerBlock, make_norm, padding_mask)
+from ..layers.attention import BACKENDS
+from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
+
+POSITIONS = ("learned", "sinusoidal", "rotary", "none")
+
+
+@dataclasses.dataclass
+class GPTConfig(ModelConfig):
+    family = "gpt"
+    vocab_size: int = 256
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = None  # None: as many as n_head; fewer gives grouped-query attention
+    d_model: int = 128
+    ffn_hidden: int = None  # None: 4 * d_model, or the parameter-matched 8/3 * d_model when gated
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu"
+    position: str = "learned"
+    rope_base: float = 10000.0
+    tie_weights: bool = True
+    attn_backend: str = "sdpa"
+
+    def validate(self):
+        self.require_positive("vocab_size", "block_size", "n_layer", "n_head", "d_model")
+        self.require_divisible("d_model", "n_head")
+        if self.n_kv_head is not None:
+            self.require_positive("n_kv_head")
+            self.require_divisible("n_head", "n_kv_head")
+        if self.ffn_hidden is not None:
+            self.require_positive("ffn_hidden")
+        self.require_fraction("dropout")
+        self.require_choice("norm", NORMS)
+        self.require_choice("activation", tuple(FFN_KINDS))
+        self.require_choice("position", POSITIONS)
+        self.require_choice("attn_backend", BACKENDS)
+        if self.position == "rotary" and (self.d_model // self.n_head) % 2:
+            raise self.invalid("rotary positions need an even head size (d_model / n_head)")
+
+    @property
+    def ffn_size(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        if FFN_KINDS[self.activation][1]:
+            return 64 * -(-(8 * self.d_model // 3) // 64)  # 8/3 d rounded up to a multiple of 64
+        return 4 * self.d_model
+
+
+@register(GPTConfig)
+class GPT(Model):
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb = {"learned": lambda: LearnedPositions(c.block_size, c.d_model),
+                        "sinusoidal": lambda: SinusoidalPositions(c.block_size, c.d_model)}.get(c.position, lambda: None)()
+        self.rotary = RotaryEmbedding(c.d_model // c.n_head, c.block_size, c.rope_base) if c.position == "rotary" else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c.d_model, c.n_head, c.ffn_size, ffn_kind=c.activation, norm=c.norm, norm_eps=c.norm_eps,
+                             prenorm=True, bias=c.bias, dropout=c.dropout, n_kv_head=c.n_kv_head,
+                             backend=c.attn_backend)
+            for _ in range(c.n_layer))
+        self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        init_gpt_style(self, c.n_layer)
+        if c.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, cache=None,
+                only_last=False):
+        """input_ids (B, T) -> ModelOutput(logits (B, T, V), loss).
+
+        targets (B, T): the next token at each position (-100 is ignored).
+        attention_mask (B, T_past + T): 1 for real tokens, 0 for (left) padding.
+        cache: a KVCache to read past keys and values from and append this step's to.
+        only_last: compute logits for the last position only (generation).
+        """
+        b, t = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if past + t > self.config.block_size:
+            raise ValueError(f"sequence of {past + t} tokens exceeds block_size {self.config.block_size}")
+        if position_ids is None:
+            position_ids = self.position_ids(b, t, past, attention_mask, input_ids.device)
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        x = self.drop(x)
+        mask = padding_mask(attention_mask) if attention_mask is not None else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, causal=True, rotary=self.rotary, position_ids=position_ids, cache=cache, layer_idx=i)
+        x = self.norm_f(x)
+        if only_last:
+            x = x[:, -1:]
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return ModelOutput(logits=logits, loss=loss)
+
+    @staticmethod
+    def position_ids(batch, t, past, attention_mask, device):
+        """(B, T) positions of the new tokens; with left padding each row counts its real tokens."""
+        if attention_mask is None:
+            return torch.arange(past, past + t, device=device).unsqueeze(0).expand(batch, t)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+
+
+def _gpt2(n_layer, n_head, d_model, block_size=1024):
+    return GPTConfig(vocab_size=50257, block_size=block_size, n_layer=n_layer, n_head=n_head, d_model=d_model,
+                     activation="gelu_tanh", norm="layernorm", position="learned", bias=True, tie_weights=True)
+
+
+def _llama(n_layer, n_head, d_model, n_kv_head=None, ffn_hidden=None, block_size=2048, vocab_size=32000):
+    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
+                     d_model=d_model, ffn_hidden=ffn_hidden, activation="swiglu", norm="rmsnorm", norm_eps=1e-6,
+                     position="rotary", bias=False, tie_weights=False)
+
+
+PRESETS.update({
+    "gpt2-nano": _gpt2(4, 4, 128, block_size=256),
+    "gpt2-micro": _gpt2(6, 6, 384, block_size=256),
+    "gpt2-small": _gpt2(12, 12, 768),
+    "gpt2-medium": _gpt2(24, 16, 1024),
+    "gpt2-large": _gpt2(36, 20, 1280),
+    "llama-nano": _llama(4, 4, 128, n_kv_head=2, block_size=256),
+    "llama-micro": _llama(6, 6, 384, n_kv_head=2, block_size=256),
+    "llama-small": _llama(12, 12, 768, n_kv_head=4),
+    "llama-1b": _llama(16, 32, 2048, n_kv_head=8, ffn_hidden=8192),
+    "llama-7b": _llama(32, 32, 4096, ffn_hidden=11008, block_size=4096),
+})

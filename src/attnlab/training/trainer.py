@@ -1,0 +1,195 @@
+"""The trainer: one loop for every family.
+
+It needs a model whose `model(**batch).loss` is the training loss, and a batch source with
+`sample(split, generator) -> dict of tensors` for the splits "train" and "val". A run
+directory holds:
+
+    last/           the latest checkpoint, with trainer.pt for an exact resume
+    best/           the checkpoint with the lowest validation loss so far
+    metrics.jsonl   one JSON object per logged step and per evaluation
+    loss.png        the train and validation loss curves
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoint import load_trainer_state, load_weights, save_checkpoint, WEIGHTS_FILE
+from ..config import Config
+from .optim import SCHEDULES, lr_at, make_optimizer
+from .plot import plot_metrics
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    section = "train"
+    max_steps: int = 1000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 200
+    eval_batches: int = 20
+    log_interval: int = 10
+    precision: str = "fp32"
+    compile: bool = False
+    fused_optimizer: bool = False
+    device: str = "auto"
+    seed: int = 1337
+    progress: bool = True
+
+    def validate(self):
+        self.require_positive("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval")
+        if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise self.invalid("warmup_steps, min_lr, weight_decay and grad_clip must be >= 0 and lr > 0")
+        self.require_choice("schedule", SCHEDULES)
+        self.require_choice("precision", PRECISIONS)
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+class Trainer:
+    def __init__(self, model, config: TrainConfig, batches, run_dir, tokenizer=None, extra_json=None):
+        self.config = config
+        self.device = config.resolved_device()
+        self.model = model.to(self.device)
+        self.batches = batches
+        self.run_dir = Path(run_dir)
+        self.tokenizer = tokenizer
+        self.extra_json = extra_json or {}
+        self.optimizer = make_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2),
+                                        fused=config.fused_optimizer)
+        self.step = 0
+        self.best_val = math.inf
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.forward = torch.compile(model) if config.compile else model
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "best_val": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "data_rng": self.data_generator.get_state(),
+            "train_config": self.config.to_dict(),
+        }
+
+    def resume(self, checkpoint_dir):
+        """Continue exactly where the checkpoint left off: weights, optimiser, schedule, RNG."""
+        state = load_trainer_state(checkpoint_dir)
+        load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best_val = state["step"], state["best_val"]
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.data_generator.set_state(state["data_rng"])
+
+    def save(self, name: str, with_state: bool):
+        save_checkpoint(self.run_dir / name, self.model, self.tokenizer,
+                        trainer_state=self.state() if with_state else None, extra_json=self.extra_json)
+
+    # -- loop -------------------------------------------------------------------------------
+    def autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self):
+        """One optimiser step over grad_accum micro-batches -> (mean loss, tokens seen)."""
+        c = self.config
+        lr = lr_at(self.step, c.schedule, c.lr, c.min_lr, c.warmup_steps, c.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total, tokens = 0.0, 0
+        for _ in range(c.grad_accum):
+            batch = self._to_device(self.batches.sample("train", self.data_generator))
+            with self.autocast():
+                loss = self.forward(**batch).loss / c.grad_accum
+            loss.backward()
+            total += loss.item()
+            tokens += batch["input_ids"].numel()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total, tokens
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the same `eval_batches` validation batches every time."""
+        self.model.eval()
+        generator = torch.Generator().manual_seed(self.config.seed + 1)
+        losses = []
+        for _ in range(self.config.eval_batches):
+            batch = self._to_device(self.batches.sample("val", generator))
+            with self.autocast():
+                losses.append(self.forward(**batch).loss.item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def train(self, stop_at=None) -> dict:
+        """Run to max_steps (or stop_at); returns the last metrics. Ctrl-C stops cleanly with
+        the last checkpoint intact."""
+        c = self.config
+        end = min(c.max_steps, stop_at or c.max_steps)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        bar = tqdm(total=end, initial=self.step, disable=not c.progress, dynamic_ncols=True, unit="step")
+        window_tokens, window_start, last = 0, time.perf_counter(), {}
+        try:
+            while self.step < end:
+                loss, tokens = self.train_step()
+                window_tokens += tokens
+                if self.step % c.log_interval == 0 or self.step == end:
+                    elapsed = time.perf_counter() - window_start
+                    last = {"step": self.step, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                            "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+                    self._log(metrics_path, last)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                    window_tokens, window_start = 0, time.perf_counter()
+                bar.update(1)
+                if self.step % c.eval_interval == 0 or self.step == end:
+                    val = self.evaluate()
+                    last = {**last, "step": self.step, "val_loss": val}
+                    self._log(metrics_path, {"step": self.step, "val_loss": val})
+                    if val < self.best_val:
+                        self.best_val = val
+                        self.save("best", with_state=False)
+                    self.save("last", with_state=True)
+                    plot_metrics(metrics_path, self.run_dir / "loss.png")
+                    bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})")
+                    window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
+        finally:
+            bar.close()
+        return last
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    @staticmethod
+    def _log(path, record):
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")

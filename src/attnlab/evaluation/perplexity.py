@@ -13,35 +13,34 @@ from ..errors import UserError
 def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8) -> dict:
     """Score every token after the first with up to block_size tokens of context.
 
-    Windows of block_size advance by `stride` (default: half a block); each token is scored
-    once, in the first window that holds it with the most context.
+    Windows of block_size tokens advance by `stride` (default: half a block, at most
+    block_size - 1 so that windows overlap); each token is scored once, in the first window
+    that holds it, which is the one that gives it the most context.
     """
-    block = model.config.block_size
-    stride = stride or max(1, block // 2)
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
-    device = next(model.parameters()).device
-    windows = []  # (start, first scored position within the window)
-    scored_to = 1
-    start = 0
-    while scored_to < len(ids):
-        start = max(0, min(start, len(ids) - block))
-        end = min(start + block, len(ids))
+    length = min(model.config.block_size, len(ids))
+    stride = min(stride or max(1, length // 2), length - 1)
+    windows = []  # (start, index of the first scored token within the window)
+    scored_to, end = 1, length
+    while True:
+        start = end - length
         windows.append((start, scored_to - start))
-        scored_to = end
-        start += stride
+        if end == len(ids):
+            break
+        scored_to, end = end, min(end + stride, len(ids))
+    device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
     model.eval()
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
-        length = min(block, len(ids))
-        inputs = torch.stack([ids[s:s + length] for s, _ in chunk]).to(device)
-        logits = model(inputs).logits[:, :-1].float()  # (B, T-1, V) predicts positions 1..T-1
+        inputs = torch.stack([ids[s:s + length] for s, _ in chunk]).to(device)  # (B, T)
+        logits = model(inputs).logits[:, :-1].float()  # (B, T-1, V): predictions of positions 1..T-1
         nll = F.cross_entropy(logits.transpose(1, 2), inputs[:, 1:], reduction="none")  # (B, T-1)
         for row, (_, first) in enumerate(chunk):
             total_nll += nll[row, first - 1:].sum().item()
-            total_tokens += nll.size(1) - (first - 1)
+            total_tokens += length - first
     mean = total_nll / total_tokens
     scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
     return {

@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab.errors import UserError
+from attnlab.evaluation import perplexity
+from attnlab.models import GPTConfig, build_model
+from attnlab.tokenizers import CharTokenizer
+
+TEXT = "the quick brown fox jumps over the lazy dog. " * 6
+
+
+@pytest.fixture
+def model_and_tokenizer():
+    tokenizer = CharTokenizer.train(TEXT)
+    model = build_model(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=16))
+    return model.eval(), tokenizer
+
+
+def direct_nll(model, ids):
+    """Summed next-token NLL of one window scored from its first token."""
+    logits = model(ids[None]).logits[0, :-1]
+    return F.cross_entropy(logits, ids[1:], reduction="sum").item()
+
+
+def test_a_text_within_one_window_is_scored_exactly(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    text = TEXT[:30]
+    ids = torch.tensor(tok.encode(text))
+    scores = perplexity(model, tok, text)
+    assert scores["tokens"] == 29
+    assert scores["loss"] == pytest.approx(direct_nll(model, ids) / 29, rel=1e-5)
+    assert scores["perplexity"] == pytest.approx(math.exp(scores["loss"]), rel=1e-6)
+    assert scores["bits_per_token"] == pytest.approx(scores["loss"] / math.log(2), rel=1e-6)
+
+
+def test_windows_with_the_largest_stride_overlap_by_one_token(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    text = TEXT[:94]  # windows [0, 32), [31, 63), [62, 94): each scores all but its first token
+    ids = torch.tensor(tok.encode(text))
+    expected = sum(direct_nll(model, ids[s:s + 32]) for s in (0, 31, 62)) / 93
+    for stride in (31, 32, 1000):  # a stride past block_size - 1 would skip tokens; it is clamped
+        scores = perplexity(model, tok, text, stride=stride)
+        assert scores["tokens"] == 93 and scores["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_sliding_windows_cover_each_token_once_with_context(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    for stride in (1, 5, 16, 32):
+        assert perplexity(model, tok, TEXT, stride=stride)["tokens"] == len(TEXT) - 1
+
+
+def test_too_short_text_is_refused(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    with pytest.raises(UserError, match="at least two tokens"):
+        perplexity(model, tok, "t")

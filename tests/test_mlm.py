@@ -105,3 +105,22 @@ def test_mlm_rejects_a_gpt_preset(tmp_path):
     corpus.write_text(TEXT)
     from attnlab.cli import main
     assert main(["train", "task=mlm", f"--data={corpus}", f"--out={tmp_path / 'run'}", "--preset=gpt2-nano"]) == 2
+
+
+def test_a_hugging_face_wordpiece_tokenizer_works_for_mlm():
+    from attnlab.data.mlm import continuation_table, special_ids
+    from attnlab.interop import minilm_path
+    from attnlab.tokenizers import load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(minilm_path())
+    ids = special_ids(tokenizer)
+    assert (ids["cls"], ids["sep"], ids["mask"]) == (101, 102, 103) and 0 in ids["all"]
+    table = continuation_table(tokenizer)
+    assert table[tokenizer.token_to_id("##s")] and not table[tokenizer.token_to_id("house")]
+
+
+def test_whole_word_needs_wordpiece():
+    bpe = SubwordTokenizer.train_bpe(TEXT, vocab_size=300)
+    with pytest.raises(UserError, match="WordPiece"):
+        from attnlab.data.mlm import continuation_table
+        continuation_table(bpe)

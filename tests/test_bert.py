@@ -95,3 +95,16 @@ def test_too_long_input():
     model = tiny()
     with pytest.raises(ValueError, match="exceeds max_length"):
         model(torch.zeros(1, 513, dtype=torch.long))
+
+
+def test_with_head_keeps_the_encoder():
+    base = tiny(pooler=False)
+    ids = torch.randint(1, 50, (2, 6))
+    for head, shape in (("sequence", (2, 3)), ("token", (2, 6, 3)), ("mlm", (2, 6, 50)), ("qa", (2, 6, 2))):
+        model = base.with_head(head, n_labels=3).eval()
+        with torch.no_grad():
+            out = model(ids)
+            assert torch.equal(out.hidden_states, base(ids).hidden_states)
+        assert out.logits.shape == shape and model.config.head == head
+        assert (model.pooler is not None) == (head == "sequence")
+    assert base.config.head == "none"  # the source is left as it was

@@ -176,6 +176,17 @@ class Bert(Model):
             x = block(x, mask=mask)
         return x if x.size(1) == t else F.pad(x, (0, 0, 0, t - x.size(1)))
 
+    def with_head(self, head: str, **fields) -> "Bert":
+        """A new model with this encoder's weights (copied) and a freshly initialised `head`:
+        e.g. all-MiniLM-L6-v2 -> `with_head("sequence", n_labels=2)` for fine-tuning."""
+        needs_pooler = head in ("sequence", "pretraining")
+        config = self.config.replace(head=head, pooler=self.config.pooler or needs_pooler, **fields)
+        model = Bert(config).to(next(self.parameters()).device)
+        encoder = {k: v for k, v in self.state_dict().items() if not k.startswith(("mlm.", "classifier."))}
+        result = model.load_state_dict(encoder, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+        return model
+
     def pool(self, hidden):
         """The [CLS] summary: activation(Linear(hidden[:, 0])) -> (B, C)."""
         return POOLER_ACTIVATIONS[self.config.pooler_activation](self.pooler(hidden[:, 0]))

@@ -7,7 +7,8 @@ Two inputs, identical for both sides:
   full       32 x 128 random tokens, no padding at all (nothing to skip: plain compute).
 Checks that both give the same sentence embeddings, then reports sentences/s (median of
 interleaved rounds), the ratio attnlab / HF, and the peak extra memory of one forward pass
-(peak RSS above the loaded model, measured in a fresh process per side; CUDA: peak allocated).
+(the first forward in a fresh process per side: peak RSS above the loaded model; CUDA: peak
+allocated).
 
     ATTNLAB_DATA=/work/shared/data python benchmarks/bench_encoder.py [--rounds 7] [--device cpu]
 """
@@ -65,7 +66,6 @@ def peak_memory_mb(side: str, case: str, device: str) -> float:
     batch = {k: v.to(device) for k, v in inputs(case, tokenizer).items()}
     run = forwards(ours, hf)[side]
     with torch.inference_mode():
-        run(batch)  # warm-up allocations are part of the steady state
         if device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -73,6 +73,7 @@ def peak_memory_mb(side: str, case: str, device: str) -> float:
             run(batch)
             torch.cuda.synchronize()
             return (torch.cuda.max_memory_allocated() - base) / 2**20
+        # CPU: the first forward of a fresh process (later ones reuse pages the allocator kept)
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
         base = _status_kb("VmRSS")
         run(batch)

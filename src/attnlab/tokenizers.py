@@ -82,6 +82,38 @@ class SubwordTokenizer:
     def decode(self, ids) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
 
+    def token_to_id(self, token: str):
+        return self.backend.token_to_id(token)
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id: the file's own padding setting, else [PAD] or <pad>, else 0."""
+        if self.backend.padding:
+            return self.backend.padding["pad_id"]
+        found = [self.token_to_id(t) for t in ("[PAD]", "<pad>") if self.token_to_id(t) is not None]
+        return found[0] if found else 0
+
+    def batch_encode(self, texts, max_length=None, pairs=None) -> dict:
+        """Texts (or text pairs) with special tokens, truncated to max_length and padded to the
+        longest -> {"input_ids", "attention_mask", "token_type_ids"}: LongTensors (B, T).
+
+        Works on a copy of the backend, so the saved tokenizer keeps its own settings."""
+        import torch
+        from tokenizers import Tokenizer
+
+        batcher = Tokenizer.from_str(self.backend.to_str())
+        batcher.no_truncation()
+        if max_length is not None:
+            batcher.enable_truncation(max_length)
+        batcher.enable_padding(pad_id=self.pad_id, pad_token=self.backend.id_to_token(self.pad_id) or "[PAD]")
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        encodings = batcher.encode_batch(inputs)
+        return {
+            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
+            "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
+        }
+
     def save(self, directory: Path):
         self.backend.save(str(Path(directory) / TOKENIZER_FILE))
 
@@ -117,3 +149,28 @@ def load_tokenizer(directory: Path):
         return SubwordTokenizer(Tokenizer.from_file(str(path)))
     except Exception as err:  # the tokenizers library raises its own exception types
         raise UserError(f"{path} is not a valid tokenizer file: {err}") from None
+
+
+def load_hf_tokenizer(directory: Path) -> SubwordTokenizer:
+    """A Hugging Face tokenizer directory: tokenizer.json, else vocab.txt (WordPiece, lower-cased
+    unless tokenizer_config.json says do_lower_case: false), else vocab.json + merges.txt
+    (byte-level BPE; <s> ... </s> around each text when the vocabulary has them, as RoBERTa)."""
+    from tokenizers import implementations, processors
+
+    directory = Path(directory)
+    if (directory / TOKENIZER_FILE).is_file():
+        return load_tokenizer(directory)
+    if (directory / "vocab.txt").is_file():
+        settings_path = directory / "tokenizer_config.json"
+        settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+        backend = implementations.BertWordPieceTokenizer(str(directory / "vocab.txt"),
+                                                         lowercase=settings.get("do_lower_case", True))
+        return SubwordTokenizer(backend._tokenizer)
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        wrapper = implementations.ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+        backend = wrapper._tokenizer
+        bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
+        if bos is not None and eos is not None:
+            backend.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos))
+        return SubwordTokenizer(backend)
+    raise UserError(f"{directory} has no tokenizer: expected {TOKENIZER_FILE}, vocab.txt, or vocab.json + merges.txt")

@@ -382,11 +382,13 @@ def convert_qat(model: nn.Module):
     return model.eval()
 
 
-def torch_dynamic_quantize(model: nn.Module):
-    """PyTorch's own dynamic int8 quantisation of every nn.Linear, for comparison."""
+def torch_dynamic_quantize(model: nn.Module, targets=ALL_TARGETS):
+    """PyTorch's own dynamic int8 quantisation of the same projections, for comparison."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        qconfig = torch.ao.quantization.default_dynamic_qconfig
+        spec = {name: qconfig for name, *_ in find_linears(model, targets)}
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def linear_weight_bytes(model: nn.Module) -> int:

@@ -26,7 +26,7 @@ def weight_count(model) -> int:
     for module in model.modules():
         if isinstance(module, QuantizedLinear):
             total += module.in_features * module.out_features
-        elif hasattr(module, "_packed_params"):  # a torch.ao quantised linear layer (weight + bias)
+        elif isinstance(module, torch.ao.nn.quantized.Linear):  # PyTorch's own (weight + bias)
             total += module.in_features * module.out_features + module.out_features
     return total
 

@@ -1,4 +1,4 @@
-"""Tokenizers: character level, and byte-level BPE through the `tokenizers` library.
+"""Tokenizers: character level, and byte-level BPE or WordPiece through the `tokenizers` library.
 
 Both save into a checkpoint directory as `tokenizer.json` and load back with
 `load_tokenizer(directory)`: a character tokenizer's file says {"type": "char"}, anything
@@ -69,6 +69,25 @@ class SubwordTokenizer:
         backend.train_from_iterator(_chunks(text), trainer=trainer)
         return cls(backend)
 
+    @classmethod
+    def train_wordpiece(cls, text: str, vocab_size=1024):
+        """A BERT-style uncased WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK]; texts encode as
+        [CLS] text [SEP] (pairs as [CLS] a [SEP] b [SEP] with token types 0 and 1)."""
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+        backend.train_from_iterator(_chunks(text), trainer=trainer)
+        cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        return cls(backend)
+
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
@@ -76,8 +95,8 @@ class SubwordTokenizer:
     def encode(self, text: str) -> list:
         return self.backend.encode(text).ids
 
-    def encode_batch(self, texts) -> list:
-        return [e.ids for e in self.backend.encode_batch(texts)]
+    def encode_batch(self, texts, add_special_tokens=True) -> list:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
@@ -123,7 +142,7 @@ def _chunks(text, size=1 << 16):
         yield text[start:start + size]
 
 
-TOKENIZER_KINDS = ("char", "bpe")
+TOKENIZER_KINDS = ("char", "bpe", "wordpiece")
 
 
 def train_tokenizer(kind: str, text: str, vocab_size=None):
@@ -131,6 +150,8 @@ def train_tokenizer(kind: str, text: str, vocab_size=None):
         return CharTokenizer.train(text)
     if kind == "bpe":
         return SubwordTokenizer.train_bpe(text, vocab_size or 1024)
+    if kind == "wordpiece":
+        return SubwordTokenizer.train_wordpiece(text, vocab_size or 1024)
     raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
 
 

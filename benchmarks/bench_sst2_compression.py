@@ -71,7 +71,7 @@ def main():
     dev_texts, dev_labels = sample(DATA / "dev.tsv", args.eval_examples, seed=0)
     labels = LabelSet.from_labels(train_labels)
     train_idx, val_idx = stratified_split(train_labels, 0.1, seed=0)  # early stopping never sees dev
-    base_config = FinetuneConfig(epochs=args.epochs, batch_size=32, lr=5e-5, max_length=64, eval_every=40,
+    base_config = FinetuneConfig(epochs=args.epochs, batch_size=32, lr=1e-4, max_length=64, eval_every=40,
                                  patience=3)
     make = lambda idx: ClassificationData(tokenizer, [train_texts[i] for i in idx],  # noqa: E731
                                           labels.ids([train_labels[i] for i in idx]), base_config.max_length)

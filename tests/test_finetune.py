@@ -7,7 +7,7 @@ import torch
 
 from attnlab.checkpoint import load_checkpoint, save_checkpoint
 from attnlab.cli import main
-from attnlab.data.classification import LabelSet, read_labelled, stratified_split
+from attnlab.data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
 from attnlab.errors import UserError
 from attnlab.evaluation import classification_metrics
 from attnlab.interop import minilm_path
@@ -144,3 +144,16 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, base, capsys):
     assert main(["compress", str(base), "--train", str(data), "--val", str(data), "--out", str(tmp_path / "x"),
                  "--pipeline", "shrink"]) == 2
     assert "unknown pipeline stage" in capsys.readouterr().err
+
+
+def test_batches_equal_the_tokenizer_padding_and_cover_every_example():
+    tokenizer = load_hf_tokenizer(minilm_path())
+    texts = ["a great film", "hello there my friend , how are you today", "x", "no"]
+    data = ClassificationData(tokenizer, texts, [1, 0, 1, 0], max_length=8)
+    reference = tokenizer.batch_encode(texts, max_length=8)
+    batch = data._batch([0, 1, 2, 3])
+    assert all(torch.equal(batch[k], reference[k]) for k in reference)
+    seen = [i for indices, _ in data.ordered_batches(3) for i in indices]
+    assert sorted(seen) == [0, 1, 2, 3]
+    labels = torch.cat([b["labels"] for b in data.shuffled_batches(3, seed=0)])
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]

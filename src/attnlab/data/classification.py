@@ -113,24 +113,35 @@ def stratified_split(labels, fraction=0.1, seed=0):
 
 
 class ClassificationData:
-    """Tokenised examples; batches of similar length (less padding) for training and scoring."""
+    """Examples tokenised once; batches of similar length (less padding) for training and scoring."""
 
     def __init__(self, tokenizer, texts, label_ids=None, max_length=128):
         if not texts:
             raise UserError("no examples to classify")
-        self.tokenizer, self.max_length = tokenizer, max_length
         self.texts = list(texts)
         self.label_ids = None if label_ids is None else list(label_ids)
-        self.lengths = []  # tokens per text (with specials, after truncation), for length bucketing
+        self.pad_id = tokenizer.pad_id
+        self.examples = []  # (ids, token type ids) per text, with special tokens, truncated
         for start in range(0, len(self.texts), 1024):
-            mask = tokenizer.batch_encode(self.texts[start:start + 1024], max_length=max_length)["attention_mask"]
-            self.lengths += mask.sum(dim=1).tolist()
+            encoded = tokenizer.batch_encode(self.texts[start:start + 1024], max_length=max_length)
+            for ids, types, mask in zip(encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"]):
+                length = int(mask.sum())
+                self.examples.append((ids[:length], types[:length]))
+        self.lengths = [len(ids) for ids, _ in self.examples]
 
     def __len__(self):
         return len(self.texts)
 
     def _batch(self, indices) -> dict:
-        batch = self.tokenizer.batch_encode([self.texts[i] for i in indices], max_length=self.max_length)
+        """Right-padded to the longest example: input_ids, attention_mask, token_type_ids (B, T)."""
+        longest = max(self.lengths[i] for i in indices)
+        input_ids = torch.full((len(indices), longest), self.pad_id, dtype=torch.long)
+        token_types = torch.zeros_like(input_ids)
+        mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(indices):
+            ids, types = self.examples[i]
+            input_ids[row, :len(ids)], token_types[row, :len(ids)], mask[row, :len(ids)] = ids, types, 1
+        batch = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_types}
         if self.label_ids is not None:
             batch["labels"] = torch.tensor([self.label_ids[i] for i in indices], dtype=torch.long)
         return batch

@@ -24,12 +24,13 @@ from attnlab.compression import inject_lora, make_student, prune_structured, qua
 from attnlab.compression.distill import Distiller
 from attnlab.compression.pipeline import run_stage
 from attnlab.compression.quantize import linear_weight_bytes
-from attnlab.compression.report import measure, write_report
+from attnlab.compression.report import interleaved_latency, measure, write_report
 from attnlab.data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
 from attnlab.interop.hf import load_minilm
 from attnlab.training.finetune import FinetuneConfig, evaluate, fit, with_classifier
 
 REPO = Path(__file__).resolve().parents[1]
+LORA_VARIANTS = {"q,v": 8, "q,k,v,o,ffn": 4}  # targets -> rank, each < 2 % of parameters trainable
 DATA = Path(os.environ.get("ATTNLAB_DATA", REPO.parent / "shared" / "data")) / "sst2"
 
 
@@ -54,6 +55,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", default="runs/bench_sst2")
     parser.add_argument("--lora-only", action="store_true", help="train and score only LoRA (run beside the rest)")
+    parser.add_argument("--lora-targets", default="q,v", choices=sorted(LORA_VARIANTS))
+    parser.add_argument("--latency-only", action="store_true",
+                        help="reuse the trained models and accuracies in --out; measure latency again, interleaved")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -90,28 +94,36 @@ def main():
         save_checkpoint(path, model, tokenizer)
         return model
 
+    models = {}
+
     def score(name, model, **extra):
-        accuracy = evaluate(model, dev, labels.names)["accuracy"]
-        record(name, **measure(model, tokenizer, probe, base_config.max_length, accuracy, args.repeats), **extra)
+        models[name] = model
+        if not args.latency_only:
+            accuracy = evaluate(model, dev, labels.names)["accuracy"]
+            record(name, **measure(model, tokenizer, probe, base_config.max_length, accuracy, args.repeats), **extra)
 
-    # LoRA (q, v, rank 8) + classifier and pooler: trained last, or beside the rest with --lora-only
-    def lora():
-        model = inject_lora(with_classifier(copy.deepcopy(encoder), 2), rank=8, alpha=16, targets="q,v",
-                            train_also=("classifier", "pooler"))
-        trainable = model.num_parameters(trainable_only=True)
-        result = fit(model, train, val, labels.names, dataclasses.replace(base_config, lr=1e-3))
-        record("LoRA r=8 (q,v)", train_seconds=result["seconds"], steps=result["steps"], trainable=trainable,
-               trainable_fraction=trainable / model.num_parameters())
-        return model
+    # LoRA + classifier and pooler: trained last, or beside the rest with --lora-only
+    def lora_stage(targets, train_if_missing=True):
+        rank = LORA_VARIANTS[targets]
+        name, path = f"LoRA r={rank} ({targets})", "lora" + ("" if targets == "q,v" else "_" + targets.replace(",", ""))
 
-    def lora_stage():
-        score("LoRA r=8 (q,v)", cached("lora", lora))
+        def lora():
+            model = inject_lora(with_classifier(copy.deepcopy(encoder), 2), rank=rank, alpha=2 * rank,
+                                targets=targets, train_also=("classifier", "pooler"))
+            trainable = model.num_parameters(trainable_only=True)
+            result = fit(model, train, val, labels.names, dataclasses.replace(base_config, lr=1e-3))
+            record(name, train_seconds=result["seconds"], steps=result["steps"], trainable=trainable,
+                   trainable_fraction=trainable / model.num_parameters())
+            return model
+
+        if train_if_missing or (out / path / "config.json").exists():
+            score(name, cached(path, lora))  # unmerged; merged it has the full model's architecture and speed
 
     if args.lora_only:
-        lora_stage()
+        lora_stage(args.lora_targets)
         return
 
-    # 1. full fine-tuning
+    # full fine-tuning (the teacher and the starting model)
     def full():
         model = with_classifier(copy.deepcopy(encoder), 2)
         result = fit(model, train, val, labels.names, base_config)
@@ -121,7 +133,7 @@ def main():
     score("full fine-tune", teacher, block_params=block_parameters(teacher),
           linear_weight_bytes=linear_weight_bytes(teacher))
 
-    # 3. distilled 3-layer student (teacher layers 0, 2, 5)
+    # distilled 3-layer student (teacher layers 0, 2, 5)
     def distilled():
         student = make_student(teacher, 3)
         result = fit(student, train, val, labels.names, dataclasses.replace(base_config, lr=1e-4),
@@ -131,13 +143,13 @@ def main():
     student = cached("student", distilled)
     score("distilled 3-layer", student)
 
-    # 4. INT8: ours (dynamic, per-channel) vs torch.ao dynamic quantisation, same float model
+    # INT8: ours (dynamic, per-channel) vs torch.ao dynamic quantisation, same float model
     ours = quantize_model(copy.deepcopy(teacher), "dynamic_int8")
     score("INT8 dynamic (attnlab)", ours, linear_weight_bytes=linear_weight_bytes(ours))
     score("INT8 weight-only (attnlab)", quantize_model(copy.deepcopy(teacher), "int8"))
     score("INT8 dynamic (torch.ao)", torch_dynamic_quantize(copy.deepcopy(teacher)))
 
-    # 5. structured pruning: 40% of heads and FFN neurons (= 40% of block parameters), short fine-tune
+    # structured pruning: 40% of heads and FFN neurons (= 40% of block parameters), short fine-tune
     def pruned():
         model = copy.deepcopy(teacher)
         model, details = run_stage(model, ("prune", 0.4), train, val, labels.names,
@@ -147,7 +159,7 @@ def main():
     pruned_model = cached("pruned", pruned)
     score("pruned 40%", pruned_model, block_params=block_parameters(pruned_model))
 
-    # 6. combined: distilled student -> prune 40% -> INT8
+    # combined: distilled student -> prune 40% -> INT8
     def student_pruned():
         model = copy.deepcopy(student)
         model, details = run_stage(model, ("prune", 0.4), train, val, labels.names,
@@ -157,7 +169,10 @@ def main():
     score("distill 3L -> prune 40% -> INT8", combined)
     score("distill 3L -> INT8", quantize_model(copy.deepcopy(student), "dynamic_int8"))
 
-    lora_stage()
+    for targets in LORA_VARIANTS:
+        lora_stage(targets, train_if_missing=targets == "q,v")
+    for name, values in interleaved_latency(models, tokenizer, probe, base_config.max_length, args.repeats).items():
+        record(name, **values, latency="interleaved")
     results = json.loads(results_path.read_text())
     rows = {k: {c: v.get(c) for c in ("parameters", "disk_mb", "b1_p50_ms", "b1_p95_ms", "b32_p50_ms", "b32_p95_ms",
                                       "throughput", "accuracy")}

@@ -78,6 +78,38 @@ def measure(model, tokenizer, probe_texts, max_length=128, accuracy=None, repeat
             "b32_p50_ms": p50_32, "b32_p95_ms": p95_32, "throughput": 32_000 / p50_32, "accuracy": accuracy}
 
 
+@torch.inference_mode()
+def interleaved_latency(models: dict, tokenizer, probe_texts, max_length=128, rounds=30, rounds_b32=8) -> dict:
+    """Latency of several models measured in turns (one call each per round), so that load from
+    other processes on a shared machine falls on all of them alike.
+
+    -> {name: {"b1_p50_ms", "b1_p95_ms", "b32_p50_ms", "b32_p95_ms", "throughput"}}."""
+    singles = [tokenizer.batch_encode([t], max_length=max_length) for t in probe_texts[:rounds]]
+    b32 = tokenizer.batch_encode(probe_texts[:32], max_length=max_length)
+    times = {name: {"b1": [], "b32": []} for name in models}
+    for model in models.values():
+        model.eval()
+        model(**singles[0])
+        model(**b32)
+    for r in range(rounds):
+        for name, model in models.items():
+            for key, batch in (("b1", singles[r % len(singles)]), ("b32", b32 if r < rounds_b32 else None)):
+                if batch is None:
+                    continue
+                start = time.perf_counter()
+                model(**batch)
+                times[name][key].append((time.perf_counter() - start) * 1000)
+    return {name: {"b1_p50_ms": _percentile(t["b1"], 50), "b1_p95_ms": _percentile(t["b1"], 95),
+                   "b32_p50_ms": _percentile(t["b32"], 50), "b32_p95_ms": _percentile(t["b32"], 95),
+                   "throughput": 32_000 / _percentile(t["b32"], 50)}
+            for name, t in times.items()}
+
+
+def _percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
 def markdown_table(rows: dict, baseline: str) -> str:
     """rows: {name: measure()}; ratios and deltas are against `baseline`."""
     base = rows[baseline]

@@ -1,5 +1,6 @@
 """finetune, classify, compress: adapt a pretrained encoder to a labelled task and make it small."""
 
+import copy
 import dataclasses
 import json
 import sys
@@ -10,7 +11,7 @@ import torch
 from ..checkpoint import CONFIG_FILE, load_checkpoint, read_json, save_checkpoint
 from ..compression import inject_lora, save_lora
 from ..compression.pipeline import parse_pipeline, run_stage
-from ..compression.report import measure, write_report
+from ..compression.report import disk_bytes, interleaved_latency, weight_count, write_report
 from ..data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
 from ..errors import UserError
 from ..evaluation import format_confusion
@@ -188,23 +189,23 @@ def compress(args):
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     torch.manual_seed(config.seed)
     probe = val.texts[:max(32, args.repeats)]
-
-    def row(current):
-        return measure(current, tokenizer, probe, config.max_length, evaluate(current, val, names)["accuracy"],
-                       args.repeats)
-
-    rows, details, label = {"start": row(model)}, {}, []
+    models, accuracy, details, done = {"start": model}, {"start": evaluate(model, val, names)["accuracy"]}, {}, []
     for stage in stages:
         log(f"stage {stage[0]}:{stage[1]}")
-        model, details[f"{stage[0]}:{stage[1]}"] = run_stage(model, stage, train, val, names, config, log=log)
-        label.append(f"{stage[0]}:{stage[1]}")
-        rows[" -> ".join(label)] = row(model)
+        current = model if stage[0] == "distill" else copy.deepcopy(model)  # pruning and quantising work in place
+        model, details[f"{stage[0]}:{stage[1]}"] = run_stage(current, stage, train, val, names, config, log=log)
+        done.append(f"{stage[0]}:{stage[1]}")
+        models[" -> ".join(done)] = model
+        accuracy[" -> ".join(done)] = evaluate(model, val, names)["accuracy"]
+    latency = interleaved_latency(models, tokenizer, probe, config.max_length, args.repeats, max(2, args.repeats // 4))
+    rows = {name: {"parameters": weight_count(m), "disk_mb": disk_bytes(m) / 1e6, **latency[name],
+                   "accuracy": accuracy[name]} for name, m in models.items()}
     out = Path(args.out)
     save_checkpoint(out / "model", model, tokenizer, extra_json={
         LABELS_FILE: {"labels": names, "max_length": config.max_length}})
     notes = [f"start: {args.checkpoint}; pipeline {args.pipeline}; {len(train)} training, {len(val)} evaluation "
-             "examples", "latency: CPU wall clock of one forward pass, "
-             f"{torch.get_num_threads()} threads; batch 1 over {args.repeats} single texts"]
+             "examples", f"latency: CPU wall clock of one forward pass, {torch.get_num_threads()} thread(s), all "
+             f"models measured in turns; batch 1 over {args.repeats} single texts, batch 32 over the first 32"]
     report = write_report(rows, "start", out, title=f"Compression report: {args.pipeline}", notes=notes)
     (out / "stages.json").write_text(json.dumps(details, indent=2, default=str))
     print(report.read_text())

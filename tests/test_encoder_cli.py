@@ -2,7 +2,6 @@
 
 import io
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -127,11 +126,11 @@ def test_convert_import_then_export(tmp_path, capsys):
     assert code == 2 and "not empty" in err
 
 
-def test_convert_minilm_checkpoint_embeds_the_same(tmp_path, capsys, minilm_encoder):
+def test_convert_minilm_checkpoint_embeds_the_same(tmp_path, capsys, monkeypatch, minilm_encoder):
     code, _, _ = run(capsys, "convert", "import", "minilm", tmp_path / "minilm")
     assert code == 0
-    result = subprocess.run([sys.executable, "-m", "attnlab.cli", "embed", "--model", str(tmp_path / "minilm")],
-                            input="a sentence to embed\n", capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    vector = np.array(json.loads(result.stdout)["embedding"])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a sentence to embed\n"))
+    code, out, _ = run(capsys, "embed", "--model", tmp_path / "minilm")
+    assert code == 0
+    vector = np.array(json.loads(out)["embedding"])
     assert np.abs(vector - minilm_encoder.encode(["a sentence to embed"])[0].numpy()).max() < 1e-6

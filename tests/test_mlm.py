@@ -1,8 +1,6 @@
 """Masked LM: masking statistics, special tokens, whole words, NSP pairs, and training from the CLI."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -85,15 +83,16 @@ def test_bad_mask_prob(tokenizer):
 
 
 def test_train_mlm_with_nsp_from_the_cli(tmp_path):
+    from attnlab.cli import main
+
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT + "\n")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "attnlab.cli", "train", "task=mlm", "model.n_layer=1", "tokenizer.vocab_size=120",
-           "data.seq_len=24", "data.nsp=true", "data.whole_word=true", "train.max_steps=15", "train.eval_interval=15",
-           "train.eval_batches=1", "train.log_interval=1", "train.batch_size=8", "train.lr=0.003", "train.warmup_steps=5",
-           "train.progress=false", "train.device=cpu", f"--data={corpus}", f"--out={out}", "--preset=bert-tiny"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    argv = ["train", "task=mlm", "model.n_layer=1", "tokenizer.vocab_size=120", "data.seq_len=24", "data.nsp=true",
+            "data.whole_word=true", "train.max_steps=15", "train.eval_interval=15", "train.eval_batches=1",
+            "train.log_interval=1", "train.batch_size=8", "train.lr=0.003", "train.warmup_steps=5",
+            "train.progress=false", "train.device=cpu", f"--data={corpus}", f"--out={out}", "--preset=bert-tiny"]
+    assert main(argv) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [m["train_loss"] for m in metrics if "train_loss" in m]
     assert losses[-1] < losses[0] - 0.5  # from about ln(120) + ln(2)
@@ -106,3 +105,22 @@ def test_mlm_rejects_a_gpt_preset(tmp_path):
     corpus.write_text(TEXT)
     from attnlab.cli import main
     assert main(["train", "task=mlm", f"--data={corpus}", f"--out={tmp_path / 'run'}", "--preset=gpt2-nano"]) == 2
+
+
+def test_a_hugging_face_wordpiece_tokenizer_works_for_mlm():
+    from attnlab.data.mlm import continuation_table, special_ids
+    from attnlab.interop import minilm_path
+    from attnlab.tokenizers import load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(minilm_path())
+    ids = special_ids(tokenizer)
+    assert (ids["cls"], ids["sep"], ids["mask"]) == (101, 102, 103) and 0 in ids["all"]
+    table = continuation_table(tokenizer)
+    assert table[tokenizer.token_to_id("##s")] and not table[tokenizer.token_to_id("house")]
+
+
+def test_whole_word_needs_wordpiece():
+    bpe = SubwordTokenizer.train_bpe(TEXT, vocab_size=300)
+    with pytest.raises(UserError, match="WordPiece"):
+        from attnlab.data.mlm import continuation_table
+        continuation_table(bpe)

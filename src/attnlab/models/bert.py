@@ -155,14 +155,37 @@ class Bert(Model):
             nn.init.zeros_(module.weight[module.padding_idx])
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
-        """input_ids (B, T) -> final hidden states (B, T, C). attention_mask: 1 real, 0 padding."""
-        if input_ids.size(1) > self.config.max_length:
-            raise ValueError(f"sequence of {input_ids.size(1)} tokens exceeds max_length {self.config.max_length}")
+        """input_ids (B, T) -> final hidden states (B, T, C). attention_mask: 1 real, 0 padding.
+
+        Trailing columns that are padding in every row are cut off before the blocks run (no
+        real token can see them) and come back as zeros; a batch with no padding left runs
+        without a mask, which lets SDPA take its fastest kernel.
+        """
+        b, t = input_ids.shape
+        if t > self.config.max_length:
+            raise ValueError(f"sequence of {t} tokens exceeds max_length {self.config.max_length}")
+        mask = None
+        if attention_mask is not None:
+            real_columns = attention_mask.bool().any(dim=0).nonzero()
+            kept = int(real_columns.max()) + 1 if len(real_columns) else t
+            input_ids, attention_mask = input_ids[:, :kept], attention_mask[:, :kept]
+            token_type_ids = None if token_type_ids is None else token_type_ids[:, :kept]
+            mask = None if attention_mask.bool().all() else padding_mask(attention_mask)  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)
-        mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T)
         for block in self.blocks:
             x = block(x, mask=mask)
-        return x
+        return x if x.size(1) == t else F.pad(x, (0, 0, 0, t - x.size(1)))
+
+    def with_head(self, head: str, **fields) -> "Bert":
+        """A new model with this encoder's weights (copied) and a freshly initialised `head`:
+        e.g. all-MiniLM-L6-v2 -> `with_head("sequence", n_labels=2)` for fine-tuning."""
+        needs_pooler = head in ("sequence", "pretraining")
+        config = self.config.replace(head=head, pooler=self.config.pooler or needs_pooler, **fields)
+        model = Bert(config).to(next(self.parameters()).device)
+        encoder = {k: v for k, v in self.state_dict().items() if not k.startswith(("mlm.", "classifier."))}
+        result = model.load_state_dict(encoder, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+        return model
 
     def pool(self, hidden):
         """The [CLS] summary: activation(Linear(hidden[:, 0])) -> (B, C)."""

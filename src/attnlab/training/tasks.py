@@ -7,11 +7,14 @@ A run config is a dict with the sections `task`, `model`, `tokenizer`, `data` an
 
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import load_checkpoint
 from ..data.corpus import LMBlocks, encode_text, open_memmap, read_text, split_ids, write_memmap
 from ..errors import UserError
 from ..models.base import build_model, config_from_dict, preset
 from ..tokenizers import train_tokenizer
+from .trainer import TrainConfig
 
 TASKS = {}
 
@@ -27,6 +30,7 @@ def setup_task(run: dict, run_dir: Path, resume: bool):
     name = run.get("task", "lm")
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    torch.manual_seed(TrainConfig.from_dict(run.get("train", {})).seed)  # same seed, same initial weights
     return TASKS[name](run, Path(run_dir), resume)
 
 

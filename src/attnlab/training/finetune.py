@@ -16,7 +16,6 @@ import torch
 from ..config import Config
 from ..errors import UserError
 from ..evaluation.classification import classification_metrics
-from ..models.base import build_model
 from .optim import lr_at, make_optimizer
 
 METRICS = ("accuracy", "macro_f1")
@@ -47,18 +46,11 @@ class FinetuneConfig(Config):
 
 def with_classifier(encoder, n_labels: int):
     """A sequence-classification model carrying the encoder's weights and a fresh head."""
-    config = encoder.config
-    if not hasattr(config, "head") or not hasattr(config, "n_labels"):
-        raise UserError(f"{config.family} models have no sequence-classification head; use an encoder (bert)")
-    if config.head == "sequence" and config.n_labels == n_labels:
+    if not hasattr(encoder, "with_head"):
+        raise UserError(f"{encoder.config.family} models have no sequence-classification head; use an encoder (bert)")
+    if encoder.config.head == "sequence" and encoder.config.n_labels == n_labels:
         return encoder
-    changes = {"head": "sequence", "n_labels": n_labels}
-    if hasattr(config, "pooler"):
-        changes["pooler"] = True
-    model = build_model(config.replace(**changes))
-    weights = {k: v for k, v in encoder.state_dict().items() if not k.startswith(("classifier.", "mlm."))}
-    model.load_state_dict(weights, strict=False)
-    return model
+    return encoder.with_head("sequence", n_labels=n_labels)
 
 
 @torch.no_grad()

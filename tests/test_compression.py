@@ -159,7 +159,7 @@ def test_static_quantisation_needs_calibration():
         quantize_model(tiny_gpt(), "int3")
 
 
-def test_qat_trains_through_fake_quant_and_converts():
+def test_qat_trains_through_fake_quant_and_converts(tmp_path):
     model = tiny_gpt()
     prepare_qat(model)
     model.train()
@@ -170,6 +170,8 @@ def test_qat_trains_through_fake_quant_and_converts():
     optimizer.step()
     model.eval()
     fake = logits(model)
+    save_checkpoint(tmp_path / "qat", model)  # mid-QAT checkpoints keep the learned ranges
+    assert torch.equal(logits(load_checkpoint(tmp_path / "qat")[0]), fake)
     convert_qat(model)
     assert isinstance(model.blocks[0].ffn.up, nn.Module) and model.blocks[0].ffn.up.scheme == "static_int8"
     assert (logits(model) - fake).abs().max() < 0.1 * fake.abs().max()

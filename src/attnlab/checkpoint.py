@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .compression.structure import STRUCTURE_FILE, apply_structure, describe_structure
 from .errors import UserError
 from .models.base import build_model, config_from_dict
 from .tokenizers import TOKENIZER_FILE, load_tokenizer
@@ -34,6 +35,9 @@ def save_checkpoint(directory, model, tokenizer=None, trainer_state=None, extra_
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     model.config.save(tmp / CONFIG_FILE)
+    structure = describe_structure(model)  # pruned shapes, quantised layers, LoRA: see compression/
+    if structure:
+        (tmp / STRUCTURE_FILE).write_text(json.dumps(structure, indent=2))
     save_file(weights_for_saving(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(tmp)
@@ -66,6 +70,8 @@ def load_checkpoint(directory, families=None, device="cpu", with_tokenizer=True)
     if families is not None and config.family not in families:
         raise UserError(f"{directory} holds a {config.family} model; this command needs {' or '.join(families)}")
     model = build_model(config)
+    if (directory / STRUCTURE_FILE).is_file():
+        apply_structure(model, read_json(directory / STRUCTURE_FILE))
     load_weights(model, directory / WEIGHTS_FILE)
     tokenizer = None
     if with_tokenizer and (directory / TOKENIZER_FILE).exists():
@@ -79,13 +85,17 @@ def read_config(directory):
         raise UserError(f"checkpoint directory {directory} does not exist")
     if not path.is_file():
         raise UserError(f"{directory} is not a checkpoint: it has no {CONFIG_FILE}")
+    return config_from_dict(read_json(path))
+
+
+def read_json(path) -> dict:
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}); the checkpoint is corrupt") from None
     if not isinstance(values, dict):
         raise UserError(f"{path} must hold a JSON object; the checkpoint is corrupt")
-    return config_from_dict(values)
+    return values
 
 
 def load_weights(model, path):

@@ -1,0 +1,159 @@
+"""Classification fine-tuning, `attnlab finetune / classify / compress`, and their bad inputs."""
+
+import json
+
+import pytest
+import torch
+
+from attnlab.checkpoint import load_checkpoint, save_checkpoint
+from attnlab.cli import main
+from attnlab.data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
+from attnlab.errors import UserError
+from attnlab.evaluation import classification_metrics
+from attnlab.interop import minilm_path
+from attnlab.models.base import build_model
+from attnlab.models.bert import BertConfig
+from attnlab.tokenizers import load_hf_tokenizer
+
+GOOD = ["a great film", "wonderful acting", "i loved it", "superb and moving", "a delight"]
+BAD = ["a dull mess", "boring and long", "i hated it", "terrible script", "a waste of time"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny BERT with the real WordPiece tokenizer, saved as a checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base") / "tiny-bert"
+    model = build_model(BertConfig(n_layer=2, n_head=2, d_model=32, ffn_hidden=64, max_positions=64, dropout=0.0,
+                                   attn_dropout=0.0))
+    save_checkpoint(path, model, load_hf_tokenizer(minilm_path()))
+    return path
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster without a thread pool to sync."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+def write_tsv(path, n=40):
+    rows = ["sentence\tlabel"] + [f"{(GOOD if i % 2 else BAD)[i % 5]} {i}\t{'pos' if i % 2 else 'neg'}"
+                                   for i in range(n)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_tsv_csv_and_jsonl_read_the_same(tmp_path):
+    (tmp_path / "a.csv").write_text('text,label\n"good, really",1\nbad,0\n')
+    (tmp_path / "a.jsonl").write_text('{"text": "good, really", "label": 1}\n\n{"text": "bad", "label": 0}\n')
+    (tmp_path / "a.tsv").write_text('text\tlabel\ngood, really\t1\nbad\t0\n')
+    for name in ("a.csv", "a.jsonl", "a.tsv"):
+        assert read_labelled(tmp_path / name) == (["good, really", "bad"], ["1", "0"])
+
+
+def test_bad_data_files_get_clear_errors(tmp_path):
+    (tmp_path / "empty.tsv").write_text("")
+    with pytest.raises(UserError, match="no examples"):
+        read_labelled(tmp_path / "empty.tsv")
+    (tmp_path / "nolabel.tsv").write_text("sentence\tstars\nnice\t5\n")
+    with pytest.raises(UserError, match="no label column 'label'.*sentence, stars.*--label-column"):
+        read_labelled(tmp_path / "nolabel.tsv")
+    (tmp_path / "data.txt").write_text("x")
+    with pytest.raises(UserError, match="unknown data format"):
+        read_labelled(tmp_path / "data.txt")
+    labels = LabelSet.from_labels(["pos", "neg", "pos"])
+    with pytest.raises(UserError, match="'neutral'.*known: neg, pos"):
+        labels.ids(["pos", "neutral"], "dev.tsv")
+    with pytest.raises(UserError, match="only one label"):
+        LabelSet.from_labels(["pos", "pos"])
+
+
+def test_labels_sort_numerically_and_split_is_stratified():
+    assert LabelSet.from_labels(["10", "2", "1"]).names == ["1", "2", "10"]
+    labels = ["a"] * 80 + ["b"] * 20
+    train, val = stratified_split(labels, 0.1, seed=0)
+    assert sorted(train + val) == list(range(100))
+    assert [labels[i] for i in val].count("a") == 8 and [labels[i] for i in val].count("b") == 2
+
+
+def test_metrics_confusion_matrix_and_f1():
+    m = classification_metrics([0, 1, 1, 1], [0, 0, 1, 1], ["neg", "pos"])
+    assert m["confusion_matrix"] == [[1, 1], [0, 2]]
+    assert m["accuracy"] == 0.75
+    assert m["f1"]["neg"] == pytest.approx(2 / 3) and m["f1"]["pos"] == pytest.approx(0.8)
+
+
+def test_finetune_classify_and_compress_from_the_command_line(tmp_path, base, capsys):
+    data = write_tsv(tmp_path / "train.tsv")
+    out = tmp_path / "clf"
+    common = ["--epochs", "2", "--batch-size", "8", "--max-length", "16", "--lr", "3e-3"]
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["confusion_matrix"]) == 2 and 0 <= result["accuracy"] <= 1
+    assert json.loads((out / "labels.json").read_text())["labels"] == ["neg", "pos"]
+    assert main(["classify", str(out), "--input", str(data)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 40 and {line["label"] for line in lines} <= {"neg", "pos"}
+
+    report_dir = tmp_path / "small"
+    assert main(["compress", str(out), "--train", str(data), "--val", str(data), "--out", str(report_dir),
+                 "--pipeline", "distill:1,prune:0.5,quantize:int8", "--repeats", "2", *common[:2], "--epochs",
+                 "1"]) == 0
+    report = (report_dir / "report.md").read_text()
+    assert "distill:1 -> prune:0.5 -> quantize:int8" in report and "size on disk" in report
+    assert (report_dir / "report.png").stat().st_size > 1000
+    rows = json.loads((report_dir / "report.json").read_text())
+    assert rows["distill:1"]["parameters"] < rows["start"]["parameters"]
+    small, _ = load_checkpoint(report_dir / "model")
+    assert small.config.n_layer == 1 and small.blocks[0].self_attn.n_head == 1
+    assert small.blocks[0].ffn.up.scheme == "int8"
+
+
+def test_finetune_with_lora_saves_the_adapter(tmp_path, base, capsys):
+    data = write_tsv(tmp_path / "train.tsv", n=20)
+    out = tmp_path / "lora"
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "8", "--max-length", "16", "--lora-rank", "2"]) == 0
+    assert (out / "adapter.safetensors").is_file()
+    json.loads(capsys.readouterr().out)
+    model, _ = load_checkpoint(out)
+    assert any("lora_a" in name for name, _ in model.named_parameters())
+
+
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, base, capsys):
+    data = write_tsv(tmp_path / "train.tsv", n=10)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nmeh\tneutral\n")
+    (tmp_path / "empty.tsv").write_text("")
+    (tmp_path / "nolabel.tsv").write_text("sentence\tscore\nok\t1\n")
+    cases = [
+        (["--train", str(data), "--val", str(tmp_path / "dev.tsv")], "neutral"),
+        (["--train", str(tmp_path / "empty.tsv")], "no examples"),
+        (["--train", str(tmp_path / "nolabel.tsv")], "no label column"),
+        (["--train", str(data), "--lora-targets", "q,zz", "--lora-rank", "2"], "unknown target"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "never"
+        code = main(["finetune", "--base", str(base), "--out", str(out), "--epochs", "1", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["classify", str(base)]) == 2
+    assert "not a classifier checkpoint" in capsys.readouterr().err
+    assert main(["compress", str(base), "--train", str(data), "--val", str(data), "--out", str(tmp_path / "x"),
+                 "--pipeline", "shrink"]) == 2
+    assert "unknown pipeline stage" in capsys.readouterr().err
+
+
+def test_batches_equal_the_tokenizer_padding_and_cover_every_example():
+    tokenizer = load_hf_tokenizer(minilm_path())
+    texts = ["a great film", "hello there my friend , how are you today", "x", "no"]
+    data = ClassificationData(tokenizer, texts, [1, 0, 1, 0], max_length=8)
+    reference = tokenizer.batch_encode(texts, max_length=8)
+    batch = data._batch([0, 1, 2, 3])
+    assert all(torch.equal(batch[k], reference[k]) for k in reference)
+    seen = [i for indices, _ in data.ordered_batches(3) for i in indices]
+    assert sorted(seen) == [0, 1, 2, 3]
+    labels = torch.cat([b["labels"] for b in data.shuffled_batches(3, seed=0)])
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]

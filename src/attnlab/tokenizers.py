@@ -56,6 +56,7 @@ class SubwordTokenizer:
     def __init__(self, backend):
         self.backend = backend
         self.eos_id = backend.token_to_id(self.EOS)
+        self._batchers = {}  # max_length -> padding/truncating copy of the backend
 
     @classmethod
     def train_bpe(cls, text: str, vocab_size=1024):
@@ -114,24 +115,30 @@ class SubwordTokenizer:
 
     def batch_encode(self, texts, max_length=None, pairs=None) -> dict:
         """Texts (or text pairs) with special tokens, truncated to max_length and padded to the
-        longest -> {"input_ids", "attention_mask", "token_type_ids"}: LongTensors (B, T).
-
-        Works on a copy of the backend, so the saved tokenizer keeps its own settings."""
+        longest -> {"input_ids", "attention_mask", "token_type_ids"}: LongTensors (B, T)."""
         import torch
-        from tokenizers import Tokenizer
 
-        batcher = Tokenizer.from_str(self.backend.to_str())
-        batcher.no_truncation()
-        if max_length is not None:
-            batcher.enable_truncation(max_length)
-        batcher.enable_padding(pad_id=self.pad_id, pad_token=self.backend.id_to_token(self.pad_id) or "[PAD]")
         inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-        encodings = batcher.encode_batch(inputs)
+        encodings = self._batcher(max_length).encode_batch(inputs)
         return {
             "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
             "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
             "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
         }
+
+    def _batcher(self, max_length):
+        """A copy of the backend that truncates and pads (made once per max_length), so the
+        saved tokenizer keeps its own settings."""
+        if max_length not in self._batchers:
+            from tokenizers import Tokenizer
+
+            batcher = Tokenizer.from_str(self.backend.to_str())
+            batcher.no_truncation()
+            if max_length is not None:
+                batcher.enable_truncation(max_length)
+            batcher.enable_padding(pad_id=self.pad_id, pad_token=self.backend.id_to_token(self.pad_id) or "[PAD]")
+            self._batchers[max_length] = batcher
+        return self._batchers[max_length]
 
     def save(self, directory: Path):
         self.backend.save(str(Path(directory) / TOKENIZER_FILE))

@@ -202,7 +202,8 @@ def gpt2_keymap(c: GPTConfig, prefix: str) -> KeyMap:
         rules += [*affine(ours + "norm_self", theirs + "ln_1"), *affine(ours + "norm_ffn", theirs + "ln_2"),
                   *fused_qkv(*(ours + f"self_attn.{p}_proj" for p in "qkv"), theirs + "attn.c_attn"),
                   *transposed(ours + "self_attn.out_proj", theirs + "attn.c_proj"),
-                  *transposed(ours + "ffn.up", theirs + "mlp.c_fc"), *transposed(ours + "ffn.down", theirs + "mlp.c_proj")]
+                  *transposed(ours + "ffn.up", theirs + "mlp.c_fc"),
+                  *transposed(ours + "ffn.down", theirs + "mlp.c_proj")]
     return KeyMap(rules, ignore=(r"(transformer\.)?h\.\d+\.attn\.(masked_)?bias",))
 
 

@@ -161,7 +161,7 @@ class Bert(Model):
         real token can see them) and come back as zeros; a batch with no padding left runs
         without a mask, which lets SDPA take its fastest kernel.
         """
-        b, t = input_ids.shape
+        t = input_ids.size(1)
         if t > self.config.max_length:
             raise ValueError(f"sequence of {t} tokens exceeds max_length {self.config.max_length}")
         mask = None

@@ -58,7 +58,8 @@ def masked_lm(run: dict, run_dir: Path, resume: bool):
     seq_len = int(data.get("seq_len", min(128, model.config.max_length)))
     if seq_len > model.config.max_length:
         raise UserError(f"data.seq_len {seq_len} exceeds the model's max_length {model.config.max_length}")
-    splits = _cached_splits(run_dir / "data", data, tokenizer, float(data.get("val_fraction", 0.1)), encode=encode_plain)
+    val_fraction = float(data.get("val_fraction", 0.1))
+    splits = _cached_splits(run_dir / "data", data, tokenizer, val_fraction, encode=encode_plain)
     batches = MLMBlocks(splits, tokenizer, seq_len, int(train.get("batch_size", 12)),
                         mask_prob=float(data.get("mask_prob", 0.15)), whole_word=bool(data.get("whole_word", False)),
                         nsp=nsp)

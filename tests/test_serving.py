@@ -190,6 +190,7 @@ def test_health_and_prometheus_metrics(gpt_server):
     ({"max_tokens": 4}, 422, "prompt: required field is missing"),
     ({"prompt": "ABC"}, 400, "never saw"),
     ({"prompt": "abc", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 stop strings"),
+    ({"prompt": ["ab"] * 3, "n": 16}, 400, "split the request"),
 ])
 def test_bad_requests_get_a_clear_4xx(gpt_server, body, status, words):
     r = gpt_server.post("/v1/completions", body)
@@ -267,6 +268,23 @@ def test_one_failing_request_does_not_take_the_server_down(tokenizer, monkeypatc
         assert bad.result().status_code == 500
         assert good.result().status_code == 200
         assert server.get("/health").json()["status"] == "ok"
+
+
+def test_a_failing_decoding_step_ends_its_batch_and_the_server_goes_on(tokenizer, monkeypatch):
+    real, calls = engine_module.Engine._compact, []
+
+    def fail_once(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return real(self)
+
+    monkeypatch.setattr(engine_module.Engine, "_compact", fail_once)
+    app = create_app(tiny_gpt(), tokenizer, ServeConfig())
+    with LiveServer(app) as server:
+        assert server.post("/v1/completions", {"prompt": "ab", "max_tokens": 8}).status_code == 500
+        r = server.post("/v1/completions", {"prompt": "ab", "max_tokens": 8, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == alone(tokenizer, "ab", 8)
 
 
 def _wait_for(condition, timeout=10):

@@ -268,6 +268,9 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > MAX_STOP_STRINGS:
             raise ApiError(400, f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
+        if len(prompts) * body.n > config.max_queue:
+            raise ApiError(400, f"{len(prompts)} prompts x n={body.n} asks for more sequences than the server queues "
+                                f"({config.max_queue}); split the request")
         encoded = [encode(p) for p in prompts]
         for ids in encoded:
             if len(ids) + body.max_tokens > context:

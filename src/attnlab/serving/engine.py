@@ -206,12 +206,12 @@ class Engine:
                     self._decode()
             except Exception:  # our bug: fail this batch, keep serving
                 log.exception("decoding step failed; ending the %d sequences in the batch", len(self.rows))
-                self._drop(range(len(self.rows)), "error")
+                self._reset("error")
         with self.cond:
             leftover, self.waiting = list(self.waiting), collections.deque()
         for seq in leftover:
             seq.finish("cancelled")
-        self._drop(range(len(self.rows)), "cancelled")
+        self._reset("cancelled")
 
     def _admit(self):
         while len(self.rows) < self.config.max_batch:
@@ -230,7 +230,7 @@ class Engine:
                 seq.finish("error")
                 continue
             if not seq.accept(first):
-                self._join(seq, cache, first)
+                self._join(seq, cache, first)  # a failure here fails the batch (see _loop)
 
     @torch.no_grad()
     def _prefill(self, seq):
@@ -242,7 +242,8 @@ class Engine:
     def _join(self, seq, cache, first):
         mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long, device=self.device)
         last = torch.tensor([first], device=self.device)
-        if not self.rows:
+        self.rows.append(seq)
+        if len(self.rows) == 1:
             self.cache, self.mask, self.last = cache, mask, last
         else:
             length = max(self.cache.length, cache.length)
@@ -251,7 +252,6 @@ class Engine:
             self.cache.extend(cache)
             self.mask = torch.cat([right_align(self.mask, length), right_align(mask, length)])
             self.last = torch.cat([self.last, last])
-        self.rows.append(seq)
 
     @torch.no_grad()
     def _decode(self):
@@ -305,9 +305,9 @@ class Engine:
         self.cache.select(index)
         self.mask, self.last = self.mask[index], self.last[index]
 
-    def _drop(self, indices, reason):
-        indices = list(indices)
-        for i in indices:
-            if self.rows[i].finish_reason is None:
-                self.rows[i].finish(reason)
-        self._remove(indices)
+    def _reset(self, reason):
+        """End every running sequence and empty the batch."""
+        for seq in self.rows:
+            if seq.finish_reason is None:
+                seq.finish(reason)
+        self.rows, self.cache, self.mask, self.last = [], None, None, None

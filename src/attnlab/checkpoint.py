@@ -29,9 +29,9 @@ def save_checkpoint(directory, model, tokenizer=None, trainer_state=None, extra_
     final = Path(directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover(final)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):  # left by a writer that was killed
+        shutil.rmtree(stale)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     model.config.save(tmp / CONFIG_FILE)
     save_file(weights_for_saving(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
@@ -109,7 +109,7 @@ def check_weights(model, weights: dict, source: str):
     misshaped = sorted(f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
                        for k, v in expected.items() if k in weights and weights[k].shape != v.shape)
     problems = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped))
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", misshaped))
                 if items]
     if problems:
         raise UserError(f"{source} does not fit the {model.config.family} model: {'; '.join(problems)}")

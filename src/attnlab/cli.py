@@ -6,7 +6,7 @@ import sys
 
 from .errors import UserError
 
-VERB_MODULES = ["lm", "demo", "serve"]  # modules in attnlab.commands, each with register(subparsers)
+VERB_MODULES = ["lm", "encoders", "demo", "serve"]  # modules in attnlab.commands, each with register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Tokenizers: character level, and byte-level BPE through the `tokenizers` library.
+"""Tokenizers: character level, and byte-level BPE or WordPiece through the `tokenizers` library.
 
 Both save into a checkpoint directory as `tokenizer.json` and load back with
 `load_tokenizer(directory)`: a character tokenizer's file says {"type": "char"}, anything
@@ -69,6 +69,25 @@ class SubwordTokenizer:
         backend.train_from_iterator(_chunks(text), trainer=trainer)
         return cls(backend)
 
+    @classmethod
+    def train_wordpiece(cls, text: str, vocab_size=1024):
+        """A BERT-style uncased WordPiece with [PAD] [UNK] [CLS] [SEP] [MASK]; texts encode as
+        [CLS] text [SEP] (pairs as [CLS] a [SEP] b [SEP] with token types 0 and 1)."""
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+        backend.train_from_iterator(_chunks(text), trainer=trainer)
+        cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+        return cls(backend)
+
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size()
@@ -76,11 +95,43 @@ class SubwordTokenizer:
     def encode(self, text: str) -> list:
         return self.backend.encode(text).ids
 
-    def encode_batch(self, texts) -> list:
-        return [e.ids for e in self.backend.encode_batch(texts)]
+    def encode_batch(self, texts, add_special_tokens=True) -> list:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def token_to_id(self, token: str):
+        return self.backend.token_to_id(token)
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id: the file's own padding setting, else [PAD] or <pad>, else 0."""
+        if self.backend.padding:
+            return self.backend.padding["pad_id"]
+        found = [self.token_to_id(t) for t in ("[PAD]", "<pad>") if self.token_to_id(t) is not None]
+        return found[0] if found else 0
+
+    def batch_encode(self, texts, max_length=None, pairs=None) -> dict:
+        """Texts (or text pairs) with special tokens, truncated to max_length and padded to the
+        longest -> {"input_ids", "attention_mask", "token_type_ids"}: LongTensors (B, T).
+
+        Works on a copy of the backend, so the saved tokenizer keeps its own settings."""
+        import torch
+        from tokenizers import Tokenizer
+
+        batcher = Tokenizer.from_str(self.backend.to_str())
+        batcher.no_truncation()
+        if max_length is not None:
+            batcher.enable_truncation(max_length)
+        batcher.enable_padding(pad_id=self.pad_id, pad_token=self.backend.id_to_token(self.pad_id) or "[PAD]")
+        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+        encodings = batcher.encode_batch(inputs)
+        return {
+            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
+            "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long),
+        }
 
     def save(self, directory: Path):
         self.backend.save(str(Path(directory) / TOKENIZER_FILE))
@@ -91,7 +142,7 @@ def _chunks(text, size=1 << 16):
         yield text[start:start + size]
 
 
-TOKENIZER_KINDS = ("char", "bpe")
+TOKENIZER_KINDS = ("char", "bpe", "wordpiece")
 
 
 def train_tokenizer(kind: str, text: str, vocab_size=None):
@@ -99,6 +150,8 @@ def train_tokenizer(kind: str, text: str, vocab_size=None):
         return CharTokenizer.train(text)
     if kind == "bpe":
         return SubwordTokenizer.train_bpe(text, vocab_size or 1024)
+    if kind == "wordpiece":
+        return SubwordTokenizer.train_wordpiece(text, vocab_size or 1024)
     raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
 
 
@@ -117,3 +170,28 @@ def load_tokenizer(directory: Path):
         return SubwordTokenizer(Tokenizer.from_file(str(path)))
     except Exception as err:  # the tokenizers library raises its own exception types
         raise UserError(f"{path} is not a valid tokenizer file: {err}") from None
+
+
+def load_hf_tokenizer(directory: Path) -> SubwordTokenizer:
+    """A Hugging Face tokenizer directory: tokenizer.json, else vocab.txt (WordPiece, lower-cased
+    unless tokenizer_config.json says do_lower_case: false), else vocab.json + merges.txt
+    (byte-level BPE; <s> ... </s> around each text when the vocabulary has them, as RoBERTa)."""
+    from tokenizers import implementations, processors
+
+    directory = Path(directory)
+    if (directory / TOKENIZER_FILE).is_file():
+        return load_tokenizer(directory)
+    if (directory / "vocab.txt").is_file():
+        settings_path = directory / "tokenizer_config.json"
+        settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+        backend = implementations.BertWordPieceTokenizer(str(directory / "vocab.txt"),
+                                                         lowercase=settings.get("do_lower_case", True))
+        return SubwordTokenizer(backend._tokenizer)
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        wrapper = implementations.ByteLevelBPETokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+        backend = wrapper._tokenizer
+        bos, eos = backend.token_to_id("<s>"), backend.token_to_id("</s>")
+        if bos is not None and eos is not None:
+            backend.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos))
+        return SubwordTokenizer(backend)
+    raise UserError(f"{directory} has no tokenizer: expected {TOKENIZER_FILE}, vocab.txt, or vocab.json + merges.txt")

@@ -20,7 +20,7 @@ PROMPTS = ["The \"for\" statement", "A function definition", "Exceptions are"]
 def register(sub):
     p = sub.add_parser("demo", help="train a small GPT on Python's own documentation, then sample and evaluate it")
     p.add_argument("--out", default="runs/demo", help="run directory (replaced; default runs/demo)")
-    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500, a few minutes on 2 cores)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000, a few minutes on 2 cores)")
     p.set_defaults(run=demo)
 
 

@@ -7,7 +7,7 @@ NORMS = ("layernorm", "rmsnorm")
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, with the statistics taken in float32."""
+    """x / sqrt(mean(x^2) + eps) * weight, with the statistics taken in at least float32."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -15,8 +15,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
 
 

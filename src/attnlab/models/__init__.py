@@ -1,8 +1,9 @@
 """Model families, one small file each, composed from layers; a registry name -> (config, model)."""
 
-from . import gpt  # noqa: F401  (registers the family and its presets)
+from . import bert, gpt  # noqa: F401  (register the families and their presets)
 from .base import FAMILIES, PRESETS, Model, ModelOutput, build_model, config_from_dict, preset
+from .bert import Bert, BertConfig
 from .gpt import GPT, GPTConfig
 
-__all__ = ["FAMILIES", "GPT", "GPTConfig", "Model", "ModelOutput", "PRESETS", "build_model", "config_from_dict",
-           "preset"]
+__all__ = ["Bert", "BertConfig", "FAMILIES", "GPT", "GPTConfig", "Model", "ModelOutput", "PRESETS", "build_model",
+           "config_from_dict", "preset"]

@@ -48,6 +48,7 @@ class ModelOutput:
     logits: torch.Tensor = None
     loss: torch.Tensor = None
     hidden_states: torch.Tensor = None
+    aux_logits: torch.Tensor = None  # a second head's logits, e.g. next-sentence prediction
 
 
 class Model(nn.Module):

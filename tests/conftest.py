@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ATTNLAB_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"shared data not found at {DATA}; set ATTNLAB_DATA")
+    return DATA
+
+
+def tiny_corpus() -> str:
+    """A small text with a learnable pattern, about 20k characters."""
+    lines = [f"the {animal} sat on the {thing} number {i % 10}." for i, (animal, thing) in
+             enumerate([("cat", "mat"), ("dog", "log"), ("bird", "wire")] * 200)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def tiny_text(tmp_path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(tiny_corpus())
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

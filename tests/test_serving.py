@@ -3,7 +3,6 @@ streamed), batching that gives each request the tokens it would get alone, valid
 429 path, timeouts, disconnect cancellation, a failing request, encoder endpoints."""
 
 import concurrent.futures
-import dataclasses
 import json
 import os
 import signal
@@ -21,11 +20,9 @@ import uvicorn
 from torch import nn
 
 from attnlab.checkpoint import save_checkpoint
-from attnlab.config import ModelConfig
 from attnlab.inference import Sampling, generate
-from attnlab.layers import TransformerBlock, make_norm
 from attnlab.models import GPT, GPTConfig
-from attnlab.models.base import FAMILIES, Model, ModelOutput, register
+from attnlab.models.bert import Bert, BertConfig
 from attnlab.serving import engine as engine_module
 from attnlab.serving.app import ServeConfig, create_app
 from attnlab.tokenizers import CharTokenizer
@@ -294,67 +291,47 @@ def _wait_for(condition, timeout=10):
         time.sleep(0.005)
 
 
-# -- encoders: a stand-in with the encoder interface, built from the shared layers ---------------
-@dataclasses.dataclass
-class StandInEncoderConfig(ModelConfig):
-    family = "test-encoder"
-    vocab_size: int = 32
-    max_len: int = 32
-    d_model: int = 16
-    num_labels: int = 0
-    labels: list = None
+# -- encoders ------------------------------------------------------------------------------------
+def test_embeddings_match_hugging_face_minilm_and_ignore_batch_padding():
+    transformers = pytest.importorskip("transformers")
+    from attnlab.interop import load_minilm, minilm_path
 
-
-class StandInEncoder(Model):
-    """Bidirectional blocks; forward(input_ids, attention_mask) -> hidden_states and, with
-    labels, logits from the first position."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
-        self.block = TransformerBlock(config.d_model, 2, 4 * config.d_model)
-        self.norm = make_norm("layernorm", config.d_model)
-        self.head = nn.Linear(config.d_model, config.num_labels) if config.num_labels else None
-
-    def forward(self, input_ids, attention_mask=None):
-        x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(input_ids.size(1)))
-        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None
-        h = self.norm(self.block(x, mask=mask))  # (B, T, C)
-        return ModelOutput(hidden_states=h, logits=self.head(h[:, 0]) if self.head is not None else None)
-
-
-if "test-encoder" not in FAMILIES:
-    register(StandInEncoderConfig)(StandInEncoder)
-
-
-def test_embeddings_are_mean_pooled_and_independent_of_batch_padding(tokenizer):
-    model = StandInEncoder(StandInEncoderConfig()).eval()
+    texts = ["A man is playing a guitar.", "The stock market fell sharply on Monday, and kept falling all week."]
+    model, tokenizer = load_minilm()
     with LiveServer(create_app(model, tokenizer, ServeConfig())) as server:
-        alone_vec = server.post("/v1/embeddings", {"input": "hi"}).json()["data"][0]["embedding"]
-        batch = server.post("/v1/embeddings", {"input": ["a much longer text", "hi"]}).json()
-        too_long = server.post("/v1/embeddings", {"input": "a" * 33})
+        batch = server.post("/v1/embeddings", {"input": texts}).json()
+        alone_vec = server.post("/v1/embeddings", {"input": texts[0]}).json()["data"][0]["embedding"]
+        too_long = server.post("/v1/embeddings", {"input": "word " * 600})
         wrong = server.post("/v1/completions", {"prompt": "hi"})
+    reference = transformers.BertModel.from_pretrained(minilm_path()).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    inputs = hf_tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        h = model(torch.tensor([tokenizer.encode("hi")])).hidden_states.mean(1)
-    expected = torch.nn.functional.normalize(h, dim=-1)[0]
-    assert torch.allclose(torch.tensor(alone_vec), expected, atol=1e-5)
-    assert torch.allclose(torch.tensor(batch["data"][1]["embedding"]), expected, atol=1e-5)
-    assert batch["usage"]["prompt_tokens"] == 18 + 2
-    assert too_long.status_code == 400 and "context of 32 tokens" in too_long.json()["error"]["message"]
+        hidden = reference(**inputs).last_hidden_state
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    ours = torch.tensor([d["embedding"] for d in batch["data"]])
+    assert ours.shape == (2, 384)
+    assert (ours - expected).abs().max().item() <= 1e-5
+    assert (torch.tensor(alone_vec) - expected[0]).abs().max().item() <= 1e-5
+    assert batch["usage"]["prompt_tokens"] == int(inputs["attention_mask"].sum())
+    assert too_long.status_code == 400 and "context of 512" in too_long.json()["error"]["message"]
     assert wrong.status_code == 400 and "encoder" in wrong.json()["error"]["message"]
 
 
-def test_classify_returns_label_probabilities(tokenizer):
-    model = StandInEncoder(StandInEncoderConfig(num_labels=2, labels=["negative", "positive"])).eval()
+def test_classify_returns_the_classifier_probabilities(tokenizer):
+    torch.manual_seed(0)
+    model = Bert(BertConfig(vocab_size=len(ALPHABET), max_positions=32, n_layer=2, n_head=2, d_model=16,
+                            head="sequence", n_labels=3)).eval()
     with LiveServer(create_app(model, tokenizer, ServeConfig())) as server:
-        data = server.post("/v1/classify", {"input": ["good", "bad movie"]}).json()["data"]
+        data = server.post("/v1/classify", {"input": ["good", "a bad movie"]}).json()["data"]
     with torch.no_grad():
-        probs = model(torch.tensor([tokenizer.encode("good")])).logits.softmax(-1)[0]
-    assert set(data[0]["scores"]) == {"negative", "positive"}
-    assert data[0]["scores"]["positive"] == pytest.approx(float(probs[1]), abs=1e-5)
-    assert data[0]["label"] == ["negative", "positive"][int(probs.argmax())]
-    assert sum(data[1]["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+        ids = torch.tensor([tokenizer.encode("a bad movie")])
+        probs = model(ids, attention_mask=torch.ones_like(ids)).logits.softmax(-1)[0]
+    assert list(data[1]["scores"]) == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    assert torch.allclose(torch.tensor(list(data[1]["scores"].values())), probs, atol=1e-5)
+    assert data[1]["label"] == f"LABEL_{int(probs.argmax())}"
+    assert data[1]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
 # -- graceful shutdown, and the command line ----------------------------------------------------------

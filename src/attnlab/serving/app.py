@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
 from ..inference import Sampling
+from ..inference.embeddings import mean_pool
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .metrics import Counter, Gauge, Histogram, Registry
 
@@ -79,7 +80,7 @@ def is_causal_lm(model) -> bool:
 
 
 def context_size(config) -> int:
-    for name in ("block_size", "max_position_embeddings", "max_len"):
+    for name in ("block_size", "max_length", "max_len"):
         if getattr(config, name, None):
             return getattr(config, name)
     raise ValueError(f"{config.family} config names no context size")
@@ -158,31 +159,39 @@ class EncoderRunner:
         return 0
 
 
-@torch.no_grad()
-def encode_batch(model, rows):
-    """Token id lists -> ModelOutput of the padded batch and its (B, T) mask."""
-    device = next(model.parameters()).device
-    longest = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), longest, dtype=torch.long, device=device)
+def tokenize_batch(tokenizer, texts, pad_id=0) -> dict:
+    """Texts -> {"input_ids", "attention_mask"[, "token_type_ids"]} (B, T), right-padded, with the
+    tokenizer's special tokens: its own batch_encode when it has one (WordPiece/BPE), else ids
+    padded here."""
+    if hasattr(tokenizer, "batch_encode"):
+        return tokenizer.batch_encode(texts)
+    rows = [tokenizer.encode(t) for t in texts]
+    ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, device=device)
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, :len(row)] = 1
-    return model(input_ids=ids, attention_mask=mask), mask
+    return {"input_ids": ids, "attention_mask": mask}
 
 
-def embed(model, rows) -> list:
-    """Mean of the last hidden states over real tokens, L2-normalised: (B, C)."""
-    out, mask = encode_batch(model, rows)
+@torch.no_grad()
+def run_encoder(model, batch):
+    device = next(model.parameters()).device
+    return model(**{k: v.to(device) for k, v in batch.items()})
+
+
+def embed(model, batch) -> list:
+    """Mean of the last hidden states over real tokens, L2-normalised (the sentence-transformers
+    recipe): (B, C)."""
+    out = run_encoder(model, batch)
     if out.hidden_states is None:
         raise ApiError(400, f"the {model.config.family} model returns no hidden states to embed")
-    weights = mask.unsqueeze(-1).to(out.hidden_states.dtype)  # (B, T, 1)
-    pooled = (out.hidden_states * weights).sum(1) / weights.sum(1)
+    pooled = mean_pool(out.hidden_states, batch["attention_mask"].to(out.hidden_states.device))
     return torch.nn.functional.normalize(pooled.float(), dim=-1).tolist()
 
 
-def classify(model, rows) -> list:
-    out, _ = encode_batch(model, rows)
+def classify(model, batch) -> list:
+    out = run_encoder(model, batch)
     if out.logits is None or out.logits.dim() != 2:
         raise ApiError(400, f"the {model.config.family} model is not a sequence classifier")
     return out.logits.float().softmax(-1).tolist()
@@ -224,10 +233,10 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                                 f"start the server with a {'causal LM' if endpoint.endswith('completions') else 'encoder'} "
                                 "checkpoint")
 
-    def encode(text, what="prompt"):
-        ids = tokenizer.encode(text)
+    def encode(prompt):
+        ids = tokenizer.encode(prompt)
         if not ids:
-            raise ApiError(400, f"{what} is empty after tokenization; send at least one token")
+            raise ApiError(400, "prompt is empty after tokenization; send at least one token")
         return ids
 
     # -- errors ------------------------------------------------------------------------------
@@ -295,9 +304,9 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     @app.post("/v1/embeddings")
     async def embeddings(body: EncodeRequest):
         need(not causal, "/v1/embeddings")
-        rows = _encoder_rows(body)
-        vectors = await worker.run(embed, model, rows)
-        tokens = sum(map(len, rows))
+        batch = _encoder_batch(body)
+        vectors = await worker.run(embed, model, batch)
+        tokens = int(batch["attention_mask"].sum())
         return {"object": "list", "model": config.model_name,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -305,8 +314,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     @app.post("/v1/classify")
     async def classify_texts(body: EncodeRequest):
         need(not causal, "/v1/classify")
-        rows = _encoder_rows(body)
-        probabilities = await worker.run(classify, model, rows)
+        probabilities = await worker.run(classify, model, _encoder_batch(body))
         names = label_names(model.config, len(probabilities[0]))
         data = []
         for i, probs in enumerate(probabilities):
@@ -315,14 +323,16 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                          "scores": dict(zip(names, probs))})
         return {"object": "list", "model": config.model_name, "data": data}
 
-    def _encoder_rows(body):
+    def _encoder_batch(body):
         texts = [body.input] if isinstance(body.input, str) else body.input
-        rows = [encode(t, "input") for t in texts]
-        for ids in rows:
-            if len(ids) > context:
-                raise ApiError(400, f"input of {len(ids)} tokens exceeds the model's context of {context} tokens; "
-                                    "shorten it")
-        return rows
+        batch = tokenize_batch(tokenizer, texts, getattr(model.config, "pad_token_id", 0))
+        for i, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+            if length == 0:
+                raise ApiError(400, f"input {i} is empty after tokenization; send at least one token")
+            if length > context:
+                raise ApiError(400, f"input {i} has {length} tokens, more than the model's context of {context} "
+                                    "tokens; shorten it")
+        return batch
 
     return app
 

@@ -131,10 +131,11 @@ KNOWN_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify", "/health", "
 
 
 class EncoderRunner:
-    """Encoder requests run one at a time on a worker thread, with a bounded number waiting."""
+    """Encoder requests run one at a time on a worker thread, with a bounded number waiting
+    and a time limit each."""
 
-    def __init__(self, model, max_queue):
-        self.model, self.max_queue = model, max_queue
+    def __init__(self, model, max_queue, timeout_s):
+        self.model, self.max_queue, self.timeout_s = model, max_queue, timeout_s
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attnlab-encoder")
         self.pending = 0
         self.lock = threading.Lock()
@@ -145,7 +146,11 @@ class EncoderRunner:
                 raise QueueFull(f"{self.pending} requests are already waiting (limit {self.max_queue})")
             self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            job = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+            return await asyncio.wait_for(job, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "the request ran past the server's time limit; send fewer or shorter inputs",
+                           "timeout_error") from None
         finally:
             with self.lock:
                 self.pending -= 1
@@ -209,7 +214,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     if causal:
         worker = Engine(model, EngineConfig(config.max_batch, config.max_queue, config.timeout_s))
     else:
-        worker = EncoderRunner(model, config.max_queue)
+        worker = EncoderRunner(model, config.max_queue, config.timeout_s)
     metrics = ServerMetrics(worker)
 
     @contextlib.asynccontextmanager

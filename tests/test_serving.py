@@ -353,6 +353,14 @@ def test_shutdown_lets_an_in_flight_stream_finish(tokenizer):
     assert not app.state.worker.thread.is_alive()  # the engine stopped with the server
 
 
+def test_serve_command_refuses_bad_options(tmp_path, capsys):
+    from attnlab.cli import main
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be a positive integer" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_serve_command_finishes_in_flight_stream_on_sigterm(tmp_path, tokenizer):
     save_checkpoint(tmp_path / "ckpt", tiny_gpt(), tokenizer)

@@ -41,10 +41,10 @@ def corpus(tmp_path) -> Path:
     return path
 
 
-def train_args(corpus, out, batch_size, steps, *extra):
+def train_args(corpus, out, batch_size, steps, *extra, eval_interval=3):
     return ["train", "--data", str(corpus), "--out", str(out), "model.n_layer=2", "model.n_head=2",
             "model.d_model=32", "model.block_size=32", f"train.batch_size={batch_size}", f"train.max_steps={steps}",
-            "train.grad_accum=2", "train.warmup_steps=2", "train.eval_interval=3",
+            "train.grad_accum=2", "train.warmup_steps=2", f"train.eval_interval={eval_interval}",
             "train.eval_batches=2", "train.log_interval=1", "train.progress=false", *extra]
 
 
@@ -97,23 +97,25 @@ def test_rank_batches_split_the_global_batch(corpus):
         assert torch.equal(torch.cat([s[key] for s in shards]), global_batch[key])
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path, strategy):
-    run(1, train_args(corpus, tmp_path / "one", 8, 4, *EQUIVALENCE))
-    run(2, train_args(corpus, tmp_path / "two", 4, 4, *EQUIVALENCE, f"train.distributed={strategy}"))
-    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) <= 1e-6
-    one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
-    two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert len(one) == len(two)  # rank 0 alone wrote the log: no duplicate records
-    for a, b in zip(one, two):
-        for key in ("train_loss", "val_loss"):
-            if key in a:
-                assert a[key] == pytest.approx(b[key], abs=1e-5)
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):
+    run(1, train_args(corpus, tmp_path / "one", 8, 4, *EQUIVALENCE, eval_interval=4))
+    one_weights = weights(tmp_path / "one")
+    one_log = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    for strategy in ("ddp", "fsdp"):
+        out = tmp_path / strategy
+        run(2, train_args(corpus, out, 4, 4, *EQUIVALENCE, f"train.distributed={strategy}", eval_interval=4))
+        assert max_diff(one_weights, weights(out)) <= 1e-6, strategy
+        two_log = (out / "metrics.jsonl").read_text().splitlines()
+        assert len(one_log) == len(two_log)  # rank 0 alone wrote the log: no duplicate records
+        for a, b in zip(map(json.loads, one_log), map(json.loads, two_log)):
+            for key in ("train_loss", "val_loss"):
+                if key in a:
+                    assert a[key] == pytest.approx(b[key], abs=1e-5)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(corpus, tmp_path, strategy):
-    steps, option = 12, f"train.distributed={strategy}"
+    steps, option = 9, f"train.distributed={strategy}"
     run(2, train_args(corpus, tmp_path / "whole", 4, steps, option))
     kill_at = random.Random().randint(4, steps - 2)
     procs = launch(2, train_args(corpus, tmp_path / "killed", 4, steps, option))
@@ -137,8 +139,8 @@ def test_torchrun_launch_matches_one_process(corpus, tmp_path):
     cli = [sys.executable, "-m", "attnlab.cli"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "attnlab.cli"]
-    subprocess.run(cli + train_args(corpus, tmp_path / "one", 8, 4, *EQUIVALENCE), env=env, check=True,
-                   capture_output=True)
-    subprocess.run(torchrun + train_args(corpus, tmp_path / "two", 4, 4, *EQUIVALENCE), env=env, check=True,
-                   capture_output=True)
+    subprocess.run(cli + train_args(corpus, tmp_path / "one", 8, 4, *EQUIVALENCE, eval_interval=4), env=env,
+                   check=True, capture_output=True)
+    subprocess.run(torchrun + train_args(corpus, tmp_path / "two", 4, 4, *EQUIVALENCE, eval_interval=4), env=env,
+                   check=True, capture_output=True)
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) <= 1e-6

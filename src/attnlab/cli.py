@@ -6,7 +6,7 @@ import sys
 
 from .errors import UserError
 
-VERB_MODULES = ["lm", "encoders", "demo", "finetune"]  # modules in attnlab.commands, each with register(subparsers)
+VERB_MODULES = ["lm", "encoders", "finetune", "serve", "demo"]  # modules in attnlab.commands, each with register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,12 +4,15 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
 from ..errors import UserError
 from ..evaluation import perplexity
 from ..inference import Sampling, stream_text
 from ..training import TrainConfig, Trainer
+from ..training import distributed
 from ..training.tasks import setup_task
 from .common import load_run_config, print_json, resolve_checkpoint
 
@@ -62,20 +65,29 @@ def train(args):
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         run = load_run_config(args.config, overrides)
     train_config = TrainConfig.from_dict(run.get("train", {}))
-    model, tokenizer, batches = setup_task(run, run_dir, args.resume)
-    trainer = Trainer(model, train_config, batches, run_dir, tokenizer)
-    if args.resume:
-        trainer.resume(run_dir / "last")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
-    print(f"{model.config.family} model, {model.num_parameters():,} parameters, training on {trainer.device}; "
-          f"run directory {run_dir}", file=sys.stderr)
+    parallel = distributed.from_env(train_config.distributed, train_config.device)  # one process unless torchrun
     try:
-        last = trainer.train()
-    except KeyboardInterrupt:
-        raise UserError(f"interrupted at step {trainer.step}; the last checkpoint in {run_dir / 'last'} is intact, "
-                        "continue with --resume") from None
-    print_json({"run_dir": str(run_dir), "best_val_loss": trainer.best_val, **last})
+        torch.manual_seed(train_config.seed)  # the same initial weights in every run and on every rank
+        with parallel.main_first():  # rank 0 writes the data cache, the others then read it
+            model, tokenizer, batches = setup_task(run, run_dir, args.resume)
+        trainer = Trainer(model, train_config, batches, run_dir, tokenizer, parallel=parallel)
+        if args.resume:
+            trainer.resume(run_dir / "last")
+        if parallel.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
+            print(f"{model.config.family} model, {model.num_parameters():,} parameters, training on {trainer.device}"
+                  f"{f' x {parallel.world_size} processes' if parallel.world_size > 1 else ''}; run directory {run_dir}",
+                  file=sys.stderr)
+        try:
+            last = trainer.train()
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted at step {trainer.step}; the last checkpoint in {run_dir / 'last'} is intact, "
+                            "continue with --resume") from None
+    finally:
+        parallel.close()
+    if parallel.is_main:
+        print_json({"run_dir": str(run_dir), "best_val_loss": trainer.best_val, **last})
 
 
 def generate(args):

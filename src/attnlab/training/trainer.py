@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import load_trainer_state, load_weights, save_checkpoint, WEIGHTS_FILE
+from ..checkpoint import load_trainer_state, save_checkpoint, WEIGHTS_FILE
 from ..config import Config
+from .distributed import STRATEGIES, SingleProcess
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .plot import plot_metrics
 
@@ -51,6 +52,7 @@ class TrainConfig(Config):
     device: str = "auto"
     seed: int = 1337
     progress: bool = True
+    distributed: str = "ddp"  # under torchrun: "ddp", or "fsdp" to shard a model too big for one device
 
     def validate(self):
         self.require_positive("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval")
@@ -58,6 +60,7 @@ class TrainConfig(Config):
             raise self.invalid("warmup_steps, min_lr, weight_decay and grad_clip must be >= 0 and lr > 0")
         self.require_choice("schedule", SCHEDULES)
         self.require_choice("precision", PRECISIONS)
+        self.require_choice("distributed", STRATEGIES)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -66,28 +69,32 @@ class TrainConfig(Config):
 
 
 class Trainer:
-    def __init__(self, model, config: TrainConfig, batches, run_dir, tokenizer=None, extra_json=None):
+    def __init__(self, model, config: TrainConfig, batches, run_dir, tokenizer=None, extra_json=None,
+                 parallel=None):
+        """`parallel` (training/distributed.py) spreads the run over processes; by default one."""
         self.config = config
-        self.device = config.resolved_device()
+        self.parallel = parallel or SingleProcess()
+        self.device = self.parallel.device or config.resolved_device()
         self.model = model.to(self.device)
-        self.batches = batches
+        self.batches = self.parallel.shard(batches)
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer
         self.extra_json = extra_json or {}
-        self.optimizer = make_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2),
+        wrapped = self.parallel.wrap(self.model)  # before the optimiser: FSDP replaces the parameters
+        self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                         fused=config.fused_optimizer)
         self.step = 0
         self.best_val = math.inf
         self.data_generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
-        self.forward = torch.compile(model) if config.compile else model
+        self.forward = torch.compile(wrapped) if config.compile else wrapped
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict:
         return {
             "step": self.step,
             "best_val": self.best_val,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "data_rng": self.data_generator.get_state(),
@@ -97,8 +104,8 @@ class Trainer:
     def resume(self, checkpoint_dir):
         """Continue exactly where the checkpoint left off: weights, optimiser, schedule, RNG."""
         state = load_trainer_state(checkpoint_dir)
-        load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
+        self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step, self.best_val = state["step"], state["best_val"]
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
@@ -106,8 +113,12 @@ class Trainer:
         self.data_generator.set_state(state["data_rng"])
 
     def save(self, name: str, with_state: bool):
-        save_checkpoint(self.run_dir / name, self.model, self.tokenizer,
-                        trainer_state=self.state() if with_state else None, extra_json=self.extra_json)
+        """Every rank calls this (gathering sharded state is collective); rank 0 writes."""
+        state = self.state() if with_state else None
+        model = self.parallel.full_model(self.model)
+        if self.parallel.is_main:
+            save_checkpoint(self.run_dir / name, model, self.tokenizer, trainer_state=state,
+                            extra_json=self.extra_json)
 
     # -- loop -------------------------------------------------------------------------------
     def autocast(self):
@@ -123,11 +134,12 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         total, tokens = 0.0, 0
-        for _ in range(c.grad_accum):
+        for micro in range(c.grad_accum):
             batch = self._to_device(self.batches.sample("train", self.data_generator))
-            with self.autocast():
-                loss = self.forward(**batch).loss / c.grad_accum
-            loss.backward()
+            with self.parallel.no_sync(self.forward, last_micro_step=micro == c.grad_accum - 1):
+                with self.autocast():
+                    loss = self.forward(**batch).loss / c.grad_accum
+                loss.backward()
             total += loss.item()
             tokens += batch["input_ids"].numel()
         if c.grad_clip > 0:
@@ -148,7 +160,7 @@ class Trainer:
             with self.autocast():
                 losses.append(self.forward(**batch).loss.item())
         self.model.train()
-        return sum(losses) / len(losses)
+        return self.parallel.mean(sum(losses) / len(losses))
 
     def train(self, stop_at=None) -> dict:
         """Run to max_steps (or stop_at); returns the last metrics. Ctrl-C stops cleanly with
@@ -157,7 +169,8 @@ class Trainer:
         end = min(c.max_steps, stop_at or c.max_steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / "metrics.jsonl"
-        bar = tqdm(total=end, initial=self.step, disable=not c.progress, dynamic_ncols=True, unit="step")
+        bar = tqdm(total=end, initial=self.step, disable=not (c.progress and self.parallel.is_main),
+                   dynamic_ncols=True, unit="step")
         window_tokens, window_start, last = 0, time.perf_counter(), {}
         try:
             while self.step < end:
@@ -165,8 +178,9 @@ class Trainer:
                 window_tokens += tokens
                 if self.step % c.log_interval == 0 or self.step == end:
                     elapsed = time.perf_counter() - window_start
-                    last = {"step": self.step, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
-                            "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+                    last = {"step": self.step, "train_loss": self.parallel.mean(loss),
+                            "lr": self.optimizer.param_groups[0]["lr"],
+                            "tokens_per_s": window_tokens * self.parallel.world_size / max(elapsed, 1e-9)}
                     self._log(metrics_path, last)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
                     window_tokens, window_start = 0, time.perf_counter()
@@ -179,8 +193,9 @@ class Trainer:
                         self.best_val = val
                         self.save("best", with_state=False)
                     self.save("last", with_state=True)
-                    plot_metrics(metrics_path, self.run_dir / "loss.png")
-                    bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})")
+                    if self.parallel.is_main:
+                        plot_metrics(metrics_path, self.run_dir / "loss.png")
+                        bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})")
                     window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
         finally:
             bar.close()
@@ -189,7 +204,7 @@ class Trainer:
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    @staticmethod
-    def _log(path, record):
-        with open(path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    def _log(self, path, record):
+        if self.parallel.is_main:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,50 @@
+"""serve: an HTTP server (FastAPI + uvicorn) with OpenAI-shaped endpoints for a checkpoint."""
+
+import sys
+
+from ..checkpoint import load_checkpoint
+from ..errors import UserError
+from .common import resolve_checkpoint
+
+
+def register(sub):
+    p = sub.add_parser("serve", help="serve a checkpoint over HTTP: /v1/completions (causal LMs), "
+                                     "/v1/embeddings and /v1/classify (encoders), /health, /metrics")
+    p.add_argument("checkpoint", help="checkpoint directory or run directory")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (1 = one at a time)")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences allowed to wait; more get HTTP 429")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
+    p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get to finish on shutdown")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; 1 is often "
+                                                 "fastest for small models on a busy machine)")
+    p.add_argument("--name", help="model name reported in responses (default: the checkpoint path)")
+    p.set_defaults(run=serve)
+
+
+def serve(args):
+    import torch
+    import uvicorn
+
+    from ..serving.app import ServeConfig, create_app
+
+    for name in ("max_batch", "max_queue", "port", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.timeout <= 0 or args.grace < 0:
+        raise UserError("--timeout must be > 0 and --grace >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    path = resolve_checkpoint(args.checkpoint)
+    model, tokenizer = load_checkpoint(path, device=device)
+    if tokenizer is None:
+        raise UserError(f"{path} has no tokenizer.json; the server needs one to read text")
+    config = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.timeout,
+                         model_name=args.name or str(args.checkpoint))
+    app = create_app(model, tokenizer, config)
+    print(f"serving {model.config.family} model from {path} on http://{args.host}:{args.port} ({device})",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.grace)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from attnlab.checkpoint import load_checkpoint, save_checkpoint
-from attnlab.compression import inject_lora, make_student, prune_structured, quantize_model, torch_dynamic_quantize
+from attnlab.compression import inject_lora, make_student, quantize_model, torch_dynamic_quantize
 from attnlab.compression.distill import Distiller
 from attnlab.compression.pipeline import run_stage
 from attnlab.compression.quantize import linear_weight_bytes

@@ -69,6 +69,7 @@ def test_resume_extends_a_finished_run(tiny_text, tmp_path):
     (["train", "--data", "{latin1}"], "is not UTF-8"),
     (["train", "--data", "{text}", "model.d_model=30", "model.n_head=4"], "divisible by n_head"),
     (["train", "--data", "{text}", "train.lr=-1"], "lr > 0"),
+    (["train", "--data", "{text}", "train.lr=fast"], "lr must be a number, got 'fast'"),
     (["train", "--data", "{text}", "model.nonsense=3"], "unknown field"),
     (["train", "--data", "{text}", "lr"], "must look like section.key=value"),
     (["train", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),

@@ -87,3 +87,13 @@ def test_bad_train_config_is_named():
         TrainConfig(precision="fp8")
     with pytest.raises(UserError, match="train config: unknown field.*learning_rate"):
         TrainConfig.from_dict({"learning_rate": 1})
+
+
+def test_config_values_are_checked_against_their_types():
+    assert TrainConfig(lr="3e-4").lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as text
+    assert isinstance(TrainConfig(min_lr=0).min_lr, float)
+    for bad, message in [({"lr": "fast"}, "lr must be a number, got 'fast'"),
+                         ({"max_steps": 2.5}, "max_steps must be an integer"),
+                         ({"progress": "yes"}, "progress must be true or false")]:
+        with pytest.raises(UserError, match=message):
+            TrainConfig(**bad)

@@ -13,12 +13,36 @@ from typing import ClassVar
 from .errors import UserError
 
 
+_SCALARS = {"bool": bool, "int": int, "float": float, "str": str}
+_ARTICLES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 @dataclasses.dataclass
 class Config:
     section: ClassVar[str] = "config"  # names this config in error messages
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, self._checked_type(field, getattr(self, field.name)))
         self.validate()
+
+    def _checked_type(self, field, value):
+        """A value of the field's declared scalar type (bool, int, float, str; None allowed).
+        A float field also takes an int, and numeric text: YAML 1.1 reads 3e-4 as a string."""
+        kind = _SCALARS.get(field.type if isinstance(field.type, str) else getattr(field.type, "__name__", None))
+        if value is None or kind is None:
+            return value
+        if kind is float and not isinstance(value, bool):
+            if isinstance(value, int):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return value
+        raise self.invalid(f"{field.name} must be {_ARTICLES[kind]}, got {value!r}")
 
     def validate(self):
         """Subclasses check their fields here with the helpers below."""

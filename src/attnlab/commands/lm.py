@@ -4,15 +4,12 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
 from ..errors import UserError
 from ..evaluation import perplexity
 from ..inference import Sampling, stream_text
-from ..training import TrainConfig, Trainer
-from ..training import distributed
+from ..training import TrainConfig, Trainer, distributed
 from ..training.tasks import setup_task
 from .common import load_run_config, print_json, resolve_checkpoint
 
@@ -67,7 +64,6 @@ def train(args):
     train_config = TrainConfig.from_dict(run.get("train", {}))
     parallel = distributed.from_env(train_config.distributed, train_config.device)  # one process unless torchrun
     try:
-        torch.manual_seed(train_config.seed)  # the same initial weights in every run and on every rank
         with parallel.main_first():  # rank 0 writes the data cache, the others then read it
             model, tokenizer, batches = setup_task(run, run_dir, args.resume)
         trainer = Trainer(model, train_config, batches, run_dir, tokenizer, parallel=parallel)

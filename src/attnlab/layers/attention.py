@@ -8,7 +8,6 @@ gets a zero output (and zero gradient), never NaN.
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

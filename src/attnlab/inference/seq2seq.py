@@ -177,3 +177,21 @@ def beam_search(model, sources, options: BeamSearch, stop_at_eos: bool = True) -
             break
     return [[Hypothesis(_until_eos(done[b, j, 1:].tolist(), eos), done_scores[b, j].item())
              for j in range(options.num_return)] for b in range(batch)]
+
+
+def translate(model, tokenizers, texts, decoding, batch_size: int = 32) -> list:
+    """Texts -> for each, a list of (text, score) outputs, best first. `decoding` is a Sampling
+    (greedy or sampled: one output, score None) or a BeamSearch (its num_return outputs)."""
+    from ..data.seq2seq import decode_target, encode_source
+
+    c = model.config
+    special = {c.pad_id, c.eos_id, c.decoder_start_id}
+    outputs = []
+    for start in range(0, len(texts), batch_size):
+        sources = [encode_source(tokenizers, text, c.eos_id) for text in texts[start:start + batch_size]]
+        if isinstance(decoding, BeamSearch):
+            results = [[(h.tokens, h.score) for h in hyps] for hyps in beam_search(model, sources, decoding)]
+        else:
+            results = [[(tokens, None)] for tokens in seq2seq_generate(model, sources, decoding)]
+        outputs += [[(decode_target(tokenizers, tokens, special), score) for tokens, score in row] for row in results]
+    return outputs

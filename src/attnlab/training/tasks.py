@@ -67,3 +67,6 @@ def _cached_splits(cache_dir: Path, data: dict, tokenizer, val_fraction: float) 
         for split, part in zip(paths, split_ids(ids, val_fraction)):
             write_memmap(part, paths[split], tokenizer.vocab_size)
     return {split: open_memmap(path, tokenizer.vocab_size) for split, path in paths.items()}
+
+
+from . import seq2seq_task  # noqa: E402,F401  (registers the seq2seq task)

@@ -1,0 +1,73 @@
+"""The `seq2seq` task: train an encoder-decoder (the original Transformer or T5) on pairs.
+
+Run config sections:
+  data:      train: pairs file (.tsv or .jsonl); val: pairs file, or val_fraction of train (0.1)
+  tokenizer: kind: char | bpe, vocab_size (bpe), shared: true (one tokenizer for both sides)
+  model:     preset: NAME (transformer-tiny, t5-tiny, ...) or family: transformer | t5 plus fields
+  train:     as for every task; batch_size is in pairs
+"""
+
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint
+from ..data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, Seq2SeqTokenizers, check_lengths, encode_pairs,
+                            read_pairs, train_seq2seq_tokenizer)
+from ..errors import UserError
+from ..models.base import build_model, preset
+from .tasks import model_config, task
+
+
+@task("seq2seq")
+def seq2seq(run: dict, run_dir: Path, resume: bool):
+    data, train = run.get("data", {}), run.get("train", {})
+    if "train" not in data:
+        raise UserError("data.train is missing: point it at a pairs file (source<TAB>target per line, or JSONL)")
+    train_pairs = read_pairs(data["train"])
+    if "val" in data:
+        val_pairs = read_pairs(data["val"])
+    else:
+        fraction = float(data.get("val_fraction", 0.1))
+        if not 0 < fraction < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {fraction}")
+        cut = max(1, int(len(train_pairs) * (1 - fraction)))
+        if cut >= len(train_pairs):
+            raise UserError(f"{data['train']} has {len(train_pairs)} pair(s), too few to hold out a validation "
+                            "split; add pairs or give data.val")
+        train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
+    if resume:
+        model, _ = load_checkpoint(run_dir / "last", with_tokenizer=False)
+        tokenizers = Seq2SeqTokenizers.load(run_dir / "last")
+    else:
+        tokenizers = _train_tokenizers(run.get("tokenizer", {}), train_pairs)
+        model = build_model(_model_config(run.get("model", {}), tokenizers))
+    c = model.config
+    splits = {}
+    for name, pairs, source in (("train", train_pairs, data["train"]), ("val", val_pairs, data.get("val", data["train"]))):
+        encoded = encode_pairs(pairs, tokenizers, c.eos_id)
+        check_lengths(encoded, c.max_source_len, c.max_target_len, source)
+        splits[name] = encoded
+    return model, tokenizers, Seq2SeqBatches(splits, int(train.get("batch_size", 32)), c.pad_id)
+
+
+def _train_tokenizers(section: dict, pairs) -> Seq2SeqTokenizers:
+    kind, vocab_size = section.get("kind", "char"), section.get("vocab_size")
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    if section.get("shared", True):
+        return Seq2SeqTokenizers(train_seq2seq_tokenizer(kind, sources + targets, vocab_size))
+    return Seq2SeqTokenizers(train_seq2seq_tokenizer(kind, sources, vocab_size),
+                             train_seq2seq_tokenizer(kind, targets, vocab_size))
+
+
+def _model_config(section: dict, tokenizers: Seq2SeqTokenizers):
+    section = dict(section)
+    if "preset" not in section:
+        section.setdefault("family", "transformer")
+    special = {"pad_id": PAD_ID, "eos_id": EOS_ID, "decoder_start_id": START_ID}
+    family = preset(section["preset"]).family if "preset" in section else section["family"]
+    if family == "t5":
+        if not tokenizers.shared:
+            raise UserError("T5 has one vocabulary for both sides: set tokenizer.shared to true")
+        return model_config(section, vocab_size=tokenizers.source.vocab_size, **special)
+    target_vocab = None if tokenizers.shared else tokenizers.target.vocab_size
+    return model_config(section, vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=target_vocab,
+                        share_embeddings=tokenizers.shared, **special)

@@ -22,30 +22,32 @@ def seq2seq(run: dict, run_dir: Path, resume: bool):
     data, train = run.get("data", {}), run.get("train", {})
     if "train" not in data:
         raise UserError("data.train is missing: point it at a pairs file (source<TAB>target per line, or JSONL)")
-    train_pairs = read_pairs(data["train"])
-    if "val" in data:
-        val_pairs = read_pairs(data["val"])
-    else:
-        fraction = float(data.get("val_fraction", 0.1))
-        if not 0 < fraction < 1:
-            raise UserError(f"data.val_fraction must be in (0, 1), got {fraction}")
-        cut = max(1, int(len(train_pairs) * (1 - fraction)))
-        if cut >= len(train_pairs):
-            raise UserError(f"{data['train']} has {len(train_pairs)} pair(s), too few to hold out a validation "
-                            "split; add pairs or give data.val")
-        train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
+    pairs = read_pairs(data["train"])
     if resume:
         model, _ = load_checkpoint(run_dir / "last", with_tokenizer=False)
         tokenizers = Seq2SeqTokenizers.load(run_dir / "last")
     else:
-        tokenizers = _train_tokenizers(run.get("tokenizer", {}), train_pairs)
+        tokenizers = _train_tokenizers(run.get("tokenizer", {}), pairs)
         model = build_model(_model_config(run.get("model", {}), tokenizers))
     c = model.config
-    splits = {}
-    for name, pairs, source in (("train", train_pairs, data["train"]), ("val", val_pairs, data.get("val", data["train"]))):
-        encoded = encode_pairs(pairs, tokenizers, c.eos_id)
-        check_lengths(encoded, c.max_source_len, c.max_target_len, source)
-        splits[name] = encoded
+
+    def encoded(pairs, path):
+        ids = encode_pairs(pairs, tokenizers, c.eos_id)
+        check_lengths(ids, c.max_source_len, c.max_target_len, path)
+        return ids
+
+    train_ids = encoded(pairs, data["train"])
+    if "val" in data:
+        splits = {"train": train_ids, "val": encoded(read_pairs(data["val"]), data["val"])}
+    else:
+        fraction = float(data.get("val_fraction", 0.1))
+        if not 0 < fraction < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {fraction}")
+        cut = max(1, int(len(pairs) * (1 - fraction)))
+        if cut >= len(pairs):
+            raise UserError(f"{data['train']} has {len(pairs)} pair(s), too few to hold out a validation split; "
+                            "add pairs or give data.val")
+        splits = {"train": train_ids[:cut], "val": train_ids[cut:]}
     return model, tokenizers, Seq2SeqBatches(splits, int(train.get("batch_size", 32)), c.pad_id)
 
 

@@ -66,7 +66,8 @@ class DecoderSteps:
     """The decoder over a fixed encoder output, one new token per call."""
 
     def __init__(self, model, memory, memory_mask, use_cache: bool, capacity: int):
-        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        self.model, self.memory = model, memory
+        self.memory_mask = None if bool(memory_mask.all()) else memory_mask  # no padding: no mask to apply
         self.cache = KVCache(model.n_decoder_layer, capacity) if use_cache else None
 
     def next_logits(self, sequences):
@@ -89,7 +90,7 @@ def _check_length(model, max_new_tokens):
         raise UserError(f"max_new_tokens={max_new_tokens} is more than this model can produce ({limit - 1})")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def seq2seq_generate(model, sources, sampling: Sampling, stop_at_eos: bool = True) -> list:
     """Greedy (temperature 0) or sampled decoding -> one list of new ids per source, without eos."""
     _check_length(model, sampling.max_new_tokens)
@@ -120,7 +121,7 @@ def _take(x, index):
     return x[torch.arange(x.size(0), device=x.device)[:, None], index]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model, sources, options: BeamSearch, stop_at_eos: bool = True) -> list:
     """-> for each source, its `num_return` best finished Hypothesis records, best first."""
     _check_length(model, options.max_new_tokens)

@@ -52,12 +52,15 @@ def seq2seq(run: dict, run_dir: Path, resume: bool):
 
 
 def _train_tokenizers(section: dict, pairs) -> Seq2SeqTokenizers:
+    """`kind` and `vocab_size` for both sides; with shared: false, `target_kind` and
+    `target_vocab_size` may differ (e.g. characters in, BPE words out)."""
     kind, vocab_size = section.get("kind", "char"), section.get("vocab_size")
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     if section.get("shared", True):
         return Seq2SeqTokenizers(train_seq2seq_tokenizer(kind, sources + targets, vocab_size))
     return Seq2SeqTokenizers(train_seq2seq_tokenizer(kind, sources, vocab_size),
-                             train_seq2seq_tokenizer(kind, targets, vocab_size))
+                             train_seq2seq_tokenizer(section.get("target_kind", kind), targets,
+                                                     section.get("target_vocab_size", vocab_size)))
 
 
 def _model_config(section: dict, tokenizers: Seq2SeqTokenizers):

@@ -22,7 +22,8 @@ def spread_weights(model, seed=0, std=0.3):
 def hf_t5(activation="relu", seed=0, decoder_layers=3):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    config = T5Config(vocab_size=48, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=decoder_layers, num_heads=4,
+    config = T5Config(vocab_size=48, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=decoder_layers,
+                      num_heads=4,
                       relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
                       feed_forward_proj=activation, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     torch.manual_seed(seed)

@@ -33,7 +33,8 @@ def decoding(args, model):
                           num_return=args.n_best, use_cache=not getattr(args, "no_cache", False))
     if args.n_best > 1:
         raise UserError("--n-best needs beam search: pass --beams N with N >= --n-best")
-    return Sampling(max_new_tokens=max_new, temperature=getattr(args, "temperature", None) or 0.0, top_k=getattr(args, "top_k", None),
+    return Sampling(max_new_tokens=max_new, temperature=getattr(args, "temperature", None) or 0.0,
+                    top_k=getattr(args, "top_k", None),
                     top_p=getattr(args, "top_p", None), seed=getattr(args, "seed", None),
                     use_cache=not getattr(args, "no_cache", False))
 

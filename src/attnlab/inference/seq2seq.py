@@ -15,6 +15,7 @@ import dataclasses
 
 import torch
 
+from ..data.seq2seq import decode_target, encode_source
 from ..errors import UserError
 from ..layers import KVCache
 from .generate import Sampling, next_token
@@ -183,8 +184,6 @@ def beam_search(model, sources, options: BeamSearch, stop_at_eos: bool = True) -
 def translate(model, tokenizers, texts, decoding, batch_size: int = 32) -> list:
     """Texts -> for each, a list of (text, score) outputs, best first. `decoding` is a Sampling
     (greedy or sampled: one output, score None) or a BeamSearch (its num_return outputs)."""
-    from ..data.seq2seq import decode_target, encode_source
-
     c = model.config
     special = {c.pad_id, c.eos_id, c.decoder_start_id}
     outputs = []

@@ -14,7 +14,8 @@ def config_from_hf(hf: dict) -> T5Config:
     return T5Config(
         vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"], n_layer=hf["num_layers"],
         n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"], n_head=hf["num_heads"],
-        num_buckets=hf.get("relative_attention_num_buckets", 32), max_distance=hf.get("relative_attention_max_distance", 128),
+        num_buckets=hf.get("relative_attention_num_buckets", 32),
+        max_distance=hf.get("relative_attention_max_distance", 128),
         dropout=hf.get("dropout_rate", 0.1), norm_eps=hf.get("layer_norm_epsilon", 1e-6), activation=_FFN[proj],
         tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
         pad_id=hf.get("pad_token_id", 0), eos_id=hf.get("eos_token_id", 1),

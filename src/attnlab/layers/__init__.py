@@ -10,7 +10,8 @@ from .positions import (LearnedPositions, RelativePositionBias, RotaryEmbedding,
                         relative_position_bucket, sinusoidal_table)
 
 __all__ = [
-    "FFN_KINDS", "FeedForward", "KVCache", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
-    "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask", "combine_masks",
-    "make_norm", "padding_mask", "relative_position_bucket", "scaled_dot_product_attention", "sinusoidal_table", "to_additive",
+    "FFN_KINDS", "FeedForward", "KVCache", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm",
+    "RelativePositionBias", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask",
+    "combine_masks", "make_norm", "padding_mask", "relative_position_bucket", "scaled_dot_product_attention",
+    "sinusoidal_table", "to_additive",
 ]

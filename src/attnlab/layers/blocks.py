@@ -20,8 +20,8 @@ class TransformerBlock(nn.Module):
         attn_dropout = dropout if attn_dropout is None else attn_dropout
 
         def attention():
-            return MultiHeadAttention(d_model, n_head, n_kv_head=n_kv_head, head_dim=head_dim, bias=bias, dropout=attn_dropout,
-                                      scale=attn_scale, backend=backend)
+            return MultiHeadAttention(d_model, n_head, n_kv_head=n_kv_head, head_dim=head_dim, bias=bias,
+                                      dropout=attn_dropout, scale=attn_scale, backend=backend)
 
         self.self_attn = attention()
         self.norm_self = make_norm(norm, d_model, norm_eps, bias)

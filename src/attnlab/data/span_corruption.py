@@ -35,3 +35,30 @@ def span_corruption(ids: list, sentinel_ids: list, generator: torch.Generator, n
         targets += [sentinel] + ids[position:position + dropped]
         position += dropped
     return inputs, targets
+
+
+class SpanCorruptionBatches:
+    """Random windows of `window` tokens from each split's ids, corrupted; sources and targets
+    end with eos, padded as seq2seq pairs."""
+
+    def __init__(self, splits: dict, window: int, batch_size: int, sentinel_ids: list, eos_id: int, pad_id: int):
+        from ..errors import UserError
+
+        for name, ids in splits.items():
+            if len(ids) <= window:
+                raise UserError(f"the {name} split has {len(ids)} tokens, too few for windows of {window}; "
+                                "use more text, a smaller data.window or a different val_fraction")
+        self.splits, self.window, self.batch_size = splits, window, batch_size
+        self.sentinel_ids, self.eos_id, self.pad_id = sentinel_ids, eos_id, pad_id
+
+    def sample(self, split: str, generator: torch.Generator) -> dict:
+        from .seq2seq import collate
+
+        data = self.splits[split]
+        starts = torch.randint(len(data) - self.window, (self.batch_size,), generator=generator).tolist()
+        pairs = []
+        for start in starts:
+            inputs, targets = span_corruption([int(i) for i in data[start:start + self.window]], self.sentinel_ids,
+                                              generator)
+            pairs.append((inputs + [self.eos_id], targets + [self.eos_id]))
+        return collate(pairs, self.pad_id)

@@ -1,4 +1,5 @@
-"""The `seq2seq` task: train an encoder-decoder (the original Transformer or T5) on pairs.
+"""The `seq2seq` task: train an encoder-decoder (the original Transformer or T5) on pairs;
+the `span_corruption` task: T5 pretraining on plain text.
 
 Run config sections:
   data:      train: pairs file (.tsv or .jsonl); val: pairs file, or val_fraction of train (0.1)
@@ -12,9 +13,11 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, Seq2SeqTokenizers, check_lengths, encode_pairs,
                             read_pairs, train_seq2seq_tokenizer)
+from ..data.corpus import read_text
+from ..data.span_corruption import SpanCorruptionBatches
 from ..errors import UserError
 from ..models.base import build_model, preset
-from .tasks import model_config, task
+from .tasks import _cached_splits, model_config, task
 
 
 @task("seq2seq")
@@ -76,3 +79,31 @@ def _model_config(section: dict, tokenizers: Seq2SeqTokenizers):
     target_vocab = None if tokenizers.shared else tokenizers.target.vocab_size
     return model_config(section, vocab_size=tokenizers.source.vocab_size, tgt_vocab_size=target_vocab,
                         share_embeddings=tokenizers.shared, **special)
+
+
+@task("span_corruption")
+def t5_span_corruption(run: dict, run_dir: Path, resume: bool):
+    """T5 pretraining on a text file or folder: windows of data.window tokens (default 64) with
+    15 % of their tokens dropped in spans of 3 on average; sentinel ids sit above the
+    tokenizer's vocabulary (data.sentinels of them, default 100)."""
+    data, train = run.get("data", {}), run.get("train", {})
+    n_sentinels = int(data.get("sentinels", 100))
+    if resume:
+        model, _ = load_checkpoint(run_dir / "last", with_tokenizer=False)
+        tokenizers = Seq2SeqTokenizers.load(run_dir / "last")
+    else:
+        if "path" not in data:
+            raise UserError("data.path is missing: point it at a text file or folder")
+        section = run.get("tokenizer", {})
+        text = read_text(data["path"])
+        tokenizers = Seq2SeqTokenizers(train_seq2seq_tokenizer(section.get("kind", "char"), text.splitlines(),
+                                                               section.get("vocab_size")))
+        special = {"pad_id": PAD_ID, "eos_id": EOS_ID, "decoder_start_id": PAD_ID}
+        model = build_model(model_config({"family": "t5", **run.get("model", {})},
+                                         vocab_size=tokenizers.source.vocab_size + n_sentinels, **special))
+    c = model.config
+    sentinels = list(range(c.vocab_size - 1, c.vocab_size - 1 - n_sentinels, -1))  # <extra_id_0> is the last id
+    splits = _cached_splits(run_dir / "data", data, tokenizers.source, float(data.get("val_fraction", 0.1)))
+    batches = SpanCorruptionBatches(splits, int(data.get("window", 64)), int(train.get("batch_size", 32)), sentinels,
+                                    c.eos_id, c.pad_id)
+    return model, tokenizers, batches

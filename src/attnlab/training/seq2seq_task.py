@@ -3,7 +3,8 @@ the `span_corruption` task: T5 pretraining on plain text.
 
 Run config sections:
   data:      train: pairs file (.tsv or .jsonl); val: pairs file, or val_fraction of train (0.1)
-  tokenizer: kind: char | bpe, vocab_size (bpe), shared: true (one tokenizer for both sides)
+  tokenizer: kind: char | bpe, vocab_size (bpe), shared: true (one tokenizer for both sides);
+             with shared: false, target_kind and target_vocab_size may differ from the source's
   model:     preset: NAME (transformer-tiny, t5-tiny, ...) or family: transformer | t5 plus fields
   train:     as for every task; batch_size is in pairs
 """
@@ -11,9 +12,9 @@ Run config sections:
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint
+from ..data.corpus import read_text
 from ..data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, Seq2SeqTokenizers, check_lengths, encode_pairs,
                             read_pairs, train_seq2seq_tokenizer)
-from ..data.corpus import read_text
 from ..data.span_corruption import SpanCorruptionBatches
 from ..errors import UserError
 from ..models.base import build_model, preset

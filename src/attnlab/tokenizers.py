@@ -162,10 +162,10 @@ def train_tokenizer(kind: str, text: str, vocab_size=None):
     raise UserError(f"unknown tokenizer {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
 
 
-def load_tokenizer(directory: Path):
-    path = Path(directory) / TOKENIZER_FILE
+def load_tokenizer(directory: Path, name: str = TOKENIZER_FILE):
+    path = Path(directory) / name
     if not path.is_file():
-        raise UserError(f"no {TOKENIZER_FILE} in {directory}")
+        raise UserError(f"no {name} in {directory}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:

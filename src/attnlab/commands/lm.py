@@ -11,6 +11,7 @@ from ..evaluation import perplexity
 from ..inference import Sampling, stream_text
 from ..training import TrainConfig, Trainer, distributed
 from ..training.tasks import setup_task
+from . import seq2seq
 from .common import load_run_config, print_json, resolve_checkpoint
 
 RUN_FILE = "run.json"
@@ -26,24 +27,34 @@ def register(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(run=train)
 
-    p = sub.add_parser("generate", help="generate text from a causal LM checkpoint")
+    p = sub.add_parser("generate", help="generate text from a causal LM, or translate with a seq2seq checkpoint")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--prompt", action="append", help="prompt text; repeat for a batch (default: read stdin)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    p.add_argument("--max-new-tokens", type=int, help="default 200 (seq2seq: what the model allows, <= 256)")
+    p.add_argument("--temperature", type=float, help="0 for greedy decoding (default 0.8; 0 for seq2seq)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt instead of streaming")
+    _add_seq2seq_decoding(p)
     p.set_defaults(run=generate)
 
-    p = sub.add_parser("eval", help="perplexity and bits per token/character of a causal LM on a text file")
+    p = sub.add_parser("eval", help="perplexity of a causal LM on a text file, or BLEU/chrF/ROUGE of a seq2seq "
+                       "model on a pairs file")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="text file or folder")
+    p.add_argument("--data", required=True, help="text file or folder; for seq2seq a .tsv or .jsonl pairs file")
     p.add_argument("--stride", type=int, help="window step in tokens (default: half the context)")
+    p.add_argument("--max-new-tokens", type=int, help="seq2seq: longest output (default: what the model allows, <= 256)")
+    _add_seq2seq_decoding(p)
     p.set_defaults(run=evaluate)
+
+
+def _add_seq2seq_decoding(p):
+    p.add_argument("--beams", type=int, default=1, help="seq2seq: beam size (default 1: greedy or sampling)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq beam search: score / length ** this")
+    p.add_argument("--n-best", type=int, default=1, help="seq2seq beam search: outputs per source (JSON lines)")
 
 
 def train(args):
@@ -87,7 +98,14 @@ def train(args):
 
 
 def generate(args):
-    model, tokenizer = load_checkpoint(resolve_checkpoint(args.checkpoint), families=("gpt",))
+    path = resolve_checkpoint(args.checkpoint)
+    if seq2seq.is_seq2seq_checkpoint(path):
+        return seq2seq.generate(args, path)
+    if args.beams > 1 or args.n_best > 1:
+        raise UserError("--beams and --n-best are for encoder-decoder (seq2seq) checkpoints")
+    args.temperature = 0.8 if args.temperature is None else args.temperature
+    args.max_new_tokens = 200 if args.max_new_tokens is None else args.max_new_tokens
+    model, tokenizer = load_checkpoint(path, families=("gpt",))
     prompts = args.prompt or [sys.stdin.read()]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
@@ -107,5 +125,8 @@ def generate(args):
 
 
 def evaluate(args):
-    model, tokenizer = load_checkpoint(resolve_checkpoint(args.checkpoint), families=("gpt",))
+    path = resolve_checkpoint(args.checkpoint)
+    if seq2seq.is_seq2seq_checkpoint(path):
+        return seq2seq.evaluate(args, path)
+    model, tokenizer = load_checkpoint(path, families=("gpt",))
     print_json(perplexity(model, tokenizer, read_text(args.data), stride=args.stride))

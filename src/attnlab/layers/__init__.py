@@ -6,10 +6,12 @@ from .feedforward import FFN_KINDS, FeedForward
 from .kv_cache import KVCache
 from .masks import causal_mask, combine_masks, padding_mask, to_additive
 from .norms import NORMS, RMSNorm, make_norm
-from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
+from .positions import (LearnedPositions, RelativePositionBias, RotaryEmbedding, SinusoidalPositions,
+                        relative_position_bucket, sinusoidal_table)
 
 __all__ = [
     "FFN_KINDS", "FeedForward", "KVCache", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm",
-    "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask", "combine_masks",
-    "make_norm", "padding_mask", "scaled_dot_product_attention", "sinusoidal_table", "to_additive",
+    "RelativePositionBias", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask",
+    "combine_masks", "make_norm", "padding_mask", "relative_position_bucket", "scaled_dot_product_attention",
+    "sinusoidal_table", "to_additive",
 ]

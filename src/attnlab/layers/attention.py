@@ -26,6 +26,8 @@ def scaled_dot_product_attention(
     Tk > Tq. Asking for the weights always takes the math path.
     """
     t_query, t_key = q.size(-2), k.size(-2)
+    if causal and t_query == 1:
+        causal = False  # a single query, the newest position, sees every key
     if k.size(1) != q.size(1):  # grouped-query attention: share each K/V head among a group
         group = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)

@@ -14,14 +14,14 @@ from .norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, d_model, n_head, ffn_hidden, *, ffn_kind="gelu", norm="layernorm", norm_eps=1e-5,
                  prenorm=True, bias=True, dropout=0.0, attn_dropout=None, n_kv_head=None,
-                 cross_attention=False, attn_scale=None, backend="sdpa"):
+                 cross_attention=False, attn_scale=None, head_dim=None, backend="sdpa"):
         super().__init__()
         self.prenorm = prenorm
         attn_dropout = dropout if attn_dropout is None else attn_dropout
 
         def attention():
-            return MultiHeadAttention(d_model, n_head, n_kv_head=n_kv_head, bias=bias, dropout=attn_dropout,
-                                      scale=attn_scale, backend=backend)
+            return MultiHeadAttention(d_model, n_head, n_kv_head=n_kv_head, head_dim=head_dim, bias=bias,
+                                      dropout=attn_dropout, scale=attn_scale, backend=backend)
 
         self.self_attn = attention()
         self.norm_self = make_norm(norm, d_model, norm_eps, bias)

@@ -14,6 +14,7 @@ FFN_KINDS = {
     "relu": ("relu", False),
     "gelu": ("gelu", False),
     "gelu_tanh": ("gelu_tanh", False),
+    "silu": ("silu", False),
     "swiglu": ("silu", True),
     "geglu": ("gelu_tanh", True),
     "reglu": ("relu", True),

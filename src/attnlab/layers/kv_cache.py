@@ -53,10 +53,14 @@ class KVCache:
     def set_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         self._cross[layer] = (k, v)
 
-    def reorder(self, batch_index: torch.Tensor):
-        """Keep and reorder batch rows (beam search): every buffer is indexed on dim 0."""
+    def reorder(self, batch_index: torch.Tensor, cross: bool = True):
+        """Keep and reorder batch rows (beam search): every buffer is indexed on dim 0.
+
+        cross=False leaves the cross-attention keys and values as they are: right when rows
+        only move among copies of the same source (the beams of one sentence)."""
         def pick(t):
             return None if t is None else t.index_select(0, batch_index)
         self._keys = [pick(t) for t in self._keys]
         self._values = [pick(t) for t in self._values]
-        self._cross = [None if kv is None else (pick(kv[0]), pick(kv[1])) for kv in self._cross]
+        if cross:
+            self._cross = [None if kv is None else (pick(kv[0]), pick(kv[1])) for kv in self._cross]

@@ -60,3 +60,38 @@ class RotaryEmbedding(nn.Module):
         half = x.size(-1) // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
+
+
+def relative_position_bucket(relative, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's buckets for key_position - query_position: exact for small distances, then
+    logarithmically wider up to max_distance (beyond it, one bucket). Bidirectional buckets
+    give half of the range to keys after the query; causal ones see only the past."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    exact = num_buckets // 2
+    log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    far = (exact + (log_ratio * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+    """A learned scalar per (bucket, head), added to attention scores (T5). Computed once per
+    forward and shared by every layer of a stack."""
+
+    def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True):
+        super().__init__()
+        self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.embedding = nn.Embedding(num_buckets, n_head)
+
+    def forward(self, t_query: int, t_key: int, offset: int = 0) -> torch.Tensor:
+        """-> (1, H, Tq, Tk) bias; the queries sit at positions offset .. offset + Tq - 1."""
+        device = self.embedding.weight.device
+        query = torch.arange(offset, offset + t_query, device=device)[:, None]
+        key = torch.arange(t_key, device=device)[None, :]
+        buckets = relative_position_bucket(key - query, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)

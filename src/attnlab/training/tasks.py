@@ -73,4 +73,4 @@ def _cached_splits(cache_dir: Path, data: dict, tokenizer, val_fraction: float, 
     return {split: open_memmap(path, tokenizer.vocab_size) for split, path in paths.items()}
 
 
-from . import encoder_tasks  # noqa: E402,F401  (registers the encoder objectives)
+from . import encoder_tasks, seq2seq_task  # noqa: E402,F401  (register the encoder and seq2seq objectives)

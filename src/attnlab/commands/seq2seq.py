@@ -1,0 +1,60 @@
+"""generate and eval for encoder-decoder checkpoints; `attnlab generate` and `attnlab eval`
+hand seq2seq checkpoints over to these."""
+
+import json
+import sys
+
+from ..checkpoint import load_checkpoint, read_config
+from ..data.seq2seq import Seq2SeqTokenizers, read_pairs
+from ..errors import UserError
+from ..evaluation import text_metrics
+from ..inference import BeamSearch, Sampling
+from ..inference.seq2seq import translate
+from ..models.base import FAMILIES
+from .common import print_json
+
+
+def is_seq2seq_checkpoint(path) -> bool:
+    return getattr(FAMILIES[read_config(path).family][1], "is_seq2seq", False)
+
+
+def load(path):
+    model, _ = load_checkpoint(path, with_tokenizer=False)
+    if not Seq2SeqTokenizers.exists(path):
+        raise UserError(f"{path} has no tokenizer.json; seq2seq generation needs the checkpoint's tokenizer")
+    return model, Seq2SeqTokenizers.load(path)
+
+
+def decoding(args, model):
+    """--beams N > 1: beam search; otherwise greedy (temperature 0, the default) or sampling."""
+    max_new = args.max_new_tokens or min(256, model.config.max_target_len - 1)
+    if args.beams > 1:
+        return BeamSearch(num_beams=args.beams, max_new_tokens=max_new, length_penalty=args.length_penalty,
+                          num_return=args.n_best, use_cache=not getattr(args, "no_cache", False))
+    if args.n_best > 1:
+        raise UserError("--n-best needs beam search: pass --beams N with N >= --n-best")
+    return Sampling(max_new_tokens=max_new, temperature=getattr(args, "temperature", None) or 0.0,
+                    top_k=getattr(args, "top_k", None),
+                    top_p=getattr(args, "top_p", None), seed=getattr(args, "seed", None),
+                    use_cache=not getattr(args, "no_cache", False))
+
+
+def generate(args, path):
+    model, tokenizers = load(path)
+    sources = args.prompt or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not sources:
+        raise UserError("no input: pass --prompt TEXT or write source lines to stdin")
+    outputs = translate(model, tokenizers, sources, decoding(args, model))
+    for source, row in zip(sources, outputs):
+        if args.json or args.n_best > 1:
+            print(json.dumps({"source": source, "outputs": [{"text": t, "score": s} for t, s in row]},
+                             ensure_ascii=False))
+        else:
+            print(row[0][0])
+
+
+def evaluate(args, path):
+    model, tokenizers = load(path)
+    pairs = read_pairs(args.data)
+    outputs = translate(model, tokenizers, [s for s, _ in pairs], decoding(args, model))
+    print_json(text_metrics([row[0][0] for row in outputs], [t for _, t in pairs]))

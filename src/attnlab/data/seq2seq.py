@@ -1,0 +1,164 @@
+"""Sequence-to-sequence data: (source, target) pairs from TSV or JSONL, tokenised with one
+shared tokenizer or one per side, batched by length and padded to the longest in each batch.
+
+Token ids 0, 1, 2 are <pad>, </s> (end of sequence) and <s> (the decoder's start token) in
+every tokenizer made here. Sources and targets both end with </s>.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..models.seq2seq import IGNORE_INDEX
+from ..tokenizers import TOKENIZER_FILE, CharTokenizer, SubwordTokenizer, load_tokenizer
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<s>")
+PAD_ID, EOS_ID, START_ID = 0, 1, 2
+TARGET_TOKENIZER_FILE = "target_tokenizer.json"
+
+
+# -- reading -----------------------------------------------------------------------------------
+def read_pairs(path) -> list:
+    """A .tsv (source<TAB>target per line) or .jsonl ({"source": ..., "target": ...} per line)
+    file -> list of (source, target). Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pairs file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
+    parse = _json_pair if path.suffix in (".jsonl", ".json") else _tsv_pair
+    pairs = [parse(line, f"{path} line {n}") for n, line in enumerate(lines, 1) if line.strip()]
+    if not pairs:
+        raise UserError(f"pairs file {path} holds no pairs: write one source<TAB>target (or JSON) per line")
+    return pairs
+
+
+def _tsv_pair(line, where):
+    columns = line.split("\t")
+    if len(columns) != 2:
+        raise UserError(f"{where}: expected 2 tab-separated columns (source, target), found {len(columns)}")
+    return columns[0], columns[1]
+
+
+def _json_pair(line, where):
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        raise UserError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("source", "target")):
+        raise UserError(f'{where}: expected an object with string fields "source" and "target"')
+    return record["source"], record["target"]
+
+
+# -- tokenizers --------------------------------------------------------------------------------
+def train_seq2seq_tokenizer(kind: str, texts, vocab_size=None):
+    """A tokenizer whose first ids are SPECIAL_TOKENS: char level or byte-level BPE."""
+    if kind == "char":
+        chars = sorted(set("".join(texts)))
+        return CharTokenizer(list(SPECIAL_TOKENS) + chars)
+    if kind == "bpe":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size or 1024, special_tokens=list(SPECIAL_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        backend.train_from_iterator(texts, trainer=trainer)
+        return SubwordTokenizer(backend)
+    raise UserError(f"unknown tokenizer {kind!r}; choose one of char, bpe")
+
+
+def _tokenizer_json(tokenizer) -> str:
+    if isinstance(tokenizer, CharTokenizer):
+        return json.dumps({"type": "char", "chars": tokenizer.chars}, ensure_ascii=False)
+    return tokenizer.backend.to_str()
+
+
+class Seq2SeqTokenizers:
+    """The source and target tokenizers (the same object when shared). Saved as tokenizer.json,
+    plus target_tokenizer.json when the target has its own."""
+
+    def __init__(self, source, target=None):
+        self.source, self.target = source, target or source
+
+    @property
+    def shared(self) -> bool:
+        return self.target is self.source
+
+    def save(self, directory):
+        self.source.save(directory)
+        if not self.shared:
+            (Path(directory) / TARGET_TOKENIZER_FILE).write_text(_tokenizer_json(self.target), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory):
+        source = load_tokenizer(directory)
+        if (Path(directory) / TARGET_TOKENIZER_FILE).is_file():
+            return cls(source, load_tokenizer(directory, TARGET_TOKENIZER_FILE))
+        return cls(source)
+
+    @classmethod
+    def exists(cls, directory) -> bool:
+        return (Path(directory) / TOKENIZER_FILE).is_file()
+
+
+def encode_source(tokenizers, text: str, eos_id: int = EOS_ID) -> list:
+    return tokenizers.source.encode(text) + [eos_id]
+
+
+def encode_pairs(pairs, tokenizers, eos_id: int = EOS_ID) -> list:
+    return [(encode_source(tokenizers, s, eos_id), tokenizers.target.encode(t) + [eos_id]) for s, t in pairs]
+
+
+def decode_target(tokenizers, ids, special_ids) -> str:
+    return tokenizers.target.decode([i for i in ids if i not in special_ids])
+
+
+def check_lengths(encoded, max_source: int, max_target: int, where: str):
+    """One clear error for the first pair that the model cannot take."""
+    for n, (source, target) in enumerate(encoded, 1):
+        if len(source) > max_source:
+            raise UserError(f"{where} pair {n}: the source has {len(source)} tokens (with </s>) but the model allows "
+                            f"{max_source}; shorten it or raise the model's source length (max_positions)")
+        if len(target) > max_target:
+            raise UserError(f"{where} pair {n}: the target has {len(target)} tokens (with </s>) but the model allows "
+                            f"{max_target}; shorten it or raise the model's target length (max_positions)")
+
+
+# -- batches -----------------------------------------------------------------------------------
+def collate(pairs, pad_id: int = PAD_ID) -> dict:
+    """[(source ids, target ids)] -> input_ids (B, S) and attention_mask (B, S) padded on the right
+    with pad_id, labels (B, T) padded with -100 (ignored by the loss)."""
+    src_len = max(len(s) for s, _ in pairs)
+    tgt_len = max(len(t) for _, t in pairs)
+    input_ids = torch.full((len(pairs), src_len), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(pairs), src_len), dtype=torch.long)
+    labels = torch.full((len(pairs), tgt_len), IGNORE_INDEX, dtype=torch.long)
+    for row, (source, target) in enumerate(pairs):
+        input_ids[row, :len(source)] = torch.tensor(source)
+        attention_mask[row, :len(source)] = 1
+        labels[row, :len(target)] = torch.tensor(target)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class Seq2SeqBatches:
+    """Batches of pairs of similar length: each split is sorted by (source, target) length and a
+    batch is a random window of `batch_size` neighbours, so little of a batch is padding."""
+
+    def __init__(self, splits: dict, batch_size: int, pad_id: int = PAD_ID):
+        for name, pairs in splits.items():
+            if not pairs:
+                raise UserError(f"the {name} split has no pairs; give it data or lower data.val_fraction")
+        self.splits = {name: sorted(pairs, key=lambda p: (len(p[0]), len(p[1]))) for name, pairs in splits.items()}
+        self.batch_size, self.pad_id = batch_size, pad_id
+
+    def sample(self, split: str, generator: torch.Generator) -> dict:
+        pairs = self.splits[split]
+        size = min(self.batch_size, len(pairs))
+        start = int(torch.randint(len(pairs) - size + 1, (1,), generator=generator))
+        return collate(pairs[start:start + size], self.pad_id)

@@ -1,0 +1,99 @@
+"""Hugging Face Marian (MarianMTModel) <-> attnlab's original encoder-decoder.
+
+MarianMT is the paper's architecture: post-LN, sinusoidal positions (sines and cosines in
+halves), embeddings scaled by sqrt(d_model), plus a fixed per-token logit bias.
+"""
+
+from ..errors import UserError
+from ..models.encoder_decoder import TransformerConfig
+from .keymap_seq2seq import Family, Key, register_family
+
+_ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}
+
+
+def config_from_hf(hf: dict) -> TransformerConfig:
+    act = hf.get("activation_function", "gelu")
+    if act not in _ACTIVATIONS:
+        raise UserError(f"Marian activation_function {act!r} is not supported; supported: {', '.join(_ACTIVATIONS)}")
+    for a, b in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if hf[a] != hf[b]:
+            raise UserError(f"Marian checkpoints with {a} != {b} are not supported")
+    shared = hf.get("share_encoder_decoder_embeddings", True)
+    tgt_vocab = hf.get("decoder_vocab_size") or hf["vocab_size"]
+    return TransformerConfig(
+        vocab_size=hf["vocab_size"], tgt_vocab_size=None if shared else tgt_vocab, share_embeddings=shared,
+        tie_output=hf.get("tie_word_embeddings", True), d_model=hf["d_model"], n_head=hf["encoder_attention_heads"],
+        ffn_hidden=hf["encoder_ffn_dim"], n_encoder_layer=hf["encoder_layers"], n_decoder_layer=hf["decoder_layers"],
+        dropout=hf.get("dropout", 0.1), activation=_ACTIVATIONS[act], prenorm=False, norm_eps=1e-5,
+        scale_embedding=hf.get("scale_embedding", False), position_layout="halves",
+        max_positions=hf.get("max_position_embeddings", 1024), output_bias=True, label_smoothing=0.0,
+        pad_id=hf["pad_token_id"], eos_id=hf["eos_token_id"],
+        decoder_start_id=hf.get("decoder_start_token_id", hf["pad_token_id"]))
+
+
+def config_to_hf(c: TransformerConfig) -> dict:
+    if c.position_layout != "halves" or c.prenorm or not c.output_bias:
+        raise UserError("only a Marian-style transformer (position_layout=halves, post-LN, output_bias) "
+                        "can be exported as marian")
+    act = {"silu": "swish", "gelu": "gelu", "relu": "relu", "gelu_tanh": "gelu_new"}.get(c.activation)
+    if act is None:
+        raise UserError(f"activation {c.activation!r} has no Marian equivalent")
+    return {
+        "model_type": "marian", "architectures": ["MarianMTModel"], "is_encoder_decoder": True,
+        "vocab_size": c.vocab_size, "decoder_vocab_size": c.target_vocab,
+        "share_encoder_decoder_embeddings": c.share_embeddings, "tie_word_embeddings": c.tie_output,
+        "d_model": c.d_model, "encoder_attention_heads": c.n_head, "decoder_attention_heads": c.n_head,
+        "encoder_ffn_dim": c.ffn_hidden, "decoder_ffn_dim": c.ffn_hidden, "encoder_layers": c.n_encoder_layer,
+        "decoder_layers": c.n_decoder_layer, "dropout": c.dropout, "activation_function": act,
+        "scale_embedding": c.scale_embedding, "max_position_embeddings": c.max_positions,
+        "pad_token_id": c.pad_id, "eos_token_id": c.eos_id, "decoder_start_token_id": c.decoder_start_id,
+        "forced_eos_token_id": None,
+    }
+
+
+def _linear(ours: str, theirs: str) -> dict:
+    return {f"{ours}.{p}": f"{theirs}.{p}" for p in ("weight", "bias")}
+
+
+def _layer(ours: str, theirs: str, cross: bool) -> dict:
+    keys = {}
+    for a in ("q", "k", "v", "out"):
+        keys.update(_linear(f"{ours}.self_attn.{a}_proj", f"{theirs}.self_attn.{a}_proj"))
+        if cross:
+            keys.update(_linear(f"{ours}.cross_attn.{a}_proj", f"{theirs}.encoder_attn.{a}_proj"))
+    keys.update(_linear(f"{ours}.norm_self", f"{theirs}.self_attn_layer_norm"))
+    if cross:
+        keys.update(_linear(f"{ours}.norm_cross", f"{theirs}.encoder_attn_layer_norm"))
+    keys.update(_linear(f"{ours}.ffn.up", f"{theirs}.fc1"))
+    keys.update(_linear(f"{ours}.ffn.down", f"{theirs}.fc2"))
+    keys.update(_linear(f"{ours}.norm_ffn", f"{theirs}.final_layer_norm"))
+    return keys
+
+
+def key_map(c: TransformerConfig) -> dict:
+    keys = {"logits_bias": Key("final_logits_bias", from_hf=lambda t: t.reshape(-1), to_hf=lambda t: t.reshape(1, -1))}
+    if c.share_embeddings:
+        keys["src_emb.weight"] = "model.shared.weight"
+    else:
+        keys["src_emb.weight"] = "model.encoder.embed_tokens.weight"
+        keys["tgt_emb.weight"] = "model.decoder.embed_tokens.weight"
+    if not c.tie_output:
+        keys["lm_head.weight"] = "lm_head.weight"
+    for i in range(c.n_encoder_layer):
+        keys.update(_layer(f"encoder_blocks.{i}", f"model.encoder.layers.{i}", cross=False))
+    for i in range(c.n_decoder_layer):
+        keys.update(_layer(f"decoder_blocks.{i}", f"model.decoder.layers.{i}", cross=True))
+    return keys
+
+
+def redundant(c: TransformerConfig) -> set:
+    """Fixed sinusoid tables, and tied copies of the embeddings."""
+    keys = {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
+    if c.share_embeddings:
+        keys |= {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}
+    if c.tie_output:
+        keys.add("lm_head.weight")
+    return keys
+
+
+MARIAN_FAMILY = register_family(Family("marian", "transformer", config_from_hf, config_to_hf, key_map, redundant))

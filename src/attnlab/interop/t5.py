@@ -1,0 +1,80 @@
+"""Hugging Face T5 (T5ForConditionalGeneration) <-> attnlab T5."""
+
+from ..errors import UserError
+from ..models.t5 import T5Config
+from .keymap_seq2seq import Family, register_family
+
+_FFN = {"relu": "relu", "gated-gelu": "geglu"}
+
+
+def config_from_hf(hf: dict) -> T5Config:
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj not in _FFN:
+        raise UserError(f"T5 feed_forward_proj {proj!r} is not supported; supported: {', '.join(_FFN)}")
+    return T5Config(
+        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"], n_layer=hf["num_layers"],
+        n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"], n_head=hf["num_heads"],
+        num_buckets=hf.get("relative_attention_num_buckets", 32),
+        max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout=hf.get("dropout_rate", 0.1), norm_eps=hf.get("layer_norm_epsilon", 1e-6), activation=_FFN[proj],
+        tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
+        pad_id=hf.get("pad_token_id", 0), eos_id=hf.get("eos_token_id", 1),
+        decoder_start_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)))
+
+
+def config_to_hf(c: T5Config) -> dict:
+    return {
+        "model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True,
+        "vocab_size": c.vocab_size, "d_model": c.d_model, "d_kv": c.d_kv, "d_ff": c.d_ff, "num_layers": c.n_layer,
+        "num_decoder_layers": c.n_decoder_layer or c.n_layer, "num_heads": c.n_head,
+        "relative_attention_num_buckets": c.num_buckets, "relative_attention_max_distance": c.max_distance,
+        "dropout_rate": c.dropout, "layer_norm_epsilon": c.norm_eps,
+        "feed_forward_proj": {v: k for k, v in _FFN.items()}[c.activation],
+        "tie_word_embeddings": c.tie_word_embeddings, "pad_token_id": c.pad_id, "eos_token_id": c.eos_id,
+        "decoder_start_token_id": c.decoder_start_id,
+    }
+
+
+def _ffn(ours: str, theirs: str, activation: str) -> dict:
+    names = {"gate": "wi_0", "up": "wi_1", "down": "wo"} if activation == "geglu" else {"up": "wi", "down": "wo"}
+    return {f"{ours}.ffn.{a}.weight": f"{theirs}.DenseReluDense.{b}.weight" for a, b in names.items()}
+
+
+def _attention(ours: str, theirs: str) -> dict:
+    return {f"{ours}.{a}_proj.weight": f"{theirs}.{b}.weight" for a, b in
+            (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))}
+
+
+def key_map(c: T5Config) -> dict:
+    keys = {
+        "shared.weight": "shared.weight",
+        "encoder_bias.embedding.weight": "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        "decoder_bias.embedding.weight": "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        "encoder_norm.weight": "encoder.final_layer_norm.weight",
+        "decoder_norm.weight": "decoder.final_layer_norm.weight",
+    }
+    if not c.tie_word_embeddings:
+        keys["lm_head.weight"] = "lm_head.weight"
+    for i in range(c.n_layer):
+        ours, theirs = f"encoder_blocks.{i}", f"encoder.block.{i}.layer"
+        keys.update(_attention(f"{ours}.self_attn", f"{theirs}.0.SelfAttention"))
+        keys[f"{ours}.norm_self.weight"] = f"{theirs}.0.layer_norm.weight"
+        keys.update(_ffn(ours, f"{theirs}.1", c.activation))
+        keys[f"{ours}.norm_ffn.weight"] = f"{theirs}.1.layer_norm.weight"
+    for i in range(c.n_decoder_layer or c.n_layer):
+        ours, theirs = f"decoder_blocks.{i}", f"decoder.block.{i}.layer"
+        keys.update(_attention(f"{ours}.self_attn", f"{theirs}.0.SelfAttention"))
+        keys[f"{ours}.norm_self.weight"] = f"{theirs}.0.layer_norm.weight"
+        keys.update(_attention(f"{ours}.cross_attn", f"{theirs}.1.EncDecAttention"))
+        keys[f"{ours}.norm_cross.weight"] = f"{theirs}.1.layer_norm.weight"
+        keys.update(_ffn(ours, f"{theirs}.2", c.activation))
+        keys[f"{ours}.norm_ffn.weight"] = f"{theirs}.2.layer_norm.weight"
+    return keys
+
+
+def redundant(c: T5Config) -> set:
+    tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
+    return tied | ({"lm_head.weight"} if c.tie_word_embeddings else set())
+
+
+T5_FAMILY = register_family(Family("t5", "t5", config_from_hf, config_to_hf, key_map, redundant))

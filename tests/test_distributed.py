@@ -72,7 +72,7 @@ def launch(world, argv):
     return procs
 
 
-def run(world, argv, timeout=120):
+def run(world, argv, timeout=300):
     procs = launch(world, argv)
     for p in procs:
         p.join(timeout)

@@ -39,11 +39,12 @@ def assert_same_with_grads(out, ref, inputs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window,dilation", [(4, 1), (5, 2), (3, [1, 2, 3, 1])])
-def test_sliding_window_equals_dense_band(causal, window, dilation):
+def test_sliding_window_equals_dense_band(causal, window, dilation, backend):
     q, k, v = qkv()
-    out = sliding_window_attention(q, k, v, window, dilation=dilation, causal=causal)
+    out = sliding_window_attention(q, k, v, window, dilation=dilation, causal=causal, backend=backend)
     if isinstance(dilation, list):  # per-head dilation: compare head by head
         ref = torch.cat([dense(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1],
                                sliding_window_mask(37, window, dilation=d, causal=causal))
@@ -54,7 +55,8 @@ def test_sliding_window_equals_dense_band(causal, window, dilation):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_sliding_window_with_global_tokens_and_padding(causal):
+@pytest.mark.parametrize("dilation", [1, [1, 2, 1, 3]])
+def test_sliding_window_with_global_tokens_and_padding(causal, dilation):
     q, k, v = qkv(t=30)
     key_mask = torch.ones(2, 30, dtype=torch.bool)
     key_mask[1, 24:] = False  # second row padded
@@ -62,8 +64,12 @@ def test_sliding_window_with_global_tokens_and_padding(causal):
     global_mask[0, [0, 13]] = True
     global_mask[1, [2, 7, 20]] = True  # rows hold different numbers of global tokens
     kw = dict(causal=causal, key_mask=key_mask, global_mask=global_mask)
-    out = sparse_with_global_rows(q, k, v, 3, **kw)
-    ref = dense(q, k, v, sliding_window_mask(30, 3, **kw))
+    out = sparse_with_global_rows(q, k, v, 3, dilation=dilation, **kw)
+    if isinstance(dilation, list):
+        ref = torch.cat([dense(q[:, i:i + 1], k[:, i:i + 1], v[:, i:i + 1],
+                               sliding_window_mask(30, 3, dilation=d, **kw)) for i, d in enumerate(dilation)], dim=1)
+    else:
+        ref = dense(q, k, v, sliding_window_mask(30, 3, **kw))
     ref = ref * key_mask[:, None, :, None]  # padding queries: zeros on both sides
     out = out * key_mask[:, None, :, None]
     assert_same_with_grads(out, ref, (q, k, v))
@@ -96,13 +102,14 @@ def test_sliding_window_module_in_a_block_uses_global_projections():
     assert changed[0] > 1e-3 and changed[1:].max() == 0
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
 @pytest.mark.parametrize("n_random", [0, 2])
-def test_bigbird_equals_dense_block_mask(n_random):
+def test_bigbird_equals_dense_block_mask(n_random, backend):
     q, k, v = qkv(t=8 * 4, h=3)
     rand = bigbird_random_blocks(8, n_random, 3, seed=7)
     key_mask = torch.ones(2, 32, dtype=torch.bool)
     key_mask[1, 27:] = False
-    out = bigbird_attention(q, k, v, 4, rand, key_mask=key_mask)
+    out = bigbird_attention(q, k, v, 4, rand, key_mask=key_mask, backend=backend)
     ref = dense(q, k, v, bigbird_mask(32, 4, rand, key_mask))
     assert_same_with_grads(out, ref, (q, k, v))
 

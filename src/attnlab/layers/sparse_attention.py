@@ -14,8 +14,6 @@ A query that sees no key gets a zero output. The modules subclass MultiHeadAtten
 its projections, so a TransformerBlock takes them through its `self_attention` argument.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,70 +25,72 @@ from .masks import causal_mask
 # -- sliding window + global ------------------------------------------------------------------
 
 def sliding_window_attention(q, k, v, window, *, dilation=1, causal=False, key_mask=None, global_mask=None,
-                             scale=None, dropout_p=0.0):
+                             scale=None, dropout_p=0.0, backend="sdpa"):
     """Band (+ global keys) attention for every query -> (B, H, T, D).
 
     dilation: an int, or one int per head. Global *queries* are not special here: their rows see
     only the band and the global keys; `global_query_attention` computes their full rows.
+    backend: how each chunk is computed, "sdpa" (fused) or "math" (explicit), as in
+    `scaled_dot_product_attention`.
     """
     b, h, t, _ = q.shape
-    q = q * (1.0 / math.sqrt(q.size(-1)) if scale is None else scale)
     key_ok = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
     band_ok = key_ok if global_mask is None else key_ok & ~global_mask
-    global_scores = global_values = None
+    globals_ = None
     if global_mask is not None and global_mask.any():
         idx, valid = global_indices(global_mask & key_ok)
-        global_keys, global_values = _gather_positions(k, idx), _gather_positions(v, idx)  # (B, H, G, D)
-        seen = valid[:, None, None, :]  # (B, 1, 1, G)
+        seen = valid[:, None, None, :].expand(b, 1, t, -1)  # (B, 1, T, G): query sees global key
         if causal:
             seen = seen & (idx[:, None, None, :] <= torch.arange(t, device=q.device)[None, None, :, None])
-        global_scores = (q @ global_keys.transpose(-2, -1)).masked_fill(~seen, _NEG)  # (B, H, T, G)
+        globals_ = (_gather_positions(k, idx), _gather_positions(v, idx), seen)  # (B, H, G, D) x 2
     dilations = [dilation] * h if isinstance(dilation, int) else list(dilation)
     if len(dilations) != h:
         raise ValueError(f"dilation needs one value per head ({h}), got {len(dilations)}")
-    out = torch.empty_like(q)
+    attend = dict(scale=scale, dropout_p=dropout_p, backend=backend)
+    out = None
     for d in sorted(set(dilations)):
         heads = [i for i, di in enumerate(dilations) if di == d]
-        pick = (lambda x: x) if len(heads) == h else (lambda x: x[:, heads])
-        out_d = _dilated_band(pick(q), pick(k), pick(v), band_ok, window, d, causal,
-                              None if global_scores is None else pick(global_scores),
-                              None if global_values is None else pick(global_values), dropout_p)
         if len(heads) == h:
-            return out_d
-        out[:, heads] = out_d
+            return _dilated_band(q, k, v, band_ok, window, d, causal, globals_, attend)
+        pick = torch.tensor(heads, device=q.device)
+        out_d = _dilated_band(q[:, pick], k[:, pick], v[:, pick], band_ok, window, d, causal,
+                              None if globals_ is None else (globals_[0][:, pick], globals_[1][:, pick], globals_[2]),
+                              attend)
+        out = torch.zeros_like(q) if out is None else out
+        out = out.index_copy(1, pick, out_d)
     return out
 
 
-_NEG = torch.finfo(torch.float32).min  # a finite "minus infinity": masked rows never turn into NaN
-
-
-def _dilated_band(q, k, v, band_ok, window, dilation, causal, global_scores, global_values, dropout_p):
+def _dilated_band(q, k, v, band_ok, window, dilation, causal, globals_, attend):
     """Dilation d splits the sequence into d interleaved streams (positions equal mod d); within a
     stream the pattern is a plain window, so each stream is handled as an extra head."""
     if dilation == 1:
-        return _chunked_band(q, k, v, band_ok[:, None, :], window, causal, global_scores, global_values, dropout_p)
+        return _chunked_band(q, k, v, band_ok[:, None, :], window, causal, globals_, attend)
     b, h, t, _ = q.shape
 
-    def to_streams(x, fill=0.0):  # (B, H', T, X) -> (B, H' * d, T / d, X)
-        x = F.pad(x, (0, 0, 0, -t % dilation), value=fill)
+    def to_streams(x):  # (B, H', T, X) -> (B, H' * d, T / d, X)
+        x = F.pad(x, (0, 0, 0, -t % dilation))
         n = x.size(2) // dilation
         return x.view(x.size(0), x.size(1), n, dilation, -1).transpose(2, 3).reshape(x.size(0), -1, n, x.size(-1))
 
-    ok = to_streams(band_ok[:, None, :, None], fill=False).squeeze(-1).repeat(1, h, 1)  # (B, H * d, T / d)
-    expand = (lambda x: x) if global_values is None else (lambda x: x.repeat_interleave(dilation, dim=1))
-    out = _chunked_band(to_streams(q), to_streams(k), to_streams(v), ok, window, causal,
-                        None if global_scores is None else to_streams(global_scores, fill=_NEG),
-                        None if global_values is None else expand(global_values), dropout_p)
+    ok = to_streams(band_ok[:, None, :, None]).squeeze(-1).repeat(1, h, 1)  # (B, H * d, T / d)
+    if globals_ is not None:
+        keys, values, seen = globals_
+        globals_ = (keys.repeat_interleave(dilation, dim=1), values.repeat_interleave(dilation, dim=1),
+                    to_streams(seen).repeat(1, h, 1, 1))
+    out = _chunked_band(to_streams(q), to_streams(k), to_streams(v), ok, window, causal, globals_, attend)
     n = out.size(2)
     out = out.view(b, h, dilation, n, -1).transpose(2, 3).reshape(b, h, n * dilation, -1)
     return out[:, :, :t]
 
 
-def _chunked_band(q, k, v, key_ok, window, causal, global_scores=None, global_values=None, dropout_p=0.0):
-    """q (already scaled), k, v (B, H, T, D); key_ok (B, 1 or H, T).
+def _chunked_band(q, k, v, key_ok, window, causal, globals_, attend):
+    """q, k, v (B, H, T, D); key_ok (B, 1 or H, T); globals_ None or (keys (B, H, G, D), values,
+    seen (B, 1 or H, T, G)).
 
     Queries in chunks of c = window positions; chunk m sees keys [m c - c, m c + 2c) (or
-    [m c - c, m c + c) when causal). Keys outside |i - j| <= window are masked inside the span.
+    [m c - c, m c + c) when causal), plus the global keys. Each chunk is one attention call
+    with a (c, span) mask: keys outside |i - j| <= window are masked inside the span.
     """
     b, h, t, d = q.shape
     c = window
@@ -99,27 +99,27 @@ def _chunked_band(q, k, v, key_ok, window, causal, global_scores=None, global_va
     pad_end = n_chunks * c - t + (0 if causal else c)
 
     def windows(x):  # (B, H, T, D) -> (B, H, n_chunks, span, D), keys around each query chunk
-        x = F.pad(x, (0, 0, c, pad_end))
-        return x.unfold(2, span, c).transpose(-2, -1)
+        return F.pad(x, (0, 0, c, pad_end)).unfold(2, span, c).transpose(-2, -1)
 
     ok = F.pad(key_ok, (c, pad_end), value=False).unfold(-1, span, c)  # (B, 1|H, n_chunks, span)
     offset = torch.arange(span, device=q.device)[None, :] - c - torch.arange(c, device=q.device)[:, None]
     in_band = (offset.abs() <= window) & ((offset <= 0) if causal else True)  # (c, span): key - query
-    allowed = in_band & ok[:, :, :, None, :]  # (B, H, n_chunks, c, span)
+    mask = (in_band & ok[:, :, :, None, :]).expand(b, h, -1, -1, -1)  # (B, H, n_chunks, c, span)
+    keys, values = windows(k), windows(v)
+    if globals_ is not None:
+        global_keys, global_values, seen = globals_
+        every_chunk = (-1, -1, n_chunks, -1, -1)
+        keys = torch.cat([keys, global_keys[:, :, None].expand(every_chunk)], dim=3)
+        values = torch.cat([values, global_values[:, :, None].expand(every_chunk)], dim=3)
+        seen = F.pad(seen, (0, 0, 0, n_chunks * c - t)).view(b, -1, n_chunks, c, seen.size(-1))
+        mask = torch.cat([mask, seen.expand(b, h, -1, -1, -1)], dim=-1)
+
+    def heads_by_chunks(x):  # (B, H, n_chunks, L, X) -> (B, H * n_chunks, L, X)
+        return x.reshape(b, h * n_chunks, x.size(-2), x.size(-1))
 
     q_chunks = F.pad(q, (0, 0, 0, n_chunks * c - t)).view(b, h, n_chunks, c, d)
-    scores = (q_chunks @ windows(k).transpose(-2, -1)).masked_fill(~allowed, _NEG)  # (B, H, n_chunks, c, span)
-    seen = allowed.any(-1, keepdim=True)
-    if global_scores is not None:
-        g = F.pad(global_scores, (0, 0, 0, n_chunks * c - t), value=_NEG).view(b, h, n_chunks, c, -1)
-        scores = torch.cat([scores, g], dim=-1)
-        seen = seen | (g > _NEG).any(-1, keepdim=True)
-    weights = scores.softmax(dim=-1) * seen  # a query that sees nothing gets zeros
-    if dropout_p > 0:
-        weights = F.dropout(weights, p=dropout_p)
-    out = weights[..., :span] @ windows(v)  # (B, H, n_chunks, c, D)
-    if global_values is not None:
-        out = out + weights[..., span:] @ global_values[:, :, None]  # (B, H, n_chunks, c, D)
+    out, _ = scaled_dot_product_attention(heads_by_chunks(q_chunks), heads_by_chunks(keys), heads_by_chunks(values),
+                                          mask=heads_by_chunks(mask), **attend)
     return out.view(b, h, n_chunks * c, d)[:, :, :t]
 
 
@@ -137,7 +137,8 @@ def _gather_positions(x, idx):
     return x.gather(2, idx[:, None, :, None].expand(-1, x.size(1), -1, x.size(-1)))
 
 
-def global_query_attention(q_global, k, v, idx, valid, *, causal=False, key_mask=None, scale=None, dropout_p=0.0):
+def global_query_attention(q_global, k, v, idx, valid, *, causal=False, key_mask=None, scale=None, dropout_p=0.0,
+                           backend="sdpa"):
     """Full rows for the global queries: q_global (B, H, G, D) at positions idx (B, G) -> (B, H, G, D)."""
     t = k.size(2)
     seen = torch.ones(k.size(0), 1, 1, t, dtype=torch.bool, device=k.device)
@@ -145,7 +146,7 @@ def global_query_attention(q_global, k, v, idx, valid, *, causal=False, key_mask
         seen = seen & key_mask.bool()[:, None, None, :]
     if causal:
         seen = seen & (torch.arange(t, device=k.device)[None, None, None, :] <= idx[:, None, :, None])
-    out, _ = scaled_dot_product_attention(q_global, k, v, mask=seen, scale=scale, dropout_p=dropout_p, backend="math")
+    out, _ = scaled_dot_product_attention(q_global, k, v, mask=seen, scale=scale, dropout_p=dropout_p, backend=backend)
     return out * valid[:, None, :, None]
 
 
@@ -183,8 +184,8 @@ class SlidingWindowAttention(MultiHeadAttention):
     """
 
     def __init__(self, d_model, n_head, window, *, dilation=1, causal=False, global_projections=False, bias=True,
-                 dropout=0.0):
-        super().__init__(d_model, n_head, bias=bias, dropout=dropout)
+                 dropout=0.0, backend="sdpa"):
+        super().__init__(d_model, n_head, bias=bias, dropout=dropout, backend=backend)
         self.window, self.dilation, self.causal = window, dilation, causal
         if global_projections:
             self.q_global = nn.Linear(d_model, d_model, bias=bias)
@@ -207,7 +208,8 @@ class SlidingWindowAttention(MultiHeadAttention):
             return self._merge(self._cached(q, k, v, cache, layer_idx, key_mask))
         dropout_p = self.dropout if self.training else 0.0
         out = sliding_window_attention(q, k, v, self.window, dilation=self.dilation, causal=causal,
-                                       key_mask=key_mask, global_mask=global_mask, dropout_p=dropout_p)
+                                       key_mask=key_mask, global_mask=global_mask, dropout_p=dropout_p,
+                                       backend=self.backend)
         if global_mask is not None and global_mask.any():
             ok = global_mask if key_mask is None else global_mask & key_mask.bool()
             idx, valid = global_indices(ok)
@@ -217,7 +219,8 @@ class SlidingWindowAttention(MultiHeadAttention):
                 k, v = self._heads(self.k_global(x), self.n_head), self._heads(self.v_global(x), self.n_head)
             else:
                 qg = _gather_positions(q, idx)
-            rows = global_query_attention(qg, k, v, idx, valid, causal=causal, key_mask=key_mask, dropout_p=dropout_p)
+            rows = global_query_attention(qg, k, v, idx, valid, causal=causal, key_mask=key_mask, dropout_p=dropout_p,
+                                          backend=self.backend)
             out = scatter_rows(out, rows, idx, valid)
         if key_mask is not None:
             out = out * key_mask.bool()[:, None, :, None]  # padding queries give zeros (as Longformer does)
@@ -267,7 +270,8 @@ def _block_table(n_blocks, random_blocks):
     return table, valid
 
 
-def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scale=None, dropout_p=0.0):
+def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scale=None, dropout_p=0.0,
+                      backend="sdpa"):
     """Block-sparse attention -> (B, H, T, D); T must be a multiple of block_size.
 
     random_blocks (H, nb - 2, r) from `bigbird_random_blocks`. Padding queries give zeros.
@@ -278,13 +282,12 @@ def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scal
     nb = t // block_size
     if nb < 3:
         raise ValueError(f"block-sparse attention needs at least 3 blocks, got {nb}")
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
     key_ok = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
 
     # first and last query blocks are global: they see every key
     edge_q = torch.cat([q[:, :, :block_size], q[:, :, -block_size:]], dim=2)  # (B, H, 2 bs, D)
     edge_out, _ = scaled_dot_product_attention(edge_q, k, v, mask=key_ok[:, None, None, :], scale=scale,
-                                               dropout_p=dropout_p, backend="math")
+                                               dropout_p=dropout_p, backend=backend)
 
     # middle query blocks: window + global + random key blocks
     table, valid = _block_table(nb, random_blocks)
@@ -298,13 +301,12 @@ def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scal
 
     ok = gather_blocks(key_ok[:, None, :, None]).squeeze(-1)  # (B, H, nb - 2, slots * bs)
     ok = ok & valid.repeat_interleave(block_size, dim=-1)
-    q_mid = q[:, :, block_size:-block_size].reshape(b, h, nb - 2, block_size, d)
-    scores = (q_mid @ gather_blocks(k).transpose(-2, -1)) * scale  # (B, H, nb - 2, bs, slots * bs)
-    scores = scores.masked_fill(~ok[:, :, :, None, :], _NEG)
-    weights = scores.softmax(dim=-1) * ok.any(-1)[:, :, :, None, None]
-    if dropout_p > 0:
-        weights = F.dropout(weights, p=dropout_p)
-    mid_out = (weights @ gather_blocks(v)).reshape(b, h, (nb - 2) * block_size, d)
+    rows = h * (nb - 2)  # every (head, query block) pair is one attention call
+    q_mid = q[:, :, block_size:-block_size].reshape(b, rows, block_size, d)
+    mid_out, _ = scaled_dot_product_attention(
+        q_mid, gather_blocks(k).reshape(b, rows, -1, d), gather_blocks(v).reshape(b, rows, -1, d),
+        mask=ok.reshape(b, rows, 1, -1), scale=scale, dropout_p=dropout_p, backend=backend)
+    mid_out = mid_out.reshape(b, h, (nb - 2) * block_size, d)
 
     out = torch.cat([edge_out[:, :, :block_size], mid_out, edge_out[:, :, block_size:]], dim=2)
     return out * key_ok[:, None, :, None]
@@ -334,8 +336,8 @@ class BigBirdAttention(MultiHeadAttention):
     """Multi-head block-sparse attention; the random blocks are drawn afresh for each sequence
     length from a generator seeded with `seed`, so a model is deterministic."""
 
-    def __init__(self, d_model, n_head, block_size, n_random, seed=0, bias=True, dropout=0.0):
-        super().__init__(d_model, n_head, bias=bias, dropout=dropout)
+    def __init__(self, d_model, n_head, block_size, n_random, seed=0, bias=True, dropout=0.0, backend="sdpa"):
+        super().__init__(d_model, n_head, bias=bias, dropout=dropout, backend=backend)
         self.block_size, self.n_random, self.seed = block_size, n_random, seed
 
     def random_blocks(self, t):
@@ -344,6 +346,6 @@ class BigBirdAttention(MultiHeadAttention):
     def forward(self, x, key_mask=None, **unused):
         q, k, v = (self._heads(proj(x), self.n_head) for proj in (self.q_proj, self.k_proj, self.v_proj))
         out = bigbird_attention(q, k, v, self.block_size, self.random_blocks(x.size(1)), key_mask=key_mask,
-                                dropout_p=self.dropout if self.training else 0.0)
+                                dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))

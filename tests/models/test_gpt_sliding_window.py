@@ -44,8 +44,8 @@ def test_receptive_field_is_window_times_layers():
 def test_generation_with_cache_equals_without():
     _, sliding = pair(4)
     prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9]]
-    cached = generate(sliding, prompts, Sampling(max_new_tokens=12, temperature=0))
-    uncached = generate(sliding, prompts, Sampling(max_new_tokens=12, temperature=0, use_cache=False))
+    cached = generate(sliding, prompts, Sampling(max_new_tokens=6, temperature=0))
+    uncached = generate(sliding, prompts, Sampling(max_new_tokens=6, temperature=0, use_cache=False))
     assert cached == uncached
 
 

@@ -104,7 +104,7 @@ def _chunked_band(q, k, v, key_ok, window, causal, globals_, attend):
     ok = F.pad(key_ok, (c, pad_end), value=False).unfold(-1, span, c)  # (B, 1|H, n_chunks, span)
     offset = torch.arange(span, device=q.device)[None, :] - c - torch.arange(c, device=q.device)[:, None]
     in_band = (offset.abs() <= window) & ((offset <= 0) if causal else True)  # (c, span): key - query
-    mask = (in_band & ok[:, :, :, None, :]).expand(b, h, -1, -1, -1)  # (B, H, n_chunks, c, span)
+    mask = in_band & ok[:, :, :, None, :]  # (B, 1|H, n_chunks, c, span)
     keys, values = windows(k), windows(v)
     if globals_ is not None:
         global_keys, global_values, seen = globals_
@@ -112,15 +112,16 @@ def _chunked_band(q, k, v, key_ok, window, causal, globals_, attend):
         keys = torch.cat([keys, global_keys[:, :, None].expand(every_chunk)], dim=3)
         values = torch.cat([values, global_values[:, :, None].expand(every_chunk)], dim=3)
         seen = F.pad(seen, (0, 0, 0, n_chunks * c - t)).view(b, -1, n_chunks, c, seen.size(-1))
-        mask = torch.cat([mask, seen.expand(b, h, -1, -1, -1)], dim=-1)
+        heads = max(mask.size(1), seen.size(1))
+        mask = torch.cat([mask.expand(-1, heads, -1, -1, -1), seen.expand(-1, heads, -1, -1, -1)], dim=-1)
 
-    def heads_by_chunks(x):  # (B, H, n_chunks, L, X) -> (B, H * n_chunks, L, X)
-        return x.reshape(b, h * n_chunks, x.size(-2), x.size(-1))
+    def by_chunk(x):  # (B, H', n_chunks, L, X) -> (B * n_chunks, H', L, X): a chunk is a batch row
+        return x.transpose(1, 2).reshape(b * n_chunks, x.size(1), x.size(-2), x.size(-1))
 
     q_chunks = F.pad(q, (0, 0, 0, n_chunks * c - t)).view(b, h, n_chunks, c, d)
-    out, _ = scaled_dot_product_attention(heads_by_chunks(q_chunks), heads_by_chunks(keys), heads_by_chunks(values),
-                                          mask=heads_by_chunks(mask), **attend)
-    return out.view(b, h, n_chunks * c, d)[:, :, :t]
+    out, _ = scaled_dot_product_attention(by_chunk(q_chunks), by_chunk(keys), by_chunk(values), mask=by_chunk(mask),
+                                          **attend)  # (B * n_chunks, H, c, D)
+    return out.view(b, n_chunks, h, c, d).transpose(1, 2).reshape(b, h, n_chunks * c, d)[:, :, :t]
 
 
 def global_indices(global_mask):
@@ -294,10 +295,11 @@ def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scal
     table, valid = table.to(q.device), valid.to(q.device)
     slots = table.size(-1)
 
-    def gather_blocks(x):  # (B, H', T, X) -> (B, H, nb - 2, slots * bs, X)
-        blocks = x.view(x.size(0), x.size(1), nb, block_size, x.size(-1)).expand(b, h, -1, -1, -1)
-        index = table.view(1, h, -1, 1, 1).expand(b, -1, -1, block_size, x.size(-1))
-        return blocks.gather(2, index).view(b, h, nb - 2, slots * block_size, x.size(-1))
+    flat = (table + nb * torch.arange(h, device=q.device)[:, None, None]).flatten()  # into (H * nb) blocks
+
+    def gather_blocks(x):  # (B, H', T, X) -> (B, H, nb - 2, slots * bs, X): whole blocks, copied row-wise
+        blocks = x.expand(b, h, -1, -1).reshape(b, h * nb, block_size, x.size(-1))
+        return blocks.index_select(1, flat).view(b, h, nb - 2, slots * block_size, x.size(-1))
 
     ok = gather_blocks(key_ok[:, None, :, None]).squeeze(-1)  # (B, H, nb - 2, slots * bs)
     ok = ok & valid.repeat_interleave(block_size, dim=-1)

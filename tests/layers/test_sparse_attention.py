@@ -6,7 +6,7 @@ import torch
 from attnlab.layers import TransformerBlock
 from attnlab.layers.attention import scaled_dot_product_attention
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.sparse_attention import (SlidingWindowAttention, bigbird_attention, bigbird_mask,
+from attnlab.layers.sparse_attention import (BigBirdAttention, SlidingWindowAttention, bigbird_attention, bigbird_mask,
                                              bigbird_random_blocks, global_indices, global_query_attention,
                                              scatter_rows, sliding_window_attention, sliding_window_mask)
 
@@ -122,3 +122,11 @@ def test_bigbird_random_blocks_are_seeded_and_avoid_window_and_globals():
     assert all(len(set(r.tolist())) == 3 for r in a.view(-1, 3))  # distinct within a row
     with pytest.raises(ValueError, match="at least"):
         bigbird_random_blocks(6, 2, 1, seed=0)
+
+
+def test_modules_refuse_what_their_pattern_cannot_do():
+    x = torch.randn(1, 40, 16)
+    with pytest.raises(ValueError, match="bidirectional"):
+        BigBirdAttention(16, 2, block_size=4, n_random=1)(x, causal=True)
+    with pytest.raises(ValueError, match="bias"):
+        SlidingWindowAttention(16, 2, window=4)(x, bias=torch.zeros(1, 2, 40, 40))

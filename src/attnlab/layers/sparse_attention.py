@@ -175,6 +175,15 @@ def sliding_window_mask(t, window, *, dilation=1, causal=False, key_mask=None, g
     return mask
 
 
+def _key_mask(key_mask, mask):
+    """A (B, T) key mask, from itself or from a padding mask (B, 1, 1, T)."""
+    if key_mask is not None or mask is None:
+        return key_mask
+    if mask.dim() != 4 or mask.size(1) != 1 or mask.size(2) != 1:
+        raise ValueError(f"sparse attention takes a padding mask (B, 1, 1, T), not {tuple(mask.shape)}")
+    return mask.reshape(mask.size(0), -1)
+
+
 class SlidingWindowAttention(MultiHeadAttention):
     """Multi-head sliding-window attention with optional global tokens.
 
@@ -196,12 +205,13 @@ class SlidingWindowAttention(MultiHeadAttention):
             self.q_global = self.k_global = self.v_global = None
 
     def forward(self, x, mask=None, causal=False, cache=None, layer_idx=0, key_mask=None, global_mask=None,
-                rotary=None, position_ids=None, **unused):
+                rotary=None, position_ids=None, bias=None):
         """x (B, T, C); key_mask (B, T) bool; global_mask (B, T) bool; `mask` (B, 1, 1, T) padding
         mask from a causal LM is accepted as the key mask."""
+        if bias is not None:
+            raise ValueError("sliding-window attention takes no additive attention bias")
         causal = causal or self.causal
-        if key_mask is None and mask is not None:
-            key_mask = mask.reshape(mask.size(0), -1)  # (B, T_past + T)
+        key_mask = _key_mask(key_mask, mask)  # (B, T_past + T)
         q, k, v = (self._heads(proj(x), self.n_head) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if rotary is not None:
             q, k = rotary(q, position_ids), rotary(k, position_ids)
@@ -345,7 +355,11 @@ class BigBirdAttention(MultiHeadAttention):
     def random_blocks(self, t):
         return bigbird_random_blocks(t // self.block_size, self.n_random, self.n_head, self.seed)
 
-    def forward(self, x, key_mask=None, **unused):
+    def forward(self, x, key_mask=None, mask=None, causal=False, bias=None, rotary=None, cache=None, **unused):
+        """x (B, T, C); key_mask (B, T) bool, or a (B, 1, 1, T) padding `mask`."""
+        if causal or bias is not None or rotary is not None or cache is not None:
+            raise ValueError("block-sparse attention is bidirectional: no causal mask, bias, rotary or KV cache")
+        key_mask = _key_mask(key_mask, mask)
         q, k, v = (self._heads(proj(x), self.n_head) for proj in (self.q_proj, self.k_proj, self.v_proj))
         out = bigbird_attention(q, k, v, self.block_size, self.random_blocks(x.size(1)), key_mask=key_mask,
                                 dropout_p=self.dropout if self.training else 0.0, backend=self.backend)

@@ -9,7 +9,7 @@ the model is deterministic. Inputs are padded to whole blocks. Sequences of at m
 
 import dataclasses
 
-from ..layers.attention import scaled_dot_product_attention
+from ..layers.attention import MultiHeadAttention
 from ..layers.sparse_attention import BigBirdAttention
 from .base import PRESETS, register
 from .long_encoder import LongEncoder, LongEncoderConfig, hf_key_map
@@ -38,15 +38,10 @@ class BigBirdConfig(LongEncoderConfig):
 class BlockSparseOrFull(BigBirdAttention):
     """Block-sparse attention, or full attention for sequences too short for the pattern."""
 
-    def forward(self, x, key_mask=None, **unused):
+    def forward(self, x, key_mask=None, **kwargs):
         if x.size(1) > (5 + 2 * self.n_random) * self.block_size:
-            return super().forward(x, key_mask=key_mask)
-        q, k, v = (self._heads(proj(x), self.n_head) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        out, _ = scaled_dot_product_attention(q, k, v, mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                              backend="math")
-        b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+            return super().forward(x, key_mask=key_mask, **kwargs)
+        return MultiHeadAttention.forward(self, x, mask=None if key_mask is None else key_mask[:, None, None, :])
 
 
 @register(BigBirdConfig)

@@ -123,7 +123,8 @@ class GPT(Model):
         """Causal sliding-window attention (memory O(T * attn_window)) when the config asks for it."""
         if c.attn_window is None:
             return None
-        return SlidingWindowAttention(c.d_model, c.n_head, c.attn_window, causal=True, bias=c.bias, dropout=c.dropout)
+        return SlidingWindowAttention(c.d_model, c.n_head, c.attn_window, causal=True, bias=c.bias, dropout=c.dropout,
+                                      backend=c.attn_backend)
 
     @staticmethod
     def position_ids(batch, t, past, attention_mask, device):

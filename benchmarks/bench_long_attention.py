@@ -174,24 +174,35 @@ def run_one(name, n, repeats, timeout):
 # -- the sweep, fits, plots and tables -------------------------------------------------------------
 
 def sweep(names, sizes, repeats, max_seconds, max_dense_gb):
-    results = []
-    for name in names:
-        last = None
-        for n in sizes:
-            if name == "dense math" and 6 * N_HEAD * n * n * 4 / 2**30 > max_dense_gb:
-                results.append({"variant": name, "n": n, "skipped": f"needs > {max_dense_gb} GB"})
-                continue
-            if last is not None:  # predict from the previous size: skip what cannot finish in time
-                power = 1.2 if VARIANTS[name].linear else 2.0
-                predicted = last["seconds"] * (n / last["n"]) ** power * (repeats + 1)
-                if predicted > max_seconds:
-                    results.append({"variant": name, "n": n, "skipped": f"predicted {predicted:.0f} s"})
-                    continue
-            result = run_one(name, n, repeats, timeout=max_seconds * 2)
-            print(json.dumps(result), file=sys.stderr, flush=True)
-            results.append(result)
-            last = result if "seconds" in result else None
+    """Size by size, every variant in turn: on a shared machine the load drifts, and interleaving
+    keeps the variants compared at one size under the same conditions."""
+    results, last, stopped = [], {}, set()
+
+    def skip(name, n, why):
+        results.append({"variant": name, "n": n, "skipped": why})
+        stopped.add(name)
+
+    for n in sizes:
+        for name in names:
+            if name in stopped:
+                skip(name, n, "a smaller size was skipped")
+            elif name == "dense math" and 6 * N_HEAD * n * n * 4 / 2**30 > max_dense_gb:
+                skip(name, n, f"needs > {max_dense_gb:g} GB")
+            elif name in last and _predicted(last[name], n, repeats, VARIANTS[name].linear) > max_seconds:
+                skip(name, n, f"predicted {_predicted(last[name], n, repeats, VARIANTS[name].linear):.0f} s")
+            else:
+                result = run_one(name, n, repeats, timeout=max_seconds * 2)
+                print(json.dumps(result), file=sys.stderr, flush=True)
+                results.append(result)
+                last[name] = result
+                if "skipped" in result:
+                    stopped.add(name)
     return results
+
+
+def _predicted(previous, n, repeats, linear):
+    """Seconds the (repeats + 1) steps at n should take, from the previous size."""
+    return previous["seconds"] * (n / previous["n"]) ** (1.2 if linear else 2.0) * (repeats + 1)
 
 
 def loglog_slope(points):

@@ -32,7 +32,7 @@ def train(name, overrides, steps, batch_size, out_dir):
     run_dir = out_dir / name.split(" (")[0].replace(" ", "-")
     cmd = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
            "--out", str(run_dir), *SIZE, *overrides, f"train.max_steps={steps}", f"train.batch_size={batch_size}",
-           f"train.eval_interval={steps // 3}", "train.eval_batches=8", "train.warmup_steps=50", "train.lr=0.003",
+           f"train.eval_interval={steps // 2}", "train.eval_batches=4", "train.warmup_steps=50", "train.lr=0.003",
            "train.min_lr=0.0003", "train.progress=false", "train.seed=0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)

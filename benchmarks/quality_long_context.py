@@ -38,17 +38,19 @@ def train(name, overrides, steps, batch_size, out_dir):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout)["best_val_loss"]
+    summary = done.stdout[done.stdout.rindex("\n{") + 1:] if not done.stdout.startswith("{") else done.stdout
+    return json.loads(summary)["best_val_loss"]  # the run's closing JSON summary
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        losses = {name: train(name, overrides, args.steps, args.batch_size, Path(tmp))
-                  for name, overrides in RUNS.items()}
+        out = Path(args.out or tmp)
+        losses = {name: train(name, overrides, args.steps, args.batch_size, out) for name, overrides in RUNS.items()}
     full = losses["full-attention GPT"]
     print(f"| model | best val loss (nats/char) | gap to full attention |\n|---|---|---|")
     for name, loss in losses.items():

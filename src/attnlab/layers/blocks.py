@@ -14,7 +14,9 @@ from .norms import make_norm
 class TransformerBlock(nn.Module):
     def __init__(self, d_model, n_head, ffn_hidden, *, ffn_kind="gelu", norm="layernorm", norm_eps=1e-5,
                  prenorm=True, bias=True, dropout=0.0, attn_dropout=None, n_kv_head=None,
-                 cross_attention=False, attn_scale=None, head_dim=None, backend="sdpa"):
+                 cross_attention=False, attn_scale=None, head_dim=None, backend="sdpa", self_attention=None):
+        """self_attention: a module to use instead of MultiHeadAttention (sliding-window, block
+        sparse, ...); it takes the same keywords, plus whatever `attn_kwargs` the model passes."""
         super().__init__()
         self.prenorm = prenorm
         attn_dropout = dropout if attn_dropout is None else attn_dropout
@@ -23,7 +25,7 @@ class TransformerBlock(nn.Module):
             return MultiHeadAttention(d_model, n_head, n_kv_head=n_kv_head, head_dim=head_dim, bias=bias,
                                       dropout=attn_dropout, scale=attn_scale, backend=backend)
 
-        self.self_attn = attention()
+        self.self_attn = attention() if self_attention is None else self_attention
         self.norm_self = make_norm(norm, d_model, norm_eps, bias)
         self.cross_attn = attention() if cross_attention else None
         self.norm_cross = make_norm(norm, d_model, norm_eps, bias) if cross_attention else None
@@ -37,11 +39,12 @@ class TransformerBlock(nn.Module):
         return norm(x + self.dropout(sublayer(x)))
 
     def forward(self, x, mask=None, causal=False, bias=None, rotary=None, position_ids=None, cache=None,
-                layer_idx=0, memory=None, memory_mask=None, cross_bias=None):
-        """x (B, T, C); memory (B, S, C) is the encoder output for cross-attention."""
+                layer_idx=0, memory=None, memory_mask=None, cross_bias=None, **attn_kwargs):
+        """x (B, T, C); memory (B, S, C) is the encoder output for cross-attention; attn_kwargs
+        go to a custom self-attention module (e.g. key_mask, global_mask)."""
         x = self._residual(x, self.norm_self, lambda h: self.self_attn(
             h, mask=mask, bias=bias, causal=causal, rotary=rotary, position_ids=position_ids,
-            cache=cache, layer_idx=layer_idx))
+            cache=cache, layer_idx=layer_idx, **attn_kwargs))
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(
                 h, kv_input=memory, mask=memory_mask, bias=cross_bias, cache=cache, layer_idx=layer_idx))

@@ -10,6 +10,7 @@ from ..config import ModelConfig
 from ..layers import (FFN_KINDS, NORMS, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
                       TransformerBlock, make_norm, padding_mask)
 from ..layers.attention import BACKENDS
+from ..layers.sparse_attention import SlidingWindowAttention
 from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
@@ -34,6 +35,7 @@ class GPTConfig(ModelConfig):
     rope_base: float = 10000.0
     tie_weights: bool = True
     attn_backend: str = "sdpa"
+    attn_window: int = None  # None: full causal attention; w: each token sees itself and the w before it
 
     def validate(self):
         self.require_positive("vocab_size", "block_size", "n_layer", "n_head", "d_model")
@@ -48,6 +50,10 @@ class GPTConfig(ModelConfig):
         self.require_choice("activation", tuple(FFN_KINDS))
         self.require_choice("position", POSITIONS)
         self.require_choice("attn_backend", BACKENDS)
+        if self.attn_window is not None:
+            self.require_positive("attn_window")
+            if self.n_kv_head not in (None, self.n_head):
+                raise self.invalid("attn_window (sliding-window attention) needs n_kv_head equal to n_head")
         if self.position == "rotary" and (self.d_model // self.n_head) % 2:
             raise self.invalid("rotary positions need an even head size (d_model / n_head)")
 
@@ -73,7 +79,7 @@ class GPT(Model):
         self.blocks = nn.ModuleList(
             TransformerBlock(c.d_model, c.n_head, c.ffn_size, ffn_kind=c.activation, norm=c.norm, norm_eps=c.norm_eps,
                              prenorm=True, bias=c.bias, dropout=c.dropout, n_kv_head=c.n_kv_head,
-                             backend=c.attn_backend)
+                             backend=c.attn_backend, self_attention=self._sliding_window(c))
             for _ in range(c.n_layer))
         self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -111,6 +117,14 @@ class GPT(Model):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return ModelOutput(logits=logits, loss=loss)
+
+    @staticmethod
+    def _sliding_window(c):
+        """Causal sliding-window attention (memory O(T * attn_window)) when the config asks for it."""
+        if c.attn_window is None:
+            return None
+        return SlidingWindowAttention(c.d_model, c.n_head, c.attn_window, causal=True, bias=c.bias, dropout=c.dropout,
+                                      backend=c.attn_backend)
 
     @staticmethod
     def position_ids(batch, t, past, attention_mask, device):

@@ -1,0 +1,76 @@
+"""BigBird (Zaheer et al. 2020): a BERT-shaped encoder with block-sparse attention.
+
+The sequence is cut into blocks of `block_size`; the first and last blocks attend to and are
+attended by everything, every other block attends to its 3 neighbouring blocks, the 2 global
+blocks and `n_random_blocks` random blocks drawn from a generator seeded with `seed + layer`, so
+the model is deterministic. Inputs are padded to whole blocks. Sequences of at most
+(5 + 2 r) blocks are too short for the pattern and use full attention, as the reference does.
+"""
+
+import dataclasses
+
+from ..layers.attention import MultiHeadAttention
+from ..layers.sparse_attention import BigBirdAttention
+from .base import PRESETS, register
+from .long_encoder import LongEncoder, LongEncoderConfig, hf_key_map
+
+
+@dataclasses.dataclass
+class BigBirdConfig(LongEncoderConfig):
+    family = "bigbird"
+    vocab_size: int = 50358
+    max_positions: int = 4096
+    type_vocab_size: int = 2
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    block_size: int = 64
+    n_random_blocks: int = 3
+    seed: int = 0
+
+    def validate(self):
+        super().validate()
+        self.require_positive("block_size")
+        if not isinstance(self.n_random_blocks, int) or self.n_random_blocks < 0:
+            raise self.invalid(f"n_random_blocks must be an integer >= 0, got {self.n_random_blocks!r}")
+
+
+class BlockSparseOrFull(BigBirdAttention):
+    """Block-sparse attention, or full attention for sequences too short for the pattern."""
+
+    def forward(self, x, key_mask=None, **kwargs):
+        if x.size(1) > (5 + 2 * self.n_random) * self.block_size:
+            return super().forward(x, key_mask=key_mask, **kwargs)
+        return MultiHeadAttention.forward(self, x, mask=None if key_mask is None else key_mask[:, None, None, :])
+
+
+@register(BigBirdConfig)
+class BigBird(LongEncoder):
+    hf_ignore = LongEncoder.hf_ignore + (r"^cls\.predictions\.bias$",)  # a tied copy of the decoder bias
+    classifier_activation = "gelu_tanh"
+    @staticmethod
+    def make_attention(c, layer):
+        return BlockSparseOrFull(c.d_model, c.n_head, c.block_size, c.n_random_blocks, seed=c.seed + layer,
+                                 dropout=c.attn_dropout)
+
+    def position_ids(self, input_ids):
+        return self.embeddings.pos.weight.new_ones(input_ids.shape).long().cumsum(-1) - 1
+
+    def pad_multiple(self, t):
+        sparse = t > (5 + 2 * self.config.n_random_blocks) * self.config.block_size
+        return self.config.block_size if sparse else 1
+
+    def hf_key_map(self) -> dict:
+        """Our keys -> the keys of BigBirdModel / BigBirdForMaskedLM / ...ForSequenceClassification."""
+        base = "" if self.config.head == "none" else "bert."
+        heads = [("mlm.transform", "cls.predictions.transform.dense"),
+                 ("mlm.norm", "cls.predictions.transform.LayerNorm"), ("mlm.decoder", "cls.predictions.decoder"),
+                 ("classifier.dense", "classifier.dense"), ("classifier.out", "classifier.out_proj")]
+        return hf_key_map(self, base, (), heads)
+
+
+PRESETS.update({
+    "bigbird-tiny": BigBirdConfig(vocab_size=256, max_positions=4096, n_layer=2, n_head=4, d_model=128,
+                                  block_size=32, n_random_blocks=2),
+    "bigbird-base": BigBirdConfig(),
+})

@@ -1,0 +1,67 @@
+"""Longformer (Beltagy et al. 2020): a BERT-shaped encoder with sliding-window + global attention.
+
+Every token attends to `attention_window / 2` tokens on each side (dilated per head if asked);
+tokens marked in `global_attention_mask` attend to every token and every token attends to them,
+through their own query/key/value projections. Memory grows as n * attention_window.
+Positions are counted as RoBERTa does: from pad_token_id + 1 over the real tokens.
+"""
+
+import dataclasses
+
+from ..layers.sparse_attention import SlidingWindowAttention
+from .base import PRESETS, register
+from .long_encoder import LongEncoder, LongEncoderConfig, hf_key_map
+
+
+@dataclasses.dataclass
+class LongformerConfig(LongEncoderConfig):
+    family = "longformer"
+    attention_window: int = 512  # keys seen around a token, both sides together (even)
+    dilation: int = 1  # or one value per head, e.g. [1, 1, 2, 2]
+
+    def validate(self):
+        super().validate()
+        self.require_positive("attention_window")
+        if self.attention_window % 2:
+            raise self.invalid(f"attention_window must be even (it is split over both sides), "
+                               f"got {self.attention_window}")
+        dilations = [self.dilation] if isinstance(self.dilation, int) else list(self.dilation)
+        if not dilations or any(not isinstance(d, int) or d <= 0 for d in dilations) or \
+                len(dilations) not in (1, self.n_head):
+            raise self.invalid(f"dilation must be a positive integer or one per head ({self.n_head}), "
+                               f"got {self.dilation!r}")
+
+
+@register(LongformerConfig)
+class Longformer(LongEncoder):
+    hf_ignore = LongEncoder.hf_ignore + (r"^lm_head\.bias$",)  # a tied copy of the decoder bias
+    @staticmethod
+    def make_attention(c, layer):
+        return SlidingWindowAttention(c.d_model, c.n_head, c.attention_window // 2, dilation=c.dilation,
+                                      global_projections=True, dropout=c.attn_dropout)
+
+    def position_ids(self, input_ids):
+        real = input_ids.ne(self.config.pad_token_id).long()
+        return real.cumsum(-1) * real + self.config.pad_token_id
+
+    def attention_kwargs(self, key_mask, global_attention_mask):
+        global_mask = None if global_attention_mask is None else global_attention_mask.bool() & key_mask
+        return {"key_mask": key_mask, "global_mask": global_mask}
+
+    def hf_key_map(self) -> dict:
+        """Our keys -> the keys of LongformerModel / LongformerForMaskedLM / ...ForSequenceClassification."""
+        base = "" if self.config.head == "none" else "longformer."
+        globals_ = [("self_attn.q_global", "attention.self.query_global"),
+                    ("self_attn.k_global", "attention.self.key_global"),
+                    ("self_attn.v_global", "attention.self.value_global")]
+        heads = [("mlm.transform", "lm_head.dense"), ("mlm.norm", "lm_head.layer_norm"),
+                 ("mlm.decoder", "lm_head.decoder"), ("classifier.dense", "classifier.dense"),
+                 ("classifier.out", "classifier.out_proj")]
+        return hf_key_map(self, base, globals_, heads)
+
+
+PRESETS.update({
+    "longformer-tiny": LongformerConfig(vocab_size=256, max_positions=4098, n_layer=2, n_head=4, d_model=128,
+                                        attention_window=64, pad_token_id=0),
+    "longformer-base": LongformerConfig(),
+})

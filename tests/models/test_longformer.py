@@ -1,0 +1,81 @@
+"""Longformer: same weights as Hugging Face LongformerModel in, same numbers out."""
+
+import pytest
+import torch
+
+from attnlab.errors import UserError
+from attnlab.models import LongformerConfig, build_model
+from attnlab.models.long_encoder import load_hf_state_dict
+
+transformers = pytest.importorskip("transformers")
+
+SIZES = dict(vocab_size=97, d_model=32, n_layer=2, n_head=4, ffn_hidden=48, max_positions=80, pad_token_id=1,
+             type_vocab_size=1, dropout=0.0, attn_dropout=0.0, attention_window=8, norm_eps=1e-12)
+
+
+def hf_pair(head, hf_class, **extra):
+    torch.manual_seed(0)
+    hf_config = transformers.LongformerConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=80, pad_token_id=1, type_vocab_size=1, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, attention_window=8, **extra)
+    theirs = hf_class(hf_config).eval()
+    ours = build_model(LongformerConfig(head=head, n_labels=extra.get("num_labels", 2), **SIZES)).eval()
+    load_hf_state_dict(ours, theirs.state_dict())
+    return ours, theirs
+
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, 97, (2, 45), generator=g)  # 45: not a multiple of the window
+    mask = torch.ones(2, 45, dtype=torch.long)
+    ids[1, 38:], mask[1, 38:] = 1, 0  # padding in the second row
+    glob = torch.zeros(2, 45, dtype=torch.long)
+    glob[0, [0, 17]] = 1
+    glob[1, [0, 5, 30]] = 1  # different counts of global tokens per row
+    return ids, mask, glob
+
+
+def test_hidden_states_match_hf_longformer_model():
+    ours, theirs = hf_pair("none", transformers.LongformerModel)
+    ids, mask, glob = inputs()
+    with torch.no_grad():
+        ref = theirs(ids, attention_mask=mask, global_attention_mask=glob).last_hidden_state
+        out = ours(ids, attention_mask=mask, global_attention_mask=glob).hidden_states
+        ref_local = theirs(ids, attention_mask=mask).last_hidden_state
+        out_local = ours(ids, attention_mask=mask).hidden_states
+    assert (out - ref).abs().max() <= 1e-5
+    assert (out_local - ref_local).abs().max() <= 1e-5
+    assert (out - out_local).abs().max() > 1e-3  # the global tokens matter
+
+
+def test_mlm_logits_match_hf_longformer_for_masked_lm():
+    ours, theirs = hf_pair("mlm", transformers.LongformerForMaskedLM)
+    ids, mask, glob = inputs()
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    with torch.no_grad():
+        ref = theirs(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
+        out = ours(ids, attention_mask=mask, global_attention_mask=glob, labels=labels)
+    assert (out.logits - ref.logits).abs().max() <= 1e-5
+    assert abs(out.loss.item() - ref.loss.item()) <= 1e-5
+
+
+def test_classification_puts_global_attention_on_cls_by_default():
+    ours, theirs = hf_pair("classification", transformers.LongformerForSequenceClassification, num_labels=3)
+    ids, mask, _ = inputs()
+    with torch.no_grad():
+        ref = theirs(ids, attention_mask=mask).logits
+        out = ours(ids, attention_mask=mask, labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and (out.logits - ref).abs().max() <= 1e-5
+    assert out.loss is not None
+
+
+def test_bad_weights_and_config_are_user_errors():
+    ours, theirs = hf_pair("none", transformers.LongformerModel)
+    state = theirs.state_dict()
+    state.pop("encoder.layer.0.attention.self.query_global.weight")
+    with pytest.raises(UserError, match="missing: encoder.layer.0.attention.self.query_global.weight"):
+        load_hf_state_dict(ours, state)
+    with pytest.raises(UserError, match="attention_window must be even"):
+        LongformerConfig(attention_window=7)

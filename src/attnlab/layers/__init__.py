@@ -2,14 +2,17 @@
 
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TransformerBlock
-from .feedforward import FFN_KINDS, FeedForward
+from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward
 from .kv_cache import KVCache
+from .lsh_attention import LSHSelfAttention, lsh_attention
 from .masks import causal_mask, combine_masks, padding_mask, to_additive
 from .norms import NORMS, RMSNorm, make_norm
 from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
+from .reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
-    "FFN_KINDS", "FeedForward", "KVCache", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm",
-    "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask", "combine_masks",
-    "make_norm", "padding_mask", "scaled_dot_product_attention", "sinusoidal_table", "to_additive",
+    "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LSHSelfAttention", "LearnedPositions",
+    "MultiHeadAttention", "NORMS", "RMSNorm", "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding",
+    "SinusoidalPositions", "TransformerBlock", "causal_mask", "combine_masks", "lsh_attention", "make_norm",
+    "padding_mask", "scaled_dot_product_attention", "sinusoidal_table", "to_additive",
 ]

@@ -1,0 +1,171 @@
+"""LSH self-attention (Kitaev et al. 2020, "Reformer").
+
+Queries and keys share one projection. Each of `n_hashes` rounds hashes every vector into
+one of `n_buckets` buckets by a random rotation (argmax over [xR, -xR]); the sequence is
+sorted by (round, bucket, position), cut into chunks of `chunk_length`, and each chunk
+attends to itself and `chunks_before` / `chunks_after` neighbouring chunks (wrapping
+around). A token never attends to itself unless nothing else is visible. The rounds are
+merged with weights softmax(logsumexp of each round's scores). Memory is
+O(n_hashes * T * chunk_length), not O(T^2).
+
+Keys are the shared vectors normalised to unit RMS and divided by sqrt(head_dim); queries
+are left as they are. Masked scores take a large negative value rather than -inf so a row
+with only its own position visible still has a finite softmax (as in the reference).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MASKED = -1e9  # score for a key hidden by the causal or padding mask
+SELF_MASKED = -1e5  # score for a token's own position: used only when nothing else is visible
+
+
+def hash_buckets(vectors, n_buckets, n_hashes, generator=None):
+    """vectors (B, H, T, D) -> bucket ids (B, H, R, T) in [0, n_buckets), one row per round."""
+    b, h, t, d = vectors.shape
+    if n_buckets == 1:
+        return torch.zeros(b, h, n_hashes, t, dtype=torch.long, device=vectors.device)
+    rotations = torch.randn((h, d, n_hashes, n_buckets // 2), generator=generator, device=vectors.device,
+                            dtype=vectors.dtype)
+    rotated = torch.einsum("bhtd,hdrk->bhrtk", vectors.detach(), rotations)  # (B, H, R, T, n_buckets/2)
+    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+
+
+def look_around(x, before, after):
+    """(B, H, N, L, ...) chunks -> (B, H, N, L * (before + 1 + after), ...): each chunk with
+    its neighbours, wrapping around the ends."""
+    return torch.cat([torch.roll(x, shifts=-i, dims=2) for i in range(-before, after + 1)], dim=3)
+
+
+def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.0):
+    """Attention inside chunks with the Reformer masks.
+
+    q (..., Lq, D), k and v (..., Lk, D); q_pos (..., Lq) and k_pos (..., Lk) are the original
+    sequence positions (for the causal and self masks); key_mask (..., Lk) bool, True = real.
+    Returns (out (..., Lq, D), logsumexp of each query's scores (..., Lq)).
+    """
+    scores = q @ k.transpose(-1, -2)  # (..., Lq, Lk)
+    visible = None
+    if causal:
+        visible = q_pos.unsqueeze(-1) >= k_pos.unsqueeze(-2)
+    if key_mask is not None:
+        keys = key_mask.unsqueeze(-2)
+        visible = keys if visible is None else visible & keys
+    if visible is not None:
+        scores = torch.where(visible, scores, scores.new_tensor(MASKED))
+    is_self = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
+    scores = torch.where(is_self, scores.new_tensor(SELF_MASKED), scores)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    probs = torch.exp(scores - lse)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v, lse.squeeze(-1)
+
+
+def normalize_keys(x, eps=1e-6):
+    """Unit-RMS vectors divided by sqrt(D): the keys of shared-QK attention."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) / math.sqrt(x.size(-1))
+
+
+def lsh_attention(qk, v, buckets, chunk_length, chunks_before=1, chunks_after=0, causal=False, key_mask=None,
+                  dropout_p=0.0):
+    """qk and v (B, H, T, D); buckets (B, H, R, T) already offset so that rounds never share a
+    bucket; key_mask (B, T) bool. T must be a multiple of chunk_length. -> (B, H, T, D)."""
+    b, h, t, d = qk.shape
+    rounds = buckets.size(2)
+    flat = buckets.flatten(2)  # (B, H, R*T)
+    order = torch.arange(rounds * t, device=qk.device)
+    sorted_idx = (flat * (rounds * t) + order).argsort(dim=-1)  # by bucket, then by position
+    undo_idx = sorted_idx.argsort(dim=-1)
+    pos = sorted_idx % t  # (B, H, R*T) original position of each sorted slot
+
+    def gather(x):
+        return x.gather(2, pos.unsqueeze(-1).expand(-1, -1, -1, d))  # (B, H, R*T, D)
+
+    def chunks(x):
+        return x.reshape(b, h, -1, chunk_length, *x.shape[3:])  # (B, H, N, L, ...)
+
+    q_sorted = chunks(gather(qk))
+    k_sorted = look_around(chunks(normalize_keys(gather(qk))), chunks_before, chunks_after)
+    v_sorted = look_around(chunks(gather(v)), chunks_before, chunks_after)
+    q_pos = chunks(pos)
+    k_pos = look_around(q_pos, chunks_before, chunks_after)
+    chunk_mask = None
+    if key_mask is not None:
+        chunk_mask = key_mask[:, None, :].expand(b, h, t).gather(2, pos)
+        chunk_mask = look_around(chunks(chunk_mask), chunks_before, chunks_after)
+    out, lse = chunked_attention(q_sorted, k_sorted, v_sorted, q_pos, k_pos, causal, chunk_mask, dropout_p)
+    out = out.reshape(b, h, rounds * t, d).gather(2, undo_idx.unsqueeze(-1).expand(-1, -1, -1, d))
+    lse = lse.reshape(b, h, rounds * t).gather(2, undo_idx)
+    out, lse = out.view(b, h, rounds, t, d), lse.view(b, h, rounds, t, 1)
+    return (out * torch.softmax(lse, dim=2)).sum(dim=2)  # rounds weighted by their share of the mass
+
+
+def full_shared_qk_attention(qk, v, causal=False, key_mask=None, dropout_p=0.0):
+    """Shared-QK attention over the whole sequence (what LSH attention does for T <= one chunk)."""
+    t = qk.size(2)
+    pos = torch.arange(t, device=qk.device)
+    mask = key_mask[:, None, :] if key_mask is not None else None
+    out, _ = chunked_attention(qk, normalize_keys(qk), v, pos, pos, causal, mask, dropout_p)
+    return out
+
+
+class LSHSelfAttention(nn.Module):
+    """Multi-head LSH self-attention with a shared query/key projection; no biases.
+
+    hash_seed fixes the random rotations (reproducible hashing); None draws new ones from the
+    global generator on every call.
+    """
+
+    def __init__(self, d_model, n_head, head_dim=None, n_buckets=32, n_hashes=2, chunk_length=64, chunks_before=1,
+                 chunks_after=0, causal=False, hash_seed=None, dropout=0.0):
+        super().__init__()
+        if n_buckets != 1 and n_buckets % 2:
+            raise ValueError(f"n_buckets must be 1 or even, got {n_buckets}")
+        self.n_head = n_head
+        self.head_dim = head_dim or d_model // n_head
+        self.n_buckets, self.n_hashes = n_buckets, n_hashes
+        self.chunk_length, self.chunks_before, self.chunks_after = chunk_length, chunks_before, chunks_after
+        self.causal = causal
+        self.hash_seed = hash_seed
+        self.dropout = dropout
+        inner = n_head * self.head_dim
+        self.qk_proj = nn.Linear(d_model, inner, bias=False)
+        self.v_proj = nn.Linear(d_model, inner, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def _heads(self, x):
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, x, attention_mask=None):
+        """x (B, T, C); attention_mask (B, T) 1 for real tokens, 0 for padding. T must be at
+        most one chunk or a multiple of chunk_length."""
+        b, t, _ = x.shape
+        qk, v = self._heads(self.qk_proj(x)), self._heads(self.v_proj(x))
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        dropout_p = self.dropout if self.training else 0.0
+        if t <= self.chunk_length:
+            out = full_shared_qk_attention(qk, v, self.causal, key_mask, dropout_p)
+        else:
+            if t % self.chunk_length:
+                raise ValueError(f"sequence length {t} must be a multiple of chunk_length {self.chunk_length}")
+            out = lsh_attention(qk, v, self._buckets(qk, key_mask), self.chunk_length, self.chunks_before,
+                                self.chunks_after, self.causal, key_mask, dropout_p)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+    def _buckets(self, qk, key_mask):
+        """(B, H, R, T) bucket ids, offset per round; padding gets a bucket of its own."""
+        generator = None
+        if self.hash_seed is not None:
+            generator = torch.Generator(device=qk.device).manual_seed(self.hash_seed)
+        buckets = hash_buckets(qk, self.n_buckets, self.n_hashes, generator)
+        per_round = self.n_buckets
+        if key_mask is not None and not bool(key_mask.all()):
+            buckets = buckets.masked_fill(~key_mask[:, None, None, :], per_round)
+            per_round += 1
+        offsets = torch.arange(self.n_hashes, device=qk.device).view(1, 1, -1, 1) * per_round
+        return buckets + offsets

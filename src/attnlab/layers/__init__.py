@@ -4,14 +4,14 @@ from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TransformerBlock
 from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward
 from .kv_cache import KVCache
-from .lsh_attention import LSHSelfAttention, lsh_attention
+from .lsh_attention import LocalSelfAttention, LSHSelfAttention, lsh_attention
 from .masks import causal_mask, combine_masks, padding_mask, to_additive
 from .norms import NORMS, RMSNorm, make_norm
-from .positions import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
+from .positions import AxialPositions, LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_table
 from .reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
-    "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LSHSelfAttention", "LearnedPositions",
+    "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention", "LSHSelfAttention", "LearnedPositions",
     "MultiHeadAttention", "NORMS", "RMSNorm", "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding",
     "SinusoidalPositions", "TransformerBlock", "causal_mask", "combine_masks", "lsh_attention", "make_norm",
     "padding_mask", "scaled_dot_product_attention", "sinusoidal_table", "to_additive",

@@ -1,4 +1,4 @@
-"""LSH self-attention (Kitaev et al. 2020, "Reformer").
+"""LSH self-attention (Kitaev et al. 2020, "Reformer"), and the Reformer's chunked local attention.
 
 Queries and keys share one projection. Each of `n_hashes` rounds hashes every vector into
 one of `n_buckets` buckets by a random rotation (argmax over [xR, -xR]); the sequence is
@@ -40,8 +40,8 @@ def look_around(x, before, after):
     return torch.cat([torch.roll(x, shifts=-i, dims=2) for i in range(-before, after + 1)], dim=3)
 
 
-def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.0):
-    """Attention inside chunks with the Reformer masks.
+def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.0, mask_self=True):
+    """Attention inside chunks with the Reformer masks (the self mask only if `mask_self`).
 
     q (..., Lq, D), k and v (..., Lk, D); q_pos (..., Lq) and k_pos (..., Lk) are the original
     sequence positions (for the causal and self masks); key_mask (..., Lk) bool, True = real.
@@ -56,8 +56,9 @@ def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.
         visible = keys if visible is None else visible & keys
     if visible is not None:
         scores = torch.where(visible, scores, scores.new_tensor(MASKED))
-    is_self = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
-    scores = torch.where(is_self, scores.new_tensor(SELF_MASKED), scores)
+    if mask_self:
+        is_self = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
+        scores = torch.where(is_self, scores.new_tensor(SELF_MASKED), scores)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
     probs = torch.exp(scores - lse)
     if dropout_p > 0:
@@ -101,7 +102,8 @@ def lsh_attention(qk, v, buckets, chunk_length, chunks_before=1, chunks_after=0,
     out = out.reshape(b, h, rounds * t, d).gather(2, undo_idx.unsqueeze(-1).expand(-1, -1, -1, d))
     lse = lse.reshape(b, h, rounds * t).gather(2, undo_idx)
     out, lse = out.view(b, h, rounds, t, d), lse.view(b, h, rounds, t, 1)
-    return (out * torch.softmax(lse, dim=2)).sum(dim=2)  # rounds weighted by their share of the mass
+    weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))  # each round's share of the mass
+    return (out * weights).sum(dim=2)
 
 
 def full_shared_qk_attention(qk, v, causal=False, key_mask=None, dropout_p=0.0):
@@ -169,3 +171,49 @@ class LSHSelfAttention(nn.Module):
             per_round += 1
         offsets = torch.arange(self.n_hashes, device=qk.device).view(1, 1, -1, 1) * per_round
         return buckets + offsets
+
+
+class LocalSelfAttention(nn.Module):
+    """The Reformer's local attention: separate q, k, v projections (no biases); the sequence
+    is cut into chunks of `chunk_length` and each chunk attends to itself and its neighbours
+    (wrapping around, as in the reference). Keys are scaled by 1/sqrt(head_dim)."""
+
+    def __init__(self, d_model, n_head, head_dim=None, chunk_length=64, chunks_before=1, chunks_after=0,
+                 causal=False, dropout=0.0):
+        super().__init__()
+        self.n_head = n_head
+        self.head_dim = head_dim or d_model // n_head
+        self.chunk_length, self.chunks_before, self.chunks_after = chunk_length, chunks_before, chunks_after
+        self.causal = causal
+        self.dropout = dropout
+        inner = n_head * self.head_dim
+        self.q_proj = nn.Linear(d_model, inner, bias=False)
+        self.k_proj = nn.Linear(d_model, inner, bias=False)
+        self.v_proj = nn.Linear(d_model, inner, bias=False)
+        self.out_proj = nn.Linear(inner, d_model, bias=False)
+
+    def forward(self, x, attention_mask=None):
+        """x (B, T, C); attention_mask (B, T) 1 = real token. T: at most one chunk or a multiple."""
+        b, t, _ = x.shape
+        q, k, v = (proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        k = k / math.sqrt(self.head_dim)
+        pos = torch.arange(t, device=x.device)
+        key_mask = attention_mask.bool()[:, None, :] if attention_mask is not None else None  # (B, 1, T)
+        length = min(t, self.chunk_length)
+        if t % length:
+            raise ValueError(f"sequence length {t} must be a multiple of chunk_length {self.chunk_length}")
+        before, after = (self.chunks_before, self.chunks_after) if t > length else (0, 0)
+
+        def chunks(y):  # (B, H, T, ...) -> (B, H, N, L, ...)
+            return y.reshape(*y.shape[:2], t // length, length, *y.shape[3:])
+
+        q_pos = chunks(pos.view(1, 1, t))
+        k_pos = look_around(q_pos, before, after)
+        if key_mask is not None:
+            key_mask = look_around(chunks(key_mask), before, after)
+        dropout_p = self.dropout if self.training else 0.0
+        out, _ = chunked_attention(chunks(q), look_around(chunks(k), before, after),
+                                   look_around(chunks(v), before, after), q_pos, k_pos, self.causal, key_mask,
+                                   dropout_p, mask_self=False)
+        return self.out_proj(out.reshape(b, self.n_head, t, self.head_dim).transpose(1, 2).reshape(b, t, -1))

@@ -60,3 +60,19 @@ class RotaryEmbedding(nn.Module):
         half = x.size(-1) // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin
+
+
+class AxialPositions(nn.Module):
+    """Axial position embeddings (Reformer): position p = i * cols + j is the concatenation
+    of a row vector (for i) and a column vector (for j), so a (rows * cols)-long table costs
+    only rows * d_row + cols * d_col parameters."""
+
+    def __init__(self, shape, dims):
+        super().__init__()
+        (rows, cols), (d_row, d_col) = shape, dims
+        self.rows = nn.Parameter(torch.randn(rows, d_row))
+        self.cols = nn.Parameter(torch.randn(cols, d_col))
+
+    def forward(self, position_ids):  # (B, T) -> (B, T, d_row + d_col)
+        cols = self.cols.size(0)
+        return torch.cat([self.rows[position_ids // cols], self.cols[position_ids % cols]], dim=-1)

@@ -1,8 +1,9 @@
 """Model families, one small file each, composed from layers; a registry name -> (config, model)."""
 
-from . import gpt  # noqa: F401  (registers the family and its presets)
+from . import gpt, reformer  # noqa: F401  (registers the families and their presets)
 from .base import FAMILIES, PRESETS, Model, ModelOutput, build_model, config_from_dict, preset
 from .gpt import GPT, GPTConfig
+from .reformer import Reformer, ReformerConfig
 
-__all__ = ["FAMILIES", "GPT", "GPTConfig", "Model", "ModelOutput", "PRESETS", "build_model", "config_from_dict",
+__all__ = ["FAMILIES", "GPT", "GPTConfig", "Model", "ModelOutput", "PRESETS", "Reformer", "ReformerConfig", "build_model", "config_from_dict",
            "preset"]

@@ -29,7 +29,11 @@ def test_one_bucket_with_full_lookback_equals_full_attention(causal, n_hashes):
     buckets = hash_buckets(qk, 1, n_hashes) + torch.arange(n_hashes).view(1, 1, -1, 1)
     # chunks of 8, looking back 3 chunks: every query sees every position exactly once
     out = lsh_attention(qk, v, buckets, chunk_length=8, chunks_before=3, causal=causal)
-    torch.testing.assert_close(out, dense_shared_qk(qk, v, causal), atol=1e-5, rtol=1e-5)
+    expected = dense_shared_qk(qk, v, causal)
+    torch.testing.assert_close(out[:, :, 1:], expected[:, :, 1:], atol=1e-5, rtol=1e-5)
+    # A causal first token sees only itself, scored -1e5; merging rounds by exp(lse - logsumexp(lse))
+    # (as the reference does) then carries float32 rounding of numbers near 1e5: ~1e-3 relative.
+    torch.testing.assert_close(out[:, :, 0], expected[:, :, 0], atol=1e-5, rtol=1e-2)
 
 
 @pytest.mark.parametrize("causal", [False, True])

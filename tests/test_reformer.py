@@ -67,10 +67,10 @@ def test_trains_with_reversible_layers_and_loss_drops():
                             local_chunk_length=8, n_buckets=4, n_hashes=2, axial_shape=[4, 8], axial_dims=[16, 16],
                             dropout=0.1, attn_layers=["local", "lsh"])
     model = build_model(config).train()
-    ids = torch.arange(32).remainder(5).repeat(4, 1)  # a periodic sequence is easy to learn
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.arange(32).remainder(5).repeat(2, 1)  # a periodic sequence is easy to learn
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
         loss.backward()
         optimizer.step()

@@ -14,6 +14,7 @@ from ..training.tasks import setup_task
 from .common import load_run_config, print_json, resolve_checkpoint
 
 RUN_FILE = "run.json"
+CAUSAL_LM_FAMILIES = ("gpt", "reformer", "transformer_xl")
 
 
 def register(sub):
@@ -78,8 +79,16 @@ def train(args):
     print_json({"run_dir": str(run_dir), "best_val_loss": trainer.best_val, **last})
 
 
+def load_causal_lm(path):
+    model, tokenizer = load_checkpoint(resolve_checkpoint(path), families=CAUSAL_LM_FAMILIES)
+    if not getattr(model.config, "causal", True):
+        raise UserError(f"{path} holds a bidirectional {model.config.family} model (causal=false); "
+                        "generate and eval need a causal language model")
+    return model, tokenizer
+
+
 def generate(args):
-    model, tokenizer = load_checkpoint(resolve_checkpoint(args.checkpoint), families=("gpt",))
+    model, tokenizer = load_causal_lm(args.checkpoint)
     prompts = args.prompt or [sys.stdin.read()]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
@@ -99,5 +108,5 @@ def generate(args):
 
 
 def evaluate(args):
-    model, tokenizer = load_checkpoint(resolve_checkpoint(args.checkpoint), families=("gpt",))
+    model, tokenizer = load_causal_lm(args.checkpoint)
     print_json(perplexity(model, tokenizer, read_text(args.data), stride=args.stride))

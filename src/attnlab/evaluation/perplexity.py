@@ -14,13 +14,46 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
     """Score every token after the first with up to block_size tokens of context.
 
     Windows of block_size advance by `stride` (default: half a block); each token is scored
-    once, in the first window that holds it with the most context.
+    once, in the first window that holds it with the most context. A model with a recurrent
+    memory (`model.recurrent`, Transformer-XL) instead reads the whole text once, segment by
+    segment, carrying its memory; `stride` does not apply there.
     """
-    block = model.config.block_size
-    stride = stride or max(1, block // 2)
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
+    model.eval()
+    if getattr(model, "recurrent", False):
+        total_nll, total_tokens = _recurrent_nll(model, ids)
+    else:
+        total_nll, total_tokens = _windowed_nll(model, ids, stride, batch_size)
+    mean = total_nll / total_tokens
+    scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
+    return {
+        "tokens": total_tokens,
+        "loss": mean,
+        "perplexity": math.exp(mean),
+        "bits_per_token": mean / math.log(2),
+        "bits_per_char": total_nll / math.log(2) / max(1, scored_chars),
+    }
+
+
+def _recurrent_nll(model, ids):
+    """-> (summed NLL, tokens scored): segment by segment, each segment's memory passed on."""
+    device = next(model.parameters()).device
+    segment = model.config.segment_length
+    memory, total_nll = None, 0.0
+    for start in range(0, len(ids) - 1, segment):
+        piece = ids[start:start + segment + 1].to(device)
+        out = model(piece[None, :-1], memory=memory)
+        memory = out.memory
+        total_nll += F.cross_entropy(out.logits[0].float(), piece[1:], reduction="sum").item()
+    return total_nll, len(ids) - 1
+
+
+def _windowed_nll(model, ids, stride, batch_size):
+    """-> (summed NLL, tokens scored) over overlapping windows of block_size."""
+    block = model.config.block_size
+    stride = stride or max(1, block // 2)
     device = next(model.parameters()).device
     windows = []  # (start, first scored position within the window)
     scored_to = 1
@@ -32,7 +65,6 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
         scored_to = end
         start += stride
     total_nll, total_tokens = 0.0, 0
-    model.eval()
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
         length = min(block, len(ids))
@@ -42,12 +74,4 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
         for row, (_, first) in enumerate(chunk):
             total_nll += nll[row, first - 1:].sum().item()
             total_tokens += nll.size(1) - (first - 1)
-    mean = total_nll / total_tokens
-    scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
-    return {
-        "tokens": total_tokens,
-        "loss": mean,
-        "perplexity": math.exp(mean),
-        "bits_per_token": mean / math.log(2),
-        "bits_per_char": total_nll / math.log(2) / max(1, scored_chars),
-    }
+    return total_nll, total_tokens

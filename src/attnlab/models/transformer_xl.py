@@ -87,6 +87,7 @@ class RelativeBlock(nn.Module):
 @register(TransformerXLConfig)
 class TransformerXL(Model):
     supports_kv_cache = False  # generation recomputes the window (its memory plays the cache's part)
+    recurrent = True  # evaluation reads a text segment by segment, carrying the memory
 
     def __init__(self, config: TransformerXLConfig):
         super().__init__(config)

@@ -47,23 +47,55 @@ def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.
     sequence positions (for the causal and self masks); key_mask (..., Lk) bool, True = real.
     Returns (out (..., Lq, D), logsumexp of each query's scores (..., Lq)).
     """
-    scores = q @ k.transpose(-1, -2)  # (..., Lq, Lk)
-    visible = None
+    hidden = None  # (..., Lq, Lk) True where a key is hidden by the causal or padding mask
     if causal:
-        visible = q_pos.unsqueeze(-1) >= k_pos.unsqueeze(-2)
+        hidden = q_pos.unsqueeze(-1) < k_pos.unsqueeze(-2)
     if key_mask is not None:
-        keys = key_mask.unsqueeze(-2)
-        visible = keys if visible is None else visible & keys
-    if visible is not None:
-        scores = torch.where(visible, scores, scores.new_tensor(MASKED))
-    if mask_self:
-        is_self = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
-        scores = torch.where(is_self, scores.new_tensor(SELF_MASKED), scores)
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    probs = torch.exp(scores - lse)
-    if dropout_p > 0:
-        probs = F.dropout(probs, p=dropout_p)
-    return probs @ v, lse.squeeze(-1)
+        padding = ~key_mask.unsqueeze(-2)
+        hidden = padding if hidden is None else hidden | padding
+    is_self = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2) if mask_self else None
+    return _ChunkAttention.apply(q, k, v, hidden, is_self, dropout_p)
+
+
+class _ChunkAttention(torch.autograd.Function):
+    """softmax attention that also returns the logsumexp of the scores, with a hand-written
+    backward: it keeps only the probabilities and makes a few passes over the score-sized
+    tensors where autograd would make many (this is most of the layer's elementwise time)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, hidden, is_self, dropout_p):
+        scores = q @ k.transpose(-1, -2)  # (..., Lq, Lk)
+        if hidden is not None:
+            scores.masked_fill_(hidden, MASKED)
+        if is_self is not None:
+            scores.masked_fill_(is_self, SELF_MASKED)
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+        probs = scores.sub_(lse).exp_()
+        kept = None
+        if dropout_p > 0:
+            kept = torch.rand_like(probs) >= dropout_p
+            dropped = probs * kept / (1 - dropout_p)
+        else:
+            dropped = probs
+        ctx.save_for_backward(q, k, v, probs, kept, hidden, is_self)
+        ctx.dropout_p = dropout_p
+        return dropped @ v, lse.squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, probs, kept, hidden, is_self = ctx.saved_tensors
+        dropped = probs if kept is None else probs * kept / (1 - ctx.dropout_p)
+        grad_v = dropped.transpose(-1, -2) @ grad_out
+        grad_probs = grad_out @ v.transpose(-1, -2)
+        if kept is not None:
+            grad_probs = grad_probs * kept / (1 - ctx.dropout_p)
+        # d/dS of exp(S - logsumexp(S)) and of logsumexp(S): P * (dP - sum(dP * P) + dlse)
+        shift = (grad_probs * probs).sum(-1, keepdim=True) - grad_lse.unsqueeze(-1)
+        grad_scores = grad_probs.sub_(shift).mul_(probs)
+        for replaced in (hidden, is_self):  # replaced scores are constants
+            if replaced is not None:
+                grad_scores.masked_fill_(replaced, 0.0)
+        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None
 
 
 def normalize_keys(x, eps=1e-6):
@@ -83,23 +115,27 @@ def lsh_attention(qk, v, buckets, chunk_length, chunks_before=1, chunks_after=0,
     undo_idx = sorted_idx.argsort(dim=-1)
     pos = sorted_idx % t  # (B, H, R*T) original position of each sorted slot
 
-    def gather(x):
-        return x.gather(2, pos.unsqueeze(-1).expand(-1, -1, -1, d))  # (B, H, R*T, D)
+    def rows(index, length):  # (B, H, ...) indices into dim 2 of length `length` -> rows of (B*H*length, D)
+        index = index.reshape(b, h, -1)
+        return (torch.arange(b * h, device=index.device).view(b, h, 1) * length + index).flatten()
+
+    def gather(x, index, length):  # whole D-vectors at a time: much faster than an element gather
+        return x.reshape(-1, d).index_select(0, rows(index, length)).view(b, h, -1, d)
 
     def chunks(x):
         return x.reshape(b, h, -1, chunk_length, *x.shape[3:])  # (B, H, N, L, ...)
 
-    q_sorted = chunks(gather(qk))
-    k_sorted = look_around(chunks(normalize_keys(gather(qk))), chunks_before, chunks_after)
-    v_sorted = look_around(chunks(gather(v)), chunks_before, chunks_after)
-    q_pos = chunks(pos)
-    k_pos = look_around(q_pos, chunks_before, chunks_after)
+    q_pos = chunks(pos)  # (B, H, N, L)
+    k_pos = look_around(q_pos, chunks_before, chunks_after)  # (B, H, N, L * (before + 1 + after))
+    # gather keys and values straight into their look-around layout (no sorted copy in between)
+    q_sorted = chunks(gather(qk, pos, t))  # (B, H, N, L, D)
+    k_sorted = gather(normalize_keys(qk), k_pos, t).view(*k_pos.shape, d)
+    v_sorted = gather(v, k_pos, t).view(*k_pos.shape, d)
     chunk_mask = None
     if key_mask is not None:
-        chunk_mask = key_mask[:, None, :].expand(b, h, t).gather(2, pos)
-        chunk_mask = look_around(chunks(chunk_mask), chunks_before, chunks_after)
+        chunk_mask = key_mask[:, None, :].expand(b, h, t).gather(2, k_pos.flatten(2)).view(k_pos.shape)
     out, lse = chunked_attention(q_sorted, k_sorted, v_sorted, q_pos, k_pos, causal, chunk_mask, dropout_p)
-    out = out.reshape(b, h, rounds * t, d).gather(2, undo_idx.unsqueeze(-1).expand(-1, -1, -1, d))
+    out = gather(out, undo_idx, rounds * t)  # back to (round, position) order
     lse = lse.reshape(b, h, rounds * t).gather(2, undo_idx)
     out, lse = out.view(b, h, rounds, t, d), lse.view(b, h, rounds, t, 1)
     weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))  # each round's share of the mass
@@ -141,13 +177,14 @@ class LSHSelfAttention(nn.Module):
 
     def _heads(self, x):
         b, t, _ = x.shape
-        return x.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        return x.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
     def forward(self, x, attention_mask=None):
         """x (B, T, C); attention_mask (B, T) 1 for real tokens, 0 for padding. T must be at
         most one chunk or a multiple of chunk_length."""
         b, t, _ = x.shape
-        qk, v = self._heads(self.qk_proj(x)), self._heads(self.v_proj(x))
+        both = F.linear(x, torch.cat([self.qk_proj.weight, self.v_proj.weight]))  # one matmul for the two
+        qk, v = (self._heads(part) for part in both.chunk(2, dim=-1))
         key_mask = attention_mask.bool() if attention_mask is not None else None
         dropout_p = self.dropout if self.training else 0.0
         if t <= self.chunk_length:

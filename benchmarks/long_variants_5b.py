@@ -4,6 +4,7 @@ stand-alone runner for them and for the Reformer against Hugging Face.
     python benchmarks/long_variants_5b.py                   # layer sweep, n = 512 .. 16k
     python benchmarks/long_variants_5b.py --sizes 4096,8192 --variants "LSH (bucket 64 x 2 hashes),HF Reformer LSH"
     python benchmarks/long_variants_5b.py --models          # whole ReformerModel vs ours at 4k, 8k, 16k
+    python benchmarks/long_variants_5b.py --interleaved --sizes 4096,8192,16384   # LSH vs HF, alternating
 
 Each builder takes n and returns a module mapping x (1, n, 256) -> (1, n, 256): one attention
 layer (projections, the attention pattern, the output projection), batch 1, d_model 256,
@@ -16,7 +17,9 @@ layer (projections, the attention pattern, the output projection), batch 1, d_mo
                                 memory of 512 (the previous segment, no gradient), causal
 
 Time: median of --repeats forward + backward steps after a warm-up, one thread, each (variant,
-n) in a fresh subprocess. Memory: peak resident memory of the step minus the resident memory
+n) in a fresh subprocess. On a busy machine the load drifts between those subprocesses, so
+--interleaved also times ours and Hugging Face's LSH layer in one process, alternating steps
+(ABAB...), and reports the median of the per-round ratios. Memory: peak resident memory of the step minus the resident memory
 before it (Linux VmHWM reset through /proc/self/clear_refs).
 """
 
@@ -173,6 +176,28 @@ def run_one(name, n, repeats, timeout):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def interleaved(sizes, repeats):
+    """Our LSH layer and Hugging Face's, stepped alternately on the same input."""
+    torch.set_num_threads(1)
+    lines = ["| n | attnlab LSH (ms) | HF LSH (ms) | HF / attnlab (median of rounds) |", "|---|---|---|---|"]
+    for n in sizes:
+        torch.manual_seed(0)
+        modules = [ours_lsh(n).train(), HFReformerLSH(n).train()]
+        x = torch.randn(1, n, D_MODEL, requires_grad=True)
+        times = [[], []]
+        for round_ in range(repeats + 1):
+            for module, spent in zip(modules, times):
+                start = time.perf_counter()
+                module(x).square().mean().backward()
+                if round_:  # the first round warms up
+                    spent.append(time.perf_counter() - start)
+        ratio = statistics.median(b / a for a, b in zip(*times))
+        lines.append(f"| {n} | {statistics.median(times[0]) * 1000:.0f} | {statistics.median(times[1]) * 1000:.0f} | "
+                     f"{ratio:.2f}x |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def loglog_slope(points):
     """Least-squares slope of log(seconds) against log(n)."""
     if len(points) < 2:
@@ -213,6 +238,7 @@ def main():
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--variants", default=",".join(VARIANTS_5B))
     parser.add_argument("--models", action="store_true", help="whole Reformer models instead of single layers")
+    parser.add_argument("--interleaved", action="store_true", help="attnlab vs HF LSH layer, alternating steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "long_variants_5b.json"))
@@ -221,6 +247,9 @@ def main():
     if args.worker:
         name, n, repeats = args.worker
         print(json.dumps(measure(name, int(n), int(repeats))))
+        return
+    if args.interleaved:
+        print(interleaved([int(s) for s in args.sizes.split(",")], args.repeats))
         return
     names = list(MODEL_VARIANTS) if args.models else [v.strip() for v in args.variants.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -121,6 +121,15 @@ def test_padding_keys_are_ignored():
     torch.testing.assert_close(left_padded, plain, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mem_len", [4, 12])
+def test_an_all_ones_mask_changes_nothing_across_segments(mem_len):
+    model = tiny_model(mem_len=mem_len)
+    ids = torch.randint(1, 30, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=torch.ones_like(ids)).logits, model(ids).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="mem_len"):
         TransformerXLConfig(mem_len=-1)

@@ -77,20 +77,22 @@ class _ChunkAttention(torch.autograd.Function):
             dropped = probs * kept / (1 - dropout_p)
         else:
             dropped = probs
-        ctx.save_for_backward(q, k, v, probs, kept, hidden, is_self)
+        out = dropped @ v
+        ctx.save_for_backward(q, k, v, probs, kept, hidden, is_self, out)
         ctx.dropout_p = dropout_p
-        return dropped @ v, lse.squeeze(-1)
+        return out, lse.squeeze(-1)
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, probs, kept, hidden, is_self = ctx.saved_tensors
+        q, k, v, probs, kept, hidden, is_self, out = ctx.saved_tensors
         dropped = probs if kept is None else probs * kept / (1 - ctx.dropout_p)
         grad_v = dropped.transpose(-1, -2) @ grad_out
         grad_probs = grad_out @ v.transpose(-1, -2)
         if kept is not None:
             grad_probs = grad_probs * kept / (1 - ctx.dropout_p)
-        # d/dS of exp(S - logsumexp(S)) and of logsumexp(S): P * (dP - sum(dP * P) + dlse)
-        shift = (grad_probs * probs).sum(-1, keepdim=True) - grad_lse.unsqueeze(-1)
+        # d/dS of exp(S - logsumexp(S)) and of logsumexp(S): P * (dP - sum(dP * P) + dlse), where
+        # sum_j dP_ij P_ij = dO_i . O_i (a D-long dot product instead of an Lk-long one)
+        shift = (grad_out * out).sum(-1, keepdim=True) - grad_lse.unsqueeze(-1)
         grad_scores = grad_probs.sub_(shift).mul_(probs)
         for replaced in (hidden, is_self):  # replaced scores are constants
             if replaced is not None:

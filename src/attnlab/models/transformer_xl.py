@@ -123,7 +123,7 @@ class TransformerXL(Model):
                 keys = attention_mask[:, start:end] if memory_mask is None else \
                     torch.cat([memory_mask, attention_mask[:, start:end]], dim=1)
                 mask = self._segment_mask(x[:, start:end].size(1), keys)
-                memory_mask = keys[:, keys.size(1) - self.config.mem_len:] if self.config.mem_len else None
+                memory_mask = keys[:, -self.config.mem_len:] if self.config.mem_len else None
             h, memory = self.run_segment(x[:, start:end], memory, mask)
             hidden.append(h)
         hidden = torch.cat(hidden, dim=1)

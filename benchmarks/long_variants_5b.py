@@ -176,19 +176,25 @@ def run_one(name, n, repeats, timeout):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def interleaved(sizes, repeats):
-    """Our LSH layer and Hugging Face's, stepped alternately on the same input."""
+def interleaved(sizes, repeats, models=False):
+    """Ours and Hugging Face's (LSH layers, or whole models with --models), stepped alternately."""
     torch.set_num_threads(1)
-    lines = ["| n | attnlab LSH (ms) | HF LSH (ms) | HF / attnlab (median of rounds) |", "|---|---|---|---|"]
+    what = "Reformer model" if models else "LSH layer"
+    lines = [f"| n | attnlab {what} (ms) | HF {what} (ms) | HF / attnlab (median of rounds) |", "|---|---|---|---|"]
     for n in sizes:
         torch.manual_seed(0)
-        modules = [ours_lsh(n).train(), HFReformerLSH(n).train()]
-        x = torch.randn(1, n, D_MODEL, requires_grad=True)
+        if models:
+            steps = [build_model_step(name, n) for name in MODEL_VARIANTS]
+        else:
+            x = torch.randn(1, n, D_MODEL, requires_grad=True)
+            steps = [(module, lambda m=module: m(x).square().mean()) for module in (ours_lsh(n).train(),
+                                                                                   HFReformerLSH(n).train())]
         times = [[], []]
         for round_ in range(repeats + 1):
-            for module, spent in zip(modules, times):
+            for (module, loss), spent in zip(steps, times):
+                module.zero_grad(set_to_none=True)
                 start = time.perf_counter()
-                module(x).square().mean().backward()
+                loss().backward()
                 if round_:  # the first round warms up
                     spent.append(time.perf_counter() - start)
         ratio = statistics.median(b / a for a, b in zip(*times))
@@ -249,7 +255,7 @@ def main():
         print(json.dumps(measure(name, int(n), int(repeats))))
         return
     if args.interleaved:
-        print(interleaved([int(s) for s in args.sizes.split(",")], args.repeats))
+        print(interleaved([int(s) for s in args.sizes.split(",")], args.repeats, args.models))
         return
     names = list(MODEL_VARIANTS) if args.models else [v.strip() for v in args.variants.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality_5b"))
     args = parser.parse_args()
-    common = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.lr=2e-3",
+    common = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.lr=0.002",
               f"train.warmup_steps={args.steps // 10}", f"train.eval_interval={args.steps}", "train.eval_batches=20",
               "train.progress=false"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

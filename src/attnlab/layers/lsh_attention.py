@@ -69,8 +69,11 @@ class _ChunkAttention(torch.autograd.Function):
             scores.masked_fill_(hidden, MASKED)
         if is_self is not None:
             scores.masked_fill_(is_self, SELF_MASKED)
-        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-        probs = scores.sub_(lse).exp_()
+        # logsumexp as torch computes it, reusing its exponentials: P = exp(S - max) * exp(max - lse)
+        top = scores.amax(dim=-1, keepdim=True)
+        probs = scores.sub_(top).exp_()
+        lse = probs.sum(dim=-1, keepdim=True).log_().add_(top)
+        probs.mul_(torch.exp(top - lse))
         kept = None
         if dropout_p > 0:
             kept = torch.rand_like(probs) >= dropout_p

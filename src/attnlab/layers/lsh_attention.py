@@ -11,6 +11,10 @@ O(n_hashes * T * chunk_length), not O(T^2).
 Keys are the shared vectors normalised to unit RMS and divided by sqrt(head_dim); queries
 are left as they are. Masked scores take a large negative value rather than -inf so a row
 with only its own position visible still has a finite softmax (as in the reference).
+
+Speed: keys and values are gathered row by row straight into each chunk's look-around
+layout, and the attention inside chunks has a hand-written backward that keeps only the
+probabilities (`_ChunkAttention`).
 """
 
 import math

@@ -67,11 +67,11 @@ class AxialPositions(nn.Module):
     of a row vector (for i) and a column vector (for j), so a (rows * cols)-long table costs
     only rows * d_row + cols * d_col parameters."""
 
-    def __init__(self, shape, dims):
+    def __init__(self, shape, dims, std=0.02):
         super().__init__()
         (rows, cols), (d_row, d_col) = shape, dims
-        self.rows = nn.Parameter(torch.randn(rows, d_row))
-        self.cols = nn.Parameter(torch.randn(cols, d_col))
+        self.rows = nn.Parameter(torch.randn(rows, d_row) * std)
+        self.cols = nn.Parameter(torch.randn(cols, d_col) * std)
 
     def forward(self, position_ids):  # (B, T) -> (B, T, d_row + d_col)
         cols = self.cols.size(0)

@@ -19,8 +19,8 @@ layer (projections, the attention pattern, the output projection), batch 1, d_mo
 Time: median of --repeats forward + backward steps after a warm-up, one thread, each (variant,
 n) in a fresh subprocess. On a busy machine the load drifts between those subprocesses, so
 --interleaved also times ours and Hugging Face's LSH layer in one process, alternating steps
-(ABAB...), and reports the median of the per-round ratios. Memory: peak resident memory of the step minus the resident memory
-before it (Linux VmHWM reset through /proc/self/clear_refs).
+(ABAB...), and reports the median of the per-round ratios. Memory: peak resident memory of
+the step minus the resident memory before it (Linux VmHWM reset through /proc/self/clear_refs).
 """
 
 import argparse

@@ -42,15 +42,16 @@ def main():
     for name, options in MODELS.items():
         run_dir = Path(args.out) / name.split()[0].lower()
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
-                               "--out", str(run_dir), *options, *SIZE, *common], capture_output=True, text=True, env=env)
+        command = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
+                   "--out", str(run_dir), *options, *SIZE, *common]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             sys.exit(f"{name} failed:\n{done.stderr[-2000:]}")
         result = json.loads(done.stdout[done.stdout.index("{"):])
         rows.append((name, result["best_val_loss"], time.perf_counter() - start, done.stderr.splitlines()[0]))
         print(json.dumps({"model": name, **result}), file=sys.stderr, flush=True)
     base = rows[0][1]
-    print(f"| model | best val loss | gap to GPT | train time |\n|---|---|---|---|")
+    print("| model | best val loss | gap to GPT | train time |\n|---|---|---|---|")
     for name, loss, seconds, _ in rows:
         print(f"| {name} | {loss:.4f} | {loss - base:+.4f} | {seconds / 60:.1f} min |")
     for name, _, _, header in rows:

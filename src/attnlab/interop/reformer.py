@@ -63,7 +63,8 @@ def state_from_hf(theirs: dict, config: ReformerConfig, with_head: bool) -> dict
     prefix = "reformer." if with_head else ""
     pairs = [(a, prefix + b, f) for a, b, f in key_pairs(config)]
     if with_head:
-        pairs += [("lm_head.weight", "lm_head.decoder.weight", lambda t: t), ("lm_head.bias", "lm_head.bias", lambda t: t)]
+        pairs += [("lm_head.weight", "lm_head.decoder.weight", lambda t: t),
+                  ("lm_head.bias", "lm_head.bias", lambda t: t)]
     missing = [b for _, b, _ in pairs if b not in theirs]
     if missing:
         raise UserError(f"the Hugging Face Reformer state dict lacks {', '.join(missing[:5])}"

@@ -11,8 +11,9 @@ from .positions import AxialPositions, LearnedPositions, RotaryEmbedding, Sinuso
 from .reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
-    "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention", "LSHSelfAttention", "LearnedPositions",
-    "MultiHeadAttention", "NORMS", "RMSNorm", "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding",
-    "SinusoidalPositions", "TransformerBlock", "causal_mask", "combine_masks", "lsh_attention", "make_norm",
-    "padding_mask", "scaled_dot_product_attention", "sinusoidal_table", "to_additive",
+    "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
+    "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "ReversibleBlock",
+    "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask",
+    "combine_masks", "lsh_attention", "make_norm", "padding_mask", "scaled_dot_product_attention",
+    "sinusoidal_table", "to_additive",
 ]

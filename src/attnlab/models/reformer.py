@@ -94,16 +94,20 @@ class ReformerConfig(ModelConfig):
         return self.attn_layers or ["lsh"] * self.n_layer
 
     @property
+    def chunk_lengths(self) -> list:
+        """The chunk lengths of the attention kinds in use."""
+        kinds = set(self.layer_kinds)
+        return [length for kind, length in (("lsh", self.chunk_length), ("local", self.local_chunk_length))
+                if kind in kinds]
+
+    @property
     def chunk_multiple(self) -> int:
         """Sequences longer than the shortest chunk are padded to a multiple of this."""
-        kinds = set(self.layer_kinds)
-        lengths = ([self.chunk_length] if "lsh" in kinds else []) + ([self.local_chunk_length] if "local" in kinds else [])
-        return math.lcm(*lengths)
+        return math.lcm(*self.chunk_lengths)
 
     @property
     def min_chunk(self) -> int:
-        kinds = set(self.layer_kinds)
-        return min(([self.chunk_length] if "lsh" in kinds else []) + ([self.local_chunk_length] if "local" in kinds else []))
+        return min(self.chunk_lengths)
 
 
 class AttentionSublayer(nn.Module):

@@ -1,8 +1,13 @@
+"""Test-session settings and shared fixtures. Tiny models gain nothing from intra-op threads,
+and on a shared, busy CPU the thread hand-offs cost more than the math: tests run on one thread."""
+
 import os
 from pathlib import Path
 
 import pytest
 import torch
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ATTNLAB_DATA", REPO.parent / "shared" / "data"))

@@ -9,7 +9,7 @@ from attnlab.inference import Sampling
 from attnlab.inference.seq2seq import BeamSearch, beam_search, seq2seq_generate
 from attnlab.models import build_model, preset
 
-from seq2seq_helpers import hf_marian, hf_t5, twin
+from .seq2seq_helpers import hf_marian, hf_t5, twin
 
 pytest.importorskip("transformers")
 

@@ -7,7 +7,7 @@ import torch
 from attnlab.errors import UserError
 from attnlab.interop import load_hf, save_hf
 
-from seq2seq_helpers import hf_marian, hf_t5, padded_batch, twin
+from .seq2seq_helpers import hf_marian, hf_t5, padded_batch, twin
 
 pytest.importorskip("transformers")
 

@@ -15,6 +15,7 @@ from . import seq2seq
 from .common import load_run_config, print_json, resolve_checkpoint
 
 RUN_FILE = "run.json"
+CAUSAL_LM_FAMILIES = ("gpt", "reformer", "transformer_xl")
 
 
 def register(sub):
@@ -97,6 +98,14 @@ def train(args):
         print_json({"run_dir": str(run_dir), "best_val_loss": trainer.best_val, **last})
 
 
+def load_causal_lm(path):
+    model, tokenizer = load_checkpoint(resolve_checkpoint(path), families=CAUSAL_LM_FAMILIES)
+    if not getattr(model.config, "causal", True):
+        raise UserError(f"{path} holds a bidirectional {model.config.family} model (causal=false); "
+                        "generate and eval need a causal language model")
+    return model, tokenizer
+
+
 def generate(args):
     path = resolve_checkpoint(args.checkpoint)
     if seq2seq.is_seq2seq_checkpoint(path):
@@ -105,7 +114,7 @@ def generate(args):
         raise UserError("--beams and --n-best are for encoder-decoder (seq2seq) checkpoints")
     args.temperature = 0.8 if args.temperature is None else args.temperature
     args.max_new_tokens = 200 if args.max_new_tokens is None else args.max_new_tokens
-    model, tokenizer = load_checkpoint(path, families=("gpt",))
+    model, tokenizer = load_causal_lm(path)
     prompts = args.prompt or [sys.stdin.read()]
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
@@ -128,5 +137,5 @@ def evaluate(args):
     path = resolve_checkpoint(args.checkpoint)
     if seq2seq.is_seq2seq_checkpoint(path):
         return seq2seq.evaluate(args, path)
-    model, tokenizer = load_checkpoint(path, families=("gpt",))
+    model, tokenizer = load_causal_lm(path)
     print_json(perplexity(model, tokenizer, read_text(args.data), stride=args.stride))

@@ -15,11 +15,44 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
 
     Windows of block_size tokens advance by `stride` (default: half a block, at most
     block_size - 1 so that windows overlap); each token is scored once, in the first window
-    that holds it, which is the one that gives it the most context.
+    that holds it, which is the one that gives it the most context. A model with a recurrent
+    memory (`model.recurrent`, Transformer-XL) instead reads the whole text once, segment by
+    segment, carrying its memory; `stride` does not apply there.
     """
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
+    model.eval()
+    if getattr(model, "recurrent", False):
+        total_nll, total_tokens = _recurrent_nll(model, ids)
+    else:
+        total_nll, total_tokens = _windowed_nll(model, ids, stride, batch_size)
+    mean = total_nll / total_tokens
+    scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
+    return {
+        "tokens": total_tokens,
+        "loss": mean,
+        "perplexity": math.exp(mean),
+        "bits_per_token": mean / math.log(2),
+        "bits_per_char": total_nll / math.log(2) / max(1, scored_chars),
+    }
+
+
+def _recurrent_nll(model, ids):
+    """-> (summed NLL, tokens scored): segment by segment, each segment's memory passed on."""
+    device = next(model.parameters()).device
+    segment = model.config.segment_length
+    memory, total_nll = None, 0.0
+    for start in range(0, len(ids) - 1, segment):
+        piece = ids[start:start + segment + 1].to(device)
+        out = model(piece[None, :-1], memory=memory)
+        memory = out.memory
+        total_nll += F.cross_entropy(out.logits[0].float(), piece[1:], reduction="sum").item()
+    return total_nll, len(ids) - 1
+
+
+def _windowed_nll(model, ids, stride, batch_size):
+    """-> (summed NLL, tokens scored) over windows of block_size that overlap."""
     length = min(model.config.block_size, len(ids))
     stride = min(stride or max(1, length // 2), length - 1)
     windows = []  # (start, index of the first scored token within the window)
@@ -32,7 +65,6 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
         scored_to, end = end, min(end + stride, len(ids))
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
-    model.eval()
     for i in range(0, len(windows), batch_size):
         chunk = windows[i:i + batch_size]
         inputs = torch.stack([ids[s:s + length] for s, _ in chunk]).to(device)  # (B, T)
@@ -41,12 +73,4 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
         for row, (_, first) in enumerate(chunk):
             total_nll += nll[row, first - 1:].sum().item()
             total_tokens += length - first
-    mean = total_nll / total_tokens
-    scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
-    return {
-        "tokens": total_tokens,
-        "loss": mean,
-        "perplexity": math.exp(mean),
-        "bits_per_token": mean / math.log(2),
-        "bits_per_char": total_nll / math.log(2) / max(1, scored_chars),
-    }
+    return total_nll, total_tokens

@@ -84,7 +84,7 @@ def stream_tokens(model, prompts, sampling: Sampling, eos_id=None):
         generator = torch.Generator(device=device).manual_seed(sampling.seed)
     ids, mask = left_pad(prompts, device=device)
     cache = None
-    if sampling.use_cache:
+    if sampling.use_cache and getattr(model, "supports_kv_cache", True):  # else recompute the window
         cache = KVCache(len(model.blocks), capacity=min(block_size, longest + sampling.max_new_tokens))
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     step_input = ids

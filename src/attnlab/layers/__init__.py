@@ -2,16 +2,20 @@
 
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TransformerBlock
-from .feedforward import FFN_KINDS, FeedForward
+from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward
 from .kv_cache import KVCache
+from .lsh_attention import LocalSelfAttention, LSHSelfAttention, lsh_attention
 from .masks import causal_mask, combine_masks, padding_mask, to_additive
 from .norms import NORMS, RMSNorm, make_norm
-from .positions import (LearnedPositions, RelativePositionBias, RotaryEmbedding, SinusoidalPositions,
+from .positions import (AxialPositions, LearnedPositions, RelativePositionBias, RotaryEmbedding, SinusoidalPositions,
                         relative_position_bucket, sinusoidal_table)
+from .reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
-    "FFN_KINDS", "FeedForward", "KVCache", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm",
-    "RelativePositionBias", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock", "causal_mask",
-    "combine_masks", "make_norm", "padding_mask", "relative_position_bucket", "scaled_dot_product_attention",
+    "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
+    "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
+    "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock",
+    "causal_mask", "combine_masks", "lsh_attention", "make_norm", "padding_mask", "relative_position_bucket",
+    "scaled_dot_product_attention",
     "sinusoidal_table", "to_additive",
 ]

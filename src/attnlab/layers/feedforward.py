@@ -1,5 +1,6 @@
 """Position-wise feed-forward: plain (ReLU, GELU) or gated (SwiGLU, GeGLU)."""
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -41,3 +42,19 @@ class FeedForward(nn.Module):
         else:
             h = self.activation(self.gate(x)) * self.up(x)
         return self.down(self.dropout(h))
+
+
+class ChunkedFeedForward(nn.Module):
+    """Norm -> FeedForward -> dropout, applied `chunk_size` positions at a time (0 = all at
+    once), so the (T, hidden) activation never exists for the whole sequence (Reformer)."""
+
+    def __init__(self, norm: nn.Module, ffn: FeedForward, chunk_size: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.norm, self.ffn = norm, ffn
+        self.chunk_size = chunk_size
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):  # (B, T, C)
+        if not self.chunk_size or x.size(1) <= self.chunk_size:
+            return self.dropout(self.ffn(self.norm(x)))
+        return torch.cat([self.dropout(self.ffn(self.norm(part))) for part in x.split(self.chunk_size, dim=1)], dim=1)

@@ -95,3 +95,19 @@ class RelativePositionBias(nn.Module):
         key = torch.arange(t_key, device=device)[None, :]
         buckets = relative_position_bucket(key - query, self.bidirectional, self.num_buckets, self.max_distance)
         return self.embedding(buckets).permute(2, 0, 1).unsqueeze(0)
+
+
+class AxialPositions(nn.Module):
+    """Axial position embeddings (Reformer): position p = i * cols + j is the concatenation
+    of a row vector (for i) and a column vector (for j), so a (rows * cols)-long table costs
+    only rows * d_row + cols * d_col parameters."""
+
+    def __init__(self, shape, dims, std=0.02):
+        super().__init__()
+        (rows, cols), (d_row, d_col) = shape, dims
+        self.rows = nn.Parameter(torch.randn(rows, d_row) * std)
+        self.cols = nn.Parameter(torch.randn(cols, d_col) * std)
+
+    def forward(self, position_ids):  # (B, T) -> (B, T, d_row + d_col)
+        cols = self.cols.size(0)
+        return torch.cat([self.rows[position_ids // cols], self.cols[position_ids % cols]], dim=-1)

@@ -1,0 +1,90 @@
+"""Reformer: number-for-number parity with Hugging Face ReformerModel (fixed hash seed)."""
+
+import pytest
+import torch
+
+from attnlab.interop.reformer import config_from_hf, state_from_hf
+from attnlab.models import Reformer, ReformerConfig, build_model
+from attnlab.errors import UserError
+
+transformers = pytest.importorskip("transformers")
+
+
+def hf_config(causal, **overrides):
+    values = dict(hidden_size=32, num_attention_heads=2, attention_head_size=16, attn_layers=["lsh", "local", "lsh"],
+                  axial_pos_shape=[8, 8], axial_pos_embds_dim=[12, 20], max_position_embeddings=64,
+                  feed_forward_size=48, lsh_attn_chunk_length=8, local_attn_chunk_length=8, num_buckets=4,
+                  num_hashes=2, hash_seed=42, is_decoder=causal, vocab_size=50, hidden_dropout_prob=0.0,
+                  local_attention_probs_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0, hidden_act="relu")
+    values.update(overrides)
+    return transformers.ReformerConfig(**values)
+
+
+def pair(causal, with_head=False, **overrides):
+    torch.manual_seed(0)
+    config = hf_config(causal, **overrides)
+    theirs = (transformers.ReformerModelWithLMHead if with_head else transformers.ReformerModel)(config).eval()
+    ours = Reformer(config_from_hf(config.to_dict())).eval()
+    missing, unexpected = ours.load_state_dict(state_from_hf(theirs.state_dict(), ours.config, with_head),
+                                               strict=with_head)
+    assert not unexpected and set(missing) <= {"lm_head.weight", "lm_head.bias"}
+    return ours, theirs
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("length", [32, 27, 6])  # whole chunks, padded up to whole chunks, within one chunk
+def test_hidden_states_match_hugging_face(causal, length):
+    ours, theirs = pair(causal)
+    ids = torch.randint(1, 50, (2, length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = theirs(ids).last_hidden_state
+        got = ours(ids).hidden_states
+    assert got.shape == expected.shape == (2, length, 64)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_padding_mask_and_learned_positions_match_hugging_face():
+    ours, theirs = pair(False, axial_pos_embds=False, attn_layers=["lsh", "lsh"], num_hashes=3, lsh_num_chunks_after=1)
+    ids = torch.randint(1, 50, (2, 32), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 32, dtype=torch.long)
+    mask[1, 25:] = 0
+    with torch.no_grad():
+        expected = theirs(ids, attention_mask=mask).last_hidden_state
+        got = ours(ids, attention_mask=mask).hidden_states
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_lm_logits_match_hugging_face():
+    ours, theirs = pair(True, with_head=True)
+    ids = torch.randint(1, 50, (1, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (ours(ids).logits - theirs(ids).logits).abs().max().item() <= 1e-5
+
+
+def test_trains_with_reversible_layers_and_loss_drops():
+    torch.manual_seed(0)
+    config = ReformerConfig(vocab_size=20, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=8,
+                            local_chunk_length=8, n_buckets=4, n_hashes=2, axial_shape=[4, 8], axial_dims=[16, 16],
+                            dropout=0.1, attn_layers=["local", "lsh"])
+    model = build_model(config).train()
+    ids = torch.arange(32).remainder(5).repeat(2, 1)  # a periodic sequence is easy to learn
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bad_config_is_a_user_error():
+    with pytest.raises(UserError, match="n_buckets"):
+        ReformerConfig(n_buckets=3)
+    with pytest.raises(UserError, match="axial_dims"):
+        ReformerConfig(d_model=64, axial_dims=[16, 16])
+    with pytest.raises(UserError, match="multiple of the chunk"):
+        ReformerConfig(block_size=96, chunk_length=64)
+    with pytest.raises(UserError, match="attn_layers"):
+        ReformerConfig(n_layer=2, attn_layers=["lsh"])

@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import MarianConfig, MarianMTModel
 
-from attnlab.interop import load_hf
+from attnlab.interop import import_hf
 from attnlab.inference.seq2seq import BeamSearch, beam_search
 
 
@@ -38,7 +38,7 @@ def main():
     hf = MarianMTModel(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        ours = load_hf(tmp)
+        ours, _ = import_hf(tmp, with_tokenizer=False)
     lengths = torch.randint(10, 30, (args.batch,), generator=torch.Generator().manual_seed(1))
     sources = [torch.randint(3, 8000, (int(n),)).tolist() + [1] for n in lengths]
     ids = torch.full((args.batch, max(map(len, sources))), 2)

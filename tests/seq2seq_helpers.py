@@ -2,7 +2,7 @@
 
 import torch
 
-from attnlab.interop import load_hf
+from attnlab.interop import import_hf
 
 
 def spread_weights(model, seed=0, std=0.3):
@@ -48,7 +48,7 @@ def hf_marian(activation="swish", scale_embedding=True, shared=True, seed=0):
 def twin(hf_model, tmp_path):
     """Save the HF model and import it into attnlab through the key map."""
     hf_model.save_pretrained(tmp_path)
-    return load_hf(tmp_path)
+    return import_hf(tmp_path, with_tokenizer=False)[0]
 
 
 def padded_batch(vocab=48, seed=1):

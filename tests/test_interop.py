@@ -202,7 +202,7 @@ def test_all_problems_in_one_error(bert_dir):
 @pytest.mark.parametrize("damage,message", [
     (lambda d: (d / "config.json").unlink(), "has no config.json"),
     (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
-    (lambda d: (d / "config.json").write_text('{"model_type": "t5"}'), "model_type 't5' is not supported"),
+    (lambda d: (d / "config.json").write_text('{"model_type": "xlnet"}'), "model_type 'xlnet' is not supported"),
     (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace("BertModel", "BertForMultipleChoice")),
      "BertForMultipleChoice' is not supported"),
     (lambda d: (d / "config.json").write_text((d / "config.json").read_text().replace('"hidden_size"', '"hidden"')),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attnlab.errors import UserError
-from attnlab.interop import load_hf, save_hf
+from attnlab.interop import export_hf, import_hf
 
 from .seq2seq_helpers import hf_marian, hf_t5, padded_batch, twin
 
@@ -51,7 +51,7 @@ def test_export_loads_in_hugging_face_with_the_same_logits(case, tmp_path):
 
     hf = CASES[case]()
     ours = twin(hf, tmp_path / "in")
-    save_hf(ours, tmp_path / "out", hf.config.model_type)
+    export_hf(ours, tmp_path / "out")
     back = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out").eval()
     src, src_mask, tgt, tgt_mask = padded_batch()
     with torch.no_grad():
@@ -69,8 +69,8 @@ def test_import_names_unexpected_tensors(tmp_path):
     del weights["decoder.final_layer_norm.weight"]
     save_file(weights, tmp_path / "model.safetensors")
     with pytest.raises(UserError, match="encoder.block.9"):
-        load_hf(tmp_path)
+        import_hf(tmp_path)
     del weights["encoder.block.9.layer.0.SelfAttention.q.weight"]
     save_file(weights, tmp_path / "model.safetensors")
-    with pytest.raises(UserError, match="missing: decoder_norm.weight"):
-        load_hf(tmp_path)
+    with pytest.raises(UserError, match=r"missing: decoder\.final_layer_norm\.weight"):
+        import_hf(tmp_path)

@@ -2,7 +2,8 @@
 
 GPT-2 goes into our GPT; BERT, RoBERTa and DistilBERT into our Bert, whose config fields
 carry the differences. Each encoder head maps to one Hugging Face architecture class
-(BertForMaskedLM, RobertaForSequenceClassification, ...).
+(BertForMaskedLM, RobertaForSequenceClassification, ...). T5 and Marian (t5.py, marian.py)
+each have a single architecture, T5ForConditionalGeneration and MarianMTModel.
 """
 
 import dataclasses
@@ -11,6 +12,7 @@ from typing import Callable
 from ..errors import UserError
 from ..models.bert import BertConfig
 from ..models.gpt import GPTConfig
+from . import marian, t5
 from .keymap import KeyMap, affine, fused_qkv, rename, transposed
 
 # Hugging Face hidden_act names <-> our feed-forward activations
@@ -248,12 +250,18 @@ FAMILIES = {
                          heads={k: v for k, v in HEAD_SUFFIXES.items() if v != "pretraining"}),
     "gpt2": Family("gpt2", "GPT2", "transformer.", _gpt2_config_from_hf, _gpt2_config_to_hf, gpt2_keymap,
                    heads={"Model": "lm", "LMHeadModel": "lm"}),
+    "t5": Family("t5", "T5", "", t5.config_from_hf, t5.config_to_hf, t5.keymap,
+                 heads={"ForConditionalGeneration": "lm"}),
+    "marian": Family("marian", "Marian", "model.", marian.config_from_hf, marian.config_to_hf, marian.keymap,
+                     heads={"MTModel": "lm"}),
 }
+
+# our config family -> (config -> the Hugging Face model_type it exports as)
+EXPORTS = {"gpt": lambda c: "gpt2", "bert": encoder_model_type, "t5": lambda c: "t5",
+           "transformer": lambda c: "marian"}
 
 
 def family_for_export(config) -> Family:
-    if config.family == "gpt":
-        return FAMILIES["gpt2"]
-    if config.family == "bert":
-        return FAMILIES[encoder_model_type(config)]
-    raise UserError(f"{config.family} models have no Hugging Face export yet; attnlab exports gpt and bert")
+    if config.family not in EXPORTS:
+        raise UserError(f"{config.family} models have no Hugging Face export; attnlab exports {', '.join(EXPORTS)}")
+    return FAMILIES[EXPORTS[config.family](config)]

@@ -68,7 +68,8 @@ def _family_and_head(hf: dict):
         raise UserError(f"config.json model_type {model_type!r} is not supported; attnlab imports "
                         f"{', '.join(FAMILIES)}")
     family = FAMILIES[model_type]
-    architecture = (hf.get("architectures") or [family.class_prefix + "Model"])[0]
+    default = "Model" if "Model" in family.heads else next(iter(family.heads))
+    architecture = (hf.get("architectures") or [family.class_prefix + default])[0]
     suffix = architecture[len(family.class_prefix):] if architecture.startswith(family.class_prefix) else None
     if suffix not in family.heads:
         known = ", ".join(family.class_prefix + s for s in family.heads)

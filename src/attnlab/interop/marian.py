@@ -6,12 +6,12 @@ halves), embeddings scaled by sqrt(d_model), plus a fixed per-token logit bias.
 
 from ..errors import UserError
 from ..models.encoder_decoder import TransformerConfig
-from .keymap_seq2seq import Family, Key, register_family
+from .keymap import KeyMap, Rule, affine, rename
 
 _ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}
 
 
-def config_from_hf(hf: dict) -> TransformerConfig:
+def config_from_hf(hf: dict, head: str, keys) -> TransformerConfig:
     act = hf.get("activation_function", "gelu")
     if act not in _ACTIVATIONS:
         raise UserError(f"Marian activation_function {act!r} is not supported; supported: {', '.join(_ACTIVATIONS)}")
@@ -39,7 +39,7 @@ def config_to_hf(c: TransformerConfig) -> dict:
     if act is None:
         raise UserError(f"activation {c.activation!r} has no Marian equivalent")
     return {
-        "model_type": "marian", "architectures": ["MarianMTModel"], "is_encoder_decoder": True,
+        "model_type": "marian", "is_encoder_decoder": True,
         "vocab_size": c.vocab_size, "decoder_vocab_size": c.target_vocab,
         "share_encoder_decoder_embeddings": c.share_embeddings, "tie_word_embeddings": c.tie_output,
         "d_model": c.d_model, "encoder_attention_heads": c.n_head, "decoder_attention_heads": c.n_head,
@@ -51,49 +51,40 @@ def config_to_hf(c: TransformerConfig) -> dict:
     }
 
 
-def _linear(ours: str, theirs: str) -> dict:
-    return {f"{ours}.{p}": f"{theirs}.{p}" for p in ("weight", "bias")}
-
-
-def _layer(ours: str, theirs: str, cross: bool) -> dict:
-    keys = {}
+def _layer(ours: str, theirs: str, cross: bool) -> list:
+    rules = []
     for a in ("q", "k", "v", "out"):
-        keys.update(_linear(f"{ours}.self_attn.{a}_proj", f"{theirs}.self_attn.{a}_proj"))
+        rules += affine(f"{ours}.self_attn.{a}_proj", f"{theirs}.self_attn.{a}_proj")
         if cross:
-            keys.update(_linear(f"{ours}.cross_attn.{a}_proj", f"{theirs}.encoder_attn.{a}_proj"))
-    keys.update(_linear(f"{ours}.norm_self", f"{theirs}.self_attn_layer_norm"))
+            rules += affine(f"{ours}.cross_attn.{a}_proj", f"{theirs}.encoder_attn.{a}_proj")
+    rules += affine(f"{ours}.norm_self", f"{theirs}.self_attn_layer_norm")
     if cross:
-        keys.update(_linear(f"{ours}.norm_cross", f"{theirs}.encoder_attn_layer_norm"))
-    keys.update(_linear(f"{ours}.ffn.up", f"{theirs}.fc1"))
-    keys.update(_linear(f"{ours}.ffn.down", f"{theirs}.fc2"))
-    keys.update(_linear(f"{ours}.norm_ffn", f"{theirs}.final_layer_norm"))
-    return keys
+        rules += affine(f"{ours}.norm_cross", f"{theirs}.encoder_attn_layer_norm")
+    return rules + [*affine(f"{ours}.ffn.up", f"{theirs}.fc1"), *affine(f"{ours}.ffn.down", f"{theirs}.fc2"),
+                    *affine(f"{ours}.norm_ffn", f"{theirs}.final_layer_norm")]
 
 
-def key_map(c: TransformerConfig) -> dict:
-    keys = {"logits_bias": Key("final_logits_bias", from_hf=lambda t: t.reshape(-1), to_hf=lambda t: t.reshape(1, -1))}
+def _flat(ts):
+    return (ts[0].reshape(-1),)
+
+
+def _row(ts):
+    return (ts[0].reshape(1, -1),)
+
+
+def keymap(c: TransformerConfig, prefix: str) -> KeyMap:
+    """MarianMTModel keeps the network under `model.` and the output bias and head outside it.
+    Its sinusoid tables are fixed, and shared or tied embeddings repeat one tensor."""
     if c.share_embeddings:
-        keys["src_emb.weight"] = "model.shared.weight"
+        rules = [rename("src_emb.weight", f"{prefix}shared.weight"),
+                 rename("tgt_emb.weight", f"{prefix}decoder.embed_tokens.weight", optional=True)]
     else:
-        keys["src_emb.weight"] = "model.encoder.embed_tokens.weight"
-        keys["tgt_emb.weight"] = "model.decoder.embed_tokens.weight"
-    if not c.tie_output:
-        keys["lm_head.weight"] = "lm_head.weight"
+        rules = [rename("src_emb.weight", f"{prefix}encoder.embed_tokens.weight"),
+                 rename("tgt_emb.weight", f"{prefix}decoder.embed_tokens.weight")]
+    rules += [Rule(("logits_bias",), ("final_logits_bias",), _flat, _row),
+              rename("lm_head.weight", "lm_head.weight", optional=c.tie_output)]
     for i in range(c.n_encoder_layer):
-        keys.update(_layer(f"encoder_blocks.{i}", f"model.encoder.layers.{i}", cross=False))
+        rules += _layer(f"encoder_blocks.{i}", f"{prefix}encoder.layers.{i}", cross=False)
     for i in range(c.n_decoder_layer):
-        keys.update(_layer(f"decoder_blocks.{i}", f"model.decoder.layers.{i}", cross=True))
-    return keys
-
-
-def redundant(c: TransformerConfig) -> set:
-    """Fixed sinusoid tables, and tied copies of the embeddings."""
-    keys = {"model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"}
-    if c.share_embeddings:
-        keys |= {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}
-    if c.tie_output:
-        keys.add("lm_head.weight")
-    return keys
-
-
-MARIAN_FAMILY = register_family(Family("marian", "transformer", config_from_hf, config_to_hf, key_map, redundant))
+        rules += _layer(f"decoder_blocks.{i}", f"{prefix}decoder.layers.{i}", cross=True)
+    return KeyMap(rules, ignore=(r"(model\.)?(encoder|decoder)\.embed_(positions|tokens)\.weight",))

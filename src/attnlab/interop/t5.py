@@ -2,12 +2,12 @@
 
 from ..errors import UserError
 from ..models.t5 import T5Config
-from .keymap_seq2seq import Family, register_family
+from .keymap import KeyMap, rename
 
 _FFN = {"relu": "relu", "gated-gelu": "geglu"}
 
 
-def config_from_hf(hf: dict) -> T5Config:
+def config_from_hf(hf: dict, head: str, keys) -> T5Config:
     proj = hf.get("feed_forward_proj", "relu")
     if proj not in _FFN:
         raise UserError(f"T5 feed_forward_proj {proj!r} is not supported; supported: {', '.join(_FFN)}")
@@ -24,7 +24,7 @@ def config_from_hf(hf: dict) -> T5Config:
 
 def config_to_hf(c: T5Config) -> dict:
     return {
-        "model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True,
+        "model_type": "t5", "is_encoder_decoder": True,
         "vocab_size": c.vocab_size, "d_model": c.d_model, "d_kv": c.d_kv, "d_ff": c.d_ff, "num_layers": c.n_layer,
         "num_decoder_layers": c.n_decoder_layer or c.n_layer, "num_heads": c.n_head,
         "relative_attention_num_buckets": c.num_buckets, "relative_attention_max_distance": c.max_distance,
@@ -35,46 +35,38 @@ def config_to_hf(c: T5Config) -> dict:
     }
 
 
-def _ffn(ours: str, theirs: str, activation: str) -> dict:
+def _ffn(ours: str, theirs: str, activation: str) -> list:
     names = {"gate": "wi_0", "up": "wi_1", "down": "wo"} if activation == "geglu" else {"up": "wi", "down": "wo"}
-    return {f"{ours}.ffn.{a}.weight": f"{theirs}.DenseReluDense.{b}.weight" for a, b in names.items()}
+    return [rename(f"{ours}.ffn.{a}.weight", f"{theirs}.DenseReluDense.{b}.weight") for a, b in names.items()]
 
 
-def _attention(ours: str, theirs: str) -> dict:
-    return {f"{ours}.{a}_proj.weight": f"{theirs}.{b}.weight" for a, b in
-            (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))}
+def _attention(ours: str, theirs: str) -> list:
+    return [rename(f"{ours}.{a}_proj.weight", f"{theirs}.{b}.weight") for a, b in
+            (("q", "q"), ("k", "k"), ("v", "v"), ("out", "o"))]
 
 
-def key_map(c: T5Config) -> dict:
-    keys = {
-        "shared.weight": "shared.weight",
-        "encoder_bias.embedding.weight": "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-        "decoder_bias.embedding.weight": "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-        "encoder_norm.weight": "encoder.final_layer_norm.weight",
-        "decoder_norm.weight": "decoder.final_layer_norm.weight",
-    }
-    if not c.tie_word_embeddings:
-        keys["lm_head.weight"] = "lm_head.weight"
+def keymap(c: T5Config, prefix: str) -> KeyMap:
+    """T5ForConditionalGeneration's names carry no prefix; its embed_tokens repeat `shared`."""
+    rules = [
+        rename("shared.weight", "shared.weight"),
+        rename("encoder_bias.embedding.weight", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        rename("decoder_bias.embedding.weight", "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        rename("encoder_norm.weight", "encoder.final_layer_norm.weight"),
+        rename("decoder_norm.weight", "decoder.final_layer_norm.weight"),
+        rename("lm_head.weight", "lm_head.weight", optional=c.tie_word_embeddings),
+    ]
     for i in range(c.n_layer):
         ours, theirs = f"encoder_blocks.{i}", f"encoder.block.{i}.layer"
-        keys.update(_attention(f"{ours}.self_attn", f"{theirs}.0.SelfAttention"))
-        keys[f"{ours}.norm_self.weight"] = f"{theirs}.0.layer_norm.weight"
-        keys.update(_ffn(ours, f"{theirs}.1", c.activation))
-        keys[f"{ours}.norm_ffn.weight"] = f"{theirs}.1.layer_norm.weight"
+        rules += [*_attention(f"{ours}.self_attn", f"{theirs}.0.SelfAttention"),
+                  rename(f"{ours}.norm_self.weight", f"{theirs}.0.layer_norm.weight"),
+                  *_ffn(ours, f"{theirs}.1", c.activation),
+                  rename(f"{ours}.norm_ffn.weight", f"{theirs}.1.layer_norm.weight")]
     for i in range(c.n_decoder_layer or c.n_layer):
         ours, theirs = f"decoder_blocks.{i}", f"decoder.block.{i}.layer"
-        keys.update(_attention(f"{ours}.self_attn", f"{theirs}.0.SelfAttention"))
-        keys[f"{ours}.norm_self.weight"] = f"{theirs}.0.layer_norm.weight"
-        keys.update(_attention(f"{ours}.cross_attn", f"{theirs}.1.EncDecAttention"))
-        keys[f"{ours}.norm_cross.weight"] = f"{theirs}.1.layer_norm.weight"
-        keys.update(_ffn(ours, f"{theirs}.2", c.activation))
-        keys[f"{ours}.norm_ffn.weight"] = f"{theirs}.2.layer_norm.weight"
-    return keys
-
-
-def redundant(c: T5Config) -> set:
-    tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
-    return tied | ({"lm_head.weight"} if c.tie_word_embeddings else set())
-
-
-T5_FAMILY = register_family(Family("t5", "t5", config_from_hf, config_to_hf, key_map, redundant))
+        rules += [*_attention(f"{ours}.self_attn", f"{theirs}.0.SelfAttention"),
+                  rename(f"{ours}.norm_self.weight", f"{theirs}.0.layer_norm.weight"),
+                  *_attention(f"{ours}.cross_attn", f"{theirs}.1.EncDecAttention"),
+                  rename(f"{ours}.norm_cross.weight", f"{theirs}.1.layer_norm.weight"),
+                  *_ffn(ours, f"{theirs}.2", c.activation),
+                  rename(f"{ours}.norm_ffn.weight", f"{theirs}.2.layer_norm.weight")]
+    return KeyMap(rules, ignore=(r"(encoder|decoder)\.embed_tokens\.weight",))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attnlab.interop.reformer import config_from_hf, state_from_hf
+from attnlab.interop.reformer import config_from_hf, keymap
 from attnlab.models import Reformer, ReformerConfig, build_model
 from attnlab.errors import UserError
 
@@ -24,9 +24,10 @@ def pair(causal, with_head=False, **overrides):
     torch.manual_seed(0)
     config = hf_config(causal, **overrides)
     theirs = (transformers.ReformerModelWithLMHead if with_head else transformers.ReformerModel)(config).eval()
-    ours = Reformer(config_from_hf(config.to_dict())).eval()
-    missing, unexpected = ours.load_state_dict(state_from_hf(theirs.state_dict(), ours.config, with_head),
-                                               strict=with_head)
+    ours = Reformer(config_from_hf(config.to_dict(), "lm", ())).eval()
+    state = keymap(ours.config, "reformer." if with_head else "").to_ours(theirs.state_dict(), ours.state_dict(),
+                                                                          source="Hugging Face Reformer")
+    missing, unexpected = ours.load_state_dict(state, strict=with_head)
     assert not unexpected and set(missing) <= {"lm_head.weight", "lm_head.bias"}
     return ours, theirs
 
@@ -88,3 +89,19 @@ def test_bad_config_is_a_user_error():
         ReformerConfig(block_size=96, chunk_length=64)
     with pytest.raises(UserError, match="attn_layers"):
         ReformerConfig(n_layer=2, attn_layers=["lsh"])
+
+
+def test_import_and_export_through_hugging_face_directories(tmp_path):
+    from attnlab.interop import export_hf, import_hf
+
+    torch.manual_seed(0)
+    theirs = transformers.ReformerModelWithLMHead(hf_config(True)).eval()
+    theirs.save_pretrained(tmp_path / "in")
+    ours, _ = import_hf(tmp_path / "in")
+    export_hf(ours, tmp_path / "out")
+    back = transformers.ReformerModelWithLMHead.from_pretrained(tmp_path / "out").eval()
+    ids = torch.randint(1, 50, (1, 24), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = theirs(ids).logits
+        assert (ours(ids).logits - expected).abs().max().item() <= 1e-5
+        assert (back(ids).logits - expected).abs().max().item() <= 1e-5

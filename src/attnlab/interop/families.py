@@ -2,8 +2,9 @@
 
 GPT-2 goes into our GPT; BERT, RoBERTa and DistilBERT into our Bert, whose config fields
 carry the differences. Each encoder head maps to one Hugging Face architecture class
-(BertForMaskedLM, RobertaForSequenceClassification, ...). T5 and Marian (t5.py, marian.py)
-each have a single architecture, T5ForConditionalGeneration and MarianMTModel.
+(BertForMaskedLM, RobertaForSequenceClassification, ...). T5, Marian and Reformer (t5.py,
+marian.py, reformer.py) each have a single architecture: T5ForConditionalGeneration,
+MarianMTModel, ReformerModelWithLMHead.
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ from typing import Callable
 from ..errors import UserError
 from ..models.bert import BertConfig
 from ..models.gpt import GPTConfig
-from . import marian, t5
+from . import marian, reformer, t5
 from .keymap import KeyMap, affine, fused_qkv, rename, transposed
 
 # Hugging Face hidden_act names <-> our feed-forward activations
@@ -254,11 +255,13 @@ FAMILIES = {
                  heads={"ForConditionalGeneration": "lm"}),
     "marian": Family("marian", "Marian", "model.", marian.config_from_hf, marian.config_to_hf, marian.keymap,
                      heads={"MTModel": "lm"}),
+    "reformer": Family("reformer", "Reformer", "reformer.", reformer.config_from_hf, reformer.config_to_hf,
+                       reformer.keymap, heads={"ModelWithLMHead": "lm"}),
 }
 
 # our config family -> (config -> the Hugging Face model_type it exports as)
 EXPORTS = {"gpt": lambda c: "gpt2", "bert": encoder_model_type, "t5": lambda c: "t5",
-           "transformer": lambda c: "marian"}
+           "transformer": lambda c: "marian", "reformer": lambda c: "reformer"}
 
 
 def family_for_export(config) -> Family:

@@ -1,12 +1,13 @@
-"""Hugging Face Reformer <-> attnlab Reformer: config fields and a key map.
+"""Hugging Face Reformer (ReformerModelWithLMHead) <-> attnlab Reformer: config fields and a key map.
 
-A local key map until the generic interop mechanism lands: `key_pairs(config)` lists
-(our name, their name, their tensor -> ours). Their `ReformerModel` names have no prefix;
-`ReformerModelWithLMHead` puts them under `reformer.` and adds `lm_head.*`.
+Their `ReformerModel` names have no prefix; `ReformerModelWithLMHead` puts them under
+`reformer.` and adds `lm_head.*`, the only architecture `import_hf` takes (our Reformer
+always has its LM head).
 """
 
 from ..errors import UserError
 from ..models.reformer import ReformerConfig
+from .keymap import KeyMap, Rule, affine, rename
 
 _ATTENTION = {
     "lsh": [("qk_proj", "query_key"), ("v_proj", "value")],
@@ -14,7 +15,7 @@ _ATTENTION = {
 }
 
 
-def config_from_hf(hf: dict) -> ReformerConfig:
+def config_from_hf(hf: dict, head: str, keys) -> ReformerConfig:
     """A Hugging Face ReformerConfig (as a dict) -> ReformerConfig."""
     if not isinstance(hf.get("num_buckets"), int):
         raise UserError("only an integer num_buckets is supported (not factorised or unset buckets)")
@@ -33,40 +34,53 @@ def config_from_hf(hf: dict) -> ReformerConfig:
         norm_eps=hf["layer_norm_eps"], pad_id=hf.get("pad_token_id") or 0)
 
 
-def key_pairs(config: ReformerConfig):
-    """[(our name, their name, their tensor -> ours)] for the encoder (no `reformer.` prefix)."""
-    same = lambda t: t  # noqa: E731
-    pairs = [("tok_emb.weight", "embeddings.word_embeddings.weight", same)]
-    if config.position == "axial":
-        pairs += [("pos_emb.rows", "embeddings.position_embeddings.weights.0", lambda t: t.reshape(t.size(0), -1)),
-                  ("pos_emb.cols", "embeddings.position_embeddings.weights.1", lambda t: t.reshape(t.size(1), -1))]
+def config_to_hf(c: ReformerConfig) -> dict:
+    if not c.causal:
+        raise UserError("only a causal Reformer exports: ReformerModelWithLMHead is a decoder (is_decoder=true)")
+    return {"model_type": "reformer", "vocab_size": c.vocab_size, "max_position_embeddings": c.block_size,
+            "attn_layers": c.layer_kinds, "num_attention_heads": c.n_head, "attention_head_size": c.head_dim or c.d_model // c.n_head,
+            "hidden_size": c.d_model, "feed_forward_size": c.ffn_hidden or 4 * c.d_model, "hidden_act": c.activation,
+            "is_decoder": c.causal, "lsh_attn_chunk_length": c.chunk_length, "lsh_num_chunks_before": c.chunks_before,
+            "lsh_num_chunks_after": c.chunks_after, "num_buckets": c.n_buckets, "num_hashes": c.n_hashes,
+            "hash_seed": c.hash_seed, "local_attn_chunk_length": c.local_chunk_length,
+            "local_num_chunks_before": c.local_chunks_before, "local_num_chunks_after": c.local_chunks_after,
+            "axial_pos_embds": c.position == "axial", "axial_pos_shape": list(c.axial_shape),
+            "axial_pos_embds_dim": list(c.axial_dims), "chunk_size_feed_forward": c.ffn_chunk_size,
+            "hidden_dropout_prob": c.dropout, "lsh_attention_probs_dropout_prob": c.attn_dropout,
+            "local_attention_probs_dropout_prob": c.attn_dropout, "layer_norm_eps": c.norm_eps,
+            "pad_token_id": c.pad_id, "tie_word_embeddings": False}
+
+
+def _axial(ours: str, theirs: str, axis: int) -> Rule:
+    """Their axial table (rows, 1, dim) or (1, cols, dim) <-> ours (rows or cols, dim)."""
+    def flat(ts):
+        return (ts[0].squeeze(1 - axis),)
+
+    def expand(ts):
+        return (ts[0].unsqueeze(1 - axis),)
+    return Rule((ours,), (theirs,), flat, expand)
+
+
+def keymap(c: ReformerConfig, prefix: str) -> KeyMap:
+    """With a prefix (`reformer.`) the map covers ReformerModelWithLMHead, head included;
+    without one, the bare ReformerModel."""
+    emb = f"{prefix}embeddings."
+    rules = [rename("tok_emb.weight", emb + "word_embeddings.weight")]
+    if c.position == "axial":
+        rules += [_axial("pos_emb.rows", emb + "position_embeddings.weights.0", 0),
+                  _axial("pos_emb.cols", emb + "position_embeddings.weights.1", 1)]
     else:
-        pairs.append(("pos_emb.weight", "embeddings.position_embeddings.embedding.weight", same))
-    for i, kind in enumerate(config.layer_kinds):
-        ours, theirs = f"layers.blocks.{i}", f"encoder.layers.{i}"
-        names = [(f"{ours}.f.attn.{a}.weight", f"{theirs}.attention.self_attention.{b}.weight")
-                 for a, b in _ATTENTION[kind]]
-        names.append((f"{ours}.f.attn.out_proj.weight", f"{theirs}.attention.output.dense.weight"))
-        for p in ("weight", "bias"):
-            names += [(f"{ours}.f.norm.{p}", f"{theirs}.attention.layer_norm.{p}"),
-                      (f"{ours}.g.norm.{p}", f"{theirs}.feed_forward.layer_norm.{p}"),
-                      (f"{ours}.g.ffn.up.{p}", f"{theirs}.feed_forward.dense.dense.{p}"),
-                      (f"{ours}.g.ffn.down.{p}", f"{theirs}.feed_forward.output.dense.{p}")]
-        pairs += [(a, b, same) for a, b in names]
-    pairs += [(f"norm_f.{p}", f"encoder.layer_norm.{p}", same) for p in ("weight", "bias")]
-    return pairs
-
-
-def state_from_hf(theirs: dict, config: ReformerConfig, with_head: bool) -> dict:
-    """Their state dict (ReformerModel, or ReformerModelWithLMHead if with_head) -> ours.
-    With no head, our lm_head is left out (load with strict=False)."""
-    prefix = "reformer." if with_head else ""
-    pairs = [(a, prefix + b, f) for a, b, f in key_pairs(config)]
-    if with_head:
-        pairs += [("lm_head.weight", "lm_head.decoder.weight", lambda t: t),
-                  ("lm_head.bias", "lm_head.bias", lambda t: t)]
-    missing = [b for _, b, _ in pairs if b not in theirs]
-    if missing:
-        raise UserError(f"the Hugging Face Reformer state dict lacks {', '.join(missing[:5])}"
-                        f"{' ...' if len(missing) > 5 else ''}; is it a Reformer with the same config?")
-    return {a: f(theirs[b]) for a, b, f in pairs}
+        rules.append(rename("pos_emb.weight", emb + "position_embeddings.embedding.weight"))
+    for i, kind in enumerate(c.layer_kinds):
+        ours, theirs = f"layers.blocks.{i}", f"{prefix}encoder.layers.{i}"
+        rules += [rename(f"{ours}.f.attn.{a}.weight", f"{theirs}.attention.self_attention.{b}.weight")
+                  for a, b in _ATTENTION[kind]]
+        rules += [rename(f"{ours}.f.attn.out_proj.weight", f"{theirs}.attention.output.dense.weight"),
+                  *affine(f"{ours}.f.norm", f"{theirs}.attention.layer_norm"),
+                  *affine(f"{ours}.g.norm", f"{theirs}.feed_forward.layer_norm"),
+                  *affine(f"{ours}.g.ffn.up", f"{theirs}.feed_forward.dense.dense"),
+                  *affine(f"{ours}.g.ffn.down", f"{theirs}.feed_forward.output.dense")]
+    rules += affine("norm_f", f"{prefix}encoder.layer_norm")
+    if prefix:
+        rules += [rename("lm_head.weight", "lm_head.decoder.weight"), rename("lm_head.bias", "lm_head.bias")]
+    return KeyMap(rules, ignore=(r"lm_head\.decoder\.bias",))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnlab.models import BigBirdConfig, build_model
-from attnlab.models.long_encoder import load_hf_state_dict
+from attnlab.interop import load_hf_state
 
 transformers = pytest.importorskip("transformers")
 
@@ -28,7 +28,7 @@ def hf_pair(head, hf_class, **extra):
         vocab_size=97, d_model=32, n_layer=2, n_head=4, ffn_hidden=48, max_positions=128, pad_token_id=0,
         type_vocab_size=2, dropout=0.0, attn_dropout=0.0, block_size=BLOCK, n_random_blocks=RANDOM, seed=3,
         head=head, n_labels=extra.get("num_labels", 2))).eval()
-    load_hf_state_dict(ours, theirs.state_dict())
+    load_hf_state(ours, "big_bird", theirs.state_dict())
     encoder = theirs.bert if hasattr(theirs, "bert") else theirs
     for layer, block in zip(encoder.encoder.layer, ours.blocks):
         layer.attention.self._bigbird_block_rand_mask_with_head = (

@@ -5,7 +5,7 @@ import torch
 
 from attnlab.errors import UserError
 from attnlab.models import LongformerConfig, build_model
-from attnlab.models.long_encoder import load_hf_state_dict
+from attnlab.interop import load_hf_state
 
 transformers = pytest.importorskip("transformers")
 
@@ -21,7 +21,7 @@ def hf_pair(head, hf_class, **extra):
         attention_probs_dropout_prob=0.0, attention_window=8, **extra)
     theirs = hf_class(hf_config).eval()
     ours = build_model(LongformerConfig(head=head, n_labels=extra.get("num_labels", 2), **SIZES)).eval()
-    load_hf_state_dict(ours, theirs.state_dict())
+    load_hf_state(ours, "longformer", theirs.state_dict())
     return ours, theirs
 
 
@@ -76,6 +76,6 @@ def test_bad_weights_and_config_are_user_errors():
     state = theirs.state_dict()
     state.pop("encoder.layer.0.attention.self.query_global.weight")
     with pytest.raises(UserError, match="missing: encoder.layer.0.attention.self.query_global.weight"):
-        load_hf_state_dict(ours, state)
+        load_hf_state(ours, "longformer", state)
     with pytest.raises(UserError, match="attention_window must be even"):
         LongformerConfig(attention_window=7)

@@ -1,7 +1,7 @@
 """The Hugging Face families attnlab converts: config translation and key maps.
 
 GPT-2 goes into our GPT; BERT, RoBERTa and DistilBERT into our Bert, whose config fields
-carry the differences. Each encoder head maps to one Hugging Face architecture class
+carry the differences; Longformer and BigBird into our long encoders. Each encoder head maps to one Hugging Face architecture class
 (BertForMaskedLM, RobertaForSequenceClassification, ...). T5, Marian and Reformer (t5.py,
 marian.py, reformer.py) each have a single architecture: T5ForConditionalGeneration,
 MarianMTModel, ReformerModelWithLMHead.
@@ -12,7 +12,9 @@ from typing import Callable
 
 from ..errors import UserError
 from ..models.bert import BertConfig
+from ..models.bigbird import BigBirdConfig
 from ..models.gpt import GPTConfig
+from ..models.longformer import LongformerConfig
 from . import marian, reformer, t5
 from .keymap import KeyMap, affine, fused_qkv, rename, transposed
 
@@ -195,6 +197,102 @@ def encoder_model_type(c: BertConfig) -> str:
     return "distilbert"
 
 
+# -- long encoders: Longformer, BigBird (BERT-shaped, sparse self-attention) -------------------
+
+LONG_HEADS = {"Model": "none", "ForMaskedLM": "mlm", "ForSequenceClassification": "classification"}
+_LONGFORMER_GLOBALS = {f"self_attn.{p}_global": f"attention.self.{n}_global" for p, n in
+                       (("q", "query"), ("k", "key"), ("v", "value"))}
+
+
+def long_encoder_keymap(c, prefix: str, layer: dict, mlm: tuple, ignore: tuple) -> KeyMap:
+    """`layer`: our block sub-module -> theirs; `mlm`: their (transform, norm, decoder)."""
+    emb = f"{prefix}embeddings."
+    rules = [rename("embeddings.tok.weight", emb + "word_embeddings.weight"),
+             rename("embeddings.pos.weight", emb + "position_embeddings.weight"),
+             rename("embeddings.types.weight", emb + "token_type_embeddings.weight"),
+             *affine("embeddings.norm", emb + "LayerNorm")]
+    for i in range(c.n_layer):
+        for ours, theirs in layer.items():
+            rules += affine(f"blocks.{i}.{ours}", f"{prefix}encoder.layer.{i}.{theirs}")
+    if c.head == "mlm":
+        transform, norm, decoder = mlm
+        rules += [*affine("mlm.transform", transform), *affine("mlm.norm", norm),
+                  rename("mlm.decoder.weight", f"{decoder}.weight", optional=True),  # tied to the embeddings
+                  rename("mlm.decoder.bias", f"{decoder}.bias")]
+    if c.head == "classification":
+        rules += [*affine("classifier.dense", "classifier.dense"), *affine("classifier.out", "classifier.out_proj")]
+    return KeyMap(rules, ignore=(_POSITION_IDS, r"([a-z]+\.)?pooler\.(dense\.)?(weight|bias)", *ignore))
+
+
+def longformer_keymap(c: LongformerConfig, prefix: str) -> KeyMap:
+    return long_encoder_keymap(c, prefix, {**_BERT_LAYER, **_LONGFORMER_GLOBALS},
+                               ("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder"),
+                               ignore=(r"lm_head\.bias",))  # a tied copy of the decoder bias
+
+
+def bigbird_keymap(c: BigBirdConfig, prefix: str) -> KeyMap:
+    return long_encoder_keymap(c, prefix, _BERT_LAYER, ("cls.predictions.transform.dense",
+                               "cls.predictions.transform.LayerNorm", "cls.predictions.decoder"),
+                               ignore=(r"cls\.predictions\.bias",))
+
+
+def _long_encoder_fields(hf: dict, head: str) -> dict:
+    pad = hf.get("pad_token_id")
+    return dict(vocab_size=hf["vocab_size"], max_positions=hf["max_position_embeddings"],
+                n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], d_model=hf["hidden_size"],
+                ffn_hidden=hf["intermediate_size"], type_vocab_size=hf.get("type_vocab_size", 1),
+                activation=_activation(hf.get("hidden_act", "gelu")), norm_eps=hf.get("layer_norm_eps", 1e-12),
+                dropout=hf.get("hidden_dropout_prob", 0.1), attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+                pad_token_id=0 if pad is None else pad, head=head, n_labels=_labels(hf))
+
+
+def _long_encoder_to_hf(model_type: str, c) -> dict:
+    return {"model_type": model_type, "vocab_size": c.vocab_size, "max_position_embeddings": c.max_positions,
+            "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "hidden_size": c.d_model,
+            "intermediate_size": c.ffn_size, "type_vocab_size": c.type_vocab_size,
+            "hidden_act": _activation_to_hf(c.activation), "layer_norm_eps": c.norm_eps,
+            "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attn_dropout,
+            "pad_token_id": c.pad_token_id, "tie_word_embeddings": True, **_label_fields(c.n_labels)}
+
+
+def _longformer_config_from_hf(hf: dict, head: str, keys) -> LongformerConfig:
+    windows = hf.get("attention_window", 512)
+    windows = [windows] if isinstance(windows, int) else list(windows)
+    if len(set(windows)) != 1:
+        raise UserError(f"Longformer with a different attention_window per layer ({windows}) is not supported")
+    return LongformerConfig(**_long_encoder_fields(hf, head), attention_window=windows[0])
+
+
+def _longformer_config_to_hf(c: LongformerConfig) -> dict:
+    if c.dilation != 1:
+        raise UserError("a dilated Longformer has no Hugging Face equivalent; export needs dilation=1")
+    return {**_long_encoder_to_hf("longformer", c), "attention_window": [c.attention_window] * c.n_layer}
+
+
+def _bigbird_config_from_hf(hf: dict, head: str, keys) -> BigBirdConfig:
+    for field, supported in (("attention_type", "block_sparse"), ("use_bias", True), ("rescale_embeddings", False),
+                             ("position_embedding_type", "absolute")):
+        if hf.get(field, supported) != supported:
+            raise UserError(f"BigBird with {field}={hf[field]!r} is not supported; attnlab imports "
+                            f"{field}={supported!r}")
+    config = BigBirdConfig(**_long_encoder_fields(hf, head), block_size=hf.get("block_size", 64),
+                           n_random_blocks=hf.get("num_random_blocks", 3))
+    _check_bigbird_classifier(config)
+    return config
+
+
+def _bigbird_config_to_hf(c: BigBirdConfig) -> dict:
+    _check_bigbird_classifier(c)
+    return {**_long_encoder_to_hf("big_bird", c), "attention_type": "block_sparse", "block_size": c.block_size,
+            "num_random_blocks": c.n_random_blocks}
+
+
+def _check_bigbird_classifier(c: BigBirdConfig):
+    """Their classification head uses hidden_act; ours is fixed to GELU (tanh)."""
+    if c.head == "classification" and c.activation != "gelu_tanh":
+        raise UserError("a BigBird classifier needs hidden_act gelu_new (activation gelu_tanh)")
+
+
 # -- GPT-2 ----------------------------------------------------------------------------------
 
 def gpt2_keymap(c: GPTConfig, prefix: str) -> KeyMap:
@@ -255,13 +353,18 @@ FAMILIES = {
                  heads={"ForConditionalGeneration": "lm"}),
     "marian": Family("marian", "Marian", "model.", marian.config_from_hf, marian.config_to_hf, marian.keymap,
                      heads={"MTModel": "lm"}),
+    "longformer": Family("longformer", "Longformer", "longformer.", _longformer_config_from_hf,
+                         _longformer_config_to_hf, longformer_keymap, heads=dict(LONG_HEADS)),
+    "big_bird": Family("big_bird", "BigBird", "bert.", _bigbird_config_from_hf, _bigbird_config_to_hf,
+                       bigbird_keymap, heads=dict(LONG_HEADS)),
     "reformer": Family("reformer", "Reformer", "reformer.", reformer.config_from_hf, reformer.config_to_hf,
                        reformer.keymap, heads={"ModelWithLMHead": "lm"}),
 }
 
 # our config family -> (config -> the Hugging Face model_type it exports as)
 EXPORTS = {"gpt": lambda c: "gpt2", "bert": encoder_model_type, "t5": lambda c: "t5",
-           "transformer": lambda c: "marian", "reformer": lambda c: "reformer"}
+           "transformer": lambda c: "marian", "reformer": lambda c: "reformer",
+           "longformer": lambda c: "longformer", "bigbird": lambda c: "big_bird"}
 
 
 def family_for_export(config) -> Family:

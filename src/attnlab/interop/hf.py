@@ -87,16 +87,22 @@ def import_hf(directory, device="cpu", with_tokenizer=True):
         config = family.config_from_hf(hf, head, theirs.keys())
     except KeyError as missing:
         raise UserError(f"{directory / 'config.json'} lacks {missing} for a {family.model_type} model") from None
-    model = build_model(config)
-    prefix = family.base_prefix if any(k.startswith(family.base_prefix) for k in theirs) else ""
-    keymap = family.keymap(config, prefix)
-    ours = keymap.to_ours(theirs, model.state_dict(), source=str(directory))
-    uncovered = set(weights_for_saving(model)) - set(ours) - _tied_names(keymap)
-    if uncovered:
-        raise RuntimeError(f"the {family.model_type} key map leaves {sorted(uncovered)} unset")  # our bug
-    model.load_state_dict(ours, strict=False)
+    model = load_hf_state(build_model(config), family.model_type, theirs, source=str(directory))
     tokenizer = _hf_tokenizer(directory) if with_tokenizer else None
     return model.to(device).eval(), tokenizer
+
+
+def load_hf_state(model, model_type: str, theirs: dict, source="the Hugging Face state dict"):
+    """Copy a Hugging Face state dict of family `model_type` into `model` through the family's key map."""
+    family = FAMILIES[model_type]
+    prefix = family.base_prefix if any(k.startswith(family.base_prefix) for k in theirs) else ""
+    keymap = family.keymap(model.config, prefix)
+    ours = keymap.to_ours(theirs, model.state_dict(), source=source)
+    uncovered = set(weights_for_saving(model)) - set(ours) - _tied_names(keymap)
+    if uncovered:
+        raise RuntimeError(f"the {model_type} key map leaves {sorted(uncovered)} unset")  # our bug
+    model.load_state_dict(ours, strict=False)
+    return model
 
 
 def _tied_names(keymap):

@@ -12,7 +12,7 @@ import dataclasses
 from ..layers.attention import MultiHeadAttention
 from ..layers.sparse_attention import BigBirdAttention
 from .base import PRESETS, register
-from .long_encoder import LongEncoder, LongEncoderConfig, hf_key_map
+from .long_encoder import LongEncoder, LongEncoderConfig
 
 
 @dataclasses.dataclass
@@ -46,7 +46,6 @@ class BlockSparseOrFull(BigBirdAttention):
 
 @register(BigBirdConfig)
 class BigBird(LongEncoder):
-    hf_ignore = LongEncoder.hf_ignore + (r"^cls\.predictions\.bias$",)  # a tied copy of the decoder bias
     classifier_activation = "gelu_tanh"
     @staticmethod
     def make_attention(c, layer):
@@ -59,14 +58,6 @@ class BigBird(LongEncoder):
     def pad_multiple(self, t):
         sparse = t > (5 + 2 * self.config.n_random_blocks) * self.config.block_size
         return self.config.block_size if sparse else 1
-
-    def hf_key_map(self) -> dict:
-        """Our keys -> the keys of BigBirdModel / BigBirdForMaskedLM / ...ForSequenceClassification."""
-        base = "" if self.config.head == "none" else "bert."
-        heads = [("mlm.transform", "cls.predictions.transform.dense"),
-                 ("mlm.norm", "cls.predictions.transform.LayerNorm"), ("mlm.decoder", "cls.predictions.decoder"),
-                 ("classifier.dense", "classifier.dense"), ("classifier.out", "classifier.out_proj")]
-        return hf_key_map(self, base, (), heads)
 
 
 PRESETS.update({

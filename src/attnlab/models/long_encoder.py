@@ -6,19 +6,16 @@
 
 A family subclasses `LongEncoderConfig` and `LongEncoder` and says three things: which attention
 module a layer uses (`make_attention`), how positions are counted (`position_ids`) and what
-length the input is padded to (`pad_multiple`). Hugging Face weights come in through a plain key
-map (`hf_key_map`): every tensor is a rename.
+length the input is padded to (`pad_multiple`). Hugging Face names live in interop/families.py.
 """
 
 import dataclasses
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import UserError
 from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock
 from ..layers.feedforward import _ACTIVATIONS
 from .base import Model, ModelOutput
@@ -106,7 +103,6 @@ class ClassificationHead(nn.Module):
 
 class LongEncoder(Model):
     classifier_activation = "tanh"  # a feed-forward activation name, or "tanh"
-    hf_ignore = (r"pooler\.", r"position_ids$")  # Hugging Face tensors with no counterpart here
 
     def __init__(self, config: LongEncoderConfig):
         super().__init__(config)
@@ -189,56 +185,3 @@ def _init_weights(module, std=0.02):
         nn.init.normal_(module.weight, 0.0, std)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-
-
-# -- Hugging Face key map ---------------------------------------------------------------------------
-
-_LAYER_RULES = [  # our name under blocks.{i}.  <->  theirs under encoder.layer.{i}.
-    ("self_attn.q_proj", "attention.self.query"),
-    ("self_attn.k_proj", "attention.self.key"),
-    ("self_attn.v_proj", "attention.self.value"),
-    ("self_attn.out_proj", "attention.output.dense"),
-    ("norm_self", "attention.output.LayerNorm"),
-    ("ffn.up", "intermediate.dense"),
-    ("ffn.down", "output.dense"),
-    ("norm_ffn", "output.LayerNorm"),
-]
-_EMBEDDING_RULES = [
-    ("embeddings.tok", "embeddings.word_embeddings"),
-    ("embeddings.pos", "embeddings.position_embeddings"),
-    ("embeddings.types", "embeddings.token_type_embeddings"),
-    ("embeddings.norm", "embeddings.LayerNorm"),
-]
-
-
-def hf_key_map(model: LongEncoder, base_prefix: str, layer_rules=(), head_rules=()) -> dict:
-    """Our state-dict key -> the Hugging Face key holding the same tensor."""
-    rules = [(o, base_prefix + t) for o, t in _EMBEDDING_RULES]
-    for i in range(model.config.n_layer):
-        rules += [(f"blocks.{i}.{o}", f"{base_prefix}encoder.layer.{i}.{t}") for o, t in _LAYER_RULES + list(layer_rules)]
-    rules += list(head_rules)
-    ours = model.state_dict()
-    mapping = {}
-    for prefix, theirs in rules:
-        for key in ours:
-            if key.startswith(prefix + "."):
-                mapping[key] = theirs + key[len(prefix):]
-    return mapping
-
-
-def load_hf_state_dict(model: LongEncoder, theirs: dict):
-    """Copy Hugging Face tensors into `model` by its key map; one UserError names every missing,
-    unexpected or mis-shaped tensor. Their pooler, buffers and tied copies are skipped."""
-    mapping, ignore = model.hf_key_map(), model.hf_ignore
-    ours = model.state_dict()
-    missing = sorted(t for o, t in mapping.items() if t not in theirs and o in ours)
-    misshaped = sorted(f"{t} {tuple(theirs[t].shape)} vs {tuple(ours[o].shape)}" for o, t in mapping.items()
-                       if t in theirs and theirs[t].shape != ours[o].shape)
-    wanted = set(mapping.values())
-    unexpected = sorted(k for k in theirs if k not in wanted and not any(re.search(p, k) for p in ignore))
-    if missing or misshaped or unexpected:
-        problems = [f"{label}: {', '.join(keys)}" for label, keys in
-                    (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)) if keys]
-        raise UserError("the Hugging Face weights do not fit this config; " + "; ".join(problems))
-    model.load_state_dict({o: theirs[t] for o, t in mapping.items()})  # strict: the map covers every tensor
-    return model

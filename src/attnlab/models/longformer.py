@@ -10,7 +10,7 @@ import dataclasses
 
 from ..layers.sparse_attention import SlidingWindowAttention
 from .base import PRESETS, register
-from .long_encoder import LongEncoder, LongEncoderConfig, hf_key_map
+from .long_encoder import LongEncoder, LongEncoderConfig
 
 
 @dataclasses.dataclass
@@ -34,7 +34,6 @@ class LongformerConfig(LongEncoderConfig):
 
 @register(LongformerConfig)
 class Longformer(LongEncoder):
-    hf_ignore = LongEncoder.hf_ignore + (r"^lm_head\.bias$",)  # a tied copy of the decoder bias
     @staticmethod
     def make_attention(c, layer):
         return SlidingWindowAttention(c.d_model, c.n_head, c.attention_window // 2, dilation=c.dilation,
@@ -47,17 +46,6 @@ class Longformer(LongEncoder):
     def attention_kwargs(self, key_mask, global_attention_mask):
         global_mask = None if global_attention_mask is None else global_attention_mask.bool() & key_mask
         return {"key_mask": key_mask, "global_mask": global_mask}
-
-    def hf_key_map(self) -> dict:
-        """Our keys -> the keys of LongformerModel / LongformerForMaskedLM / ...ForSequenceClassification."""
-        base = "" if self.config.head == "none" else "longformer."
-        globals_ = [("self_attn.q_global", "attention.self.query_global"),
-                    ("self_attn.k_global", "attention.self.key_global"),
-                    ("self_attn.v_global", "attention.self.value_global")]
-        heads = [("mlm.transform", "lm_head.dense"), ("mlm.norm", "lm_head.layer_norm"),
-                 ("mlm.decoder", "lm_head.decoder"), ("classifier.dense", "classifier.dense"),
-                 ("classifier.out", "classifier.out_proj")]
-        return hf_key_map(self, base, globals_, heads)
 
 
 PRESETS.update({

@@ -77,3 +77,20 @@ def test_classification_head_matches_hf():
         ref = theirs(ids, attention_mask=mask, token_type_ids=types).logits
         out = ours(ids, attention_mask=mask, token_type_ids=types).logits
     assert (out - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("head,hf_class", [("mlm", "BigBirdForMaskedLM"),
+                                           ("classification", "BigBirdForSequenceClassification")])
+def test_import_and_export_through_hugging_face_directories(head, hf_class, tmp_path):
+    from attnlab.interop import export_hf, import_hf
+
+    _, theirs = hf_pair(head, getattr(transformers, hf_class), num_labels=3)
+    theirs.save_pretrained(tmp_path / "in")
+    ours, _ = import_hf(tmp_path / "in")
+    export_hf(ours, tmp_path / "out")
+    back = getattr(transformers, hf_class).from_pretrained(tmp_path / "out").eval()
+    ids, mask, types = inputs(20)  # short: full attention on every side, no random blocks to align
+    with torch.no_grad():
+        ref = theirs(ids, attention_mask=mask, token_type_ids=types).logits
+        assert (ours(ids, attention_mask=mask, token_type_ids=types).logits - ref).abs().max() <= 1e-5
+        assert (back(ids, attention_mask=mask, token_type_ids=types).logits - ref).abs().max() <= 1e-5

@@ -79,3 +79,20 @@ def test_bad_weights_and_config_are_user_errors():
         load_hf_state(ours, "longformer", state)
     with pytest.raises(UserError, match="attention_window must be even"):
         LongformerConfig(attention_window=7)
+
+
+@pytest.mark.parametrize("head,hf_class", [("mlm", "LongformerForMaskedLM"),
+                                           ("classification", "LongformerForSequenceClassification")])
+def test_import_and_export_through_hugging_face_directories(head, hf_class, tmp_path):
+    from attnlab.interop import export_hf, import_hf
+
+    _, theirs = hf_pair(head, getattr(transformers, hf_class), num_labels=3)
+    theirs.save_pretrained(tmp_path / "in")
+    ours, _ = import_hf(tmp_path / "in")
+    export_hf(ours, tmp_path / "out")
+    back = getattr(transformers, hf_class).from_pretrained(tmp_path / "out").eval()
+    ids, mask, glob = inputs()
+    with torch.no_grad():
+        ref = theirs(ids, attention_mask=mask, global_attention_mask=glob).logits
+        assert (ours(ids, attention_mask=mask, global_attention_mask=glob).logits - ref).abs().max() <= 1e-5
+        assert (back(ids, attention_mask=mask, global_attention_mask=glob).logits - ref).abs().max() <= 1e-5

@@ -205,7 +205,7 @@ _LONGFORMER_GLOBALS = {f"self_attn.{p}_global": f"attention.self.{n}_global" for
 
 
 def long_encoder_keymap(c, prefix: str, layer: dict, mlm: tuple, ignore: tuple) -> KeyMap:
-    """`layer`: our block sub-module -> theirs; `mlm`: their (transform, norm, decoder)."""
+    """`layer`: our block sub-module -> theirs; `mlm`: their (transform, norm, decoder weight, output bias)."""
     emb = f"{prefix}embeddings."
     rules = [rename("embeddings.tok.weight", emb + "word_embeddings.weight"),
              rename("embeddings.pos.weight", emb + "position_embeddings.weight"),
@@ -215,10 +215,10 @@ def long_encoder_keymap(c, prefix: str, layer: dict, mlm: tuple, ignore: tuple) 
         for ours, theirs in layer.items():
             rules += affine(f"blocks.{i}.{ours}", f"{prefix}encoder.layer.{i}.{theirs}")
     if c.head == "mlm":
-        transform, norm, decoder = mlm
+        transform, norm, decoder, bias = mlm
         rules += [*affine("mlm.transform", transform), *affine("mlm.norm", norm),
-                  rename("mlm.decoder.weight", f"{decoder}.weight", optional=True),  # tied to the embeddings
-                  rename("mlm.decoder.bias", f"{decoder}.bias")]
+                  rename("mlm.decoder.weight", decoder, optional=True),  # tied to the embeddings
+                  rename("mlm.decoder.bias", bias)]
     if c.head == "classification":
         rules += [*affine("classifier.dense", "classifier.dense"), *affine("classifier.out", "classifier.out_proj")]
     return KeyMap(rules, ignore=(_POSITION_IDS, r"([a-z]+\.)?pooler\.(dense\.)?(weight|bias)", *ignore))
@@ -226,14 +226,14 @@ def long_encoder_keymap(c, prefix: str, layer: dict, mlm: tuple, ignore: tuple) 
 
 def longformer_keymap(c: LongformerConfig, prefix: str) -> KeyMap:
     return long_encoder_keymap(c, prefix, {**_BERT_LAYER, **_LONGFORMER_GLOBALS},
-                               ("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder"),
-                               ignore=(r"lm_head\.bias",))  # a tied copy of the decoder bias
+                               ("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder.weight", "lm_head.bias"),
+                               ignore=(r"lm_head\.decoder\.bias",))  # a tied copy of the output bias
 
 
 def bigbird_keymap(c: BigBirdConfig, prefix: str) -> KeyMap:
     return long_encoder_keymap(c, prefix, _BERT_LAYER, ("cls.predictions.transform.dense",
-                               "cls.predictions.transform.LayerNorm", "cls.predictions.decoder"),
-                               ignore=(r"cls\.predictions\.bias",))
+                               "cls.predictions.transform.LayerNorm", "cls.predictions.decoder.weight",
+                               "cls.predictions.bias"), ignore=(r"cls\.predictions\.decoder\.bias",))
 
 
 def _long_encoder_fields(hf: dict, head: str) -> dict:

@@ -101,7 +101,8 @@ VARIANTS_5B = {  # name -> (build(n), expected to scale linearly, Hugging Face c
 def model_pair(n):
     """Two LSH layers, d_model 256, 4 heads, axial positions, the same weights on both sides."""
     import transformers
-    from attnlab.interop.reformer import config_from_hf, state_from_hf
+    from attnlab.interop import load_hf_state
+    from attnlab.interop.reformer import config_from_hf
     from attnlab.models import Reformer
     side = 2 ** math.ceil(math.log2(n) / 2)
     config = transformers.ReformerConfig(
@@ -111,8 +112,7 @@ def model_pair(n):
         feed_forward_size=1024, vocab_size=256, hidden_dropout_prob=0.0, lsh_attention_probs_dropout_prob=0.0,
         is_decoder=True)
     theirs = transformers.ReformerModelWithLMHead(config)
-    ours = Reformer(config_from_hf(config.to_dict()))
-    ours.load_state_dict(state_from_hf(theirs.state_dict(), ours.config, with_head=True))
+    ours = load_hf_state(Reformer(config_from_hf(config.to_dict(), "lm", ())), "reformer", theirs.state_dict())
     return ours, theirs
 
 

@@ -19,6 +19,7 @@ from ..config import ModelConfig
 from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock
 from ..layers.feedforward import _ACTIVATIONS
 from .base import Model, ModelOutput
+from .bert import MLMHead
 
 HEADS = ("none", "mlm", "classification")
 
@@ -70,20 +71,6 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids, position_ids, token_type_ids):
         return self.drop(self.norm(self.tok(input_ids) + self.pos(position_ids) + self.types(token_type_ids)))
-
-
-class MLMHead(nn.Module):
-    """Linear -> activation -> LayerNorm -> decoder to the vocabulary (tied to the embeddings)."""
-
-    def __init__(self, c: LongEncoderConfig):
-        super().__init__()
-        self.transform = nn.Linear(c.d_model, c.d_model)
-        self.activation = _ACTIVATIONS[FFN_KINDS[c.activation][0]]
-        self.norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
-        self.decoder = nn.Linear(c.d_model, c.vocab_size)
-
-    def forward(self, x):
-        return self.decoder(self.norm(self.activation(self.transform(x))))  # (B, T, V)
 
 
 class ClassificationHead(nn.Module):

@@ -1,10 +1,11 @@
 """The Hugging Face families attnlab converts: config translation and key maps.
 
 GPT-2 goes into our GPT; BERT, RoBERTa and DistilBERT into our Bert, whose config fields
-carry the differences; Longformer and BigBird into our long encoders. Each encoder head maps to one Hugging Face architecture class
-(BertForMaskedLM, RobertaForSequenceClassification, ...). T5, Marian and Reformer (t5.py,
-marian.py, reformer.py) each have a single architecture: T5ForConditionalGeneration,
-MarianMTModel, ReformerModelWithLMHead.
+carry the differences; Longformer and BigBird into their own BERT-shaped encoders. Each
+encoder head maps to one Hugging Face architecture class (BertForMaskedLM,
+RobertaForSequenceClassification, ...). T5, Marian and Reformer (t5.py, marian.py,
+reformer.py) each have a single architecture: T5ForConditionalGeneration, MarianMTModel,
+ReformerModelWithLMHead.
 """
 
 import dataclasses

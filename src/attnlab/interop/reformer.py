@@ -38,8 +38,8 @@ def config_to_hf(c: ReformerConfig) -> dict:
     if not c.causal:
         raise UserError("only a causal Reformer exports: ReformerModelWithLMHead is a decoder (is_decoder=true)")
     return {"model_type": "reformer", "vocab_size": c.vocab_size, "max_position_embeddings": c.block_size,
-            "attn_layers": c.layer_kinds, "num_attention_heads": c.n_head, "attention_head_size": c.head_dim or c.d_model // c.n_head,
-            "hidden_size": c.d_model, "feed_forward_size": c.ffn_hidden or 4 * c.d_model, "hidden_act": c.activation,
+            "attn_layers": c.layer_kinds, "num_attention_heads": c.n_head,
+            "attention_head_size": c.head_dim or c.d_model // c.n_head, "hidden_size": c.d_model, "feed_forward_size": c.ffn_hidden or 4 * c.d_model, "hidden_act": c.activation,
             "is_decoder": c.causal, "lsh_attn_chunk_length": c.chunk_length, "lsh_num_chunks_before": c.chunks_before,
             "lsh_num_chunks_after": c.chunks_after, "num_buckets": c.n_buckets, "num_hashes": c.n_hashes,
             "hash_seed": c.hash_seed, "local_attn_chunk_length": c.local_chunk_length,

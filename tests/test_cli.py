@@ -56,6 +56,16 @@ def test_config_file_with_overrides(tiny_text, tmp_path, capsys):
     assert (model.config.n_layer, model.config.norm, model.config.block_size) == (1, "rmsnorm", 32)
 
 
+def test_overrides_may_come_before_and_after_options(tiny_text, tmp_path, capsys):
+    assert main(["train", "model.n_layer=1", "--data", str(tiny_text), "--out", str(tmp_path / "r"), *TINY[1:],
+                 "train.max_steps=2", "train.eval_interval=2"]) == 0
+    model, _ = load_checkpoint(tmp_path / "r" / "last")
+    assert model.config.n_layer == 1 and model.config.d_model == 32
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(tiny_text), "--bogus-flag"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus-flag" in capsys.readouterr().err
+
+
 def test_resume_extends_a_finished_run(tiny_text, tmp_path):
     assert train(tiny_text, tmp_path / "run") == 0
     assert main(["train", "--out", str(tmp_path / "run"), "--resume", "train.max_steps=15"]) == 0

@@ -44,7 +44,7 @@ def run(capsys, *args):
     code = main(list(args))
     out = capsys.readouterr().out
     assert code == 0
-    return json.loads(out[out.index("{"):])  # JSON after any progress lines
+    return json.loads(out)  # stdout holds the JSON alone; progress goes to stderr
 
 
 @pytest.mark.parametrize("family", list(MODELS))

@@ -97,7 +97,7 @@ def t5_span_corruption(run: dict, run_dir: Path, resume: bool):
             raise UserError("data.path is missing: point it at a text file or folder")
         section = run.get("tokenizer", {})
         text = read_text(data["path"])
-        tokenizers = Seq2SeqTokenizers(train_seq2seq_tokenizer(section.get("kind", "char"), text.splitlines(),
+        tokenizers = Seq2SeqTokenizers(train_seq2seq_tokenizer(section.get("kind", "char"), text.splitlines(keepends=True),
                                                                section.get("vocab_size")))
         special = {"pad_id": PAD_ID, "eos_id": EOS_ID, "decoder_start_id": PAD_ID}
         model = build_model(model_config({"family": "t5", **run.get("model", {})},

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -195,7 +196,8 @@ class Trainer:
                     self.save("last", with_state=True)
                     if self.parallel.is_main:
                         plot_metrics(metrics_path, self.run_dir / "loss.png")
-                        bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})")
+                        bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})",
+                                  file=sys.stderr)  # stdout is for the command's JSON
                     window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
         finally:
             bar.close()

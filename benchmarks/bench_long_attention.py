@@ -17,7 +17,7 @@ markdown tables (printed) for benchmarks/RESULTS.md.
 
 Variants are entries of VARIANTS: a name -> Variant(build, linear, reference). `build(n)` returns
 a function of x (1, n, 256) -> y (1, n, 256). Add a variant by adding an entry; the Reformer
-LSH and Transformer-XL entries from branch issue-5b belong in the marked place below.
+The Reformer LSH and Transformer-XL entries come from long_variants_5b.py.
 """
 
 import argparse
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers.attention import MultiHeadAttention  # noqa: E402
 from attnlab.layers.sparse_attention import BigBirdAttention, SlidingWindowAttention  # noqa: E402
+from long_variants_5b import VARIANTS_5B  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
 WINDOW = 256  # Longformer's attention_window: 128 keys on each side of a query
@@ -110,11 +111,9 @@ VARIANTS = {
     "PyTorch SDPA": Variant(_ours_dense("sdpa"), linear=False),
     "sliding window (w=256)": Variant(_ours_sliding, linear=True),
     "BigBird (block 64)": Variant(_ours_bigbird, linear=True),
-    # -- from branch issue-5b: Reformer LSH attention (bucket 64, 2 hashes) and Transformer-XL
-    #    (segment 512, memory 512) go here, e.g.
-    #    "LSH (bucket 64, 2 hashes)": Variant(_ours_lsh, linear=True),
-    #    "Transformer-XL (segment 512)": Variant(_ours_transformer_xl, linear=True),
-    #    "HF Reformer LSH": Variant(_HFReformer, linear=True, reference="LSH (bucket 64, 2 hashes)"),
+    # Reformer LSH attention (bucket 64, 2 hashes) and Transformer-XL (segment 512, memory 512)
+    **{name: Variant(build, linear=linear, reference=reference)
+       for name, (build, linear, reference) in VARIANTS_5B.items()},
     "HF Longformer": Variant(_HFLongformer, linear=True, reference="sliding window (w=256)"),
     "HF BigBird": Variant(_HFBigBird, linear=True, reference="BigBird (block 64)"),
 }

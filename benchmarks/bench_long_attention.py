@@ -25,10 +25,7 @@ import dataclasses
 import json
 import math
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers.attention import MultiHeadAttention  # noqa: E402
 from attnlab.layers.sparse_attention import BigBirdAttention, SlidingWindowAttention  # noqa: E402
+from common import run_worker, time_and_peak  # noqa: E402
 from long_variants_5b import VARIANTS_5B  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
@@ -121,13 +119,6 @@ VARIANTS = {
 
 # -- one measurement, in its own process ----------------------------------------------------------
 
-def _resident_bytes(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def measure(name, n, repeats):
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -139,17 +130,8 @@ def measure(name, n, repeats):
         x.grad = None
         module(x).square().mean().backward()
 
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
-    before = _resident_bytes("VmRSS")
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = _resident_bytes("VmHWM") - before
-    return {"variant": name, "n": n, "seconds": statistics.median(times), "peak_mb": peak / 2**20,
-            "repeats": repeats}
+    seconds, peak = time_and_peak(step, repeats)
+    return {"variant": name, "n": n, "seconds": seconds, "peak_mb": peak / 2**20, "repeats": repeats}
 
 
 # glibc serves big blocks with mmap and gives them back on free, so resident memory follows what
@@ -159,15 +141,7 @@ WORKER_ENV = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
 def run_one(name, n, repeats, timeout):
-    cmd = [sys.executable, __file__, "--worker", name, str(n), str(repeats)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=WORKER_ENV)
-    except subprocess.TimeoutExpired:
-        return {"variant": name, "n": n, "skipped": f"ran past {timeout:.0f} s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"variant": name, "n": n, "skipped": f"failed: {last[:120]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, name, n, repeats, timeout, env=WORKER_ENV)
 
 
 # -- the sweep, fits, plots and tables -------------------------------------------------------------

@@ -1,10 +1,14 @@
 """Shared helpers for the benchmark scripts: interleaved timing with medians, and the
 machine description that goes into RESULTS.md."""
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -30,3 +34,39 @@ def rate(fn, items: int, repeats: int = 1) -> float:
     for _ in range(repeats):
         fn()
     return items * repeats / (time.perf_counter() - start)
+
+
+def resident_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process, from /proc/self/status (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def time_and_peak(step, repeats: int):
+    """-> (median seconds of `repeats` calls after one warm-up, peak resident bytes above the
+    resident size before the first call)."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
+    before = resident_bytes("VmRSS")
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), resident_bytes("VmHWM") - before
+
+
+def run_worker(script, name, n, repeats, timeout, env=None) -> dict:
+    """Run `script --worker NAME N REPEATS` in a fresh process; its last stdout line is a JSON
+    record, or the record says why the size was skipped."""
+    cmd = [sys.executable, str(script), "--worker", name, str(n), str(repeats)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"variant": name, "n": n, "skipped": f"ran past {timeout:.0f} s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"variant": name, "n": n, "skipped": f"failed: {last[:160]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers import LSHSelfAttention  # noqa: E402
 from attnlab.layers.relative_attention import RelativeMultiHeadAttention  # noqa: E402
+from common import run_worker, time_and_peak  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
 BUCKET, N_HASHES = 64, 2  # LSH: chunk (bucket) length, hashing rounds
@@ -129,13 +129,6 @@ MODEL_VARIANTS = ("attnlab Reformer", "HF ReformerModelWithLMHead")
 
 # -- measuring ---------------------------------------------------------------------------------------
 
-def _resident_bytes(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} missing from /proc/self/status")
-
-
 def measure(name, n, repeats):
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -152,28 +145,12 @@ def measure(name, n, repeats):
         module.zero_grad(set_to_none=True)
         loss().backward()
 
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
-    before = _resident_bytes("VmRSS")
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak = _resident_bytes("VmHWM") - before
-    return {"variant": name, "n": n, "seconds": statistics.median(times), "peak_mb": peak / 2**20, "repeats": repeats}
+    seconds, peak = time_and_peak(step, repeats)
+    return {"variant": name, "n": n, "seconds": seconds, "peak_mb": peak / 2**20, "repeats": repeats}
 
 
 def run_one(name, n, repeats, timeout):
-    cmd = [sys.executable, __file__, "--worker", name, str(n), str(repeats)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"variant": name, "n": n, "skipped": f"ran past {timeout:.0f} s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"variant": name, "n": n, "skipped": f"failed: {last[:160]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, name, n, repeats, timeout)
 
 
 def interleaved(sizes, repeats, models=False):

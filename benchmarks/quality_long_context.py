@@ -52,7 +52,7 @@ def main():
         out = Path(args.out or tmp)
         losses = {name: train(name, overrides, args.steps, args.batch_size, out) for name, overrides in RUNS.items()}
     full = losses["full-attention GPT"]
-    print(f"| model | best val loss (nats/char) | gap to full attention |\n|---|---|---|")
+    print("| model | best val loss (nats/char) | gap to full attention |\n|---|---|---|")
     for name, loss in losses.items():
         print(f"| {name} | {loss:.4f} | {loss - full:+.4f} |")
 

@@ -66,7 +66,7 @@ def _rank_main(rank, world, port, argv):
 
 def launch(world, argv):
     ctx, port = multiprocessing.get_context("fork"), free_port()
-    procs = [ctx.Process(target=_rank_main, args=(rank, world, port, argv)) for rank in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(rank, world, port, argv), daemon=True) for rank in range(world)]
     for p in procs:
         p.start()
     return procs
@@ -76,7 +76,11 @@ def run(world, argv, timeout=300):
     procs = launch(world, argv)
     for p in procs:
         p.join(timeout)
-    assert [p.exitcode for p in procs] == [0] * world
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():  # a hung rank fails the test instead of holding pytest open
+            p.kill()
+    assert codes == [0] * world
 
 
 def weights(run_dir):

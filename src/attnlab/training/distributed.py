@@ -165,6 +165,7 @@ class DataParallel(SingleProcess):
 
     def close(self):
         if dist.is_initialized():
+            dist.barrier()  # no rank tears its group down while another still talks to it
             dist.destroy_process_group()
 
     def _comm_device(self):

@@ -23,7 +23,6 @@ The Reformer LSH and Transformer-XL entries come from long_variants_5b.py.
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers.attention import MultiHeadAttention  # noqa: E402
 from attnlab.layers.sparse_attention import BigBirdAttention, SlidingWindowAttention  # noqa: E402
-from common import run_worker, time_and_peak  # noqa: E402
+from common import loglog_slope, run_worker, time_and_peak  # noqa: E402
 from long_variants_5b import VARIANTS_5B  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
@@ -176,15 +175,6 @@ def sweep(names, sizes, repeats, max_seconds, max_dense_gb):
 def _predicted(previous, n, repeats, linear):
     """Seconds the (repeats + 1) steps at n should take, from the previous size."""
     return previous["seconds"] * (n / previous["n"]) ** (1.2 if linear else 2.0) * (repeats + 1)
-
-
-def loglog_slope(points):
-    """Least-squares slope of log(seconds) against log(n)."""
-    if len(points) < 2:
-        return float("nan")
-    xs, ys = [math.log(n) for n, _ in points], [math.log(s) for _, s in points]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def tables(results, sizes):

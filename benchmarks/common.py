@@ -2,6 +2,7 @@
 machine description that goes into RESULTS.md."""
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -70,3 +71,12 @@ def run_worker(script, name, n, repeats, timeout, env=None) -> dict:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return {"variant": name, "n": n, "skipped": f"failed: {last[:160]}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def loglog_slope(points):
+    """Least-squares slope of log(seconds) against log(n)."""
+    if len(points) < 2:
+        return float("nan")
+    xs, ys = [math.log(n) for n, _ in points], [math.log(s) for _, s in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)

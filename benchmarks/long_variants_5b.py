@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers import LSHSelfAttention  # noqa: E402
 from attnlab.layers.relative_attention import RelativeMultiHeadAttention  # noqa: E402
-from common import run_worker, time_and_peak  # noqa: E402
+from common import loglog_slope, run_worker, time_and_peak  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
 BUCKET, N_HASHES = 64, 2  # LSH: chunk (bucket) length, hashing rounds
@@ -179,15 +179,6 @@ def interleaved(sizes, repeats, models=False):
                      f"{ratio:.2f}x |")
         print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines)
-
-
-def loglog_slope(points):
-    """Least-squares slope of log(seconds) against log(n)."""
-    if len(points) < 2:
-        return float("nan")
-    xs, ys = [math.log(n) for n, _ in points], [math.log(s) for _, s in points]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def table(results, sizes, pairs):

@@ -83,3 +83,21 @@ def test_multi_head_cross_attention_shapes_and_backends_agree():
     assert out.shape == (2, 5, 32) and weights.shape == (2, 4, 5, 9)
     attn.backend = "math"
     assert torch.allclose(attn(x, kv_input=memory), out, atol=1e-6)
+
+
+@pytest.mark.parametrize("query_len", [1, 3])
+def test_cross_attention_shares_a_memory_row_among_consecutive_query_rows(query_len):
+    """Beam search passes each source's memory once for its K beams: the result must equal
+    attending over a memory repeated K times."""
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(32, 4).eval()
+    sources, beams = 2, 3
+    x = torch.randn(sources * beams, query_len, 32)
+    memory = torch.randn(sources, 5, 32)
+    mask = padding_mask(torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]))
+    shared, shared_weights = attention(x, kv_input=memory, mask=mask, return_weights=True)
+    repeated, repeated_weights = attention(x, kv_input=memory.repeat_interleave(beams, 0),
+                                           mask=mask.repeat_interleave(beams, 0), return_weights=True)
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=0)
+    torch.testing.assert_close(shared_weights, repeated_weights, atol=1e-6, rtol=0)
+    torch.testing.assert_close(attention(x, kv_input=memory, mask=mask), repeated, atol=1e-6, rtol=0)  # SDPA path

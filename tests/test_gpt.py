@@ -73,6 +73,19 @@ def test_kv_cache_gives_the_logits_of_a_full_recompute(style):
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
+def test_kv_cache_reorder_moves_rows_and_then_keeps_growing():
+    """Beam search reorders the cache (only the filled positions are copied), then appends."""
+    model = build_model(tiny()).eval()
+    ids = torch.randint(0, 37, (3, 6))
+    cache = KVCache(2, capacity=8)
+    rows = torch.tensor([2, 0, 2])
+    with torch.no_grad():
+        model(ids[:, :5], cache=cache)
+        cache.reorder(rows)
+        stepped = model(ids[rows, 5:6], cache=cache).logits[:, -1]
+    assert torch.allclose(stepped, model(ids[rows]).logits[:, -1], atol=1e-5)
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_left_padding_does_not_change_a_sequence(style):
     model = build_model(tiny(**STYLES[style])).eval()

@@ -131,8 +131,8 @@ def beam_search(model, sources, options: BeamSearch, stop_at_eos: bool = True) -
     device = next(model.parameters()).device
     ids, mask = pad_sources(model, sources, device)
     batch = ids.size(0)
-    memory = model.encode(ids, mask).repeat_interleave(k, dim=0)  # (B*K, S, C)
-    steps = DecoderSteps(model, memory, mask.repeat_interleave(k, dim=0), options.use_cache, options.max_new_tokens + 1)
+    memory = model.encode(ids, mask)  # (B, S, C): cross-attention shares it among the K beams of a source
+    steps = DecoderSteps(model, memory, mask, options.use_cache, options.max_new_tokens + 1)
     total = options.max_new_tokens + 1
     # running beams: their tokens so far (start token first) and summed log-probabilities
     running = torch.full((batch, k, total), c.pad_id, dtype=torch.long, device=device)

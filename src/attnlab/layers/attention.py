@@ -101,7 +101,8 @@ class MultiHeadAttention(nn.Module):
 
         rotary: a RotaryEmbedding applied to q and k at `position_ids` (B, T).
         cache: a KVCache; self-attention appends the new keys and values at `layer_idx`,
-        cross-attention computes them once per source and reuses them.
+        cross-attention computes them once per source and reuses them. For cross-attention
+        kv_input may hold one row per G consecutive rows of x (B * G rows: the beams of B sources).
         """
         q = self._heads(self.q_proj(x), self.n_head)
         if kv_input is None:
@@ -119,10 +120,29 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 cache.set_cross(layer_idx, k, v)
         dropout_p = self.dropout if self.training else 0.0
+        groups = q.size(0) // k.size(0)  # > 1: each memory row serves that many query rows (beams)
         out, weights = scaled_dot_product_attention(
-            q, k, v, mask=mask, bias=bias, causal=causal, dropout_p=dropout_p, scale=self.scale,
-            backend=self.backend, return_weights=return_weights,
+            _fold_rows(q, groups), k, v, mask=mask, bias=bias, causal=causal, dropout_p=dropout_p,
+            scale=self.scale, backend=self.backend, return_weights=return_weights,
         )
+        out = _unfold_rows(out, groups)
         b, _, t, _ = out.shape
         out = self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
-        return (out, weights) if return_weights else out
+        return (out, _unfold_rows(weights, groups)) if return_weights else out
+
+
+def _fold_rows(x, groups):
+    """(B * G, H, T, D) -> (B, H, G * T, D): the G consecutive rows that share one key/value row
+    become extra queries of it, so its keys and values are read once, not G times."""
+    if groups == 1:
+        return x
+    rows, h, t, d = x.shape
+    return x.view(rows // groups, groups, h, t, d).transpose(1, 2).reshape(rows // groups, h, groups * t, d)
+
+
+def _unfold_rows(x, groups):
+    """Inverse of _fold_rows: (B, H, G * T, D) -> (B * G, H, T, D)."""
+    if groups == 1:
+        return x
+    b, h, gt, d = x.shape
+    return x.view(b, h, groups, gt // groups, d).transpose(1, 2).reshape(b * groups, h, gt // groups, d)

@@ -54,13 +54,20 @@ class KVCache:
         self._cross[layer] = (k, v)
 
     def reorder(self, batch_index: torch.Tensor, cross: bool = True):
-        """Keep and reorder batch rows (beam search): every buffer is indexed on dim 0.
+        """Keep and reorder batch rows (beam search, without autograd): every buffer is indexed on dim 0.
 
         cross=False leaves the cross-attention keys and values as they are: right when rows
         only move among copies of the same source (the beams of one sentence)."""
         def pick(t):
             return None if t is None else t.index_select(0, batch_index)
-        self._keys = [pick(t) for t in self._keys]
-        self._values = [pick(t) for t in self._values]
+
+        def pick_filled(t):  # (B, H, capacity, D): only the positions written so far are copied
+            if t is None:
+                return None
+            kept = t.new_empty((len(batch_index),) + t.shape[1:])
+            torch.index_select(t[:, :, :self.length], 0, batch_index, out=kept[:, :, :self.length])
+            return kept
+        self._keys = [pick_filled(t) for t in self._keys]
+        self._values = [pick_filled(t) for t in self._values]
         if cross:
             self._cross = [None if kv is None else (pick(kv[0]), pick(kv[1])) for kv in self._cross]

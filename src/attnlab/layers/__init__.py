@@ -2,7 +2,7 @@
 
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TransformerBlock
-from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward
+from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward, activation_of
 from .kv_cache import KVCache
 from .lsh_attention import LocalSelfAttention, LSHSelfAttention, lsh_attention
 from .masks import causal_mask, combine_masks, padding_mask, to_additive
@@ -15,7 +15,7 @@ __all__ = [
     "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
     "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
     "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock",
-    "causal_mask", "combine_masks", "lsh_attention", "make_norm", "padding_mask", "relative_position_bucket",
+    "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "padding_mask", "relative_position_bucket",
     "scaled_dot_product_attention",
     "sinusoidal_table", "to_additive",
 ]

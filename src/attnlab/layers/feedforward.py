@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -22,6 +22,11 @@ FFN_KINDS = {
 }
 
 
+def activation_of(kind: str):
+    """The elementwise activation of an FFN kind (of its gate, when gated)."""
+    return ACTIVATIONS[FFN_KINDS[kind][0]]
+
+
 class FeedForward(nn.Module):
     """up -> activation (times gate, if gated) -> dropout -> down."""
 
@@ -30,7 +35,7 @@ class FeedForward(nn.Module):
         if kind not in FFN_KINDS:
             raise ValueError(f"unknown feed-forward activation {kind!r}; choose one of {tuple(FFN_KINDS)}")
         activation, gated = FFN_KINDS[kind]
-        self.activation = _ACTIVATIONS[activation]
+        self.activation = ACTIVATIONS[activation]
         self.up = nn.Linear(d_model, hidden, bias=bias)
         self.gate = nn.Linear(d_model, hidden, bias=bias) if gated else None
         self.down = nn.Linear(hidden, d_model, bias=bias)

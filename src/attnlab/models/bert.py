@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, padding_mask
+from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, activation_of, padding_mask
 from ..layers.attention import BACKENDS
-from ..layers.feedforward import _ACTIVATIONS
 from .base import PRESETS, Model, ModelOutput, register
 
 HEADS = ("none", "mlm", "pretraining", "sequence", "token", "qa")
@@ -116,7 +115,7 @@ class MLMHead(nn.Module):
     def __init__(self, c: BertConfig):
         super().__init__()
         self.transform = nn.Linear(c.d_model, c.d_model)
-        self.activation = _ACTIVATIONS[FFN_KINDS[c.activation][0]]
+        self.activation = activation_of(c.activation)
         self.norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
         self.decoder = nn.Linear(c.d_model, c.vocab_size)
 

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock
-from ..layers.feedforward import _ACTIVATIONS
+from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, activation_of
 from .base import Model, ModelOutput
 from .bert import MLMHead
 
@@ -101,8 +100,7 @@ class LongEncoder(Model):
                              self_attention=self.make_attention(c, i))
             for i in range(c.n_layer))
         self.mlm = MLMHead(c) if c.head == "mlm" else None
-        activation = torch.tanh if self.classifier_activation == "tanh" else \
-            _ACTIVATIONS[FFN_KINDS[self.classifier_activation][0]]
+        activation = torch.tanh if self.classifier_activation == "tanh" else activation_of(self.classifier_activation)
         self.classifier = ClassificationHead(c, activation) if c.head == "classification" else None
         self.apply(_init_weights)
         if self.mlm is not None:

@@ -137,16 +137,16 @@ def stream_text(model, tokenizer, prompts, sampling: Sampling, stop=()):
                 continue
             generated[row].append(tok)
             text = tokenizer.decode(generated[row])
-            text, hit_stop = _cut_at_stop(text, stop)
+            text, hit_stop = cut_at_stop(text, stop)
             done[row] = hit_stop
-            ready = text if hit_stop else _complete_prefix(text, stop)
+            ready = text if hit_stop else emittable_prefix(text, stop)
             pieces.append(ready[len(emitted[row]):])
             emitted[row] = ready
         yield pieces
         if all(done):
             return
     final = [tokenizer.decode(g) for g in generated]
-    tails = [_cut_at_stop(text, stop)[0][len(emitted[row]):] if not done[row] else "" for row, text in enumerate(final)]
+    tails = [cut_at_stop(text, stop)[0][len(emitted[row]):] if not done[row] else "" for row, text in enumerate(final)]
     if any(tails):
         yield tails
 
@@ -159,12 +159,12 @@ def generate_text(model, tokenizer, prompts, sampling: Sampling, stop=()):
     return outputs
 
 
-def _cut_at_stop(text, stop):
+def cut_at_stop(text, stop):
     positions = [text.find(s) for s in stop if s and s in text]
     return (text[:min(positions)], True) if positions else (text, False)
 
 
-def _complete_prefix(text, stop):
+def emittable_prefix(text, stop):
     """The part of `text` that is safe to emit: no partial UTF-8 character at the end and
     no tail that could still grow into a stop string."""
     text = text.rstrip("\ufffd")

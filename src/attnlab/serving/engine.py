@@ -20,7 +20,7 @@ import time
 import torch
 
 from ..inference import Sampling, next_token
-from ..inference.generate import _complete_prefix, _cut_at_stop
+from ..inference.generate import cut_at_stop, emittable_prefix
 
 log = logging.getLogger("attnlab.serving")
 
@@ -122,17 +122,17 @@ class Sequence:
         if token == self.tokenizer.eos_id:
             return self.finish("stop")
         self.generated.append(token)
-        text, hit_stop = _cut_at_stop(self.tokenizer.decode(self.generated), self.stop)
+        text, hit_stop = cut_at_stop(self.tokenizer.decode(self.generated), self.stop)
         if hit_stop:
             return self.finish("stop", text)
         if len(self.generated) >= self.sampling.max_new_tokens:
             return self.finish("length", text)
-        self._send(_complete_prefix(text, self.stop))
+        self._send(emittable_prefix(text, self.stop))
         return False
 
     def finish(self, reason, final_text=None) -> bool:
         if final_text is None:
-            final_text = _cut_at_stop(self.tokenizer.decode(self.generated), self.stop)[0]
+            final_text = cut_at_stop(self.tokenizer.decode(self.generated), self.stop)[0]
         if reason in ("stop", "length"):
             self._send(final_text)
         self.finish_reason = reason

@@ -16,7 +16,7 @@ from ..data.mlm import MLMBlocks
 from ..errors import UserError
 from ..models.base import PRESETS, build_model
 from ..tokenizers import SubwordTokenizer, load_hf_tokenizer, train_tokenizer
-from .tasks import _cached_splits, model_config, task
+from .tasks import cached_splits, model_config, task
 
 
 def encode_plain(tokenizer, text: str) -> np.ndarray:
@@ -59,7 +59,7 @@ def masked_lm(run: dict, run_dir: Path, resume: bool):
     if seq_len > model.config.max_length:
         raise UserError(f"data.seq_len {seq_len} exceeds the model's max_length {model.config.max_length}")
     val_fraction = float(data.get("val_fraction", 0.1))
-    splits = _cached_splits(run_dir / "data", data, tokenizer, val_fraction, encode=encode_plain)
+    splits = cached_splits(run_dir / "data", data, tokenizer, val_fraction, encode=encode_plain)
     batches = MLMBlocks(splits, tokenizer, seq_len, int(train.get("batch_size", 12)),
                         mask_prob=float(data.get("mask_prob", 0.15)), whole_word=bool(data.get("whole_word", False)),
                         nsp=nsp)

@@ -18,7 +18,7 @@ from ..data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, Seq2SeqTok
 from ..data.span_corruption import SpanCorruptionBatches
 from ..errors import UserError
 from ..models.base import build_model, preset
-from .tasks import _cached_splits, model_config, task
+from .tasks import cached_splits, model_config, task
 
 
 @task("seq2seq")
@@ -104,7 +104,7 @@ def t5_span_corruption(run: dict, run_dir: Path, resume: bool):
                                          vocab_size=tokenizers.source.vocab_size + n_sentinels, **special))
     c = model.config
     sentinels = list(range(c.vocab_size - 1, c.vocab_size - 1 - n_sentinels, -1))  # <extra_id_0> is the last id
-    splits = _cached_splits(run_dir / "data", data, tokenizers.source, float(data.get("val_fraction", 0.1)))
+    splits = cached_splits(run_dir / "data", data, tokenizers.source, float(data.get("val_fraction", 0.1)))
     batches = SpanCorruptionBatches(splits, int(data.get("window", 64)), int(train.get("batch_size", 32)), sentinels,
                                     c.eos_id, c.pad_id)
     return model, tokenizers, batches

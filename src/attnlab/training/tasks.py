@@ -55,12 +55,12 @@ def causal_lm(run: dict, run_dir: Path, resume: bool):
         tok = run.get("tokenizer", {})
         tokenizer = train_tokenizer(tok.get("kind", "char"), read_text(data["path"]), tok.get("vocab_size"))
         model = build_model(model_config(run.get("model", {}), vocab_size=tokenizer.vocab_size))
-    splits = _cached_splits(run_dir / "data", data, tokenizer, float(data.get("val_fraction", 0.1)))
+    splits = cached_splits(run_dir / "data", data, tokenizer, float(data.get("val_fraction", 0.1)))
     batches = LMBlocks(splits, model.config.block_size, int(train.get("batch_size", 12)))
     return model, tokenizer, batches
 
 
-def _cached_splits(cache_dir: Path, data: dict, tokenizer, val_fraction: float, encode=encode_text) -> dict:
+def cached_splits(cache_dir: Path, data: dict, tokenizer, val_fraction: float, encode=encode_text) -> dict:
     paths = {split: cache_dir / f"{split}.bin" for split in ("train", "val")}
     if not all(p.exists() for p in paths.values()):
         if "path" not in data:

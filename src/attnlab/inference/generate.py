@@ -11,7 +11,7 @@ import dataclasses
 import torch
 
 from ..errors import UserError
-from ..layers import KVCache
+from ..layers import KVCache, positions_from_mask
 
 
 @dataclasses.dataclass
@@ -95,7 +95,9 @@ def stream_tokens(model, prompts, sampling: Sampling, eos_id=None):
             step_input, step_mask = ids[:, -block_size:], mask[:, -block_size:]
         else:
             step_mask = mask
-        logits = model(step_input, attention_mask=step_mask, cache=cache, only_last=True).logits[:, -1]
+        positions = positions_from_mask(step_mask, step_input.size(1))  # left padding shifts no prompt
+        logits = model(step_input, attention_mask=step_mask, position_ids=positions, cache=cache,
+                       only_last=True).logits[:, -1]
         token = next_token(logits, sampling, generator)
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)

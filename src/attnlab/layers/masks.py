@@ -19,6 +19,12 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.bool()[:, None, None, :]
 
 
+def positions_from_mask(attention_mask: torch.Tensor, t: int) -> torch.Tensor:
+    """(B, T_all) of 1 = real token, 0 = left padding -> (B, t) positions of the last t tokens,
+    each row counting only its real tokens (so padding does not shift a prompt's positions)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+
+
 def combine_masks(*masks):
     """AND of boolean masks that broadcast together; None entries are skipped."""
     result = None

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, NORMS, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
-                      TransformerBlock, make_norm, padding_mask)
+                      TransformerBlock, make_norm, padding_mask, positions_from_mask)
 from ..layers.attention import BACKENDS
 from ..layers.sparse_attention import SlidingWindowAttention
 from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
@@ -131,7 +131,7 @@ class GPT(Model):
         """(B, T) positions of the new tokens; with left padding each row counts its real tokens."""
         if attention_mask is None:
             return torch.arange(past, past + t, device=device).unsqueeze(0).expand(batch, t)
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
+        return positions_from_mask(attention_mask, t)
 
 
 def _gpt2(n_layer, n_head, d_model, block_size=1024):

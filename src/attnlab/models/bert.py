@@ -82,7 +82,8 @@ class BertConfig(ModelConfig):
 
 
 class Embeddings(nn.Module):
-    """token + learned position (+ token type) -> LayerNorm -> dropout."""
+    """token + learned position (+ token type) -> LayerNorm -> dropout. Shared with the long
+    encoders, which pass their own position_ids."""
 
     def __init__(self, c: BertConfig):
         super().__init__()
@@ -100,8 +101,10 @@ class Embeddings(nn.Module):
             return real.cumsum(-1) * real + self.c.pad_token_id
         return torch.arange(input_ids.size(1), device=input_ids.device).expand_as(input_ids)
 
-    def forward(self, input_ids, token_type_ids=None):
-        x = self.tok(input_ids) + self.pos(self.position_ids(input_ids))  # (B, T, C)
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids)
+        x = self.tok(input_ids) + self.pos(position_ids)  # (B, T, C)
         if self.types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, activation_of
+from ..layers import FFN_KINDS, TransformerBlock, activation_of
 from .base import Model, ModelOutput
-from .bert import MLMHead
+from .bert import Embeddings, MLMHead
 
 HEADS = ("none", "mlm", "classification")
 
@@ -55,21 +55,6 @@ class LongEncoderConfig(ModelConfig):
     @property
     def ffn_size(self) -> int:
         return self.ffn_hidden or 4 * self.d_model
-
-
-class Embeddings(nn.Module):
-    """token + learned position + token type -> LayerNorm -> dropout."""
-
-    def __init__(self, c: LongEncoderConfig):
-        super().__init__()
-        self.tok = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_token_id)
-        self.pos = LearnedPositions(c.max_positions, c.d_model)
-        self.types = nn.Embedding(c.type_vocab_size, c.d_model)
-        self.norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
-        self.drop = nn.Dropout(c.dropout)
-
-    def forward(self, input_ids, position_ids, token_type_ids):
-        return self.drop(self.norm(self.tok(input_ids) + self.pos(position_ids) + self.types(token_type_ids)))
 
 
 class ClassificationHead(nn.Module):
@@ -135,7 +120,7 @@ class LongEncoder(Model):
         position_ids = self.position_ids(input_ids)
         if int(position_ids.max()) >= self.config.max_positions:
             raise ValueError(f"sequence of {t} tokens needs more than the {self.config.max_positions} positions")
-        x = self.embeddings(input_ids, position_ids, token_type_ids)  # (B, T, C)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, T, C)
         key_mask = attention_mask.bool()
         attn_kwargs = self.attention_kwargs(key_mask, global_attention_mask)
         for block in self.blocks:

@@ -1,12 +1,12 @@
-"""Quality check: long-context variants against a full-attention GPT of the same size.
+"""Quality check: the long-context models against a full-attention GPT of about the same size.
 
-    ATTNLAB_DATA=/work/shared/data python benchmarks/quality_long_context.py [--steps 600]
+    ATTNLAB_DATA=/work/shared/data python benchmarks/quality_long_context.py [--steps 600] [--jobs 2]
 
-Each variant is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
-character level, context 1024, with the same seed, data order, size and steps; the script reports
-each run's best validation loss and its gap to the full-attention GPT (target: within 0.05).
-Variants are entries of RUNS: a name -> model overrides; the Transformer-XL and Reformer entries
-from branch issue-5b belong in the marked place.
+Every model is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
+character level, context 1024, with the same size, seed, data order, batch, schedule and steps;
+the script prints each run's best validation loss (the same 20 validation batches for all) and
+its gap to the full-attention GPT (target: within 0.05). Runs use one thread each; --jobs runs
+that many at once.
 """
 
 import argparse
@@ -14,47 +14,63 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ATTNLAB_DATA", ROOT.parent / "shared" / "data"))
-
-SIZE = ["model.block_size=1024", "model.n_layer=2", "model.n_head=4", "model.d_model=64", "model.position=rotary"]
-RUNS = {
-    "full-attention GPT": [],
-    "sliding-window GPT (window 128)": ["model.attn_window=128"],
-    # -- from branch issue-5b: "Transformer-XL (segment 256, memory 256)": [...], "Reformer": [...]
+SIZE = ["model.n_layer=2", "model.n_head=4", "model.d_model=128", "model.block_size=1024"]
+MODELS = {
+    "GPT (full attention)": ["model.family=gpt"],
+    "sliding-window GPT (window 128)": ["model.family=gpt", "model.attn_window=128"],
+    "Transformer-XL (segment 256, memory 256)": ["model.family=transformer_xl", "model.segment_length=256",
+                                                 "model.mem_len=256"],
+    "Reformer (LSH, chunk 64, 16 buckets, 2 hashes)": ["model.family=reformer", "model.chunk_length=64",
+                                                       "model.n_buckets=16", "model.n_hashes=2",
+                                                       "model.axial_shape=[32,32]", "model.axial_dims=[64,64]"],
 }
 
 
-def train(name, overrides, steps, batch_size, out_dir):
-    run_dir = out_dir / name.split(" (")[0].replace(" ", "-")
-    cmd = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
-           "--out", str(run_dir), *SIZE, *overrides, f"train.max_steps={steps}", f"train.batch_size={batch_size}",
-           f"train.eval_interval={steps // 2}", "train.eval_batches=4", "train.warmup_steps=50", "train.lr=0.003",
-           "train.min_lr=0.0003", "train.progress=false", "train.seed=0"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
-    summary = done.stdout[done.stdout.rindex("\n{") + 1:] if not done.stdout.startswith("{") else done.stdout
-    return json.loads(summary)["best_val_loss"]  # the run's closing JSON summary
+def start(name, options, common, out):
+    command = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
+               "--out", str(out / name.split(" (")[0].replace(" ", "-").lower()), *options, *SIZE, *common]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(name, process, started):
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        sys.exit(f"{name} failed:\n{stderr[-2000:]}")
+    result = json.loads(stdout[stdout.index("{"):])  # the run's closing JSON summary
+    print(json.dumps({"model": name, **result}), file=sys.stderr, flush=True)
+    return result["best_val_loss"], time.perf_counter() - started, stderr.splitlines()[0]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--out", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings run at once, one thread each")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "quality_long_context"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(args.out or tmp)
-        losses = {name: train(name, overrides, args.steps, args.batch_size, out) for name, overrides in RUNS.items()}
-    full = losses["full-attention GPT"]
-    print("| model | best val loss (nats/char) | gap to full attention |\n|---|---|---|")
-    for name, loss in losses.items():
-        print(f"| {name} | {loss:.4f} | {loss - full:+.4f} |")
+    common = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.lr=0.002",
+              f"train.warmup_steps={args.steps // 10}", f"train.eval_interval={args.steps // 4}",
+              "train.eval_batches=20", "train.progress=false", "train.seed=0"]
+    pending, running, results = list(MODELS.items()), {}, {}
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, options = pending.pop(0)
+            running[name] = (start(name, options, common, Path(args.out)), time.perf_counter())
+        name = next(iter(running))
+        results[name] = finish(name, *running.pop(name))
+    base = results["GPT (full attention)"][0]
+    print("| model | best val loss | gap to GPT | train time |\n|---|---|---|---|")
+    for name in MODELS:
+        loss, seconds, _ = results[name]
+        print(f"| {name} | {loss:.4f} | {loss - base:+.4f} | {seconds / 60:.1f} min |")
+    for name in MODELS:
+        print(f"{name}: {results[name][2]}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from attnlab.layers import FeedForward, RMSNorm, RotaryEmbedding, TransformerBlock, sinusoidal_table
+from attnlab.layers import FeedForward, RMSNorm, RotaryEmbedding, TransformerBlock, VocabProjection, sinusoidal_table
 
 
 def test_sinusoidal_table_matches_the_paper_formula():
@@ -61,3 +61,14 @@ def test_cross_attention_block_reads_memory():
     block = TransformerBlock(16, 4, 32, cross_attention=True, prenorm=False).eval()
     x, memory = torch.randn(1, 4, 16), torch.randn(1, 6, 16)
     assert not torch.allclose(block(x, memory=memory), block(x, memory=memory + 1))
+
+
+def test_vocab_projection_decoding_path_gives_the_linear_logits():
+    projection = VocabProjection(16, 50)
+    x = torch.randn(3, 2, 16)
+    expected = torch.nn.functional.linear(x, projection.weight, projection.bias)
+    with torch.no_grad():
+        decoded = projection(x)
+    assert decoded.shape == (3, 2, 50) and decoded.is_contiguous()
+    assert torch.allclose(decoded, expected, atol=1e-5)
+    assert torch.allclose(projection(x), expected, atol=1e-6)  # with autograd: nn.Linear's path

@@ -7,6 +7,7 @@ from .kv_cache import KVCache
 from .lsh_attention import LocalSelfAttention, LSHSelfAttention, lsh_attention
 from .masks import causal_mask, combine_masks, padding_mask, positions_from_mask, to_additive
 from .norms import NORMS, RMSNorm, make_norm
+from .output import VocabProjection
 from .positions import (AxialPositions, LearnedPositions, RelativePositionBias, RotaryEmbedding, SinusoidalPositions,
                         relative_position_bucket, sinusoidal_table)
 from .reversible import ReversibleBlock, ReversibleSequence
@@ -15,7 +16,7 @@ __all__ = [
     "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
     "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
     "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock",
-    "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "padding_mask",
+    "VocabProjection", "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "padding_mask",
     "positions_from_mask", "relative_position_bucket", "scaled_dot_product_attention", "sinusoidal_table",
     "to_additive",
 ]

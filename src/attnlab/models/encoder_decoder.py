@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import FFN_KINDS, SinusoidalPositions, TransformerBlock, make_norm, padding_mask
+from ..layers import FFN_KINDS, SinusoidalPositions, TransformerBlock, VocabProjection, make_norm, padding_mask
 from ..layers.attention import BACKENDS
 from .base import PRESETS, register
 from .seq2seq import Seq2SeqModel
@@ -101,7 +101,7 @@ class EncoderDecoder(Seq2SeqModel):
         # pre-LN leaves the residual stream unnormalised: each stack ends with a norm
         self.encoder_norm = make_norm("layernorm", c.d_model, c.norm_eps) if c.prenorm else nn.Identity()
         self.decoder_norm = make_norm("layernorm", c.d_model, c.norm_eps) if c.prenorm else nn.Identity()
-        self.lm_head = nn.Linear(c.d_model, c.target_vocab, bias=False)
+        self.lm_head = VocabProjection(c.d_model, c.target_vocab, bias=False)
         if c.output_bias:
             self.register_buffer("logits_bias", torch.zeros(c.target_vocab))
         else:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, NORMS, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
-                      TransformerBlock, make_norm, padding_mask, positions_from_mask)
+                      TransformerBlock, VocabProjection, make_norm, padding_mask, positions_from_mask)
 from ..layers.attention import BACKENDS
 from ..layers.sparse_attention import SlidingWindowAttention
 from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
@@ -82,7 +82,7 @@ class GPT(Model):
                              backend=c.attn_backend, self_attention=self._sliding_window(c))
             for _ in range(c.n_layer))
         self.norm_f = make_norm(c.norm, c.d_model, c.norm_eps, c.bias)
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head = VocabProjection(c.d_model, c.vocab_size, bias=False)
         init_gpt_style(self, c.n_layer)
         if c.tie_weights:
             self.lm_head.weight = self.tok_emb.weight

@@ -12,7 +12,7 @@ import dataclasses
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import RelativePositionBias, TransformerBlock, padding_mask
+from ..layers import RelativePositionBias, TransformerBlock, VocabProjection, padding_mask
 from ..layers.attention import BACKENDS
 from ..layers.norms import RMSNorm
 from .base import PRESETS, register
@@ -83,7 +83,7 @@ class T5(Seq2SeqModel):
         self.decoder_bias = RelativePositionBias(c.n_head, c.num_buckets, c.max_distance, bidirectional=False)
         self.decoder_blocks = stack(c.n_decoder_layer or c.n_layer, cross_attention=True)
         self.decoder_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.lm_head = VocabProjection(c.d_model, c.vocab_size, bias=False)
         self._init_weights()
         if c.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight

@@ -2,11 +2,14 @@
 structured pruning and a combined pipeline, measured side by side in one run.
 
     ATTNLAB_DATA=/work/shared/data PYTHONPATH=src python benchmarks/bench_sst2_compression.py \
-        --train-examples 4000 --eval-examples 872 --out runs/bench_sst2
+        --train-examples 0 --val-examples 1000 --eval-every 200 --short-examples 12000 \
+        --eval-examples 0 --out runs/bench_sst2_full   # ~1.5 h on one core; add --lora-only beside it
 
-Trains on a stratified sample of train.tsv (the CPU is small and shared), evaluates every model
-on the same stratified sample of dev.tsv, and measures CPU latency (p50/p95, batch 1 and 32)
-with the same inputs for every model. Stages are cached in --out, so a rerun resumes.
+Trains on train.tsv (or a stratified sample of it), holds out --val-examples of it for early
+stopping, evaluates every model on the same dev.tsv examples, and measures CPU latency
+(p50/p95, batch 1 and 32) with the same inputs for every model. Distillation and the
+fine-tunes after pruning use --short-examples of the training set. Stages are cached in
+--out, so a rerun resumes.
 """
 
 import argparse
@@ -14,6 +17,7 @@ import copy
 import dataclasses
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -48,8 +52,12 @@ def block_parameters(model) -> int:
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--train-examples", type=int, default=4000)
-    parser.add_argument("--eval-examples", type=int, default=872)
+    parser.add_argument("--train-examples", type=int, default=4000, help="sampled from train.tsv; 0: all")
+    parser.add_argument("--val-examples", type=int, default=400, help="of those, held out for early stopping")
+    parser.add_argument("--short-examples", type=int, default=0,
+                        help="training examples for distillation and the fine-tunes after pruning; 0: all")
+    parser.add_argument("--eval-examples", type=int, default=872, help="sampled from dev.tsv; 0: all")
+    parser.add_argument("--eval-every", type=int, default=40, help="steps between early-stopping evaluations")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
@@ -74,15 +82,19 @@ def main():
     train_texts, train_labels = sample(DATA / "train.tsv", args.train_examples, seed=0)
     dev_texts, dev_labels = sample(DATA / "dev.tsv", args.eval_examples, seed=0)
     labels = LabelSet.from_labels(train_labels)
-    train_idx, val_idx = stratified_split(train_labels, 0.1, seed=0)  # early stopping never sees dev
-    base_config = FinetuneConfig(epochs=args.epochs, batch_size=32, lr=1e-4, max_length=64, eval_every=40,
-                                 patience=3)
+    train_idx, val_idx = stratified_split(train_labels, args.val_examples / len(train_labels), seed=0)  # never dev
+    base_config = FinetuneConfig(epochs=args.epochs, batch_size=32, lr=1e-4, max_length=64,
+                                 eval_every=args.eval_every, patience=3)
     make = lambda idx: ClassificationData(tokenizer, [train_texts[i] for i in idx],  # noqa: E731
                                           labels.ids([train_labels[i] for i in idx]), base_config.max_length)
     train, val = make(train_idx), make(val_idx)
+    short_idx = train_idx
+    if args.short_examples and args.short_examples < len(train_idx):
+        short_idx = sorted(random.Random(0).sample(train_idx, args.short_examples))
+    short_train = make(short_idx)
     dev = ClassificationData(tokenizer, dev_texts, labels.ids(dev_labels), base_config.max_length)
     probe = dev_texts[:max(32, args.repeats)]
-    record("setup", train=len(train), val=len(val), dev=len(dev), threads=args.threads,
+    record("setup", train=len(train), short_train=len(short_train), val=len(val), dev=len(dev), threads=args.threads,
            note=f"stratified samples of train.tsv ({args.train_examples}) and dev.tsv ({args.eval_examples})")
 
     def cached(name, build):
@@ -141,7 +153,7 @@ def main():
     # distilled 3-layer student (teacher layers 0, 2, 5)
     def distilled():
         student = make_student(teacher, 3)
-        result = fit(student, train, val, labels.names, dataclasses.replace(base_config, lr=1e-4),
+        result = fit(student, short_train, val, labels.names, dataclasses.replace(base_config, lr=1e-4),
                      loss_fn=Distiller(teacher, student, temperature=2.0, alpha=0.5))
         record("distilled 3-layer", train_seconds=result["seconds"], steps=result["steps"])
         return student
@@ -157,7 +169,7 @@ def main():
     # structured pruning: 40% of heads and FFN neurons (= 40% of block parameters), short fine-tune
     def pruned():
         model = copy.deepcopy(teacher)
-        model, details = run_stage(model, ("prune", 0.4), train, val, labels.names,
+        model, details = run_stage(model, ("prune", 0.4), short_train, val, labels.names,
                                    dataclasses.replace(base_config, lr=5e-5), prune_epochs=1)
         record("pruned 40%", prune_train_seconds=details["train_seconds"])
         return model
@@ -167,7 +179,7 @@ def main():
     # combined: distilled student -> prune 40% -> INT8
     def student_pruned():
         model = copy.deepcopy(student)
-        model, details = run_stage(model, ("prune", 0.4), train, val, labels.names,
+        model, details = run_stage(model, ("prune", 0.4), short_train, val, labels.names,
                                    dataclasses.replace(base_config, lr=1e-4), prune_epochs=1)
         return model
     combined = quantize_model(cached("student_pruned", student_pruned), "dynamic_int8")
@@ -184,9 +196,10 @@ def main():
             for k, v in sorted(results.items(), key=lambda item: item[0] != "full fine-tune")
             if k != "setup" and "b1_p50_ms" in v}
     write_report(rows, "full fine-tune", out, title="SST-2 compression from all-MiniLM-L6-v2",
-                 notes=[f"{len(train)} training / {len(val)} early-stopping examples sampled from train.tsv; "
+                 notes=[f"{len(train)} training / {len(val)} early-stopping examples from train.tsv "
+                        f"({len(short_train)} for distillation and after pruning); "
                         f"accuracy on {len(dev)} examples sampled from dev.tsv",
-                        f"{args.threads} thread(s), 2-core CPU shared and busy; latency medians over "
+                        f"{args.threads} thread(s); latency medians over "
                         f"{args.repeats} single texts (batch 1)"])
     print((out / "report.md").read_text())
 

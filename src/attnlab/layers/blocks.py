@@ -39,13 +39,14 @@ class TransformerBlock(nn.Module):
         return norm(x + self.dropout(sublayer(x)))
 
     def forward(self, x, mask=None, causal=False, bias=None, rotary=None, position_ids=None, cache=None,
-                layer_idx=0, memory=None, memory_mask=None, cross_bias=None, **attn_kwargs):
-        """x (B, T, C); memory (B, S, C) is the encoder output for cross-attention; attn_kwargs
-        go to a custom self-attention module (e.g. key_mask, global_mask)."""
+                layer_idx=0, memory=None, memory_mask=None, **attn_kwargs):
+        """x (B, T, C); memory (B, S, C) is the encoder output for cross-attention (or (B / G, S, C)
+        when G consecutive rows share one source, as beams do); attn_kwargs go to a custom
+        self-attention module (e.g. key_mask, global_mask)."""
         x = self._residual(x, self.norm_self, lambda h: self.self_attn(
             h, mask=mask, bias=bias, causal=causal, rotary=rotary, position_ids=position_ids,
             cache=cache, layer_idx=layer_idx, **attn_kwargs))
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(
-                h, kv_input=memory, mask=memory_mask, bias=cross_bias, cache=cache, layer_idx=layer_idx))
+                h, kv_input=memory, mask=memory_mask, cache=cache, layer_idx=layer_idx))
         return self._residual(x, self.norm_ffn, self.ffn)

@@ -13,15 +13,6 @@ from attnlab.errors import UserError
 from attnlab.models import GPT, GPTConfig
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster without a thread pool to sync."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def tiny_gpt(seed=0, **overrides):
     torch.manual_seed(seed)
     config = dict(vocab_size=50, block_size=16, n_layer=4, n_head=4, d_model=32)

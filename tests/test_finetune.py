@@ -30,15 +30,6 @@ def base(tmp_path_factory):
     return path
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run far faster without a thread pool to sync."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def write_tsv(path, n=40):
     rows = ["sentence\tlabel"] + [f"{(GOOD if i % 2 else BAD)[i % 5]} {i}\t{'pos' if i % 2 else 'neg'}"
                                    for i in range(n)]

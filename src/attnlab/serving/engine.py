@@ -7,7 +7,7 @@ Every row keeps its own sampling settings, random generator and stopping rule.
 
 Rows are right-aligned in one cache: row i's tokens fill the last n_i of the L columns and the
 columns before them are padding hidden by the attention mask. Positions count each row's own
-tokens (`GPT.position_ids` from the mask), so a row sees exactly what it would see alone and
+tokens (`layers.positions_from_mask`, which GPT applies), so a row sees exactly what it would see alone and
 greedy decoding gives the same tokens batched or not.
 """
 

@@ -1,18 +1,17 @@
 """Data-parallel training: two gloo processes on CPU end where one process with the same
 global batch ends, and a run killed with SIGKILL resumes to the uninterrupted result.
 
-The ranks are forked from the test process and run the real `attnlab train` command with the
-environment torchrun would give them; a slow test runs it under torchrun itself.
+Each rank is a fresh `python -m attnlab.cli train` process with the environment torchrun would
+give it; a slow test runs it under torchrun itself.
 """
 
 import json
-import multiprocessing
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from attnlab.cli import main
 from attnlab.data.corpus import LMBlocks
 from attnlab.training.distributed import RankBatches
 
@@ -54,33 +52,43 @@ def train_args(corpus, out, batch_size, steps, *extra, eval_interval=3):
 EQUIVALENCE = ("train.lr=0.001",)
 
 
-def _rank_main(rank, world, port, argv):
-    """A forked rank: the environment torchrun sets, then the command line."""
-    torch.set_num_threads(1)
-    if world > 1:
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
-    sys.stdout = sys.stderr = open(os.devnull, "w")
-    os._exit(main(argv))
+def cli_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 
 
 def launch(world, argv):
-    ctx, port = multiprocessing.get_context("fork"), free_port()
-    procs = [ctx.Process(target=_rank_main, args=(rank, world, port, argv), daemon=True) for rank in range(world)]
-    for p in procs:
-        p.start()
+    """One fresh interpreter per rank with the environment torchrun gives it (never a fork of
+    this test process, whose threads and locks a child would inherit)."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = cli_env()
+        if world > 1:
+            env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))
+        log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a rank never blocks on a full buffer
+        procs.append(subprocess.Popen([sys.executable, "-m", "attnlab.cli", *argv], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=log))
+        procs[-1].log = log
     return procs
+
+
+def stderr_of(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def run(world, argv, timeout=300):
     procs = launch(world, argv)
+    deadline = time.monotonic() + timeout
     for p in procs:
-        p.join(timeout)
-    codes = [p.exitcode for p in procs]
-    for p in procs:
-        if p.is_alive():  # a hung rank fails the test instead of holding pytest open
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:  # a hung rank fails the test instead of holding pytest open
             p.kill()
-    assert codes == [0] * world
+            p.wait()
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * world, "\n".join(f"rank {rank}: {stderr_of(p)[-2000:]}" for rank, p in enumerate(procs))
 
 
 def weights(run_dir):
@@ -126,11 +134,11 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(corpus, tmp
     log = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (log.exists() and any(json.loads(l)["step"] >= kill_at for l in log.read_text().splitlines())):
-        assert time.monotonic() < deadline and all(p.is_alive() for p in procs)
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.01)
     for p in procs:
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
+        p.kill()  # SIGKILL
+        p.wait()
     saved = torch.load(tmp_path / "killed" / "last" / "trainer.pt", weights_only=True)["step"]
     assert saved < steps, f"killed at step {kill_at}, but the run had already finished"
     run(2, train_args(corpus, tmp_path / "killed", 4, steps, option) + ["--resume"])
@@ -139,7 +147,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(corpus, tmp
 
 @pytest.mark.slow
 def test_torchrun_launch_matches_one_process(corpus, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    env = cli_env()
     cli = [sys.executable, "-m", "attnlab.cli"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "attnlab.cli"]

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from attnlab.inference.embeddings import mean_pool
 from attnlab.interop import load_minilm, minilm_path
+from attnlab.layers import mean_pool
 from common import interleaved_medians, machine, rate
 
 BATCH, SEQ = 32, 128

@@ -64,6 +64,9 @@ def main():
     parser.add_argument("--out", default="runs/bench_sst2")
     parser.add_argument("--lora-only", action="store_true", help="train and score only LoRA (run beside the rest)")
     parser.add_argument("--lora-targets", default="q,v", choices=sorted(LORA_VARIANTS))
+    parser.add_argument("--lora-pooling", default="cls", choices=("cls", "mean"), help="what LoRA's classifier reads")
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-epochs", type=int, help="default: --epochs")
     parser.add_argument("--latency-only", action="store_true",
                         help="reuse the trained models and accuracies in --out; measure latency again, interleaved")
     args = parser.parse_args()
@@ -121,16 +124,19 @@ def main():
 
     # LoRA + classifier and pooler: trained last, or beside the rest with --lora-only
     def lora_stage(targets, train_if_missing=True):
-        rank = LORA_VARIANTS[targets]
-        name, path = f"LoRA r={rank} ({targets})", "lora" + ("" if targets == "q,v" else "_" + targets.replace(",", ""))
+        rank, pooling = LORA_VARIANTS[targets], args.lora_pooling
+        epochs, lr = args.lora_epochs or args.epochs, args.lora_lr
+        name = f"LoRA r={rank} ({targets}{', mean pooling' if pooling == 'mean' else ''})"
+        path = "lora" + ("" if targets == "q,v" else "_" + targets.replace(",", "")) + (
+            "" if pooling == "cls" else "_mean")
 
         def lora():
-            model = inject_lora(with_classifier(copy.deepcopy(encoder), 2), rank=rank, alpha=2 * rank,
+            model = inject_lora(with_classifier(copy.deepcopy(encoder), 2, pooling), rank=rank, alpha=2 * rank,
                                 targets=targets, train_also=("classifier", "pooler"))
             trainable = model.num_parameters(trainable_only=True)
-            result = fit(model, train, val, labels.names, dataclasses.replace(base_config, lr=1e-3))
-            record(name, train_seconds=result["seconds"], steps=result["steps"], trainable=trainable,
-                   trainable_fraction=trainable / model.num_parameters())
+            result = fit(model, train, val, labels.names, dataclasses.replace(base_config, lr=lr, epochs=epochs))
+            record(name, train_seconds=result["seconds"], steps=result["steps"], lr=lr, epochs=epochs,
+                   trainable=trainable, trainable_fraction=trainable / model.num_parameters())
             return model
 
         if train_if_missing or (out / path / "config.json").exists():

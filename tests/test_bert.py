@@ -85,6 +85,7 @@ def test_roberta_positions_skip_padding():
     (dict(head="ranking"), "head"),
     (dict(pad_token_id=99), "outside the vocabulary"),
     (dict(type_vocab_size=-1), "type_vocab_size"),
+    (dict(pooling="max"), "pooling"),
 ])
 def test_bad_config(fields, message):
     with pytest.raises(UserError, match=message):
@@ -108,3 +109,30 @@ def test_with_head_keeps_the_encoder():
         assert out.logits.shape == shape and model.config.head == head
         assert (model.pooler is not None) == (head == "sequence")
     assert base.config.head == "none"  # the source is left as it was
+
+
+def test_mean_pooling_reads_only_real_tokens():
+    """pooling="mean": the classifier sees the pooler over the mean of each row's real tokens, so
+    extra padding changes nothing; pooling="cls" on the same weights reads position 0."""
+    model = tiny(head="sequence", pooling="mean")
+    ids = torch.randint(1, 50, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask)
+        hidden = out.hidden_states
+        means = torch.stack([hidden[0, :4].mean(0), hidden[1].mean(0)])
+        assert torch.allclose(out.logits, model.classifier(torch.tanh(model.pooler(means))), atol=1e-6)
+        padded = model(F.pad(ids, (0, 3)), attention_mask=F.pad(mask, (0, 3))).logits
+        assert (padded - out.logits).abs().max() <= 1e-5
+        cls = model.with_head("sequence", n_labels=2, pooling="cls")
+        cls.load_state_dict(model.state_dict())
+        expected = cls.classifier(torch.tanh(cls.pooler(hidden[:, 0])))
+        assert torch.allclose(cls(ids, attention_mask=mask).logits, expected, atol=1e-6)
+
+
+def test_mean_pooled_classifier_does_not_export_to_hugging_face(tmp_path):
+    from attnlab.interop import export_hf
+    with pytest.raises(UserError, match="pooling='mean' has no Hugging Face equivalent"):
+        export_hf(tiny(head="sequence", pooling="mean"), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

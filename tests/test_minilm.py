@@ -7,8 +7,9 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-from attnlab.inference.embeddings import SentenceEncoder, mean_pool  # noqa: E402
+from attnlab.inference.embeddings import SentenceEncoder  # noqa: E402
 from attnlab.interop import load_minilm, minilm_path  # noqa: E402
+from attnlab.layers import mean_pool  # noqa: E402
 
 SENTENCES = [
     "A man is playing a guitar on stage.",

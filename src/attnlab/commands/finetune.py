@@ -29,6 +29,9 @@ def register(sub):
     p.add_argument("--train", required=True, help="training file with a text and a label column")
     p.add_argument("--val", help="validation file (default: a stratified 10%% of --train)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--pooling", choices=("cls", "mean"),
+                   help="what the classifier reads: the [CLS] state or the mean of the tokens, which suits "
+                        "sentence-embedding bases such as all-MiniLM-L6-v2 (default: the base's own, else cls)")
     _data_options(p)
     _train_options(p)
     p.add_argument("--lora-rank", type=int, help="train LoRA adapters of this rank (and the head) instead of all weights")
@@ -127,7 +130,7 @@ def finetune(args):
     config = _finetune_config(args)
     encoder, tokenizer = load_base(args.base)
     label_set, train, val = _task_data(args, tokenizer)
-    model = with_classifier(encoder, len(label_set.names))
+    model = with_classifier(encoder, len(label_set.names), args.pooling)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets,
                     train_also=("classifier", "pooler"))

@@ -4,11 +4,7 @@ L2-normalised (the sentence-transformers recipe that all-MiniLM-L6-v2 was traine
 import torch
 import torch.nn.functional as F
 
-
-def mean_pool(hidden, attention_mask):
-    """hidden (B, T, C), attention_mask (B, T) of 1 real / 0 padding -> (B, C)."""
-    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+from ..layers import mean_pool
 
 
 class SentenceEncoder:

@@ -170,6 +170,9 @@ def _encoder_config_from_hf(model_type: str):
 
 def _encoder_config_to_hf(model_type: str):
     def convert(c: BertConfig) -> dict:
+        if c.pooling != "cls":
+            raise UserError(f"pooling={c.pooling!r} has no Hugging Face equivalent (its heads read [CLS]); "
+                            "only pooling='cls' encoders export")
         common = {"model_type": model_type, "vocab_size": c.vocab_size, "max_position_embeddings": c.max_positions,
                   "pad_token_id": c.pad_token_id, "tie_word_embeddings": c.tie_weights, **_label_fields(c.n_labels)}
         if model_type == "distilbert":

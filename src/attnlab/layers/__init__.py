@@ -5,7 +5,7 @@ from .blocks import TransformerBlock
 from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward, activation_of
 from .kv_cache import KVCache
 from .lsh_attention import LocalSelfAttention, LSHSelfAttention, lsh_attention
-from .masks import causal_mask, combine_masks, padding_mask, positions_from_mask, to_additive
+from .masks import causal_mask, combine_masks, mean_pool, padding_mask, positions_from_mask, to_additive
 from .norms import NORMS, RMSNorm, make_norm
 from .output import VocabProjection
 from .positions import (AxialPositions, LearnedPositions, RelativePositionBias, RotaryEmbedding, SinusoidalPositions,
@@ -16,7 +16,7 @@ __all__ = [
     "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
     "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
     "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock",
-    "VocabProjection", "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "padding_mask",
+    "VocabProjection", "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "mean_pool", "padding_mask",
     "positions_from_mask", "relative_position_bucket", "scaled_dot_product_attention", "sinusoidal_table",
     "to_additive",
 ]

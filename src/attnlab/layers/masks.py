@@ -25,6 +25,13 @@ def positions_from_mask(attention_mask: torch.Tensor, t: int) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, C), attention_mask (B, T) of 1 real / 0 padding -> (B, C): the mean of each
+    row's real token states."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
 def combine_masks(*masks):
     """AND of boolean masks that broadcast together; None entries are skipped."""
     result = None

@@ -2,7 +2,7 @@
 
     embeddings = LayerNorm(token + position [+ token type])     learned absolute positions
     blocks     = post-LN TransformerBlock x n_layer               bidirectional, padding masked
-    pooler     = activation(Linear(hidden[:, 0]))                 optional ([CLS] summary)
+    pooler     = activation(Linear(hidden[:, 0] or masked mean))  optional (sentence summary)
     head       = none | mlm | pretraining (mlm + nsp) | sequence | token | qa
 
 The families differ only in config fields:
@@ -20,13 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, activation_of, padding_mask
+from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, activation_of, mean_pool, padding_mask
 from ..layers.attention import BACKENDS
 from .base import PRESETS, Model, ModelOutput, register
 
 HEADS = ("none", "mlm", "pretraining", "sequence", "token", "qa")
 POSITION_STYLES = ("absolute", "roberta")
 POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
+POOLINGS = ("cls", "mean")  # what the pooler reads: the [CLS] state, or the mean of the real tokens
 
 
 @dataclasses.dataclass
@@ -47,6 +48,7 @@ class BertConfig(ModelConfig):
     position_style: str = "absolute"
     pooler: bool = True
     pooler_activation: str = "tanh"
+    pooling: str = "cls"  # "mean" suits sentence-embedding checkpoints such as all-MiniLM-L6-v2
     head: str = "none"
     n_labels: int = 2  # sequence / token classification; 1 = regression (MSE) for sequence
     tie_weights: bool = True  # MLM decoder shares the token embedding matrix
@@ -63,10 +65,11 @@ class BertConfig(ModelConfig):
         self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
         self.require_choice("position_style", POSITION_STYLES)
         self.require_choice("pooler_activation", tuple(POOLER_ACTIVATIONS))
+        self.require_choice("pooling", POOLINGS)
         self.require_choice("head", HEADS)
         self.require_choice("attn_backend", BACKENDS)
         if self.head in ("pretraining", "sequence") and not self.pooler:
-            raise self.invalid(f"head={self.head!r} reads the pooled [CLS] vector; set pooler=true")
+            raise self.invalid(f"head={self.head!r} reads the pooled vector; set pooler=true")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise self.invalid(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
 
@@ -189,9 +192,16 @@ class Bert(Model):
         assert not result.unexpected_keys, result.unexpected_keys
         return model
 
-    def pool(self, hidden):
-        """The [CLS] summary: activation(Linear(hidden[:, 0])) -> (B, C)."""
-        return POOLER_ACTIVATIONS[self.config.pooler_activation](self.pooler(hidden[:, 0]))
+    def pool(self, hidden, attention_mask=None):
+        """The sentence summary activation(Linear(s)) -> (B, C), where s is the [CLS] state or,
+        with pooling="mean", the mean of the real tokens' states."""
+        if self.config.pooling == "cls":
+            summary = hidden[:, 0]
+        elif attention_mask is None:
+            summary = hidden.mean(1)
+        else:
+            summary = mean_pool(hidden, attention_mask)
+        return POOLER_ACTIVATIONS[self.config.pooler_activation](self.pooler(summary))
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, next_sentence_label=None,
                 start_positions=None, end_positions=None):
@@ -209,12 +219,12 @@ class Bert(Model):
             out.logits = self.mlm(hidden)
             losses = [_cross_entropy(out.logits, labels)]
             if head == "pretraining":
-                out.aux_logits = self.classifier(self.pool(hidden))
+                out.aux_logits = self.classifier(self.pool(hidden, attention_mask))
                 losses.append(_cross_entropy(out.aux_logits, next_sentence_label))
             losses = [loss for loss in losses if loss is not None]
             out.loss = sum(losses) if losses else None
         elif head == "sequence":
-            out.logits = self.classifier(self.drop(self.pool(hidden)))
+            out.logits = self.classifier(self.drop(self.pool(hidden, attention_mask)))
             if labels is not None and self.config.n_labels == 1:
                 out.loss = F.mse_loss(out.logits.squeeze(-1), labels.float())
             else:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
 from ..inference import Sampling
-from ..inference.embeddings import mean_pool
+from ..layers import mean_pool
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .metrics import Counter, Gauge, Histogram, Registry
 

@@ -44,13 +44,17 @@ class FinetuneConfig(Config):
         self.require_choice("metric", METRICS)
 
 
-def with_classifier(encoder, n_labels: int):
-    """A sequence-classification model carrying the encoder's weights and a fresh head."""
+def with_classifier(encoder, n_labels: int, pooling: str | None = None):
+    """A sequence-classification model carrying the encoder's weights and a fresh head that
+    reads the [CLS] state (pooling="cls") or the mean of the real tokens (pooling="mean");
+    None keeps the encoder's own setting. A classifier that already fits is returned as is."""
     if not hasattr(encoder, "with_head"):
         raise UserError(f"{encoder.config.family} models have no sequence-classification head; use an encoder (bert)")
-    if encoder.config.head == "sequence" and encoder.config.n_labels == n_labels:
+    c = encoder.config
+    pooling = pooling or c.pooling
+    if c.head == "sequence" and c.n_labels == n_labels and c.pooling == pooling:
         return encoder
-    return encoder.with_head("sequence", n_labels=n_labels)
+    return encoder.with_head("sequence", n_labels=n_labels, pooling=pooling)
 
 
 @torch.no_grad()

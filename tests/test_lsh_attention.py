@@ -7,7 +7,7 @@ import torch
 
 from attnlab.layers import LSHSelfAttention, lsh_attention
 from attnlab.layers.lsh_attention import (MASKED, SELF_MASKED, chunked_attention, full_shared_qk_attention,
-                                         hash_buckets)
+                                         hash_buckets, look_around, look_around_self_index, self_index)
 
 
 def dense_shared_qk(qk, v, causal):
@@ -29,7 +29,8 @@ def test_one_bucket_with_full_lookback_equals_full_attention(causal, n_hashes):
     qk, v = torch.randn(2, 3, 32, 8), torch.randn(2, 3, 32, 8)
     buckets = hash_buckets(qk, 1, n_hashes) + torch.arange(n_hashes).view(1, 1, -1, 1)
     # chunks of 8, looking back 3 chunks: every query sees every position exactly once
-    out = lsh_attention(qk, v, buckets, chunk_length=8, chunks_before=3, causal=causal)
+    out = lsh_attention(qk.transpose(1, 2), v.transpose(1, 2), buckets, chunk_length=8, chunks_before=3,
+                        causal=causal).transpose(1, 2)
     expected = dense_shared_qk(qk, v, causal)
     torch.testing.assert_close(out[:, :, 1:], expected[:, :, 1:], atol=1e-5, rtol=1e-5)
     # A causal first token sees only itself, scored -1e5; merging rounds by exp(lse - logsumexp(lse))
@@ -51,7 +52,7 @@ def test_sequence_within_one_chunk_is_full_attention(causal):
 def test_first_token_of_causal_attention_sees_only_itself():
     torch.manual_seed(2)
     qk, v = torch.randn(1, 2, 8, 4), torch.randn(1, 2, 8, 4)
-    out = full_shared_qk_attention(qk, v, causal=True)
+    out = full_shared_qk_attention(qk.transpose(1, 2), v.transpose(1, 2), causal=True).transpose(1, 2)
     torch.testing.assert_close(out[:, :, 0], v[:, :, 0])
     assert not torch.allclose(out[:, :, 1], v[:, :, 1])  # later tokens do not attend to themselves
 
@@ -91,21 +92,28 @@ def test_length_not_a_multiple_of_the_chunk_is_refused():
         layer(torch.randn(1, 12, 16))
 
 
-def reference_chunk_attention(q, k, v, hidden, is_self):
-    """The forward written as plain autograd ops."""
+def reference_chunk_attention(q, k, v, hidden, is_self, q_pos, t):
+    """The forward written as plain autograd ops: each slot's masked scores, one softmax over
+    all slots of the same position, the slots' outputs summed into their position."""
     scores = q @ k.transpose(-1, -2)
     scores = torch.where(hidden, torch.tensor(MASKED, dtype=scores.dtype), scores)
     scores = torch.where(is_self, torch.tensor(SELF_MASKED, dtype=scores.dtype), scores)
-    lse = scores.logsumexp(-1, keepdim=True)
-    return torch.exp(scores - lse) @ v, lse.squeeze(-1)
+    lse = scores.logsumexp(-1)  # (B, H, N, Lq)
+    slot_of = torch.nn.functional.one_hot(q_pos, t).bool().expand(*lse.shape, t)  # which position a slot fills
+    per_position = torch.where(slot_of, lse.unsqueeze(-1), -math.inf).logsumexp(dim=(2, 3))  # (B, H, t)
+    total = torch.einsum("bht,bhnlt->bhnl", per_position, slot_of.to(q.dtype))
+    out_slots = torch.exp(scores - total.unsqueeze(-1)) @ v
+    return torch.einsum("bhnld,bhnlt->bthd", out_slots, slot_of.to(q.dtype))  # (B, t, H, D)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_chunk_attention_backward_matches_autograd(causal):
-    """The hand-written backward (through the output and the logsumexp) against autograd."""
+    """The hand-written backward against autograd, with every position in two slots (two
+    rounds: positions 0..11 then a shuffle of them) and padded keys."""
     torch.manual_seed(5)
     q, k, v = (torch.randn(2, 3, 4, 6, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    q_pos = torch.arange(24).view(1, 1, 4, 6).expand(2, 3, 4, 6)
+    t = 12
+    q_pos = torch.cat([torch.arange(t), torch.randperm(t)]).view(1, 1, 4, 6).expand(2, 3, 4, 6)
     k_pos = torch.cat([q_pos, q_pos.roll(1, dims=2)], dim=3)  # a look-back layout (B, H, N, 2L)
     key_mask = torch.rand(2, 1, 4, 12) > 0.2
     hidden = ~key_mask.unsqueeze(-2)
@@ -116,11 +124,28 @@ def test_chunk_attention_backward_matches_autograd(causal):
     def wide(x):
         return torch.cat([x, x.roll(1, dims=2)], dim=3)
 
-    w_out, w_lse = torch.randn(2, 3, 4, 6, 5, dtype=torch.float64), torch.randn(2, 3, 4, 6, dtype=torch.float64)
+    weights = torch.randn(2, t, 3, 5, dtype=torch.float64)
     results = []
-    for attend in (lambda: chunked_attention(q, wide(k), wide(v), q_pos, k_pos, causal, key_mask),
-                   lambda: reference_chunk_attention(q, wide(k), wide(v), hidden, is_self)):
-        out, lse = attend()
-        results.append([out, lse, *torch.autograd.grad((out * w_out).sum() + (lse * w_lse).sum(), (q, k, v))])
+    self_at = self_index(q_pos, k_pos, (2, 3, 4))
+    for attend in (lambda: chunked_attention(q, wide(k), wide(v), q_pos, k_pos, t, causal, key_mask, self_at=self_at),
+                   lambda: reference_chunk_attention(q, wide(k), wide(v), hidden, is_self, q_pos, t)):
+        out = attend()
+        results.append([out, *torch.autograd.grad((out * weights).sum(), (q, k, v))])
     for ours, expected in zip(*results):
         torch.testing.assert_close(ours, expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("t,length,rounds,before,after", [(32, 8, 2, 1, 0), (32, 8, 3, 2, 1), (16, 8, 1, 2, 0),
+                                                          (16, 8, 2, 1, 1)])
+def test_look_around_self_index_finds_every_self_pair(t, length, rounds, before, after):
+    """The shortcut (own diagonal + chunks next to another round or wrapping onto themselves)
+    finds exactly the pairs a full comparison finds."""
+    torch.manual_seed(6)
+    buckets = torch.randint(0, 4, (2, 3, rounds, t)) + 4 * torch.arange(rounds).view(1, 1, -1, 1)
+    pos = (buckets.flatten(2) * (rounds * t) + torch.arange(rounds * t)).argsort(dim=-1) % t
+    q_pos = pos.view(2, 3, -1, length)
+    k_pos = look_around(q_pos, before, after)
+    fast = look_around_self_index(q_pos, k_pos, before, t // length)
+    full = self_index(q_pos, k_pos, q_pos.shape[:3])
+    assert sorted(set(fast.tolist())) == full.tolist()
+    assert len(full) > q_pos.numel()  # some neighbouring chunks do repeat a position

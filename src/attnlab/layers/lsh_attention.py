@@ -13,14 +13,14 @@ are left as they are. Masked scores take a large negative value rather than -inf
 with only its own position visible still has a finite softmax (as in the reference).
 
 Speed: keys and values are gathered row by row straight into each chunk's look-around
-layout, and the attention inside chunks has a hand-written backward that keeps only the
-probabilities (`_ChunkAttention`).
+layout; the attention inside chunks normalises each position over all its rounds at once and
+adds the rounds straight back into sequence order, with a hand-written backward that keeps
+only the probabilities (`_ChunkAttention`).
 """
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 MASKED = -1e9  # score for a key hidden by the causal or padding mask
@@ -35,7 +35,9 @@ def hash_buckets(vectors, n_buckets, n_hashes, generator=None):
     rotations = torch.randn((h, d, n_hashes, n_buckets // 2), generator=generator, device=vectors.device,
                             dtype=vectors.dtype)
     rotated = torch.einsum("bhtd,hdrk->bhrtk", vectors.detach(), rotations)  # (B, H, R, T, n_buckets/2)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    # argmax over [xR, -xR] without building it: the largest |xR|, in the second half if negative
+    top = rotated.abs().argmax(dim=-1, keepdim=True)
+    return (top + (rotated.gather(-1, top) < 0) * (n_buckets // 2)).squeeze(-1)
 
 
 def look_around(x, before, after):
@@ -44,12 +46,44 @@ def look_around(x, before, after):
     return torch.cat([torch.roll(x, shifts=-i, dims=2) for i in range(-before, after + 1)], dim=3)
 
 
-def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.0, mask_self=True):
-    """Attention inside chunks with the Reformer masks (the self mask only if `mask_self`).
+def self_index(q_pos, k_pos, batch_shape):
+    """Flat indices into scores (*batch_shape, Lq, Lk) where a query slot meets its own position."""
+    same = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2)
+    return same.expand(*batch_shape, *same.shape[-2:]).flatten().nonzero().squeeze(1)
 
-    q (..., Lq, D), k and v (..., Lk, D); q_pos (..., Lq) and k_pos (..., Lk) are the original
-    sequence positions (for the causal and self masks); key_mask (..., Lk) bool, True = real.
-    Returns (out (..., Lq, D), logsumexp of each query's scores (..., Lq)).
+
+def look_around_self_index(q_pos, k_pos, chunks_before, chunks_per_round):
+    """`self_index` for LSH's look-around chunks without comparing every pair. q_pos (B, H, N, L)
+    sorted slots, k_pos (B, H, N, S * L) their look-around keys. A slot meets itself on the
+    diagonal of its own chunk; a neighbouring chunk can repeat one of its positions only if it
+    belongs to another hashing round (a round holds each position once) or wraps around onto the
+    chunk itself, so only those chunks are compared."""
+    b, h, n, length = q_pos.shape
+    width = k_pos.size(-1)
+    slots = torch.arange(b * h * n * length, device=q_pos.device)
+    found = [slots * width + chunks_before * length + slots % length]
+    chunk = torch.arange(n, device=q_pos.device)
+    for s in range(width // length):
+        neighbour = (chunk + s - chunks_before) % n
+        suspects = ((neighbour == chunk) | (neighbour // chunks_per_round != chunk // chunks_per_round)).nonzero()[:, 0]
+        if s == chunks_before or not len(suspects):
+            continue
+        keys = k_pos[:, :, suspects, s * length:(s + 1) * length]  # (B, H, C, L)
+        bi, hi, ci, i, j = (q_pos[:, :, suspects].unsqueeze(-1) == keys.unsqueeze(-2)).nonzero(as_tuple=True)
+        found.append((((bi * h + hi) * n + suspects[ci]) * length + i) * width + s * length + j)
+    return torch.cat(found)
+
+
+def chunked_attention(q, k, v, q_pos, k_pos, t, causal, key_mask=None, dropout_p=0.0, self_at=None):
+    """Attention inside chunks with the Reformer masks, gathered back to sequence positions.
+
+    q (B, H, ..., Lq, D) query slots, k and v (B, H, ..., Lk, D) the keys each group of slots
+    sees; q_pos (..., Lq) and k_pos (..., Lk) are the slots' positions in [0, t) (for the causal
+    mask and the way back); key_mask (..., Lk) bool, True = real; self_at: `self_index` of the
+    scores to give the self score (None: no self mask). A position that fills several slots (one
+    per hashing round) gets one softmax over the keys of all its slots: the Reformer's merge of
+    rounds weighted by exp(logsumexp of each round's scores). -> (B, t, H, D), ready for the
+    output projection.
     """
     hidden = None  # (..., Lq, Lk) True where a key is hidden by the causal or padding mask
     if causal:
@@ -57,79 +91,92 @@ def chunked_attention(q, k, v, q_pos, k_pos, causal, key_mask=None, dropout_p=0.
     if key_mask is not None:
         padding = ~key_mask.unsqueeze(-2)
         hidden = padding if hidden is None else hidden | padding
-    is_self = q_pos.unsqueeze(-1) == k_pos.unsqueeze(-2) if mask_self else None
-    return _ChunkAttention.apply(q, k, v, hidden, is_self, dropout_p)
+    b, h, extra = q.size(0), q.size(1), q.dim() - 3  # extra: the dims between heads and Lq, plus Lq
+    batch = torch.arange(b, device=q.device).view(b, 1, *[1] * extra)
+    head = torch.arange(h, device=q.device).view(h, *[1] * extra)
+    rows = ((batch * t + q_pos) * h + head).flatten()  # each slot's row in the (B * t * H, D) output
+    return _ChunkAttention.apply(q, k, v, rows, t, hidden, self_at, dropout_p)
 
 
 class _ChunkAttention(torch.autograd.Function):
-    """softmax attention that also returns the logsumexp of the scores, with a hand-written
-    backward: it keeps only the probabilities and makes a few passes over the score-sized
-    tensors where autograd would make many (this is most of the layer's elementwise time)."""
+    """softmax attention of every slot over its keys, normalised over all slots of the same
+    position, summed into that position; a hand-written backward keeps only the probabilities
+    and makes a few passes over the score-sized tensors where autograd would make many (this is
+    most of the layer's elementwise time)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, hidden, is_self, dropout_p):
+    def forward(ctx, q, k, v, rows, t, hidden, self_at, dropout_p):
+        b, h, d = q.size(0), q.size(1), q.size(-1)  # out (B, t, H, D)
         scores = q @ k.transpose(-1, -2)  # (..., Lq, Lk)
         if hidden is not None:
             scores.masked_fill_(hidden, MASKED)
-        if is_self is not None:
-            scores.masked_fill_(is_self, SELF_MASKED)
-        # logsumexp as torch computes it, reusing its exponentials: P = exp(S - max) * exp(max - lse)
+        if self_at is not None:
+            scores.view(-1).index_fill_(0, self_at, SELF_MASKED)
+        # each slot's logsumexp as torch computes it, reusing its exponentials; then one
+        # normaliser per position over its slots: P = exp(S - top) * exp(top - total)
         top = scores.amax(dim=-1, keepdim=True)
         probs = scores.sub_(top).exp_()
         lse = probs.sum(dim=-1, keepdim=True).log_().add_(top)
-        probs.mul_(torch.exp(top - lse))
+        total = _logsumexp_by_row(lse.flatten(), rows, b * h * t)[rows].view_as(top)
+        probs.mul_(torch.exp(top - total))
         kept = None
         if dropout_p > 0:
             kept = torch.rand_like(probs) >= dropout_p
             dropped = probs * kept / (1 - dropout_p)
         else:
             dropped = probs
-        out = dropped @ v
-        ctx.save_for_backward(q, k, v, probs, kept, hidden, is_self, out)
+        out = q.new_zeros(b * t * h, d).index_add_(0, rows, (dropped @ v).view(-1, d)).view(b, t, h, d)
+        constant = top <= SELF_MASKED  # slots whose every key was replaced: their scores are constants
+        ctx.save_for_backward(q, k, v, probs, kept, rows, out, constant)
         ctx.dropout_p = dropout_p
-        return out, lse.squeeze(-1)
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, probs, kept, hidden, is_self, out = ctx.saved_tensors
+    def backward(ctx, grad_out):
+        q, k, v, probs, kept, rows, out, constant = ctx.saved_tensors
+        d = q.size(-1)
+        grad_slots = grad_out.reshape(-1, d).index_select(0, rows).view(*probs.shape[:-1], d)  # (..., Lq, D)
         dropped = probs if kept is None else probs * kept / (1 - ctx.dropout_p)
-        grad_v = dropped.transpose(-1, -2) @ grad_out
-        grad_probs = grad_out @ v.transpose(-1, -2)
+        grad_v = dropped.transpose(-1, -2) @ grad_slots
+        grad_probs = grad_slots @ v.transpose(-1, -2)
         if kept is not None:
             grad_probs = grad_probs * kept / (1 - ctx.dropout_p)
-        # d/dS of exp(S - logsumexp(S)) and of logsumexp(S): P * (dP - sum(dP * P) + dlse), where
-        # sum_j dP_ij P_ij = dO_i . O_i (a D-long dot product instead of an Lk-long one)
-        shift = (grad_out * out).sum(-1, keepdim=True) - grad_lse.unsqueeze(-1)
+        # d/dS of a softmax over all of a position's slots: P * (dP - sum(dP * P)), where the sum
+        # over the position's keys is dO . O (a D-long dot product per position)
+        shift = (grad_out * out).sum(-1).flatten()[rows].view(*probs.shape[:-1], 1)
         grad_scores = grad_probs.sub_(shift).mul_(probs)
-        for replaced in (hidden, is_self):  # replaced scores are constants
-            if replaced is not None:
-                grad_scores.masked_fill_(replaced, 0.0)
-        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None
+        # a replaced score is a constant; elsewhere its probability is exactly 0, and so its gradient
+        if constant.any():
+            grad_scores.masked_fill_(constant, 0.0)
+        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None, None, None
+
+
+def _logsumexp_by_row(values, rows, n_rows):
+    """logsumexp of `values` (S,) grouped by `rows` (S,) -> (n_rows,)."""
+    top = values.new_full((n_rows,), -math.inf).scatter_reduce_(0, rows, values, "amax")
+    sums = values.new_zeros(n_rows).index_add_(0, rows, torch.exp(values - top[rows]))
+    return top + sums.log()
 
 
 def normalize_keys(x, eps=1e-6):
     """Unit-RMS vectors divided by sqrt(D): the keys of shared-QK attention."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) / math.sqrt(x.size(-1))
+    return x * (torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) / math.sqrt(x.size(-1)))
 
 
 def lsh_attention(qk, v, buckets, chunk_length, chunks_before=1, chunks_after=0, causal=False, key_mask=None,
                   dropout_p=0.0):
-    """qk and v (B, H, T, D); buckets (B, H, R, T) already offset so that rounds never share a
-    bucket; key_mask (B, T) bool. T must be a multiple of chunk_length. -> (B, H, T, D)."""
-    b, h, t, d = qk.shape
+    """qk and v (B, T, H, D); buckets (B, H, R, T) already offset so that rounds never share a
+    bucket; key_mask (B, T) bool. T must be a multiple of chunk_length. -> (B, T, H, D)."""
+    b, t, h, d = qk.shape
     rounds = buckets.size(2)
     flat = buckets.flatten(2)  # (B, H, R*T)
     order = torch.arange(rounds * t, device=qk.device)
-    sorted_idx = (flat * (rounds * t) + order).argsort(dim=-1)  # by bucket, then by position
-    undo_idx = sorted_idx.argsort(dim=-1)
-    pos = sorted_idx % t  # (B, H, R*T) original position of each sorted slot
+    pos = (flat * (rounds * t) + order).argsort(dim=-1) % t  # (B, H, R*T) sorted by bucket, then position
 
-    def rows(index, length):  # (B, H, ...) indices into dim 2 of length `length` -> rows of (B*H*length, D)
-        index = index.reshape(b, h, -1)
-        return (torch.arange(b * h, device=index.device).view(b, h, 1) * length + index).flatten()
-
-    def gather(x, index, length):  # whole D-vectors at a time: much faster than an element gather
-        return x.reshape(-1, d).index_select(0, rows(index, length)).view(b, h, -1, d)
+    def gather(x, index):  # (B, T, H, D) at (B, H, ...) positions -> (B, H, ..., D), whole D-vectors (fast)
+        batch, head = torch.arange(b, device=x.device).view(b, 1, 1), torch.arange(h, device=x.device).view(1, h, 1)
+        rows = (batch * t + index.reshape(b, h, -1)) * h + head
+        return x.reshape(-1, d).index_select(0, rows.flatten()).view(b, h, -1, d)
 
     def chunks(x):
         return x.reshape(b, h, -1, chunk_length, *x.shape[3:])  # (B, H, N, L, ...)
@@ -137,27 +184,24 @@ def lsh_attention(qk, v, buckets, chunk_length, chunks_before=1, chunks_after=0,
     q_pos = chunks(pos)  # (B, H, N, L)
     k_pos = look_around(q_pos, chunks_before, chunks_after)  # (B, H, N, L * (before + 1 + after))
     # gather keys and values straight into their look-around layout (no sorted copy in between)
-    q_sorted = chunks(gather(qk, pos, t))  # (B, H, N, L, D)
-    k_sorted = gather(normalize_keys(qk), k_pos, t).view(*k_pos.shape, d)
-    v_sorted = gather(v, k_pos, t).view(*k_pos.shape, d)
+    q_sorted = chunks(gather(qk, pos))  # (B, H, N, L, D)
+    k_sorted = gather(normalize_keys(qk), k_pos).view(*k_pos.shape, d)
+    v_sorted = gather(v, k_pos).view(*k_pos.shape, d)
     chunk_mask = None
     if key_mask is not None:
         chunk_mask = key_mask[:, None, :].expand(b, h, t).gather(2, k_pos.flatten(2)).view(k_pos.shape)
-    out, lse = chunked_attention(q_sorted, k_sorted, v_sorted, q_pos, k_pos, causal, chunk_mask, dropout_p)
-    out = gather(out, undo_idx, rounds * t)  # back to (round, position) order
-    lse = lse.reshape(b, h, rounds * t).gather(2, undo_idx)
-    out, lse = out.view(b, h, rounds, t, d), lse.view(b, h, rounds, t, 1)
-    weights = torch.exp(lse - torch.logsumexp(lse, dim=2, keepdim=True))  # each round's share of the mass
-    return (out * weights).sum(dim=2)
+    self_at = look_around_self_index(q_pos, k_pos, chunks_before, t // chunk_length)
+    return chunked_attention(q_sorted, k_sorted, v_sorted, q_pos, k_pos, t, causal, chunk_mask, dropout_p, self_at)
 
 
 def full_shared_qk_attention(qk, v, causal=False, key_mask=None, dropout_p=0.0):
-    """Shared-QK attention over the whole sequence (what LSH attention does for T <= one chunk)."""
-    t = qk.size(2)
+    """Shared-QK attention over the whole sequence (what LSH attention does for T <= one chunk).
+    qk and v (B, T, H, D) -> (B, T, H, D)."""
+    b, t, h, _ = qk.shape
     pos = torch.arange(t, device=qk.device)
     mask = key_mask[:, None, :] if key_mask is not None else None
-    out, _ = chunked_attention(qk, normalize_keys(qk), v, pos, pos, causal, mask, dropout_p)
-    return out
+    q, k, v = (x.transpose(1, 2) for x in (qk, normalize_keys(qk), v))  # (B, H, T, D)
+    return chunked_attention(q, k, v, pos, pos, t, causal, mask, dropout_p, self_index(pos, pos, (b, h)))
 
 
 class LSHSelfAttention(nn.Module):
@@ -184,16 +228,11 @@ class LSHSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
-    def _heads(self, x):
-        b, t, _ = x.shape
-        return x.reshape(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-
     def forward(self, x, attention_mask=None):
         """x (B, T, C); attention_mask (B, T) 1 for real tokens, 0 for padding. T must be at
         most one chunk or a multiple of chunk_length."""
         b, t, _ = x.shape
-        both = F.linear(x, torch.cat([self.qk_proj.weight, self.v_proj.weight]))  # one matmul for the two
-        qk, v = (self._heads(part) for part in both.chunk(2, dim=-1))
+        qk, v = (proj(x).view(b, t, self.n_head, self.head_dim) for proj in (self.qk_proj, self.v_proj))  # (B, T, H, D)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         dropout_p = self.dropout if self.training else 0.0
         if t <= self.chunk_length:
@@ -201,12 +240,13 @@ class LSHSelfAttention(nn.Module):
         else:
             if t % self.chunk_length:
                 raise ValueError(f"sequence length {t} must be a multiple of chunk_length {self.chunk_length}")
-            out = lsh_attention(qk, v, self._buckets(qk, key_mask), self.chunk_length, self.chunks_before,
-                                self.chunks_after, self.causal, key_mask, dropout_p)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+            buckets = self._buckets(qk.transpose(1, 2), key_mask)
+            out = lsh_attention(qk, v, buckets, self.chunk_length, self.chunks_before, self.chunks_after, self.causal,
+                                key_mask, dropout_p)
+        return self.out_proj(out.reshape(b, t, self.n_head * self.head_dim))
 
     def _buckets(self, qk, key_mask):
-        """(B, H, R, T) bucket ids, offset per round; padding gets a bucket of its own."""
+        """qk (B, H, T, D) -> (B, H, R, T) bucket ids, offset per round; padding gets a bucket of its own."""
         generator = None
         if self.hash_seed is not None:
             generator = torch.Generator(device=qk.device).manual_seed(self.hash_seed)
@@ -259,7 +299,6 @@ class LocalSelfAttention(nn.Module):
         if key_mask is not None:
             key_mask = look_around(chunks(key_mask), before, after)
         dropout_p = self.dropout if self.training else 0.0
-        out, _ = chunked_attention(chunks(q), look_around(chunks(k), before, after),
-                                   look_around(chunks(v), before, after), q_pos, k_pos, self.causal, key_mask,
-                                   dropout_p, mask_self=False)
-        return self.out_proj(out.reshape(b, self.n_head, t, self.head_dim).transpose(1, 2).reshape(b, t, -1))
+        out = chunked_attention(chunks(q), look_around(chunks(k), before, after), look_around(chunks(v), before, after),
+                                q_pos, k_pos, t, self.causal, key_mask, dropout_p)  # (B, T, H, D)
+        return self.out_proj(out.reshape(b, t, -1))

@@ -16,7 +16,7 @@ __all__ = [
     "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
     "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
     "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock",
-    "VocabProjection", "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "mean_pool", "padding_mask",
-    "positions_from_mask", "relative_position_bucket", "scaled_dot_product_attention", "sinusoidal_table",
-    "to_additive",
+    "VocabProjection", "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "mean_pool",
+    "padding_mask", "positions_from_mask", "relative_position_bucket", "scaled_dot_product_attention",
+    "sinusoidal_table", "to_additive",
 ]

@@ -66,6 +66,7 @@ def main():
     parser.add_argument("--lora-targets", default="q,v", choices=sorted(LORA_VARIANTS))
     parser.add_argument("--lora-pooling", default="cls", choices=("cls", "mean"), help="what LoRA's classifier reads")
     parser.add_argument("--lora-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-biases", action="store_true", help="LoRA also trains every bias (BitFit)")
     parser.add_argument("--lora-epochs", type=int, help="default: --epochs")
     parser.add_argument("--latency-only", action="store_true",
                         help="reuse the trained models and accuracies in --out; measure latency again, interleaved")
@@ -126,13 +127,14 @@ def main():
     def lora_stage(targets, train_if_missing=True):
         rank, pooling = LORA_VARIANTS[targets], args.lora_pooling
         epochs, lr = args.lora_epochs or args.epochs, args.lora_lr
-        name = f"LoRA r={rank} ({targets}{', mean pooling' if pooling == 'mean' else ''})"
+        name = f"LoRA r={rank} ({targets}{', mean pooling' if pooling == 'mean' else ''}" \
+               f"{', biases' if args.lora_biases else ''})"
         path = "lora" + ("" if targets == "q,v" else "_" + targets.replace(",", "")) + (
-            "" if pooling == "cls" else "_mean")
+            "" if pooling == "cls" else "_mean") + ("_biases" if args.lora_biases else "")
 
         def lora():
             model = inject_lora(with_classifier(copy.deepcopy(encoder), 2, pooling), rank=rank, alpha=2 * rank,
-                                targets=targets, train_also=("classifier", "pooler"))
+                                targets=targets, train_also=("classifier", "pooler"), train_biases=args.lora_biases)
             trainable = model.num_parameters(trainable_only=True)
             result = fit(model, train, val, labels.names, dataclasses.replace(base_config, lr=lr, epochs=epochs))
             record(name, train_seconds=result["seconds"], steps=result["steps"], lr=lr, epochs=epochs,

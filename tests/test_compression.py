@@ -87,6 +87,24 @@ def test_lora_file_holds_only_adapters_and_reloads_onto_its_base(tmp_path):
     assert torch.allclose(logits(fresh), expected, atol=1e-6)
 
 
+def test_lora_with_biases_trains_saves_and_reloads_every_bias(tmp_path):
+    model = tiny_gpt(bias=True)
+    inject_lora(model, rank=2, targets="q,v", train_biases=True)
+    model.train()
+    model(**batch()).loss.backward()
+    biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert biases and with_grad == biases | {n for n, _ in model.named_parameters() if ".lora_" in n}
+    randomise_lora(model)
+    with torch.no_grad():
+        for name in biases:
+            model.get_parameter(name).add_(0.1)
+    expected = logits(model.eval())
+    save_lora(model, tmp_path / "adapter.safetensors")
+    fresh = load_lora(tiny_gpt(bias=True), tmp_path / "adapter.safetensors")
+    assert torch.allclose(logits(fresh), expected, atol=1e-6)
+
+
 def test_lora_file_for_another_base_is_refused(tmp_path):
     model = tiny_gpt()
     inject_lora(model, rank=4)

@@ -107,12 +107,14 @@ def test_finetune_with_lora_saves_the_adapter(tmp_path, base, capsys):
     data = write_tsv(tmp_path / "train.tsv", n=20)
     out = tmp_path / "lora"
     assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), "--epochs", "1",
-                 "--batch-size", "8", "--max-length", "16", "--lora-rank", "2", "--pooling", "mean"]) == 0
+                 "--batch-size", "8", "--max-length", "16", "--lora-rank", "2", "--pooling", "mean",
+                 "--lora-biases"]) == 0
     assert (out / "adapter.safetensors").is_file()
     json.loads(capsys.readouterr().out)
     model, _ = load_checkpoint(out)
     assert any("lora_a" in name for name, _ in model.named_parameters())
     assert model.config.pooling == "mean"
+    assert model.blocks[0].ffn.up.bias.requires_grad and not model.blocks[0].ffn.up.weight.requires_grad
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, base, capsys):

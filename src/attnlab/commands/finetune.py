@@ -38,6 +38,7 @@ def register(sub):
     p.add_argument("--lora-alpha", type=float, default=16.0)
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--lora-targets", default="q,v", help="comma list of q, k, v, o, ffn (default q,v)")
+    p.add_argument("--lora-biases", action="store_true", help="with LoRA, also train every bias vector (BitFit)")
     p.set_defaults(run=finetune)
 
     p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint")
@@ -133,7 +134,7 @@ def finetune(args):
     model = with_classifier(encoder, len(label_set.names), args.pooling)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets,
-                    train_also=("classifier", "pooler"))
+                    train_also=("classifier", "pooler"), train_biases=args.lora_biases)
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
     log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     log(f"{len(train)} training / {len(val)} validation examples, labels {label_set.names}; "

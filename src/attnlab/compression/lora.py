@@ -3,7 +3,8 @@
     y = x W^T + b + (alpha / r) * dropout(x) A^T B^T        A (r, in), B (out, r)
 
 B starts at zero, so a freshly injected model computes exactly what its base does. Only A and
-B (and any head named in `train_also`, e.g. a new classifier) are trained and saved. For
+B (and any head named in `train_also`, e.g. a new classifier, and with `train_biases` every
+bias vector, as in BitFit) are trained and saved. For
 deployment `merge` folds (alpha / r) B A into W, and `unmerge` takes it out again.
 
 `LoRALinear` subclasses `nn.Linear` and keeps the base `weight` and `bias` under their own
@@ -72,9 +73,12 @@ def lora_modules(model: nn.Module) -> dict:
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def inject_lora(model: nn.Module, rank=8, alpha=16.0, dropout=0.0, targets=("q", "v"), train_also=()):
+def inject_lora(model: nn.Module, rank=8, alpha=16.0, dropout=0.0, targets=("q", "v"), train_also=(),
+                train_biases=False):
     """Wrap the targeted projections in LoRA and freeze everything else except the parameters
-    whose names start with one of `train_also` (e.g. "classifier"). Returns the model."""
+    whose names start with one of `train_also` (e.g. "classifier") and, with `train_biases`,
+    every bias (linear and norm layers: a few thousand numbers that move the features at little
+    cost). Returns the model."""
     if not isinstance(rank, int) or rank <= 0:
         raise UserError(f"LoRA rank must be a positive integer, got {rank!r}")
     if lora_modules(model):
@@ -88,8 +92,12 @@ def inject_lora(model: nn.Module, rank=8, alpha=16.0, dropout=0.0, targets=("q",
     for _, parent, attribute, linear in found:
         setattr(parent, attribute, LoRALinear(linear, rank, alpha, dropout))
     _unfreeze(model, train_also)
+    if train_biases:
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.requires_grad_(True)
     model.lora_settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets),
-                           "train_also": list(train_also)}
+                           "train_also": list(train_also), "train_biases": train_biases}
     return model
 
 
@@ -199,7 +207,7 @@ def load_lora(model: nn.Module, path, check_base=True):
         raise UserError(f"LoRA file {path} was trained on a base with different weights; load it onto the "
                         "checkpoint it was trained from")
     inject_lora(model, settings["rank"], settings["alpha"], settings["dropout"], settings["targets"],
-                settings["train_also"])
+                settings["train_also"], settings.get("train_biases", False))
     expected = adapter_weights(model)
     if set(expected) != set(tensors) or any(expected[k].shape != tensors[k].shape for k in expected):
         raise UserError(f"LoRA file {path} does not fit this model's adapters (tensor names or shapes differ)")

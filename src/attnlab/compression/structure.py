@@ -44,7 +44,8 @@ def apply_structure(model: nn.Module, spec: dict) -> nn.Module:
         prune_neurons(model.get_submodule(name), range(hidden))
     if "lora" in spec:
         lora = spec["lora"]
-        inject_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_also"])
+        inject_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"], lora["train_also"],
+                    lora.get("train_biases", False))
         for module in lora_modules(model).values():
             module.merged = lora["merged"]
     for name, options in spec.get("quantized", {}).items():

@@ -145,7 +145,8 @@ class _ChunkAttention(torch.autograd.Function):
         # over the position's keys is dO . O (a D-long dot product per position)
         shift = (grad_out * out).sum(-1).flatten()[rows].view(*probs.shape[:-1], 1)
         grad_scores = grad_probs.sub_(shift).mul_(probs)
-        # a replaced score is a constant; elsewhere its probability is exactly 0, and so its gradient
+        # replaced scores are constants: next to a real key their probability, and so their
+        # gradient, is exactly 0; a slot with no real key gets no gradient at all
         if constant.any():
             grad_scores.masked_fill_(constant, 0.0)
         return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None, None, None

@@ -8,8 +8,8 @@ structured pruning and a combined pipeline, measured side by side in one run.
 Trains on train.tsv (or a stratified sample of it), holds out --val-examples of it for early
 stopping, evaluates every model on the same dev.tsv examples, and measures CPU latency
 (p50/p95, batch 1 and 32) with the same inputs for every model. Distillation and the
-fine-tunes after pruning use --short-examples of the training set. Stages are cached in
---out, so a rerun resumes.
+fine-tunes after pruning use --short-examples of the training set (--distill-full: distillation
+uses all of it). Stages are cached in --out, so a rerun resumes.
 """
 
 import argparse
@@ -56,6 +56,8 @@ def main():
     parser.add_argument("--val-examples", type=int, default=400, help="of those, held out for early stopping")
     parser.add_argument("--short-examples", type=int, default=0,
                         help="training examples for distillation and the fine-tunes after pruning; 0: all")
+    parser.add_argument("--distill-full", action="store_true",
+                        help="distil the student on all training examples, not --short-examples (own cache and rows)")
     parser.add_argument("--eval-examples", type=int, default=872, help="sampled from dev.tsv; 0: all")
     parser.add_argument("--eval-every", type=int, default=40, help="steps between early-stopping evaluations")
     parser.add_argument("--epochs", type=int, default=1)
@@ -159,14 +161,17 @@ def main():
           linear_weight_bytes=linear_weight_bytes(teacher))
 
     # distilled 3-layer student (teacher layers 0, 2, 5)
+    distill_train, tag = (train, " (distilled on all)") if args.distill_full else (short_train, "")
+    cache_tag = "_all" if args.distill_full else ""
+
     def distilled():
         student = make_student(teacher, 3)
-        result = fit(student, short_train, val, labels.names, dataclasses.replace(base_config, lr=1e-4),
+        result = fit(student, distill_train, val, labels.names, dataclasses.replace(base_config, lr=1e-4),
                      loss_fn=Distiller(teacher, student, temperature=2.0, alpha=0.5))
-        record("distilled 3-layer", train_seconds=result["seconds"], steps=result["steps"])
+        record("distilled 3-layer" + tag, train_seconds=result["seconds"], steps=result["steps"])
         return student
-    student = cached("student", distilled)
-    score("distilled 3-layer", student)
+    student = cached("student" + cache_tag, distilled)
+    score("distilled 3-layer" + tag, student)
 
     # INT8: ours (dynamic, per-channel) vs torch.ao dynamic quantisation, same float model
     ours = quantize_model(copy.deepcopy(teacher), "dynamic_int8")
@@ -190,9 +195,9 @@ def main():
         model, details = run_stage(model, ("prune", 0.4), short_train, val, labels.names,
                                    dataclasses.replace(base_config, lr=1e-4), prune_epochs=1)
         return model
-    combined = quantize_model(cached("student_pruned", student_pruned), "dynamic_int8")
-    score("distill 3L -> prune 40% -> INT8", combined)
-    score("distill 3L -> INT8", quantize_model(copy.deepcopy(student), "dynamic_int8"))
+    combined = quantize_model(cached("student_pruned" + cache_tag, student_pruned), "dynamic_int8")
+    score("distill 3L -> prune 40% -> INT8" + tag, combined)
+    score("distill 3L -> INT8" + tag, quantize_model(copy.deepcopy(student), "dynamic_int8"))
 
     for targets in LORA_VARIANTS:
         lora_stage(targets, train_if_missing=targets == "q,v")

@@ -58,6 +58,8 @@ def main():
                         help="training examples for distillation and the fine-tunes after pruning; 0: all")
     parser.add_argument("--distill-full", action="store_true",
                         help="distil the student on all training examples, not --short-examples (own cache and rows)")
+    parser.add_argument("--pipeline-prune", type=float, default=0.4,
+                        help="fraction of the student's heads and FFN neurons the combined pipeline prunes")
     parser.add_argument("--eval-examples", type=int, default=872, help="sampled from dev.tsv; 0: all")
     parser.add_argument("--eval-every", type=int, default=40, help="steps between early-stopping evaluations")
     parser.add_argument("--epochs", type=int, default=1)
@@ -189,14 +191,17 @@ def main():
     pruned_model = cached("pruned", pruned)
     score("pruned 40%", pruned_model, block_params=block_parameters(pruned_model))
 
-    # combined: distilled student -> prune 40% -> INT8
+    # combined: distilled student -> prune -> INT8
+    fraction, percent = args.pipeline_prune, round(args.pipeline_prune * 100)
+    pipeline_tag = cache_tag + ("" if percent == 40 else f"_prune{percent}")
+
     def student_pruned():
         model = copy.deepcopy(student)
-        model, details = run_stage(model, ("prune", 0.4), short_train, val, labels.names,
+        model, details = run_stage(model, ("prune", fraction), short_train, val, labels.names,
                                    dataclasses.replace(base_config, lr=1e-4), prune_epochs=1)
         return model
-    combined = quantize_model(cached("student_pruned" + cache_tag, student_pruned), "dynamic_int8")
-    score("distill 3L -> prune 40% -> INT8" + tag, combined)
+    combined = quantize_model(cached("student_pruned" + pipeline_tag, student_pruned), "dynamic_int8")
+    score(f"distill 3L -> prune {percent}% -> INT8" + tag, combined)
     score("distill 3L -> INT8" + tag, quantize_model(copy.deepcopy(student), "dynamic_int8"))
 
     for targets in LORA_VARIANTS:

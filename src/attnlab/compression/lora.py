@@ -4,8 +4,8 @@
 
 B starts at zero, so a freshly injected model computes exactly what its base does. Only A and
 B (and any head named in `train_also`, e.g. a new classifier, and with `train_biases` every
-bias vector, as in BitFit) are trained and saved. For
-deployment `merge` folds (alpha / r) B A into W, and `unmerge` takes it out again.
+bias vector, as in BitFit) are trained and saved. For deployment `merge` folds (alpha / r) B A
+into W, and `unmerge` takes it out again.
 
 `LoRALinear` subclasses `nn.Linear` and keeps the base `weight` and `bias` under their own
 names, so a model with adapters still loads and saves its base weights under the usual keys.

@@ -91,11 +91,16 @@ def chunked_attention(q, k, v, q_pos, k_pos, t, causal, key_mask=None, dropout_p
     if key_mask is not None:
         padding = ~key_mask.unsqueeze(-2)
         hidden = padding if hidden is None else hidden | padding
-    b, h, extra = q.size(0), q.size(1), q.dim() - 3  # extra: the dims between heads and Lq, plus Lq
-    batch = torch.arange(b, device=q.device).view(b, 1, *[1] * extra)
-    head = torch.arange(h, device=q.device).view(h, *[1] * extra)
-    rows = ((batch * t + q_pos) * h + head).flatten()  # each slot's row in the (B * t * H, D) output
+    rows = sequence_rows(q_pos, q.size(0), q.size(1), t, q.dim() - 3).flatten()  # into the (B * t * H, D) output
     return _ChunkAttention.apply(q, k, v, rows, t, hidden, self_at, dropout_p)
+
+
+def sequence_rows(positions, b, h, t, trailing):
+    """Rows of a (B, t, H, D) tensor seen as (B * t * H, D): for positions that broadcast to
+    (B, H, *) with `trailing` dims after the heads -> (B, H, *) row indices."""
+    batch = torch.arange(b, device=positions.device).view(b, 1, *[1] * trailing)
+    head = torch.arange(h, device=positions.device).view(h, *[1] * trailing)
+    return (batch * t + positions) * h + head
 
 
 class _ChunkAttention(torch.autograd.Function):
@@ -175,9 +180,8 @@ def lsh_attention(qk, v, buckets, chunk_length, chunks_before=1, chunks_after=0,
     pos = (flat * (rounds * t) + order).argsort(dim=-1) % t  # (B, H, R*T) sorted by bucket, then position
 
     def gather(x, index):  # (B, T, H, D) at (B, H, ...) positions -> (B, H, ..., D), whole D-vectors (fast)
-        batch, head = torch.arange(b, device=x.device).view(b, 1, 1), torch.arange(h, device=x.device).view(1, h, 1)
-        rows = (batch * t + index.reshape(b, h, -1)) * h + head
-        return x.reshape(-1, d).index_select(0, rows.flatten()).view(b, h, -1, d)
+        rows = sequence_rows(index.reshape(b, h, -1), b, h, t, 1).flatten()
+        return x.reshape(-1, d).index_select(0, rows).view(b, h, -1, d)
 
     def chunks(x):
         return x.reshape(b, h, -1, chunk_length, *x.shape[3:])  # (B, H, N, L, ...)

@@ -6,7 +6,7 @@ import torch
 
 from attnlab.errors import UserError
 from attnlab.layers.positions import sinusoidal_table
-from attnlab.layers.relative_attention import RelativeMultiHeadAttention
+from attnlab.layers.relative_attention import RelativeMultiHeadAttention, blocked_relative_attention, rel_shift
 from attnlab.models import TransformerXL, TransformerXLConfig
 
 
@@ -42,6 +42,30 @@ def test_relative_attention_equals_direct_formula(memory_len, backend):
     x = torch.randn(2, 7, 16)
     memory = torch.randn(2, memory_len, 16) if memory_len else None
     torch.testing.assert_close(attn(x, memory), direct_relative_attention(attn, x, memory), atol=1e-5, rtol=1e-5)
+
+
+def shifted_relative_attention(q_content, q_position, k, v, r, scale):
+    """The explicit path: all T x K scores at once, the position term by the relative shift."""
+    t, k_len = q_content.size(2), k.size(2)
+    scores = (q_content @ k.transpose(-1, -2) + rel_shift(q_position @ r.transpose(-1, -2))) * scale
+    visible = torch.ones(t, k_len, dtype=torch.bool).tril(k_len - t)
+    return scores.masked_fill(~visible, float("-inf")).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("memory_len", [0, 6])
+@pytest.mark.parametrize("block", [3, 4, 16])  # blocks that do and do not divide T, and one block
+def test_blocked_relative_attention_equals_the_shifted_scores_with_gradients(memory_len, block):
+    torch.manual_seed(0)
+    b, h, t, d = 2, 3, 10, 4
+    k_len = memory_len + t
+    inputs = [torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+              for shape in [(b, h, t, d), (b, h, t, d), (b, h, k_len, d), (b, h, k_len, d), (h, k_len, d)]]
+    blocked = blocked_relative_attention(*inputs, 0.5, block)
+    shifted = shifted_relative_attention(*inputs, 0.5)
+    torch.testing.assert_close(blocked, shifted)
+    grad = torch.randn_like(blocked)
+    for got, want in zip(torch.autograd.grad(blocked, inputs, grad), torch.autograd.grad(shifted, inputs, grad)):
+        torch.testing.assert_close(got, want)
 
 
 def tiny_model(**overrides):

@@ -6,8 +6,14 @@ Queries come from the current segment x (B, T, C); keys and values from [memory;
     (q_i + u) . k_j            content term, u a learned global content bias
   + (q_i + v) . W_r R_d        position term, v a learned global position bias
 
-scaled by 1/sqrt(D). R is the sinusoidal encoding of the distance. The position term is
-computed once against all K distances (K-1 ... 0) and moved into place by a relative shift.
+scaled by 1/sqrt(D). R is the sinusoidal encoding of the distance.
+
+Two paths. With an explicit mask (padding), dropout, or the math backend, the position term
+is computed against all K distances and moved into place by a relative shift, and the scores
+go through `scaled_dot_product_attention`. Otherwise (plain causal over the memory and the
+segment) `blocked_relative_attention` runs query block by query block: each block's scores
+live only while the block is computed, nothing of size T x K is kept for the backward, and a
+block never computes the keys that lie in its future.
 """
 
 import torch
@@ -17,6 +23,8 @@ from torch import nn
 from .attention import scaled_dot_product_attention
 from .masks import causal_mask
 from .positions import sinusoidal_table
+
+QUERY_BLOCK = 128  # score tiles of (B, H, 128, <= K): a few MB at K = 1024, kept in cache
 
 
 def relative_sinusoids(k_len, dim, device=None):
@@ -31,6 +39,85 @@ def rel_shift(scores):
     b, h, t, k = scores.shape
     padded = F.pad(scores, (1, 0))  # (B, H, T, K+1): a zero column in front
     return padded.view(b, h, k + 1, t)[:, :, 1:].reshape(b, h, t, k)
+
+
+def blocked_relative_attention(q_content, q_position, k, v, r, scale, block=QUERY_BLOCK):
+    """Causal relative attention: query i (of T) sees keys j <= i + M, M = K - T.
+
+    q_content = q + u and q_position = q + v (B, H, T, D); k, v (B, H, K, D); r (H, K, D) the
+    projected encodings of the distances K-1, ..., 0 (row j holds distance K-1-j).
+    -> (B, H, T, D)."""
+    return _BlockedRelativeAttention.apply(q_content, q_position, k, v, r, scale, block)
+
+
+class _BlockedRelativeAttention(torch.autograd.Function):
+    """Flash-style: the forward keeps each query's log-sum-exp, the backward recomputes each
+    block's probabilities from it."""
+
+    @staticmethod
+    def forward(ctx, q_content, q_position, k, v, r, scale, block):
+        t = q_content.size(2)
+        r_padded = F.pad(r, (0, 0, 0, min(block, t) - 1))  # zero rows for the future's "distances"
+        out = q_content.new_empty(q_content.shape)
+        lse = q_content.new_empty(q_content.shape[:-1] + (1,))
+        for start, end in _blocks(t, block):
+            probs, lse[:, :, start:end], _ = _block_probs(q_content, q_position, k, r_padded, start, end, scale)
+            out[:, :, start:end] = probs @ v[:, :, :probs.size(-1)]
+        ctx.save_for_backward(q_content, q_position, k, v, r_padded, out, lse)
+        ctx.scale, ctx.block = scale, block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_content, q_position, k, v, r_padded, out, lse = ctx.saved_tensors
+        grad_qc, grad_qp = torch.empty_like(q_content), torch.empty_like(q_position)
+        grad_k, grad_v, grad_r = torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(r_padded)
+        delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1): sum_j p_ij dp_ij
+        for start, end in _blocks(q_content.size(2), ctx.block):
+            probs, _, (skewed, r_rows) = _block_probs(q_content, q_position, k, r_padded, start, end, ctx.scale,
+                                                      lse[:, :, start:end])
+            keys = probs.size(-1)
+            d_out = grad_out[:, :, start:end]
+            grad_v[:, :, :keys] += probs.transpose(-1, -2) @ d_out
+            d_scores = (d_out @ v[:, :, :keys].transpose(-1, -2)).sub_(delta[:, :, start:end]).mul_(probs)
+            d_scores.mul_(ctx.scale)  # (B, H, t, keys)
+            grad_qc[:, :, start:end] = d_scores @ k[:, :, :keys]
+            grad_k[:, :, :keys] += d_scores.transpose(-1, -2) @ q_content[:, :, start:end]
+            d_position = torch.zeros(skewed.shape, dtype=d_scores.dtype, device=d_scores.device)
+            _skew(d_position, keys).copy_(d_scores)
+            grad_qp[:, :, start:end] = d_position @ r_padded[:, r_rows]
+            grad_r[:, r_rows] += torch.einsum("bhiw,bhid->hwd", d_position, q_position[:, :, start:end])
+        return grad_qc, grad_qp, grad_k, grad_v, grad_r[:, :k.size(2)], None, None
+
+
+def _blocks(t, block):
+    return [(start, min(start + block, t)) for start in range(0, t, block)]
+
+
+def _block_probs(q_content, q_position, k, r_padded, start, end, scale, lse=None):
+    """Attention probabilities of queries start..end-1 over the keys they may see.
+
+    -> (probs (B, H, t, keys), lse (B, H, t, 1), (the unskewed position scores, their r rows))."""
+    t_all, k_all = q_content.size(2), k.size(2)
+    rows, keys = end - start, end + k_all - t_all  # keys beyond end + M are every row's future
+    scores = q_content[:, :, start:end] @ k[:, :, :keys].transpose(-1, -2)  # (B, H, t, keys)
+    # Position scores against the distances end-1+M down to -(rows-1): r rows T-end ... K+rows-2.
+    r_rows = slice(t_all - end, k_all + rows - 1)
+    position = q_position[:, :, start:end] @ r_padded[:, r_rows].transpose(-1, -2)  # (B, H, t, keys + t - 1)
+    scores.add_(_skew(position, keys)).mul_(scale)
+    future = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu(1)
+    scores[..., keys - rows:].masked_fill_(future, float("-inf"))
+    if lse is None:
+        lse = scores.logsumexp(-1, keepdim=True)
+    return scores.sub_(lse).exp_(), lse, (position, r_rows)
+
+
+def _skew(position, keys):
+    """View of (B, H, t, W) position scores, W = keys + t - 1, whose column c holds distance
+    (end-1+M) - c, as (B, H, t, keys) scores at key j: row i reads columns (t-1-i) + j."""
+    b, h, t, width = position.shape
+    return position.as_strided((b, h, t, keys), (h * t * width, t * width, width - 1, 1),
+                               position.storage_offset() + t - 1)
 
 
 class RelativeMultiHeadAttention(nn.Module):
@@ -66,10 +153,14 @@ class RelativeMultiHeadAttention(nn.Module):
         k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
         r = self.r_proj(pos_emb.to(x.dtype)).view(k_len, self.n_head, self.head_dim).transpose(0, 1)  # (H, K, D)
         scale = self.head_dim ** -0.5
-        position = rel_shift((q + self.position_bias[:, None]) @ r.transpose(-1, -2))  # (B, H, T, K)
-        if mask is None:
-            mask = causal_mask(t, k_len, device=x.device)
+        q_content, q_position = q + self.content_bias[:, None], q + self.position_bias[:, None]
         dropout_p = self.attn_dropout if self.training else 0.0
-        out, _ = scaled_dot_product_attention(q + self.content_bias[:, None], k, v, mask=mask, bias=position * scale,
-                                              dropout_p=dropout_p, scale=scale, backend=self.backend)
+        if mask is None and dropout_p == 0.0 and self.backend == "sdpa":
+            out = blocked_relative_attention(q_content, q_position, k, v, r, scale)
+        else:
+            position = rel_shift(q_position @ r.transpose(-1, -2))  # (B, H, T, K)
+            if mask is None:
+                mask = causal_mask(t, k_len, device=x.device)
+            out, _ = scaled_dot_product_attention(q_content, k, v, mask=mask, bias=position * scale,
+                                                  dropout_p=dropout_p, scale=scale, backend=self.backend)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))

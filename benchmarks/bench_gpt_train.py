@@ -1,9 +1,10 @@
 """Training speed: attnlab GPT vs Hugging Face GPT2LMHeadModel with the identical configuration
 (4 layers, 4 heads, d_model 128, block 64, batch 12, vocabulary 65, no dropout), same batches,
-one process. Reports tokens/s (median of interleaved rounds) and the ratio to HF, for the
-plain model and for what may help on this CPU: fused AdamW, torch.compile, bf16 autocast.
+one process. Reports tokens/s (median of interleaved rounds) and the ratio to HF eager, taken
+within each round (median and range over the rounds), for the plain model and for what may help
+on this CPU: fused AdamW (for HF too), torch.compile, bf16 autocast.
 
-    python benchmarks/bench_gpt_train.py [--rounds 5] [--steps 20] [--no-compile]
+    python benchmarks/bench_gpt_train.py [--rounds 5] [--steps 20] [--threads N] [--no-compile]
 """
 
 import argparse
@@ -14,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from attnlab.models import GPTConfig, build_model
 from attnlab.training import make_optimizer
-from common import interleaved_medians, machine, rate
+from common import interleaved_ratios, machine, rate
 
 VOCAB, BLOCK, BATCH = 65, 64, 12
 
@@ -59,9 +60,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     variants = {
         "hf eager": step_fn(hf_model(), hf_loss),
+        "hf fused AdamW": step_fn(hf_model(), hf_loss, fused=True),
         "attnlab eager": step_fn(attnlab_model(), ours_loss),
         "attnlab fused AdamW": step_fn(attnlab_model(), ours_loss, fused=True),
         "attnlab bf16 autocast": step_fn(attnlab_model(), ours_loss, bf16=True),
@@ -76,11 +81,11 @@ def main():
         for _ in range(3):
             step()  # warm-up (and compilation)
         runners[name] = lambda step=step: rate(step, tokens, args.steps)
-    medians = interleaved_medians(runners, args.rounds)
+    summary = interleaved_ratios(runners, "hf eager", args.rounds)
     print(f"machine: {machine()}")
-    print(f"{'variant':28s} {'tokens/s':>10s} {'vs HF':>7s}")
-    for name, value in medians.items():
-        print(f"{name:28s} {value:10.0f} {value / medians['hf eager']:6.2f}x")
+    print(f"{'variant':28s} {'tokens/s':>10s} {'vs HF eager (median of rounds, min-max)':>40s}")
+    for name, (value, ratio, low, high) in summary.items():
+        print(f"{name:28s} {value:10.0f} {ratio:13.2f}x ({low:.2f}-{high:.2f})")
 
 
 if __name__ == "__main__":

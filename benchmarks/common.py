@@ -29,6 +29,21 @@ def interleaved_medians(runners: dict, rounds: int = 5) -> dict:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
+def interleaved_ratios(runners: dict, baseline: str, rounds: int = 5) -> dict:
+    """Like interleaved_medians, but each runner is also divided by `baseline` within every round,
+    so that slow drifts of the machine cancel. -> {name: (median rate, median ratio, min ratio,
+    max ratio)}."""
+    rates = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            rates[name].append(run())
+    summary = {}
+    for name, values in rates.items():
+        ratios = [value / base for value, base in zip(values, rates[baseline])]
+        summary[name] = (statistics.median(values), statistics.median(ratios), min(ratios), max(ratios))
+    return summary
+
+
 def rate(fn, items: int, repeats: int = 1) -> float:
     """items per second of `repeats` calls of fn."""
     start = time.perf_counter()

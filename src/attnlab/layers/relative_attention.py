@@ -46,8 +46,10 @@ def blocked_relative_attention(q_content, q_position, k, v, r, scale, block=QUER
 
     q_content = q + u and q_position = q + v (B, H, T, D); k, v (B, H, K, D); r (H, K, D) the
     projected encodings of the distances K-1, ..., 0 (row j holds distance K-1-j).
-    -> (B, H, T, D)."""
-    return _BlockedRelativeAttention.apply(q_content, q_position, k, v, r, scale, block)
+    Products run in v's dtype (bf16 under autocast), the softmax in at least fp32. -> (B, H, T, D)."""
+    dtype = v.dtype
+    return _BlockedRelativeAttention.apply(q_content.to(dtype), q_position.to(dtype), k.to(dtype), v, r.to(dtype),
+                                           scale, block)
 
 
 class _BlockedRelativeAttention(torch.autograd.Function):
@@ -58,11 +60,11 @@ class _BlockedRelativeAttention(torch.autograd.Function):
     def forward(ctx, q_content, q_position, k, v, r, scale, block):
         t = q_content.size(2)
         r_padded = F.pad(r, (0, 0, 0, min(block, t) - 1))  # zero rows for the future's "distances"
-        out = q_content.new_empty(q_content.shape)
-        lse = q_content.new_empty(q_content.shape[:-1] + (1,))
+        out = torch.empty_like(q_content)
+        lse = q_content.new_empty(q_content.shape[:-1] + (1,), dtype=_softmax_dtype(v.dtype))
         for start, end in _blocks(t, block):
             probs, lse[:, :, start:end], _ = _block_probs(q_content, q_position, k, r_padded, start, end, scale)
-            out[:, :, start:end] = probs @ v[:, :, :probs.size(-1)]
+            out[:, :, start:end] = probs.to(v.dtype) @ v[:, :, :probs.size(-1)]
         ctx.save_for_backward(q_content, q_position, k, v, r_padded, out, lse)
         ctx.scale, ctx.block = scale, block
         return out
@@ -70,24 +72,25 @@ class _BlockedRelativeAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q_content, q_position, k, v, r_padded, out, lse = ctx.saved_tensors
+        dtype, wide = v.dtype, _softmax_dtype(v.dtype)
         grad_qc, grad_qp = torch.empty_like(q_content), torch.empty_like(q_position)
-        grad_k, grad_v, grad_r = torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(r_padded)
-        delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, T, 1): sum_j p_ij dp_ij
+        grad_k, grad_v, grad_r = (torch.zeros_like(x, dtype=wide) for x in (k, v, r_padded))
+        delta = (grad_out.to(wide) * out.to(wide)).sum(-1, keepdim=True)  # (B, H, T, 1): sum_j p_ij dp_ij
         for start, end in _blocks(q_content.size(2), ctx.block):
             probs, _, (skewed, r_rows) = _block_probs(q_content, q_position, k, r_padded, start, end, ctx.scale,
                                                       lse[:, :, start:end])
             keys = probs.size(-1)
-            d_out = grad_out[:, :, start:end]
-            grad_v[:, :, :keys] += probs.transpose(-1, -2) @ d_out
-            d_scores = (d_out @ v[:, :, :keys].transpose(-1, -2)).sub_(delta[:, :, start:end]).mul_(probs)
-            d_scores.mul_(ctx.scale)  # (B, H, t, keys)
+            d_out = grad_out[:, :, start:end].to(dtype)
+            grad_v[:, :, :keys] += probs.to(dtype).transpose(-1, -2) @ d_out
+            d_scores = (d_out @ v[:, :, :keys].transpose(-1, -2)).to(wide).sub_(delta[:, :, start:end]).mul_(probs)
+            d_scores = d_scores.mul_(ctx.scale).to(dtype)  # (B, H, t, keys)
             grad_qc[:, :, start:end] = d_scores @ k[:, :, :keys]
             grad_k[:, :, :keys] += d_scores.transpose(-1, -2) @ q_content[:, :, start:end]
-            d_position = torch.zeros(skewed.shape, dtype=d_scores.dtype, device=d_scores.device)
+            d_position = torch.zeros_like(skewed, dtype=dtype)
             _skew(d_position, keys).copy_(d_scores)
             grad_qp[:, :, start:end] = d_position @ r_padded[:, r_rows]
             grad_r[:, r_rows] += torch.einsum("bhiw,bhid->hwd", d_position, q_position[:, :, start:end])
-        return grad_qc, grad_qp, grad_k, grad_v, grad_r[:, :k.size(2)], None, None
+        return grad_qc, grad_qp, grad_k.to(dtype), grad_v.to(dtype), grad_r[:, :k.size(2)].to(dtype), None, None
 
 
 def _blocks(t, block):
@@ -95,21 +98,26 @@ def _blocks(t, block):
 
 
 def _block_probs(q_content, q_position, k, r_padded, start, end, scale, lse=None):
-    """Attention probabilities of queries start..end-1 over the keys they may see.
+    """Attention probabilities (in at least fp32) of queries start..end-1 over the keys they may see.
 
     -> (probs (B, H, t, keys), lse (B, H, t, 1), (the unskewed position scores, their r rows))."""
     t_all, k_all = q_content.size(2), k.size(2)
     rows, keys = end - start, end + k_all - t_all  # keys beyond end + M are every row's future
-    scores = q_content[:, :, start:end] @ k[:, :, :keys].transpose(-1, -2)  # (B, H, t, keys)
+    wide = _softmax_dtype(q_content.dtype)
+    scores = (q_content[:, :, start:end] @ k[:, :, :keys].transpose(-1, -2)).to(wide)  # (B, H, t, keys)
     # Position scores against the distances end-1+M down to -(rows-1): r rows T-end ... K+rows-2.
     r_rows = slice(t_all - end, k_all + rows - 1)
-    position = q_position[:, :, start:end] @ r_padded[:, r_rows].transpose(-1, -2)  # (B, H, t, keys + t - 1)
+    position = (q_position[:, :, start:end] @ r_padded[:, r_rows].transpose(-1, -2)).to(wide)  # (B, H, t, keys + t - 1)
     scores.add_(_skew(position, keys)).mul_(scale)
     future = torch.ones(rows, rows, dtype=torch.bool, device=scores.device).triu(1)
     scores[..., keys - rows:].masked_fill_(future, float("-inf"))
     if lse is None:
         lse = scores.logsumexp(-1, keepdim=True)
     return scores.sub_(lse).exp_(), lse, (position, r_rows)
+
+
+def _softmax_dtype(dtype):
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _skew(position, keys):

@@ -19,24 +19,25 @@ def machine() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def interleaved_medians(runners: dict, rounds: int = 5) -> dict:
+def interleaved_rates(runners: dict, rounds: int = 5) -> dict:
     """Call each runner once per round, in turn, so that machine noise hits all alike.
-    Each runner returns a rate (bigger is better); returns the median rate per name."""
+    Each runner returns a rate (bigger is better). -> {name: [rate of each round]}."""
     rates = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
             rates[name].append(run())
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
+
+
+def interleaved_medians(runners: dict, rounds: int = 5) -> dict:
+    """The median rate per name over interleaved rounds."""
+    return {name: statistics.median(values) for name, values in interleaved_rates(runners, rounds).items()}
 
 
 def interleaved_ratios(runners: dict, baseline: str, rounds: int = 5) -> dict:
-    """Like interleaved_medians, but each runner is also divided by `baseline` within every round,
-    so that slow drifts of the machine cancel. -> {name: (median rate, median ratio, min ratio,
-    max ratio)}."""
-    rates = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            rates[name].append(run())
+    """Each runner divided by `baseline` within every round, so that slow drifts of the machine
+    cancel. -> {name: (median rate, median ratio, min ratio, max ratio)}."""
+    rates = interleaved_rates(runners, rounds)
     summary = {}
     for name, values in rates.items():
         ratios = [value / base for value, base in zip(values, rates[baseline])]

@@ -63,7 +63,8 @@ class _BlockedRelativeAttention(torch.autograd.Function):
         out = torch.empty_like(q_content)
         lse = q_content.new_empty(q_content.shape[:-1] + (1,), dtype=_softmax_dtype(v.dtype))
         for start, end in _blocks(t, block):
-            probs, lse[:, :, start:end], _ = _block_probs(q_content, q_position, k, r_padded, start, end, scale)
+            probs, lse_block, _ = _block_probs(q_content, q_position, k, r_padded, start, end, scale)
+            lse[:, :, start:end] = lse_block
             out[:, :, start:end] = probs.to(v.dtype) @ v[:, :, :probs.size(-1)]
         ctx.save_for_backward(q_content, q_position, k, v, r_padded, out, lse)
         ctx.scale, ctx.block = scale, block

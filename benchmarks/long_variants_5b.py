@@ -14,7 +14,10 @@ layer (projections, the attention pattern, the output projection), batch 1, d_mo
                                 fresh random rotations every step (training), non-causal
   HF Reformer LSH               transformers' LSHSelfAttention (same settings) + output Linear
   Transformer-XL (segment 512)  attnlab RelativeMultiHeadAttention over segments of 512 with a
-                                memory of 512 (the previous segment, no gradient), causal
+                                memory of 512 (the previous segment, no gradient), causal; the
+                                first segment has no memory (the start of a text)
+  Transformer-XL (segment 512;  the same, but the first segment too has a memory of 512 carried
+    memory carried in)          in from the text before (a training step in the steady state)
 
 Time: median of --repeats forward + backward steps after a warm-up, one thread, each (variant,
 n) in a fresh subprocess. On a busy machine the load drifts between those subprocesses, so
@@ -29,6 +32,7 @@ import math
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -75,14 +79,20 @@ class HFReformerLSH(nn.Module):
 
 class TransformerXLAttention(nn.Module):
     """One relative attention layer run segment by segment, each segment attending to the
-    previous one as its memory (no gradient into the memory)."""
+    previous one as its memory (no gradient into the memory).
 
-    def __init__(self, n, segment=SEGMENT):
+    carried_in: the first segment also has a memory, the hidden states of the text before x, as
+    in training where each batch continues the previous one and inherits its memory (the
+    steady state); otherwise the first segment starts with none (the start of a text)."""
+
+    def __init__(self, n, segment=SEGMENT, carried_in=False):
         super().__init__()
         self.attn, self.segment = RelativeMultiHeadAttention(D_MODEL, N_HEAD), segment
+        generator = torch.Generator().manual_seed(1)
+        self.register_buffer("carried_in", torch.randn(1, segment, D_MODEL, generator=generator) if carried_in else None)
 
     def forward(self, x):
-        outputs, memory = [], None
+        outputs, memory = [], self.carried_in
         for part in x.split(self.segment, dim=1):
             outputs.append(self.attn(part, memory))
             memory = part.detach()[:, -self.segment:]
@@ -92,6 +102,7 @@ class TransformerXLAttention(nn.Module):
 VARIANTS_5B = {  # name -> (build(n), expected to scale linearly, Hugging Face counterpart of)
     "LSH (bucket 64 x 2 hashes)": (ours_lsh, True, None),
     "Transformer-XL (segment 512)": (TransformerXLAttention, True, None),
+    "Transformer-XL (segment 512; memory carried in)": (partial(TransformerXLAttention, carried_in=True), True, None),
     "HF Reformer LSH": (HFReformerLSH, True, "LSH (bucket 64 x 2 hashes)"),
 }
 

@@ -4,6 +4,8 @@ MarianMT is the paper's architecture: post-LN, sinusoidal positions (sines and c
 halves), embeddings scaled by sqrt(d_model), plus a fixed per-token logit bias.
 """
 
+import torch
+
 from ..errors import UserError
 from ..models.encoder_decoder import TransformerConfig
 from .keymap import KeyMap, Rule, affine, rename
@@ -32,9 +34,14 @@ def config_from_hf(hf: dict, head: str, keys) -> TransformerConfig:
 
 
 def config_to_hf(c: TransformerConfig) -> dict:
-    if c.position_layout != "halves" or c.prenorm or not c.output_bias:
-        raise UserError("only a Marian-style transformer (position_layout=halves, post-LN, output_bias) "
-                        "can be exported as marian")
+    """Without an output bias the export writes an all-zero final_logits_bias, which is the same model."""
+    if c.position_layout != "halves":
+        raise UserError(f"a transformer with position_layout={c.position_layout!r} cannot be exported as marian: "
+                        "Marian computes its own sinusoids with sines and cosines in halves. Train with "
+                        "model.position_layout=halves (and post-LN, model.prenorm=false) to export")
+    if c.prenorm:
+        raise UserError("a pre-LN transformer (prenorm=true) cannot be exported as marian, which is post-LN. "
+                        "Train with model.prenorm=false (and model.position_layout=halves) to export")
     act = {"silu": "swish", "gelu": "gelu", "relu": "relu", "gelu_tanh": "gelu_new"}.get(c.activation)
     if act is None:
         raise UserError(f"activation {c.activation!r} has no Marian equivalent")
@@ -72,6 +79,23 @@ def _row(ts):
     return (ts[0].reshape(1, -1),)
 
 
+def _logits_bias(c: TransformerConfig) -> Rule:
+    """final_logits_bias (1, V) <-> our logits_bias (V,); a model without one exports zeros,
+    and reads back only a zero bias."""
+    if c.output_bias:
+        return Rule(("logits_bias",), ("final_logits_bias",), _flat, _row)
+
+    def zeros(ts):  # nothing of ours -> (1, V)
+        return (torch.zeros(1, c.target_vocab),)
+
+    def only_zeros(ts):  # (1, V) -> nothing of ours
+        if ts[0].any():
+            raise UserError("final_logits_bias is not all zeros; this model needs output_bias=true to hold it")
+        return ()
+
+    return Rule((), ("final_logits_bias",), only_zeros, zeros)
+
+
 def keymap(c: TransformerConfig, prefix: str) -> KeyMap:
     """MarianMTModel keeps the network under `model.` and the output bias and head outside it.
     Its sinusoid tables are fixed, and shared or tied embeddings repeat one tensor."""
@@ -81,8 +105,7 @@ def keymap(c: TransformerConfig, prefix: str) -> KeyMap:
     else:
         rules = [rename("src_emb.weight", f"{prefix}encoder.embed_tokens.weight"),
                  rename("tgt_emb.weight", f"{prefix}decoder.embed_tokens.weight")]
-    rules += [Rule(("logits_bias",), ("final_logits_bias",), _flat, _row),
-              rename("lm_head.weight", "lm_head.weight", optional=c.tie_output)]
+    rules += [_logits_bias(c), rename("lm_head.weight", "lm_head.weight", optional=c.tie_output)]
     for i in range(c.n_encoder_layer):
         rules += _layer(f"encoder_blocks.{i}", f"{prefix}encoder.layers.{i}", cross=False)
     for i in range(c.n_decoder_layer):

@@ -3,7 +3,8 @@ a decoder of masked self-attention + cross-attention + FFN layers, each sub-laye
 `LayerNorm(x + Sublayer(x))` (post-LN; pre-LN as an option), sinusoidal positions, embeddings
 scaled by sqrt(d_model) and optionally shared between source, target and output, and
 label-smoothed cross entropy. MarianMT checkpoints are this model with `position_layout="halves"`,
-`activation="silu"` and `output_bias=True`.
+`activation="silu"` and `output_bias=True`; any post-LN model with `position_layout="halves"`
+exports as Marian (with a zero logit bias if it has none).
 """
 
 import dataclasses

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.errors import UserError
-from attnlab.evaluation import perplexity
+from attnlab.evaluation import perplexity, text_metrics
+from attnlab.evaluation.seq2seq import UnicodeWords
 from attnlab.models import GPTConfig, build_model
 from attnlab.tokenizers import CharTokenizer
 
@@ -56,3 +57,44 @@ def test_too_short_text_is_refused(model_and_tokenizer):
     model, tok = model_and_tokenizer
     with pytest.raises(UserError, match="at least two tokens"):
         perplexity(model, tok, "t")
+
+
+# -- ROUGE on any script ------------------------------------------------------------------------
+
+ROUGE = ("rouge1", "rouge2", "rougeL")
+
+
+def test_identical_cyrillic_texts_score_full_rouge():
+    text = "Кошка сидит на ковре, а собака спит."
+    scores = text_metrics([text], [text])
+    assert all(scores[name] == pytest.approx(100.0) for name in ROUGE)
+
+
+def test_partly_matching_cyrillic_texts_score_the_f1_counted_by_hand():
+    # hypothesis: кошка сидит на ковре (4 words); reference: кошка спит на ковре дома (5 words)
+    scores = text_metrics(["Кошка сидит на ковре."], ["кошка спит на ковре дома"])
+    f1 = lambda p, r: 2 * p * r / (p + r)  # noqa: E731
+    assert scores["rouge1"] == pytest.approx(100 * f1(3 / 4, 3 / 5))  # кошка, на, ковре: 2/3
+    assert scores["rouge2"] == pytest.approx(100 * f1(1 / 3, 1 / 4))  # "на ковре": 2/7
+    assert scores["rougeL"] == pytest.approx(100 * f1(3 / 4, 3 / 5))  # LCS кошка на ковре
+
+
+def test_unicode_words_keep_accents_and_combining_marks():
+    words = UnicodeWords()
+    assert words.tokenize("Über u\u0308ber Ελληνικά") == ["über", "über", "ελληνικά"]
+    assert words.tokenize("हिन्दी भाषा") == ["हिन्दी", "भाषा"]  # vowel signs and virama stay in the word
+
+
+@pytest.mark.parametrize("hypothesis, reference", [
+    ("The cat sat on the mat.", "the cat is sitting on the mat"),
+    ("Don't stop-believing: it's 3.14, not 2_718!", "don't stop believing; it is 3.14 and 2.718"),
+    ("A quick brown fox jumps over the lazy dog", "THE QUICK BROWN FOX JUMPED OVER A LAZY DOG!!"),
+    ("running runs ran", "the runner runs"),  # no stemming, as before
+])
+def test_english_scores_are_rouge_scores_default(hypothesis, reference):
+    from rouge_score import rouge_scorer
+
+    default = rouge_scorer.RougeScorer(list(ROUGE)).score(reference, hypothesis)
+    scores = text_metrics([hypothesis], [reference])
+    assert all(scores[name] == 100 * default[name].fmeasure for name in ROUGE)
+    assert 0 < scores["rouge1"] < 100

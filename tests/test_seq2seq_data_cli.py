@@ -4,13 +4,20 @@ get one clear error (exit code 2)."""
 import json
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from attnlab.cli import main
-from attnlab.data.seq2seq import Seq2SeqBatches, collate, read_pairs
+from attnlab.cli import build_parser, main
+from attnlab.commands import seq2seq as seq2seq_commands
+from attnlab.data.seq2seq import Seq2SeqBatches, collate, holdout, read_pairs
 from attnlab.errors import UserError
+from attnlab.inference import BeamSearch
+from attnlab.training.tasks import setup_task
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def write_pairs(path, n=40, seed=0):
@@ -31,6 +38,12 @@ def test_read_pairs_tsv_and_jsonl(tmp_path):
                                                                                  ("zwei", "two")]
 
 
+def test_a_utf8_byte_order_mark_is_not_data(tmp_path):
+    (tmp_path / "p.tsv").write_text("\ufeffein Haus\ta house\nzwei\ttwo\n", encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text('\ufeff{"source": "ein Haus", "target": "a house"}\n', encoding="utf-8")
+    assert read_pairs(tmp_path / "p.tsv")[0] == read_pairs(tmp_path / "p.jsonl")[0] == ("ein Haus", "a house")
+
+
 @pytest.mark.parametrize("name,content,message", [
     ("empty.tsv", "\n\n", "holds no pairs"),
     ("cols.tsv", "a\tb\nc\td\te\n", "line 2: expected 2 tab-separated columns"),
@@ -44,17 +57,62 @@ def test_bad_pairs_files_are_user_errors(tmp_path, name, content, message):
         read_pairs(tmp_path / name)
 
 
-def test_batches_are_padded_to_their_longest_pair_and_grouped_by_length():
+def test_batches_are_padded_to_their_longest_pair():
     pairs = [([5] * n + [1], [6] * (n % 4 + 1) + [1]) for n in range(1, 60)]
     batch = collate(pairs[:3])
     assert batch["input_ids"].tolist() == [[5, 1, 0, 0], [5, 5, 1, 0], [5, 5, 5, 1]]
     assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["labels"][0].tolist() == [6, 6, 1, -100, -100]
+
+
+def test_every_pair_is_drawn_equally_often_in_batches_of_similar_length():
+    pairs = [([5] * n + [1], [6] * (n % 4 + 1) + [1]) for n in range(1, 60)]  # source length n + 1 names the pair
     batches = Seq2SeqBatches({"train": pairs}, batch_size=8)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(20):
+    counts, wrapped = Counter(), 0
+    for _ in range(4000):
         lengths = batches.sample("train", generator)["attention_mask"].sum(1)
-        assert lengths.max() - lengths.min() <= 7  # neighbours in length, not a random mix of 1..59
+        assert len(lengths) == 8
+        wrapped += int(lengths.max() - lengths.min() > 7)  # only a window over the end mixes lengths
+        counts.update(lengths.tolist())
+    assert wrapped < 4000 * 2 * 7 / len(pairs)  # 7 of the 59 windows wrap
+    mean = sum(counts.values()) / len(pairs)  # about 480 draws each, standard deviation about 21
+    assert len(counts) == len(pairs)
+    # a uniform window start draws the first and last pairs 8 times less often than the middle ones
+    for n in (2, 3, 30, 59, 60):
+        assert abs(counts[n] - mean) < 0.2 * mean, (n, counts[n], mean)
+
+
+def test_a_split_smaller_than_a_batch_is_one_batch():
+    pairs = [([5] * n + [1], [6, 1]) for n in range(1, 4)]
+    batch = Seq2SeqBatches({"val": pairs}, batch_size=8).sample("val", torch.Generator().manual_seed(0))
+    assert sorted(batch["attention_mask"].sum(1).tolist()) == [2, 3, 4]
+
+
+def test_holdout_is_a_seeded_shuffle_not_the_tail():
+    items = list(range(100))
+    train, val = holdout(items, 0.1, seed=1)
+    assert len(val) == 10 and sorted(train + val) == items
+    assert val != items[-10:] and max(val) - min(val) > 20  # spread over the file, not its sorted tail
+    assert holdout(items, 0.1, seed=1) == (train, val)
+    assert holdout(items, 0.1, seed=2)[1] != val
+
+
+def test_validation_split_of_a_sorted_file_is_seeded_and_unbiased(tmp_path):
+    data = tmp_path / "sorted.tsv"  # pairs sorted by length: the old split held out the 4 longest
+    data.write_text("".join(f"{'7' * n}\t{'7' * n}\n" for n in range(1, 41)))
+
+    def val_lengths(seed):
+        run = {"task": "seq2seq", "data": {"train": str(data)}, "model": {"preset": "transformer-tiny"},
+               "train": {"seed": seed}}
+        _, _, batches = setup_task(run, tmp_path / "run", resume=False)
+        assert len(batches.splits["train"]) == 36
+        return sorted(len(source) - 1 for source, _ in batches.splits["val"])
+
+    lengths = val_lengths(1337)
+    assert len(lengths) == 4 and lengths != [37, 38, 39, 40]
+    assert val_lengths(1337) == lengths  # the same seed (as on --resume) gives the same split
+    assert val_lengths(7) != lengths
 
 
 TINY_TRANSFORMER = ["model.preset=transformer-tiny", "model.d_model=32", "model.ffn_hidden=64",
@@ -92,9 +150,11 @@ def test_train_generate_eval_on_the_command_line(tmp_path, capsys, model, overri
 
 def test_command_line_errors(tmp_path, capsys):
     long = tmp_path / "long.tsv"
-    long.write_text("1\t1\n" * 10 + "1" * 40 + "\t1\n")
+    long.write_text("1\t1\n\n" * 10 + "1" * 40 + "\t1\n")  # pair 11 on line 21
     code, _, _ = train(tmp_path, f"data.train={long}", "model.max_positions=16")
-    assert code == 2 and "pair 11: the source has 41 tokens (with </s>) but the model allows 16" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and f"{long} line 21: the source has 41 tokens (with </s>) but the model allows 16" in err
+    assert "(model.max_positions)" in err
     code, out, _ = train(tmp_path, steps=1)
     assert code == 0
     capsys.readouterr()
@@ -102,10 +162,65 @@ def test_command_line_errors(tmp_path, capsys):
     assert "longer than this model allows (128)" in capsys.readouterr().err
     assert main(["generate", str(out), "--prompt", "1", "--n-best", "2"]) == 2
     assert "--n-best needs beam search" in capsys.readouterr().err
+    for beams in ("0", "-3"):
+        assert main(["generate", str(out), "--prompt", "1", "--beams", beams]) == 2
+        assert f"--beams must be at least 1 (1: greedy or sampling, N > 1: beam search), got {beams}" in \
+            capsys.readouterr().err
+    assert main(["eval", str(out), "--data", str(long), "--beams", "0"]) == 2
+    assert "--beams must be at least 1" in capsys.readouterr().err
+    assert main(["generate", str(out), "--prompt", "1", "--n-best", "3", "--beams", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--n-best (3) cannot be more than --beams (2)" in err and "num_return" not in err
+    assert main(["generate", str(out), "--prompt", "1", "--early-stopping", "never"]) == 2
+    assert "--early-stopping is for beam search" in capsys.readouterr().err
+    too_long = tmp_path / "too_long.tsv"
+    too_long.write_text("12\t21\n\n" + "1" * 200 + "\t1\n")
+    assert main(["eval", str(out), "--data", str(too_long)]) == 2
+    assert f"{too_long} line 3: the source has 201 tokens (with </s>) but the model allows 128" in \
+        capsys.readouterr().err
     (tmp_path / "empty.tsv").write_text("")
     result = subprocess.run([sys.executable, "-m", "attnlab.cli", "eval", str(out), "--data", str(tmp_path / "empty.tsv")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "holds no pairs" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("side,line,field", [("source", "1" * 40 + "\t1", "max_source_len"),
+                                             ("target", "1\t" + "1" * 40, "max_target_len")])
+def test_t5_length_errors_name_t5_fields(tmp_path, capsys, side, line, field):
+    long = tmp_path / "long.tsv"
+    long.write_text("1\t1\n" + line + "\n")
+    code, _, _ = train(tmp_path, f"data.train={long}", f"model.{field}=16", model=TINY_T5)
+    err = capsys.readouterr().err
+    assert code == 2 and f"{long} line 2: the {side} has 41 tokens" in err
+    assert f"(model.{field})" in err and "max_positions" not in err
+
+
+@pytest.mark.parametrize("flag,expected", [(None, False), ("true", True), ("false", False), ("never", "never")])
+def test_early_stopping_flag_reaches_beam_search(flag, expected):
+    from attnlab.models import build_model, preset
+
+    argv = ["generate", "ckpt", "--beams", "3"] + (["--early-stopping", flag] if flag else [])
+    options = seq2seq_commands.decoding(build_parser().parse_args(argv), build_model(preset("transformer-tiny")))
+    assert isinstance(options, BeamSearch) and options.early_stopping is expected and options.num_beams == 3
+
+
+def test_example_config_trains_then_generates_and_evaluates(tmp_path, capsys):
+    data = write_pairs(tmp_path / "reverse.tsv", n=60)
+    out = tmp_path / "run"
+    code = main(["train", "--config", str(CONFIGS / "digits_reverse_seq2seq.yaml"), "--data", str(data),
+                 "--out", str(out), "train.max_steps=3", "train.eval_interval=3", "train.eval_batches=1",
+                 "train.progress=false"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["best_val_loss"] < 10
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["family"] == "transformer" and config["max_positions"] == 16
+    assert main(["generate", str(out), "--prompt", "123", "--prompt", "4056", "--beams", "2",
+                 "--max-new-tokens", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(set(line) <= set("0123456789") and len(line) <= 8 for line in lines)
+    assert main(["eval", str(out), "--data", str(data), "--beams", "2", "--early-stopping", "true"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["pairs"] == 60 and 0 <= metrics["bleu"] <= 100 and 0 <= metrics["exact_match"] <= 1
 
 
 def test_gpt_generate_is_unchanged_and_refuses_beams(tmp_path, capsys):

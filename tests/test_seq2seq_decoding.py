@@ -104,3 +104,26 @@ def test_bad_decoding_requests_are_user_errors():
         BeamSearch(num_beams=2, num_return=3)
     with pytest.raises(UserError, match="at least one token"):
         beam_search(model, [[]], BeamSearch())
+
+
+@pytest.mark.parametrize("name", ["transformer-tiny", "t5-tiny"])
+def test_cross_attention_keys_and_values_are_computed_once_per_source_in_beam_search(name):
+    torch.manual_seed(0)
+    model = build_model(preset(name)).eval()
+    calls = {"k": [], "v": [], "q": []}  # rows of each call, per projection
+    hooks = []
+    for block in model.decoder_blocks:
+        for key, module in (("k", block.cross_attn.k_proj), ("v", block.cross_attn.v_proj),
+                            ("q", block.cross_attn.q_proj)):
+            hooks.append(module.register_forward_hook(lambda _m, inputs, _o, key=key: calls[key].append(
+                inputs[0].size(0))))
+    sources, steps = [[5, 9, 13, 1], [30, 4, 1]], 6
+    try:
+        beam_search(model, sources, BeamSearch(num_beams=3, max_new_tokens=steps), stop_at_eos=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = model.n_decoder_layer
+    assert calls["q"] == [len(sources) * 3] * (layers * steps)  # the queries run every step, for every beam
+    # keys and values: once per layer over the whole search, on one row per source, not per beam
+    assert calls["k"] == calls["v"] == [len(sources)] * layers

@@ -22,7 +22,7 @@ def register(sub):
     p = sub.add_parser("train", help="train a model from a run config (YAML/JSON) with key=value overrides")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=3e-4 model.n_layer=2")
     p.add_argument("--config", help="YAML or JSON run config (sections: task, model, tokenizer, data, train)")
-    p.add_argument("--data", help="text file or folder (sets data.path)")
+    p.add_argument("--data", help="text file or folder (sets data.path); for task seq2seq the training pairs file")
     p.add_argument("--preset", help="model preset (sets model.preset)")
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -56,6 +56,9 @@ def _add_seq2seq_decoding(p):
     p.add_argument("--beams", type=int, default=1, help="seq2seq: beam size (default 1: greedy or sampling)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq beam search: score / length ** this")
     p.add_argument("--n-best", type=int, default=1, help="seq2seq beam search: outputs per source (JSON lines)")
+    p.add_argument("--early-stopping", choices=["true", "false", "never"],
+                   help="seq2seq beam search: stop at --beams finished hypotheses (true), when none can improve "
+                   "(false, the default), or only at --max-new-tokens (never)")
 
 
 def train(args):
@@ -110,8 +113,8 @@ def generate(args):
     path = resolve_checkpoint(args.checkpoint)
     if seq2seq.is_seq2seq_checkpoint(path):
         return seq2seq.generate(args, path)
-    if args.beams > 1 or args.n_best > 1:
-        raise UserError("--beams and --n-best are for encoder-decoder (seq2seq) checkpoints")
+    if args.beams != 1 or args.n_best != 1 or args.early_stopping is not None:
+        raise UserError("--beams, --n-best and --early-stopping are for encoder-decoder (seq2seq) checkpoints")
     args.temperature = 0.8 if args.temperature is None else args.temperature
     args.max_new_tokens = 200 if args.max_new_tokens is None else args.max_new_tokens
     model, tokenizer = load_causal_lm(path)

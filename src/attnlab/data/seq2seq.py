@@ -23,15 +23,21 @@ TARGET_TOKENIZER_FILE = "target_tokenizer.json"
 def read_pairs(path) -> list:
     """A .tsv (source<TAB>target per line) or .jsonl ({"source": ..., "target": ...} per line)
     file -> list of (source, target). Blank lines are skipped."""
+    return [(source, target) for _, source, target in read_numbered_pairs(path)]
+
+
+def read_numbered_pairs(path) -> list:
+    """As read_pairs, with each pair's line number in the file: [(line, source, target)]. A UTF-8
+    byte order mark at the start of the file is not data."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pairs file {path} does not exist")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
     parse = _json_pair if path.suffix in (".jsonl", ".json") else _tsv_pair
-    pairs = [parse(line, f"{path} line {n}") for n, line in enumerate(lines, 1) if line.strip()]
+    pairs = [(n, *parse(line, f"{path} line {n}")) for n, line in enumerate(lines, 1) if line.strip()]
     if not pairs:
         raise UserError(f"pairs file {path} holds no pairs: write one source<TAB>target (or JSON) per line")
     return pairs
@@ -119,15 +125,36 @@ def decode_target(tokenizers, ids, special_ids) -> str:
     return tokenizers.target.decode([i for i in ids if i not in special_ids])
 
 
-def check_lengths(encoded, max_source: int, max_target: int, where: str):
-    """One clear error for the first pair that the model cannot take."""
-    for n, (source, target) in enumerate(encoded, 1):
-        if len(source) > max_source:
-            raise UserError(f"{where} pair {n}: the source has {len(source)} tokens (with </s>) but the model allows "
-                            f"{max_source}; shorten it or raise the model's source length (max_positions)")
-        if len(target) > max_target:
-            raise UserError(f"{where} pair {n}: the target has {len(target)} tokens (with </s>) but the model allows "
-                            f"{max_target}; shorten it or raise the model's target length (max_positions)")
+def length_fields(config) -> tuple:
+    """The config fields that bound (source, target) lengths: the original Transformer has one
+    position table for both (max_positions), T5 has max_source_len and max_target_len."""
+    if hasattr(config, "max_positions"):
+        return "max_positions", "max_positions"
+    return "max_source_len", "max_target_len"
+
+
+def check_length(ids, limit: int, side: str, where: str, fix: str):
+    if len(ids) > limit:
+        raise UserError(f"{where}: the {side} has {len(ids)} tokens (with </s>) but the model allows {limit}; {fix}")
+
+
+def check_lengths(encoded, lines, config, where: str):
+    """One clear error, naming its file line, for the first pair that the model cannot take."""
+    source_field, target_field = length_fields(config)
+    for line, (source, target) in zip(lines, encoded):
+        check_length(source, config.max_source_len, "source", f"{where} line {line}",
+                     f"shorten it or raise the model's source length (model.{source_field})")
+        check_length(target, config.max_target_len, "target", f"{where} line {line}",
+                     f"shorten it or raise the model's target length (model.{target_field})")
+
+
+def holdout(items: list, fraction: float, seed: int) -> tuple:
+    """A seeded shuffle split -> (train, val) with about `fraction` of the items in val (none when
+    there are too few) and at least one in train: the same seed gives the same split, and a
+    sorted file gives an unbiased one."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = max(1, int(len(items) * (1 - fraction)))
+    return [items[i] for i in order[:cut]], [items[i] for i in order[cut:]]
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -147,8 +174,10 @@ def collate(pairs, pad_id: int = PAD_ID) -> dict:
 
 
 class Seq2SeqBatches:
-    """Batches of pairs of similar length: each split is sorted by (source, target) length and a
-    batch is a random window of `batch_size` neighbours, so little of a batch is padding."""
+    """Batches of pairs of similar length. Each split is sorted by (source, target) length and a
+    batch is `batch_size` neighbours from a uniformly random pair on, wrapping around the end:
+    every pair lies in exactly `batch_size` of those windows, so every pair is equally likely
+    and every batch is full; only the few windows that wrap mix short and long pairs."""
 
     def __init__(self, splits: dict, batch_size: int, pad_id: int = PAD_ID):
         for name, pairs in splits.items():
@@ -160,5 +189,5 @@ class Seq2SeqBatches:
     def sample(self, split: str, generator: torch.Generator) -> dict:
         pairs = self.splits[split]
         size = min(self.batch_size, len(pairs))
-        start = int(torch.randint(len(pairs) - size + 1, (1,), generator=generator))
-        return collate(pairs[start:start + size], self.pad_id)
+        start = int(torch.randint(len(pairs), (1,), generator=generator))
+        return collate([pairs[(start + i) % len(pairs)] for i in range(size)], self.pad_id)

@@ -2,7 +2,8 @@
 the `span_corruption` task: T5 pretraining on plain text.
 
 Run config sections:
-  data:      train: pairs file (.tsv or .jsonl); val: pairs file, or val_fraction of train (0.1)
+  data:      train (or path, as `--data` sets it): pairs file (.tsv or .jsonl); val: pairs file,
+             or val_fraction of train (0.1), held out by a shuffle seeded with train.seed
   tokenizer: kind: char | bpe, vocab_size (bpe), shared: true (one tokenizer for both sides);
              with shared: false, target_kind and target_vocab_size may differ from the source's
   model:     preset: NAME (transformer-tiny, t5-tiny, ...) or family: transformer | t5 plus fields
@@ -14,19 +15,23 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
 from ..data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, Seq2SeqTokenizers, check_lengths, encode_pairs,
-                            read_pairs, train_seq2seq_tokenizer)
+                            holdout, read_numbered_pairs, train_seq2seq_tokenizer)
 from ..data.span_corruption import SpanCorruptionBatches
 from ..errors import UserError
 from ..models.base import build_model, preset
 from .tasks import cached_splits, model_config, task
+from .trainer import TrainConfig
 
 
 @task("seq2seq")
 def seq2seq(run: dict, run_dir: Path, resume: bool):
     data, train = run.get("data", {}), run.get("train", {})
-    if "train" not in data:
-        raise UserError("data.train is missing: point it at a pairs file (source<TAB>target per line, or JSONL)")
-    pairs = read_pairs(data["train"])
+    train_path = data.get("train", data.get("path"))
+    if train_path is None:
+        raise UserError("data.train is missing: point it at a pairs file (source<TAB>target per line, or JSONL), "
+                        "or pass --data")
+    numbered = read_numbered_pairs(train_path)
+    pairs = [(source, target) for _, source, target in numbered]
     if resume:
         model, _ = load_checkpoint(run_dir / "last", with_tokenizer=False)
         tokenizers = Seq2SeqTokenizers.load(run_dir / "last")
@@ -35,23 +40,23 @@ def seq2seq(run: dict, run_dir: Path, resume: bool):
         model = build_model(_model_config(run.get("model", {}), tokenizers))
     c = model.config
 
-    def encoded(pairs, path):
-        ids = encode_pairs(pairs, tokenizers, c.eos_id)
-        check_lengths(ids, c.max_source_len, c.max_target_len, path)
+    def encoded(numbered, path):
+        ids = encode_pairs([(source, target) for _, source, target in numbered], tokenizers, c.eos_id)
+        check_lengths(ids, [line for line, _, _ in numbered], c, path)
         return ids
 
-    train_ids = encoded(pairs, data["train"])
+    train_ids = encoded(numbered, train_path)
     if "val" in data:
-        splits = {"train": train_ids, "val": encoded(read_pairs(data["val"]), data["val"])}
+        splits = {"train": train_ids, "val": encoded(read_numbered_pairs(data["val"]), data["val"])}
     else:
         fraction = float(data.get("val_fraction", 0.1))
         if not 0 < fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {fraction}")
-        cut = max(1, int(len(pairs) * (1 - fraction)))
-        if cut >= len(pairs):
-            raise UserError(f"{data['train']} has {len(pairs)} pair(s), too few to hold out a validation split; "
+        train_split, val_split = holdout(train_ids, fraction, TrainConfig.from_dict(train).seed)
+        if not val_split:
+            raise UserError(f"{train_path} has {len(pairs)} pair(s), too few to hold out a validation split; "
                             "add pairs or give data.val")
-        splits = {"train": train_ids[:cut], "val": train_ids[cut:]}
+        splits = {"train": train_split, "val": val_split}
     return model, tokenizers, Seq2SeqBatches(splits, int(train.get("batch_size", 32)), c.pad_id)
 
 

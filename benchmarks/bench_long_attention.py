@@ -2,6 +2,7 @@
 
     python benchmarks/bench_long_attention.py                      # everything, n = 512 .. 16k
     python benchmarks/bench_long_attention.py --sizes 512,1024 --variants "sliding window (w=256)"
+    python benchmarks/bench_long_attention.py --interleaved --sizes 4096,8192,16384 --repeats 9
 
 One layer = q/k/v projections, the attention pattern, the output projection; batch 1,
 d_model 256, 4 heads, fp32 on CPU, non-causal. Each (variant, n) runs in a fresh subprocess:
@@ -15,6 +16,11 @@ Sizes that are predicted to run past --max-seconds, or (dense math) to need more
 --max-dense-gb, are skipped and reported as such. Results: a JSON file, two PNG plots and
 markdown tables (printed) for benchmarks/RESULTS.md.
 
+The sweep's small mmap threshold makes every big temporary fresh memory, so its times include
+page faults, and more of them for the side that allocates more. --interleaved times each
+Hugging Face layer against ours in one process with the allocator as the user has it, stepping
+the two alternately, and reports the median of the per-round ratios: the speed comparison.
+
 Variants are entries of VARIANTS: a name -> Variant(build, linear, reference). `build(n)` returns
 a function of x (1, n, 256) -> y (1, n, 256). Add a variant by adding an entry; the Reformer
 The Reformer LSH and Transformer-XL entries come from long_variants_5b.py.
@@ -24,7 +30,9 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -177,6 +185,34 @@ def _predicted(previous, n, repeats, linear):
     return previous["seconds"] * (n / previous["n"]) ** (1.2 if linear else 2.0) * (repeats + 1)
 
 
+def interleaved(names, sizes, repeats):
+    """Each Hugging Face variant in `names` against its attnlab reference, stepped alternately in
+    this process (one warm-up round) -> markdown table of median times and median ratios."""
+    torch.set_num_threads(1)
+    lines = ["| n | Hugging Face layer | HF (ms) | attnlab (ms) | HF / attnlab (median of rounds, range) |",
+             "|---|---|---|---|---|"]
+    for n in sizes:
+        for theirs in (name for name in names if VARIANTS[name].reference):
+            torch.manual_seed(0)
+            x = torch.randn(1, n, D_MODEL, requires_grad=True)
+            modules = [VARIANTS[name].build(n).train() for name in (theirs, VARIANTS[theirs].reference)]
+            times = [[], []]
+            for round_ in range(repeats + 1):
+                for module, spent in zip(modules, times):
+                    module.zero_grad(set_to_none=True)
+                    x.grad = None
+                    start = time.perf_counter()
+                    module(x).square().mean().backward()
+                    if round_:
+                        spent.append(time.perf_counter() - start)
+            ratios = [a / b for a, b in zip(*times)]
+            lines.append(f"| {n} | {theirs} | {statistics.median(times[0]) * 1000:.0f} | "
+                         f"{statistics.median(times[1]) * 1000:.0f} | {statistics.median(ratios):.2f}x "
+                         f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def tables(results, sizes):
     ran = {(r["variant"], r["n"]): r for r in results}
     names = list(dict.fromkeys(r["variant"] for r in results))
@@ -246,6 +282,7 @@ def main():
     parser.add_argument("--max-seconds", type=float, default=120.0, help="skip a size predicted to take longer")
     parser.add_argument("--max-dense-gb", type=float, default=6.0, help="skip dense math sizes needing more memory")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--interleaved", action="store_true", help="HF layers against ours, alternating steps")
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "N", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -257,6 +294,9 @@ def main():
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.interleaved:
+        print(interleaved(names, sizes, args.repeats))
+        return
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = sweep(names, sizes, args.repeats, args.max_seconds, args.max_dense_gb)

@@ -4,7 +4,7 @@ stand-alone runner for them and for the Reformer against Hugging Face.
     python benchmarks/long_variants_5b.py                   # layer sweep, n = 512 .. 16k
     python benchmarks/long_variants_5b.py --sizes 4096,8192 --variants "LSH (bucket 64 x 2 hashes),HF Reformer LSH"
     python benchmarks/long_variants_5b.py --models          # whole ReformerModel vs ours at 4k, 8k, 16k
-    python benchmarks/long_variants_5b.py --interleaved --sizes 4096,8192,16384   # LSH vs HF, alternating
+    python benchmarks/long_variants_5b.py --models --interleaved --sizes 4096       # the same, alternating steps
 
 Each builder takes n and returns a module mapping x (1, n, 256) -> (1, n, 256): one attention
 layer (projections, the attention pattern, the output projection), batch 1, d_model 256,
@@ -20,10 +20,10 @@ layer (projections, the attention pattern, the output projection), batch 1, d_mo
     memory carried in)          in from the text before (a training step in the steady state)
 
 Time: median of --repeats forward + backward steps after a warm-up, one thread, each (variant,
-n) in a fresh subprocess. On a busy machine the load drifts between those subprocesses, so
---interleaved also times ours and Hugging Face's LSH layer in one process, alternating steps
-(ABAB...), and reports the median of the per-round ratios. Memory: peak resident memory of
-the step minus the resident memory before it (Linux VmHWM reset through /proc/self/clear_refs).
+n) in a fresh subprocess. --models --interleaved times the two whole models in one process,
+alternating steps (ABAB...), and reports the median of the per-round ratios; for single layers
+that is `bench_long_attention.py --interleaved`. Memory: peak resident memory of the step minus
+the resident memory before it (Linux VmHWM reset through /proc/self/clear_refs).
 """
 
 import argparse
@@ -164,19 +164,14 @@ def run_one(name, n, repeats, timeout):
     return run_worker(__file__, name, n, repeats, timeout)
 
 
-def interleaved(sizes, repeats, models=False):
-    """Ours and Hugging Face's (LSH layers, or whole models with --models), stepped alternately."""
+def interleaved(sizes, repeats):
+    """Our Reformer and Hugging Face's, stepped alternately."""
     torch.set_num_threads(1)
-    what = "Reformer model" if models else "LSH layer"
-    lines = [f"| n | attnlab {what} (ms) | HF {what} (ms) | HF / attnlab (median of rounds) |", "|---|---|---|---|"]
+    lines = ["| n | attnlab Reformer model (ms) | HF Reformer model (ms) | HF / attnlab (median of rounds) |",
+             "|---|---|---|---|"]
     for n in sizes:
         torch.manual_seed(0)
-        if models:
-            steps = [build_model_step(name, n) for name in MODEL_VARIANTS]
-        else:
-            x = torch.randn(1, n, D_MODEL, requires_grad=True)
-            steps = [(module, lambda m=module: m(x).square().mean()) for module in (ours_lsh(n).train(),
-                                                                                   HFReformerLSH(n).train())]
+        steps = [build_model_step(name, n) for name in MODEL_VARIANTS]
         times = [[], []]
         for round_ in range(repeats + 1):
             for (module, loss), spent in zip(steps, times):
@@ -223,7 +218,7 @@ def main():
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--variants", default=",".join(VARIANTS_5B))
     parser.add_argument("--models", action="store_true", help="whole Reformer models instead of single layers")
-    parser.add_argument("--interleaved", action="store_true", help="attnlab vs HF LSH layer, alternating steps")
+    parser.add_argument("--interleaved", action="store_true", help="with --models: the two models, alternating steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "long_variants_5b.json"))
@@ -234,7 +229,10 @@ def main():
         print(json.dumps(measure(name, int(n), int(repeats))))
         return
     if args.interleaved:
-        print(interleaved([int(s) for s in args.sizes.split(",")], args.repeats, args.models))
+        if not args.models:
+            parser.error("--interleaved compares whole models (--models); for layers use bench_long_attention.py "
+                         "--interleaved")
+        print(interleaved([int(s) for s in args.sizes.split(",")], args.repeats))
         return
     names = list(MODEL_VARIANTS) if args.models else [v.strip() for v in args.variants.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -32,7 +32,7 @@ import json
 import os
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers.attention import MultiHeadAttention  # noqa: E402
 from attnlab.layers.sparse_attention import BigBirdAttention, SlidingWindowAttention  # noqa: E402
-from common import loglog_slope, run_worker, time_and_peak  # noqa: E402
+from common import alternating_times, loglog_slope, run_worker, time_and_peak  # noqa: E402
 from long_variants_5b import VARIANTS_5B  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
@@ -196,15 +196,13 @@ def interleaved(names, sizes, repeats):
             torch.manual_seed(0)
             x = torch.randn(1, n, D_MODEL, requires_grad=True)
             modules = [VARIANTS[name].build(n).train() for name in (theirs, VARIANTS[theirs].reference)]
-            times = [[], []]
-            for round_ in range(repeats + 1):
-                for module, spent in zip(modules, times):
-                    module.zero_grad(set_to_none=True)
-                    x.grad = None
-                    start = time.perf_counter()
-                    module(x).square().mean().backward()
-                    if round_:
-                        spent.append(time.perf_counter() - start)
+
+            def step(module):
+                module.zero_grad(set_to_none=True)
+                x.grad = None
+                module(x).square().mean().backward()
+
+            times = alternating_times([partial(step, module) for module in modules], repeats)
             ratios = [a / b for a, b in zip(*times)]
             lines.append(f"| {n} | {theirs} | {statistics.median(times[0]) * 1000:.0f} | "
                          f"{statistics.median(times[1]) * 1000:.0f} | {statistics.median(ratios):.2f}x "

@@ -45,6 +45,19 @@ def interleaved_ratios(runners: dict, baseline: str, rounds: int = 5) -> dict:
     return summary
 
 
+def alternating_times(steps: list, rounds: int) -> list:
+    """Call each step once per round, in turn, after one warm-up round -> [[seconds of each
+    round] per step]: the steps share the machine's drifts, for per-round ratios."""
+    times = [[] for _ in steps]
+    for round_ in range(rounds + 1):
+        for step, spent in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            if round_:
+                spent.append(time.perf_counter() - start)
+    return times
+
+
 def rate(fn, items: int, repeats: int = 1) -> float:
     """items per second of `repeats` calls of fn."""
     start = time.perf_counter()

@@ -31,7 +31,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from attnlab.layers import LSHSelfAttention  # noqa: E402
 from attnlab.layers.relative_attention import RelativeMultiHeadAttention  # noqa: E402
-from common import loglog_slope, run_worker, time_and_peak  # noqa: E402
+from common import alternating_times, loglog_slope, run_worker, time_and_peak  # noqa: E402
 
 D_MODEL, N_HEAD = 256, 4
 BUCKET, N_HASHES = 64, 2  # LSH: chunk (bucket) length, hashing rounds
@@ -172,14 +171,12 @@ def interleaved(sizes, repeats):
     for n in sizes:
         torch.manual_seed(0)
         steps = [build_model_step(name, n) for name in MODEL_VARIANTS]
-        times = [[], []]
-        for round_ in range(repeats + 1):
-            for (module, loss), spent in zip(steps, times):
-                module.zero_grad(set_to_none=True)
-                start = time.perf_counter()
-                loss().backward()
-                if round_:  # the first round warms up
-                    spent.append(time.perf_counter() - start)
+
+        def step(module, loss):
+            module.zero_grad(set_to_none=True)
+            loss().backward()
+
+        times = alternating_times([partial(step, *pair) for pair in steps], repeats)
         ratio = statistics.median(b / a for a, b in zip(*times))
         lines.append(f"| {n} | {statistics.median(times[0]) * 1000:.0f} | {statistics.median(times[1]) * 1000:.0f} | "
                      f"{ratio:.2f}x |")

@@ -6,9 +6,10 @@ import torch
 from attnlab.layers import TransformerBlock
 from attnlab.layers.attention import scaled_dot_product_attention
 from attnlab.layers.kv_cache import KVCache
-from attnlab.layers.sparse_attention import (BigBirdAttention, SlidingWindowAttention, bigbird_attention, bigbird_mask,
-                                             bigbird_random_blocks, global_indices, global_query_attention,
-                                             scatter_rows, sliding_window_attention, sliding_window_mask)
+from attnlab.layers.sparse_attention import (QUERY_CHUNK, BigBirdAttention, SlidingWindowAttention, bigbird_attention,
+                                             bigbird_mask, bigbird_random_blocks, block_attention, global_indices,
+                                             global_query_attention, scatter_rows, sliding_window_attention,
+                                             sliding_window_mask)
 
 
 def qkv(b=2, h=4, t=37, d=8, seed=0):
@@ -73,6 +74,52 @@ def test_sliding_window_with_global_tokens_and_padding(causal, dilation):
     ref = ref * key_mask[:, None, :, None]  # padding queries: zeros on both sides
     out = out * key_mask[:, None, :, None]
     assert_same_with_grads(out, ref, (q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_sliding_window_wider_than_a_query_chunk(causal, backend):
+    """window > QUERY_CHUNK: chunks of QUERY_CHUNK queries, the reach rounded up to whole chunks,
+    spans that cross head boundaries in the shared row layout (masked), padding and globals."""
+    window, t = QUERY_CHUNK + 6, 3 * QUERY_CHUNK + 29
+    q, k, v = qkv(b=2, h=2, t=t, d=4)
+    key_mask = torch.ones(2, t, dtype=torch.bool)
+    key_mask[1, t - 40:] = False
+    global_mask = torch.zeros(2, t, dtype=torch.bool)
+    global_mask[:, [5, t // 2]] = True
+    kw = dict(causal=causal, key_mask=key_mask, global_mask=global_mask)
+    out = sparse_with_global_rows(q, k, v, window, backend=backend, **kw) * key_mask[:, None, :, None]
+    ref = dense(q, k, v, sliding_window_mask(t, window, **kw)) * key_mask[:, None, :, None]
+    assert_same_with_grads(out, ref, (q, k, v))
+
+
+def test_block_attention_matches_math_path_and_zeroes_rows_without_keys():
+    q, k, v = (torch.randn(3, 2, 5, 4, requires_grad=True) for _ in range(3))
+    mask = torch.rand(3, 1, 5, 5) > 0.4
+    mask[0, 0, 2] = False  # a query that sees no key
+    out = block_attention(q, k, v, mask)
+    ref = block_attention(q, k, v, mask, backend="math")
+    assert out[0, :, 2].abs().max() == 0
+    assert_same_with_grads(out, ref, (q, k, v))
+
+
+def test_hand_written_backwards_with_dropout_pass_gradcheck():
+    """float64 gradcheck, the dropout mask fixed by reseeding before every call."""
+    q, k, v = (torch.randn(1, 2, 11, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    global_mask = torch.zeros(1, 11, dtype=torch.bool)
+    global_mask[0, 4] = True
+
+    def band(q, k, v, dropout_p=0.3):
+        torch.manual_seed(0)
+        return sliding_window_attention(q, k, v, 2, global_mask=global_mask, dropout_p=dropout_p)
+
+    def blocks(q, k, v, dropout_p=0.3):
+        torch.manual_seed(0)
+        return block_attention(q, k, v, torch.ones(11, 11, dtype=torch.bool).tril(), dropout_p=dropout_p)
+
+    for fn in (band, blocks):
+        assert not torch.allclose(fn(q, k, v), fn(q, k, v, dropout_p=0.0))  # something was dropped
+        assert torch.autograd.gradcheck(fn, (q, k, v))
 
 
 def test_sliding_window_module_matches_dense_and_kv_cache():

@@ -22,6 +22,63 @@ from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .masks import causal_mask
 
 
+# -- attention over many small blocks ---------------------------------------------------------------
+
+def block_attention(q, k, v, mask, *, scale=None, dropout_p=0.0, backend="sdpa"):
+    """softmax(q k^T * scale, masked) v for a batch of small blocks: q (..., Tq, D), k and v
+    (..., S, D), mask bool broadcasting to (..., Tq, S), True = visible -> (..., Tq, D).
+    A query that sees no key gets zeros.
+
+    backend "sdpa" keeps the (..., Tq, S) probabilities for a hand-written backward, which on CPU
+    runs these short rows faster than PyTorch's fused kernel (that one recomputes the scores);
+    "math" is the plain autograd path of `scaled_dot_product_attention`, the reference."""
+    if backend == "math":
+        return scaled_dot_product_attention(q, k, v, mask=mask, scale=scale, dropout_p=dropout_p, backend="math")[0]
+    if backend != "sdpa":
+        raise ValueError(f"unknown attention backend {backend!r}; choose 'sdpa' or 'math'")
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    return _BlockAttention.apply(q, k, v, mask, scale, dropout_p)
+
+
+class _BlockAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale, dropout_p):
+        q = q * scale  # scaling q is cheaper than scaling the scores
+        # an additive bias is cheaper than a masked fill; a finite one keeps a row with no visible key
+        # finite, and its probabilities are zeroed below
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+        probs = _softmax_((q @ k.transpose(-2, -1)).add_(bias))  # (..., Tq, S)
+        has_key = mask.any(-1, keepdim=True)
+        if not has_key.all():
+            probs = probs.mul_(has_key)
+        kept = None
+        if dropout_p > 0:
+            kept = (torch.rand_like(probs) >= dropout_p) / (1 - dropout_p)  # the surviving weights, rescaled
+        out = (probs if kept is None else probs * kept) @ v
+        ctx.save_for_backward(q, k, v, probs, kept, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_scaled, k, v, probs, kept, out = ctx.saved_tensors
+        grad_v = (probs if kept is None else probs * kept).transpose(-2, -1) @ grad_out
+        grad_probs = grad_out @ v.transpose(-2, -1)  # (..., Tq, S)
+        if kept is not None:
+            grad_probs = grad_probs.mul_(kept)
+        # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = dO . O
+        delta = (grad_out * out).sum(-1, keepdim=True)
+        grad_scores = grad_probs.sub_(delta).mul_(probs)
+        grad_q = (grad_scores @ k).mul_(ctx.scale)
+        return grad_q, grad_scores.transpose(-2, -1) @ q_scaled, grad_v, None, None, None
+
+
+def _softmax_(scores):
+    """Softmax over the last dim, in place: no second score-sized tensor (and faster on CPU)."""
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    return scores.div_(scores.sum(-1, keepdim=True))
+
+
 # -- sliding window + global ------------------------------------------------------------------
 
 def sliding_window_attention(q, k, v, window, *, dilation=1, causal=False, key_mask=None, global_mask=None,
@@ -84,44 +141,146 @@ def _dilated_band(q, k, v, band_ok, window, dilation, causal, globals_, attend):
     return out[:, :, :t]
 
 
+QUERY_CHUNK = 64  # queries per chunk: smaller chunks waste fewer scores outside the band, larger run faster
+
+
 def _chunked_band(q, k, v, key_ok, window, causal, globals_, attend):
     """q, k, v (B, H, T, D); key_ok (B, 1 or H, T); globals_ None or (keys (B, H, G, D), values,
     seen (B, 1 or H, T, G)).
 
-    Queries in chunks of c = window positions; chunk m sees keys [m c - c, m c + 2c) (or
-    [m c - c, m c + c) when causal), plus the global keys. Each chunk is one attention call
-    with a (c, span) mask: keys outside |i - j| <= window are masked inside the span.
+    Queries in chunks of c = min(window, QUERY_CHUNK) positions. With the reach r = window rounded
+    up to a multiple of c, chunk m sees the span of keys [m c - r, m c + c + r) (or
+    [m c - r, m c + c) when causal), plus the global keys; keys outside |i - j| <= window are
+    masked inside the span.
     """
     b, h, t, d = q.shape
-    c = window
+    c = min(window, QUERY_CHUNK)
+    reach = -(-window // c) * c
     n_chunks = -(-t // c)
-    span = 2 * c if causal else 3 * c
-    pad_end = n_chunks * c - t + (0 if causal else c)
-
-    def windows(x):  # (B, H, T, D) -> (B, H, n_chunks, span, D), keys around each query chunk
-        return F.pad(x, (0, 0, c, pad_end)).unfold(2, span, c).transpose(-2, -1)
-
-    ok = F.pad(key_ok, (c, pad_end), value=False).unfold(-1, span, c)  # (B, 1|H, n_chunks, span)
-    offset = torch.arange(span, device=q.device)[None, :] - c - torch.arange(c, device=q.device)[:, None]
+    span = c + reach if causal else c + 2 * reach
+    ok = F.pad(key_ok, (reach, n_chunks * c - t + span - c - reach), value=False).unfold(-1, span, c)
+    offset = torch.arange(span, device=q.device)[None, :] - reach - torch.arange(c, device=q.device)[:, None]
     in_band = (offset.abs() <= window) & ((offset <= 0) if causal else True)  # (c, span): key - query
     mask = in_band & ok[:, :, :, None, :]  # (B, 1|H, n_chunks, c, span)
-    keys, values = windows(k), windows(v)
+    extra_keys = extra_values = None
     if globals_ is not None:
-        global_keys, global_values, seen = globals_
-        every_chunk = (-1, -1, n_chunks, -1, -1)
-        keys = torch.cat([keys, global_keys[:, :, None].expand(every_chunk)], dim=3)
-        values = torch.cat([values, global_values[:, :, None].expand(every_chunk)], dim=3)
+        extra_keys, extra_values, seen = globals_
         seen = F.pad(seen, (0, 0, 0, n_chunks * c - t)).view(b, -1, n_chunks, c, seen.size(-1))
         heads = max(mask.size(1), seen.size(1))
         mask = torch.cat([mask.expand(-1, heads, -1, -1, -1), seen.expand(-1, heads, -1, -1, -1)], dim=-1)
-
-    def by_chunk(x):  # (B, H', n_chunks, L, X) -> (B * n_chunks, H', L, X): a chunk is a batch row
-        return x.transpose(1, 2).reshape(b * n_chunks, x.size(1), x.size(-2), x.size(-1))
-
+    if attend["backend"] == "sdpa":
+        out = _BandAttention.apply(q, k, v, extra_keys, extra_values, mask, c, reach, span,
+                                   attend["scale"] or d ** -0.5, attend["dropout_p"])
+        return out.view(b, h, n_chunks * c, d)[:, :, :t]
+    # the reference: the same spans, through plain autograd
+    keys, values = (_windows(_padded_rows(x, n_chunks * c, reach, span - c - reach), b * h * n_chunks, span, c)
+                    .view(b, h, n_chunks, span, d) for x in (k, v))
+    if globals_ is not None:
+        every_chunk = (-1, -1, n_chunks, -1, -1)
+        keys = torch.cat([keys, extra_keys[:, :, None].expand(every_chunk)], dim=3)
+        values = torch.cat([values, extra_values[:, :, None].expand(every_chunk)], dim=3)
     q_chunks = F.pad(q, (0, 0, 0, n_chunks * c - t)).view(b, h, n_chunks, c, d)
-    out, _ = scaled_dot_product_attention(by_chunk(q_chunks), by_chunk(keys), by_chunk(values), mask=by_chunk(mask),
-                                          **attend)  # (B * n_chunks, H, c, D)
-    return out.view(b, n_chunks, h, c, d).transpose(1, 2).reshape(b, h, n_chunks * c, d)[:, :, :t]
+    out = block_attention(q_chunks, keys, values, mask, **attend)  # (B, H, n_chunks, c, D)
+    return out.view(b, h, n_chunks * c, d)[:, :, :t]
+
+
+def _padded_rows(x, rows_per_head, before, after):
+    """(B, H, T, D) -> (before + B * H * rows_per_head + after, D): every head padded with zero
+    rows to rows_per_head, the heads one after another, zero rows before and after them all."""
+    x = F.pad(x, (0, 0, 0, rows_per_head - x.size(2))).reshape(-1, x.size(-1))
+    return F.pad(x, (0, 0, before, after))
+
+
+def _windows(rows, n, span, step):
+    """(L, D) -> (n, span, D) view, no copy: window i is rows [i step, i step + span)."""
+    d = rows.size(-1)
+    return rows.as_strided((n, span, d), (step * d, d, 1))
+
+
+class _BandAttention(torch.autograd.Function):
+    """Sliding-window attention with the spans read in place: the heads' keys lie one after
+    another in one padded block of rows, so every chunk's span is a view of it (a span reaching
+    past its head's ends reads a neighbour's rows, which the mask hides). Batched matmuls read
+    those overlapping views directly, so no copy of the keys per chunk is made or kept, and the
+    backward adds the spans' gradients back into the rows in place. Global keys, if any, follow
+    each span as `extra` keys.
+
+    q, k, v (B, H, T, D); extra_keys/values (B, H, G, D) or None; mask (B, 1|H, n, c, span + G)
+    -> (B, H, n, c, D)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, extra_keys, extra_values, mask, c, reach, span, scale, dropout_p):
+        b, h, t, d = q.shape
+        n = mask.size(2)
+        rows = b * h * n  # one (c, span) attention per (batch, head, chunk)
+        q_chunks = _padded_rows(q * scale, n * c, 0, 0).view(rows, c, d)
+        k_rows, v_rows = (_padded_rows(x, n * c, reach, span - c - reach) for x in (k, v))
+        scores = q_chunks @ _windows(k_rows, rows, span, c).transpose(1, 2)  # (rows, c, span)
+        if extra_keys is not None:
+            extra = q_chunks.view(b, h, n * c, d) @ extra_keys.transpose(-2, -1)  # (B, H, n c, G)
+            scores = torch.cat([scores, extra.view(rows, c, -1)], dim=-1)
+        # an additive bias is cheaper than a masked fill; a finite one keeps a row with no visible
+        # key finite (its probabilities are zeroed below)
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+        probs = _softmax_(scores.view(b, h, n, c, -1).add_(bias)).view(rows, c, -1)
+        has_key = mask.any(-1, keepdim=True)
+        if not has_key.all():
+            probs = probs.view(b, h, n, c, -1).mul_(has_key).view(rows, c, -1)
+        kept = None
+        if dropout_p > 0:
+            kept = (torch.rand_like(probs) >= dropout_p) / (1 - dropout_p)  # the surviving weights, rescaled
+        weights = probs if kept is None else probs * kept
+        out = weights[..., :span] @ _windows(v_rows, rows, span, c)  # (rows, c, D)
+        if extra_keys is not None:
+            out += (weights[..., span:].reshape(b, h, n * c, -1) @ extra_values).view(rows, c, d)
+        ctx.save_for_backward(q_chunks, k_rows, v_rows, extra_keys, extra_values, probs, kept, out)
+        ctx.geometry = (b, h, t, n, c, reach, span, scale)
+        return out.view(b, h, n, c, d)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_chunks, k_rows, v_rows, extra_keys, extra_values, probs, kept, out = ctx.saved_tensors
+        b, h, t, n, c, reach, span, scale = ctx.geometry
+        rows, d = b * h * n, q_chunks.size(-1)
+        grad_out = grad_out.reshape(rows, c, d)
+        keys, values = _windows(k_rows, rows, span, c), _windows(v_rows, rows, span, c)
+        weights = probs if kept is None else probs * kept
+        grad_probs = grad_out @ values.transpose(1, 2)  # (rows, c, span)
+        grad_v = _window_grad(weights[..., :span], grad_out, c)
+        grad_extra_values = None
+        if extra_keys is not None:
+            by_head = grad_out.view(b, h, n * c, d)
+            grad_probs = torch.cat([grad_probs, (by_head @ extra_values.transpose(-2, -1)).view(rows, c, -1)], -1)
+            grad_extra_values = weights[..., span:].reshape(b, h, n * c, -1).transpose(-2, -1) @ by_head
+        if kept is not None:
+            grad_probs = grad_probs.mul_(kept)
+        # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = dO . O
+        grad_scores = grad_probs.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+        band = grad_scores[..., :span]
+        grad_q = band @ keys
+        grad_k = _window_grad(band, q_chunks, c)
+        grad_extra_keys = None
+        if extra_keys is not None:
+            extra = grad_scores[..., span:].reshape(b, h, n * c, -1)
+            grad_q += (extra @ extra_keys).view(rows, c, d)
+            grad_extra_keys = extra.transpose(-2, -1) @ q_chunks.view(b, h, n * c, d)
+
+        def unpad(x, before):  # rows of the padded layout -> (B, H, T, D)
+            return x[before:before + rows * c].view(b, h, n * c, d)[:, :, :t]
+
+        return (unpad(grad_q.mul_(scale).view(-1, d), 0), unpad(grad_k, reach), unpad(grad_v, reach),
+                grad_extra_keys, grad_extra_values, None, None, None, None, None, None)
+
+
+def _window_grad(grad_scores, x, step):
+    """The gradient of the rows under `_windows(rows, n, span, step)` through products
+    grad_scores^T @ x per window: grad_scores (n, c, span), x (n, c, D) -> (L, D). Added in place
+    one step-wide slice of the span at a time, so no (n, span, D) temporary is made."""
+    n, _, span = grad_scores.shape
+    grad_rows = x.new_zeros(n + span // step - 1, step, x.size(-1))
+    for shift in range(span // step):
+        grad_rows[shift:shift + n].baddbmm_(grad_scores[..., shift * step:(shift + 1) * step].transpose(1, 2), x)
+    return grad_rows.view(-1, x.size(-1))
 
 
 def global_indices(global_mask):
@@ -297,8 +456,8 @@ def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scal
 
     # first and last query blocks are global: they see every key
     edge_q = torch.cat([q[:, :, :block_size], q[:, :, -block_size:]], dim=2)  # (B, H, 2 bs, D)
-    edge_out, _ = scaled_dot_product_attention(edge_q, k, v, mask=key_ok[:, None, None, :], scale=scale,
-                                               dropout_p=dropout_p, backend=backend)
+    edge_out = block_attention(edge_q, k, v, key_ok[:, None, None, :], scale=scale, dropout_p=dropout_p,
+                               backend=backend)
 
     # middle query blocks: window + global + random key blocks
     table, valid = _block_table(nb, random_blocks)
@@ -315,9 +474,8 @@ def bigbird_attention(q, k, v, block_size, random_blocks, *, key_mask=None, scal
     ok = ok & valid.repeat_interleave(block_size, dim=-1)
     rows = h * (nb - 2)  # every (head, query block) pair is one attention call
     q_mid = q[:, :, block_size:-block_size].reshape(b, rows, block_size, d)
-    mid_out, _ = scaled_dot_product_attention(
-        q_mid, gather_blocks(k).reshape(b, rows, -1, d), gather_blocks(v).reshape(b, rows, -1, d),
-        mask=ok.reshape(b, rows, 1, -1), scale=scale, dropout_p=dropout_p, backend=backend)
+    mid_out = block_attention(q_mid, gather_blocks(k).reshape(b, rows, -1, d), gather_blocks(v).reshape(b, rows, -1, d),
+                              ok.reshape(b, rows, 1, -1), scale=scale, dropout_p=dropout_p, backend=backend)
     mid_out = mid_out.reshape(b, h, (nb - 2) * block_size, d)
 
     out = torch.cat([edge_out[:, :, :block_size], mid_out, edge_out[:, :, block_size:]], dim=2)

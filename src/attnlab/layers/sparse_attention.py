@@ -2,9 +2,9 @@
 
 * Sliding window (Longformer, Beltagy et al. 2020): query i sees keys j with
   |i - j| <= window * dilation and (i - j) divisible by the dilation (j <= i when causal), plus
-  every global key; global queries see every key. Scores are computed chunk by chunk: queries in
-  chunks of `window` positions against the 3 chunks around them (2 when causal), so memory is
-  O(n * window).
+  every global key; global queries see every key. Scores are computed chunk by chunk: a chunk of
+  up to 64 queries against the span of keys within `window` of it (`_chunked_band`), so memory
+  is O(n * window).
 * Block sparse (BigBird, Zaheer et al. 2020): the sequence is cut into blocks; the first and last
   blocks are global, every other query block sees its 3 neighbouring blocks, the 2 global blocks
   and r random blocks drawn from a seeded generator. Memory O(n * block * (5 + r)).
@@ -44,17 +44,8 @@ class _BlockAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, scale, dropout_p):
         q = q * scale  # scaling q is cheaper than scaling the scores
-        # an additive bias is cheaper than a masked fill; a finite one keeps a row with no visible key
-        # finite, and its probabilities are zeroed below
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
-        probs = _softmax_((q @ k.transpose(-2, -1)).add_(bias))  # (..., Tq, S)
-        has_key = mask.any(-1, keepdim=True)
-        if not has_key.all():
-            probs = probs.mul_(has_key)
-        kept = None
-        if dropout_p > 0:
-            kept = (torch.rand_like(probs) >= dropout_p) / (1 - dropout_p)  # the surviving weights, rescaled
-        out = (probs if kept is None else probs * kept) @ v
+        probs, kept = _probabilities(q @ k.transpose(-2, -1), mask, dropout_p)  # (..., Tq, S)
+        out = _weights(probs, kept, v.dtype) @ v
         ctx.save_for_backward(q, k, v, probs, kept, out)
         ctx.scale = scale
         return out
@@ -62,15 +53,43 @@ class _BlockAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q_scaled, k, v, probs, kept, out = ctx.saved_tensors
-        grad_v = (probs if kept is None else probs * kept).transpose(-2, -1) @ grad_out
-        grad_probs = grad_out @ v.transpose(-2, -1)  # (..., Tq, S)
-        if kept is not None:
-            grad_probs = grad_probs.mul_(kept)
-        # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = dO . O
-        delta = (grad_out * out).sum(-1, keepdim=True)
-        grad_scores = grad_probs.sub_(delta).mul_(probs)
+        grad_v = _weights(probs, kept, v.dtype).transpose(-2, -1) @ grad_out
+        grad_scores = _scores_grad(grad_out @ v.transpose(-2, -1), probs, kept, grad_out, out).to(q_scaled.dtype)
         grad_q = (grad_scores @ k).mul_(ctx.scale)
         return grad_q, grad_scores.transpose(-2, -1) @ q_scaled, grad_v, None, None, None
+
+
+def _probabilities(scores, mask, dropout_p):
+    """Masked softmax of scores (..., Tq, S), in at least fp32 (in place when the scores are) ->
+    (probabilities, kept: None, or the dropout's surviving weights rescaled, 1 / (1 - p) or 0).
+    A row with no visible key gets all-zero probabilities."""
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    # an additive bias is cheaper than a masked fill; a finite one keeps a row with no visible key finite
+    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+    probs = _softmax_(scores.add_(bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)))
+    has_key = mask.any(-1, keepdim=True)
+    if not has_key.all():
+        probs = probs.mul_(has_key)
+    kept = None
+    if dropout_p > 0:
+        kept = (torch.rand_like(probs) >= dropout_p) / (1 - dropout_p)
+    return probs, kept
+
+
+def _weights(probs, kept, dtype):
+    """The weights the values are averaged with: probabilities after dropout, in the values' dtype."""
+    return (probs if kept is None else probs * kept).to(dtype)
+
+
+def _scores_grad(grad_weights, probs, kept, grad_out, out):
+    """Backward through dropout and softmax -> dL/dscores in the probabilities' dtype:
+    dS = P * (dP - sum_j P_j dP_j), where sum_j P_j dP_j = dO . O (a D-long dot product)."""
+    wide = probs.dtype
+    grad_probs = grad_weights.to(wide)
+    if kept is not None:
+        grad_probs = grad_probs.mul_(kept)
+    delta = (grad_out.to(wide) * out.to(wide)).sum(-1, keepdim=True)
+    return grad_probs.sub_(delta).mul_(probs)
 
 
 def _softmax_(scores):
@@ -87,8 +106,8 @@ def sliding_window_attention(q, k, v, window, *, dilation=1, causal=False, key_m
 
     dilation: an int, or one int per head. Global *queries* are not special here: their rows see
     only the band and the global keys; `global_query_attention` computes their full rows.
-    backend: how each chunk is computed, "sdpa" (fused) or "math" (explicit), as in
-    `scaled_dot_product_attention`.
+    backend: "sdpa" the fast path (`_BandAttention`), "math" plain autograd over the same spans,
+    the reference.
     """
     b, h, t, _ = q.shape
     key_ok = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
@@ -219,17 +238,10 @@ class _BandAttention(torch.autograd.Function):
         if extra_keys is not None:
             extra = q_chunks.view(b, h, n * c, d) @ extra_keys.transpose(-2, -1)  # (B, H, n c, G)
             scores = torch.cat([scores, extra.view(rows, c, -1)], dim=-1)
-        # an additive bias is cheaper than a masked fill; a finite one keeps a row with no visible
-        # key finite (its probabilities are zeroed below)
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
-        probs = _softmax_(scores.view(b, h, n, c, -1).add_(bias)).view(rows, c, -1)
-        has_key = mask.any(-1, keepdim=True)
-        if not has_key.all():
-            probs = probs.view(b, h, n, c, -1).mul_(has_key).view(rows, c, -1)
-        kept = None
-        if dropout_p > 0:
-            kept = (torch.rand_like(probs) >= dropout_p) / (1 - dropout_p)  # the surviving weights, rescaled
-        weights = probs if kept is None else probs * kept
+        probs, kept = _probabilities(scores.view(b, h, n, c, -1), mask, dropout_p)
+        probs = probs.view(rows, c, -1)
+        kept = None if kept is None else kept.view(rows, c, -1)
+        weights = _weights(probs, kept, v.dtype)
         out = weights[..., :span] @ _windows(v_rows, rows, span, c)  # (rows, c, D)
         if extra_keys is not None:
             out += (weights[..., span:].reshape(b, h, n * c, -1) @ extra_values).view(rows, c, d)
@@ -244,18 +256,15 @@ class _BandAttention(torch.autograd.Function):
         rows, d = b * h * n, q_chunks.size(-1)
         grad_out = grad_out.reshape(rows, c, d)
         keys, values = _windows(k_rows, rows, span, c), _windows(v_rows, rows, span, c)
-        weights = probs if kept is None else probs * kept
-        grad_probs = grad_out @ values.transpose(1, 2)  # (rows, c, span)
+        weights = _weights(probs, kept, v_rows.dtype)
+        grad_weights = grad_out @ values.transpose(1, 2)  # (rows, c, span)
         grad_v = _window_grad(weights[..., :span], grad_out, c)
         grad_extra_values = None
         if extra_keys is not None:
             by_head = grad_out.view(b, h, n * c, d)
-            grad_probs = torch.cat([grad_probs, (by_head @ extra_values.transpose(-2, -1)).view(rows, c, -1)], -1)
+            grad_weights = torch.cat([grad_weights, (by_head @ extra_values.transpose(-2, -1)).view(rows, c, -1)], -1)
             grad_extra_values = weights[..., span:].reshape(b, h, n * c, -1).transpose(-2, -1) @ by_head
-        if kept is not None:
-            grad_probs = grad_probs.mul_(kept)
-        # softmax backward: dS = P * (dP - sum_j P_j dP_j), and sum_j P_j dP_j = dO . O
-        grad_scores = grad_probs.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+        grad_scores = _scores_grad(grad_weights, probs, kept, grad_out, out).to(q_chunks.dtype)
         band = grad_scores[..., :span]
         grad_q = band @ keys
         grad_k = _window_grad(band, q_chunks, c)

@@ -188,8 +188,8 @@ def _chunked_band(q, k, v, key_ok, window, causal, globals_, attend):
         heads = max(mask.size(1), seen.size(1))
         mask = torch.cat([mask.expand(-1, heads, -1, -1, -1), seen.expand(-1, heads, -1, -1, -1)], dim=-1)
     if attend["backend"] == "sdpa":
-        out = _BandAttention.apply(q, k, v, extra_keys, extra_values, mask, c, reach, span,
-                                   attend["scale"] or d ** -0.5, attend["dropout_p"])
+        scale = d ** -0.5 if attend["scale"] is None else attend["scale"]
+        out = _BandAttention.apply(q, k, v, extra_keys, extra_values, mask, c, reach, span, scale, attend["dropout_p"])
         return out.view(b, h, n_chunks * c, d)[:, :, :t]
     # the reference: the same spans, through plain autograd
     keys, values = (_windows(_padded_rows(x, n_chunks * c, reach, span - c - reach), b * h * n_chunks, span, c)

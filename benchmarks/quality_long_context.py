@@ -1,12 +1,14 @@
 """Quality check: the long-context models against a full-attention GPT of about the same size.
 
     ATTNLAB_DATA=/work/shared/data python benchmarks/quality_long_context.py [--steps 600] [--jobs 2]
+    ... --gpt-position rotary --models "GPT (full attention),sliding-window GPT (window 128)"
 
 Every model is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
 character level, context 1024, with the same size, seed, data order, batch, schedule and steps;
 the script prints each run's best validation loss (the same 20 validation batches for all) and
 its gap to the full-attention GPT (target: within 0.05). Runs use one thread each; --jobs runs
-that many at once.
+that many at once. --gpt-position sets the positions of both GPTs (learned or rotary); --models
+picks a subset, which must include the full-attention GPT.
 """
 
 import argparse
@@ -20,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ATTNLAB_DATA", ROOT.parent / "shared" / "data"))
 SIZE = ["model.n_layer=2", "model.n_head=4", "model.d_model=128", "model.block_size=1024"]
+BASELINE = "GPT (full attention)"
 MODELS = {
-    "GPT (full attention)": ["model.family=gpt"],
+    BASELINE: ["model.family=gpt"],
     "sliding-window GPT (window 128)": ["model.family=gpt", "model.attn_window=128"],
     "Transformer-XL (segment 256, memory 256)": ["model.family=transformer_xl", "model.segment_length=256",
                                                  "model.mem_len=256"],
@@ -53,23 +56,31 @@ def main():
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once, one thread each")
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality_long_context"))
+    parser.add_argument("--gpt-position", choices=["learned", "rotary"], default="learned")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from MODELS")
     args = parser.parse_args()
+    names = [name.strip() for name in args.models.split(",")]
+    if BASELINE not in names or not set(names) <= set(MODELS):
+        parser.error(f"--models: names from {list(MODELS)}, including {BASELINE!r}")
     common = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.lr=0.002",
               f"train.warmup_steps={args.steps // 10}", f"train.eval_interval={args.steps // 4}",
               "train.eval_batches=20", "train.progress=false", "train.seed=0"]
-    pending, running, results = list(MODELS.items()), {}, {}
+    gpt_position = [f"model.position={args.gpt_position}"]
+    pending = [(name, MODELS[name] + (gpt_position if "model.family=gpt" in MODELS[name] else [])) for name in names]
+    running, results = {}, {}
     while pending or running:
         while pending and len(running) < args.jobs:
             name, options = pending.pop(0)
             running[name] = (start(name, options, common, Path(args.out)), time.perf_counter())
         name = next(iter(running))
         results[name] = finish(name, *running.pop(name))
-    base = results["GPT (full attention)"][0]
+    base = results[BASELINE][0]
+    print(f"GPT positions: {args.gpt_position}\n")
     print("| model | best val loss | gap to GPT | train time |\n|---|---|---|---|")
-    for name in MODELS:
+    for name in names:
         loss, seconds, _ = results[name]
         print(f"| {name} | {loss:.4f} | {loss - base:+.4f} | {seconds / 60:.1f} min |")
-    for name in MODELS:
+    for name in names:
         print(f"{name}: {results[name][2]}")
 
 

@@ -34,14 +34,14 @@ def write_pairs(path, n=40, seed=0):
 def test_read_pairs_tsv_and_jsonl(tmp_path):
     (tmp_path / "p.tsv").write_text("ein Haus\ta house\n\nzwei\ttwo\n")
     (tmp_path / "p.jsonl").write_text('{"source": "ein Haus", "target": "a house"}\n{"source": "zwei", "target": "two"}\n')
-    assert read_pairs(tmp_path / "p.tsv") == read_pairs(tmp_path / "p.jsonl") == [("ein Haus", "a house"),
-                                                                                 ("zwei", "two")]
+    assert read_pairs(tmp_path / "p.tsv") == [(1, "ein Haus", "a house"), (3, "zwei", "two")]  # line 2 is blank
+    assert read_pairs(tmp_path / "p.jsonl") == [(1, "ein Haus", "a house"), (2, "zwei", "two")]
 
 
 def test_a_utf8_byte_order_mark_is_not_data(tmp_path):
     (tmp_path / "p.tsv").write_text("\ufeffein Haus\ta house\nzwei\ttwo\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text('\ufeff{"source": "ein Haus", "target": "a house"}\n', encoding="utf-8")
-    assert read_pairs(tmp_path / "p.tsv")[0] == read_pairs(tmp_path / "p.jsonl")[0] == ("ein Haus", "a house")
+    assert read_pairs(tmp_path / "p.tsv")[0] == read_pairs(tmp_path / "p.jsonl")[0] == (1, "ein Haus", "a house")
 
 
 @pytest.mark.parametrize("name,content,message", [

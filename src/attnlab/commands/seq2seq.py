@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..checkpoint import load_checkpoint, read_config
-from ..data.seq2seq import Seq2SeqTokenizers, check_length, encode_source, read_numbered_pairs
+from ..data.seq2seq import Seq2SeqTokenizers, check_length, encode_source, read_pairs
 from ..errors import UserError
 from ..evaluation import text_metrics
 from ..inference import BeamSearch, Sampling
@@ -71,7 +71,7 @@ def generate(args, path):
 def evaluate(args, path):
     model, tokenizers = load(path)
     strategy = decoding(args, model)
-    numbered = read_numbered_pairs(args.data)
+    numbered = read_pairs(args.data)
     for line, source, _ in numbered:  # a source too long for the model is an error that names its line
         check_length(encode_source(tokenizers, source, model.config.eos_id), model.config.max_source_len, "source",
                      f"{args.data} line {line}", "shorten or split it")

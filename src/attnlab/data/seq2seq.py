@@ -22,13 +22,8 @@ TARGET_TOKENIZER_FILE = "target_tokenizer.json"
 # -- reading -----------------------------------------------------------------------------------
 def read_pairs(path) -> list:
     """A .tsv (source<TAB>target per line) or .jsonl ({"source": ..., "target": ...} per line)
-    file -> list of (source, target). Blank lines are skipped."""
-    return [(source, target) for _, source, target in read_numbered_pairs(path)]
-
-
-def read_numbered_pairs(path) -> list:
-    """As read_pairs, with each pair's line number in the file: [(line, source, target)]. A UTF-8
-    byte order mark at the start of the file is not data."""
+    file -> [(line number, source, target)], the line numbers for error messages. Blank lines
+    are skipped; a UTF-8 byte order mark at the start of the file is not data."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pairs file {path} does not exist")

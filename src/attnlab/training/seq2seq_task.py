@@ -15,7 +15,7 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
 from ..data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, Seq2SeqTokenizers, check_lengths, encode_pairs,
-                            holdout, read_numbered_pairs, train_seq2seq_tokenizer)
+                            holdout, read_pairs, train_seq2seq_tokenizer)
 from ..data.span_corruption import SpanCorruptionBatches
 from ..errors import UserError
 from ..models.base import build_model, preset
@@ -30,7 +30,7 @@ def seq2seq(run: dict, run_dir: Path, resume: bool):
     if train_path is None:
         raise UserError("data.train is missing: point it at a pairs file (source<TAB>target per line, or JSONL), "
                         "or pass --data")
-    numbered = read_numbered_pairs(train_path)
+    numbered = read_pairs(train_path)
     pairs = [(source, target) for _, source, target in numbered]
     if resume:
         model, _ = load_checkpoint(run_dir / "last", with_tokenizer=False)
@@ -47,7 +47,7 @@ def seq2seq(run: dict, run_dir: Path, resume: bool):
 
     train_ids = encoded(numbered, train_path)
     if "val" in data:
-        splits = {"train": train_ids, "val": encoded(read_numbered_pairs(data["val"]), data["val"])}
+        splits = {"train": train_ids, "val": encoded(read_pairs(data["val"]), data["val"])}
     else:
         fraction = float(data.get("val_fraction", 0.1))
         if not 0 < fraction < 1:

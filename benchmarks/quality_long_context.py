@@ -1,7 +1,7 @@
 """Quality check: the long-context models against a full-attention GPT of about the same size.
 
     ATTNLAB_DATA=/work/shared/data python benchmarks/quality_long_context.py [--steps 600] [--jobs 2]
-    ... --gpt-position rotary --models "GPT (full attention),sliding-window GPT (window 128)"
+    ... --gpt-position rotary --models "GPT (full attention); sliding-window GPT (window 128)"
 
 Every model is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
 character level, context 1024, with the same size, seed, data order, batch, schedule and steps;
@@ -14,6 +14,7 @@ picks a subset, which must include the full-attention GPT.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,15 +29,26 @@ MODELS = {
     "sliding-window GPT (window 128)": ["model.family=gpt", "model.attn_window=128"],
     "Transformer-XL (segment 256, memory 256)": ["model.family=transformer_xl", "model.segment_length=256",
                                                  "model.mem_len=256"],
+    # memory 768: every query sees up to 1024 tokens, the GPT's context
+    "Transformer-XL (segment 256, memory 768)": ["model.family=transformer_xl", "model.segment_length=256",
+                                                 "model.mem_len=768"],
+    # ... and the GPT's pre-LN and GELU, so that only attention and positions differ
+    "Transformer-XL (segment 256, memory 768, pre-LN, GELU)": ["model.family=transformer_xl",
+                                                               "model.segment_length=256", "model.mem_len=768",
+                                                               "model.prenorm=true", "model.activation=gelu"],
     "Reformer (LSH, chunk 64, 16 buckets, 2 hashes)": ["model.family=reformer", "model.chunk_length=64",
                                                        "model.n_buckets=16", "model.n_hashes=2",
                                                        "model.axial_shape=[32,32]", "model.axial_dims=[64,64]"],
+    # the rotary GPT's positions and GELU
+    "Reformer (LSH, chunk 64, 16 buckets, 2 hashes, rotary, GELU)": ["model.family=reformer", "model.chunk_length=64",
+                                                                     "model.n_buckets=16", "model.n_hashes=2",
+                                                                     "model.position=rotary", "model.activation=gelu"],
 }
 
 
 def start(name, options, common, out):
     command = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
-               "--out", str(out / name.split(" (")[0].replace(" ", "-").lower()), *options, *SIZE, *common]
+               "--out", str(out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")), *options, *SIZE, *common]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -57,9 +69,9 @@ def main():
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once, one thread each")
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality_long_context"))
     parser.add_argument("--gpt-position", choices=["learned", "rotary"], default="learned")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated names from MODELS")
+    parser.add_argument("--models", default=";".join(MODELS), help="names from MODELS, separated by ';'")
     args = parser.parse_args()
-    names = [name.strip() for name in args.models.split(",")]
+    names = [name.strip() for name in args.models.split(";")]
     if BASELINE not in names or not set(names) <= set(MODELS):
         parser.error(f"--models: names from {list(MODELS)}, including {BASELINE!r}")
     common = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.lr=0.002",

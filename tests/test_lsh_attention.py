@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from attnlab.layers import LSHSelfAttention, lsh_attention
+from attnlab.layers import LocalSelfAttention, LSHSelfAttention, RotaryEmbedding, lsh_attention
 from attnlab.layers.lsh_attention import (MASKED, SELF_MASKED, chunked_attention, full_shared_qk_attention,
                                          hash_buckets, look_around, look_around_self_index, self_index)
 
@@ -47,6 +47,34 @@ def test_sequence_within_one_chunk_is_full_attention(causal):
     v = layer.v_proj(x).view(2, 12, 2, 8).transpose(1, 2)
     expected = layer.out_proj(dense_shared_qk(qk, v, causal).transpose(1, 2).reshape(2, 12, 16))
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rotary_lsh_with_one_bucket_is_full_attention_over_rotated_vectors(causal):
+    """Rotary positions turn the shared vectors before hashing and before keys are made from them."""
+    torch.manual_seed(2)
+    rotary = RotaryEmbedding(8, 64)
+    layer = LSHSelfAttention(16, 2, n_buckets=1, n_hashes=1, chunk_length=8, chunks_before=3, causal=causal,
+                             rotary=rotary)
+    x, positions = torch.randn(2, 32, 16), torch.arange(5, 37).expand(2, 32)
+    qk = rotary(layer.qk_proj(x).view(2, 32, 2, 8).transpose(1, 2), positions)  # (B, H, T, D)
+    v = layer.v_proj(x).view(2, 32, 2, 8).transpose(1, 2)
+    expected = layer.out_proj(dense_shared_qk(qk, v, causal).transpose(1, 2).reshape(2, 32, 16))
+    got = layer(x, position_ids=positions)
+    torch.testing.assert_close(got[:, 1:], expected[:, 1:], atol=1e-5, rtol=1e-5)
+    unrotated = layer.qk_proj(x).view(2, 32, 2, 8).transpose(1, 2)
+    assert (dense_shared_qk(qk, v, causal) - dense_shared_qk(unrotated, v, causal)).abs().max() > 1e-3
+
+
+def test_rotary_local_attention_depends_on_distances_only():
+    torch.manual_seed(3)
+    layer = LocalSelfAttention(16, 2, chunk_length=8, causal=True, rotary=RotaryEmbedding(8, 64))
+    x, positions = torch.randn(2, 32, 16), torch.arange(32).expand(2, 32)
+    plain = LocalSelfAttention(16, 2, chunk_length=8, causal=True)
+    plain.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x, position_ids=positions + 7), layer(x, position_ids=positions),
+                               atol=1e-5, rtol=1e-5)
+    assert (layer(x, position_ids=positions) - plain(x)).abs().max() > 1e-3
 
 
 def test_first_token_of_causal_attention_sees_only_itself():

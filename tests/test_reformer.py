@@ -1,5 +1,7 @@
 """Reformer: number-for-number parity with Hugging Face ReformerModel (fixed hash seed)."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -80,6 +82,33 @@ def test_trains_with_reversible_layers_and_loss_drops():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_rotary_reformer_reversible_gradients_equal_plain_backprop():
+    """Rotary positions reach every layer through the reversible stack's recomputation too."""
+    torch.manual_seed(0)
+    config = ReformerConfig(vocab_size=20, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=8,
+                            local_chunk_length=8, n_buckets=4, n_hashes=2, hash_seed=3, position="rotary",
+                            attn_layers=["local", "lsh"])
+    reversible = build_model(config)
+    plain = build_model(dataclasses.replace(config, reversible=False))
+    plain.load_state_dict(reversible.state_dict())
+    assert not any("pos_emb" in key or "rotary" in key for key in reversible.state_dict())
+    ids = torch.randint(0, 20, (2, 32), generator=torch.Generator().manual_seed(1))
+    for model in (reversible, plain):
+        model(ids[:, :-1], targets=ids[:, 1:]).loss.backward()
+    for (name, ours), theirs in zip(reversible.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_rotary_reformer_is_refused_by_hugging_face_export(tmp_path):
+    from attnlab.interop import export_hf
+
+    model = build_model(ReformerConfig(vocab_size=20, block_size=32, n_layer=1, d_model=32, n_head=2,
+                                       chunk_length=8, position="rotary"))
+    with pytest.raises(UserError, match="rotary"):
+        export_hf(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="n_buckets"):
         ReformerConfig(n_buckets=3)
@@ -89,6 +118,8 @@ def test_bad_config_is_a_user_error():
         ReformerConfig(block_size=96, chunk_length=64)
     with pytest.raises(UserError, match="attn_layers"):
         ReformerConfig(n_layer=2, attn_layers=["lsh"])
+    with pytest.raises(UserError, match="even head size"):
+        ReformerConfig(d_model=30, n_head=2, position="rotary")
 
 
 def test_import_and_export_through_hugging_face_directories(tmp_path):

@@ -37,9 +37,12 @@ def config_from_hf(hf: dict, head: str, keys) -> ReformerConfig:
 def config_to_hf(c: ReformerConfig) -> dict:
     if not c.causal:
         raise UserError("only a causal Reformer exports: ReformerModelWithLMHead is a decoder (is_decoder=true)")
+    if c.position == "rotary":
+        raise UserError("a Reformer with rotary positions does not export: Hugging Face's Reformer has axial or "
+                        "learned positions only (train with model.position=axial or learned)")
     return {"model_type": "reformer", "vocab_size": c.vocab_size, "max_position_embeddings": c.block_size,
             "attn_layers": c.layer_kinds, "num_attention_heads": c.n_head,
-            "attention_head_size": c.head_dim or c.d_model // c.n_head, "hidden_size": c.d_model, "feed_forward_size": c.ffn_hidden or 4 * c.d_model, "hidden_act": c.activation,
+            "attention_head_size": c.attention_head_size, "hidden_size": c.d_model, "feed_forward_size": c.ffn_hidden or 4 * c.d_model, "hidden_act": c.activation,
             "is_decoder": c.causal, "lsh_attn_chunk_length": c.chunk_length, "lsh_num_chunks_before": c.chunks_before,
             "lsh_num_chunks_after": c.chunks_after, "num_buckets": c.n_buckets, "num_hashes": c.n_hashes,
             "hash_seed": c.hash_seed, "local_attn_chunk_length": c.local_chunk_length,

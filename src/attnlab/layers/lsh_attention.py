@@ -213,11 +213,12 @@ class LSHSelfAttention(nn.Module):
     """Multi-head LSH self-attention with a shared query/key projection; no biases.
 
     hash_seed fixes the random rotations (reproducible hashing); None draws new ones from the
-    global generator on every call.
+    global generator on every call. rotary: a RotaryEmbedding applied to the shared vectors
+    before hashing (so queries and keys carry positions), or None for no positions here.
     """
 
     def __init__(self, d_model, n_head, head_dim=None, n_buckets=32, n_hashes=2, chunk_length=64, chunks_before=1,
-                 chunks_after=0, causal=False, hash_seed=None, dropout=0.0):
+                 chunks_after=0, causal=False, hash_seed=None, dropout=0.0, rotary=None):
         super().__init__()
         if n_buckets != 1 and n_buckets % 2:
             raise ValueError(f"n_buckets must be 1 or even, got {n_buckets}")
@@ -228,16 +229,19 @@ class LSHSelfAttention(nn.Module):
         self.causal = causal
         self.hash_seed = hash_seed
         self.dropout = dropout
+        self.rotary = rotary
         inner = n_head * self.head_dim
         self.qk_proj = nn.Linear(d_model, inner, bias=False)
         self.v_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
-    def forward(self, x, attention_mask=None):
-        """x (B, T, C); attention_mask (B, T) 1 for real tokens, 0 for padding. T must be at
-        most one chunk or a multiple of chunk_length."""
+    def forward(self, x, attention_mask=None, position_ids=None):
+        """x (B, T, C); attention_mask (B, T) 1 for real tokens, 0 for padding; position_ids
+        (B, T) for the rotary positions. T must be at most one chunk or a multiple of chunk_length."""
         b, t, _ = x.shape
         qk, v = (proj(x).view(b, t, self.n_head, self.head_dim) for proj in (self.qk_proj, self.v_proj))  # (B, T, H, D)
+        if self.rotary is not None:
+            qk = self.rotary(qk, position_ids, heads_axis=2)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         dropout_p = self.dropout if self.training else 0.0
         if t <= self.chunk_length:
@@ -267,27 +271,32 @@ class LSHSelfAttention(nn.Module):
 class LocalSelfAttention(nn.Module):
     """The Reformer's local attention: separate q, k, v projections (no biases); the sequence
     is cut into chunks of `chunk_length` and each chunk attends to itself and its neighbours
-    (wrapping around, as in the reference). Keys are scaled by 1/sqrt(head_dim)."""
+    (wrapping around, as in the reference). Keys are scaled by 1/sqrt(head_dim). rotary: a
+    RotaryEmbedding for queries and keys, or None."""
 
     def __init__(self, d_model, n_head, head_dim=None, chunk_length=64, chunks_before=1, chunks_after=0,
-                 causal=False, dropout=0.0):
+                 causal=False, dropout=0.0, rotary=None):
         super().__init__()
         self.n_head = n_head
         self.head_dim = head_dim or d_model // n_head
         self.chunk_length, self.chunks_before, self.chunks_after = chunk_length, chunks_before, chunks_after
         self.causal = causal
         self.dropout = dropout
+        self.rotary = rotary
         inner = n_head * self.head_dim
         self.q_proj = nn.Linear(d_model, inner, bias=False)
         self.k_proj = nn.Linear(d_model, inner, bias=False)
         self.v_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
-    def forward(self, x, attention_mask=None):
-        """x (B, T, C); attention_mask (B, T) 1 = real token. T: at most one chunk or a multiple."""
+    def forward(self, x, attention_mask=None, position_ids=None):
+        """x (B, T, C); attention_mask (B, T) 1 = real token; position_ids (B, T) for the rotary
+        positions. T: at most one chunk or a multiple."""
         b, t, _ = x.shape
         q, k, v = (proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if self.rotary is not None:
+            q, k = self.rotary(q, position_ids), self.rotary(k, position_ids)
         k = k / math.sqrt(self.head_dim)
         pos = torch.arange(t, device=x.device)
         key_mask = attention_mask.bool()[:, None, :] if attention_mask is not None else None  # (B, 1, T)

@@ -53,10 +53,11 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x, position_ids):
-        """x (B, H, T, D); position_ids (B, T) -> x rotated by each token's position."""
-        cos = self.cos[position_ids].unsqueeze(1).to(x.dtype)  # (B, 1, T, D)
-        sin = self.sin[position_ids].unsqueeze(1).to(x.dtype)
+    def forward(self, x, position_ids, heads_axis=1):
+        """x (B, H, T, D), or (B, T, H, D) with heads_axis=2; position_ids (B, T)
+        -> x rotated by each token's position."""
+        cos = self.cos[position_ids].unsqueeze(heads_axis).to(x.dtype)  # (B, 1, T, D) or (B, T, 1, D)
+        sin = self.sin[position_ids].unsqueeze(heads_axis).to(x.dtype)
         half = x.size(-1) // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin

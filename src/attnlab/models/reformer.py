@@ -15,11 +15,11 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, AxialPositions, ChunkedFeedForward, FeedForward, LearnedPositions, LocalSelfAttention,
-                      LSHSelfAttention, ReversibleBlock, ReversibleSequence)
+                      LSHSelfAttention, ReversibleBlock, ReversibleSequence, RotaryEmbedding)
 from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
 
 ATTENTION_KINDS = ("lsh", "local")
-POSITIONS = ("axial", "learned")
+POSITIONS = ("axial", "learned", "rotary")  # rotary: in the attention, not added to the input
 
 
 @dataclasses.dataclass
@@ -45,6 +45,7 @@ class ReformerConfig(ModelConfig):
     local_chunks_before: int = 1
     local_chunks_after: int = 0
     position: str = "axial"
+    rope_base: float = 10000.0
     axial_shape: list = (32, 32)  # rows * cols >= block_size
     axial_dims: list = (64, 64)  # sums to d_model
     ffn_chunk_size: int = 0  # positions per feed-forward chunk; 0: all at once
@@ -79,6 +80,8 @@ class ReformerConfig(ModelConfig):
         self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
         self.require_choice("position", POSITIONS)
         self.require_fraction("dropout", "attn_dropout")
+        if self.position == "rotary" and self.attention_head_size % 2:
+            raise self.invalid(f"rotary positions need an even head size, got {self.attention_head_size}")
         if self.position == "axial":
             self.axial_shape, self.axial_dims = list(self.axial_shape), list(self.axial_dims)
             if len(self.axial_shape) != 2 or len(self.axial_dims) != 2:
@@ -88,6 +91,10 @@ class ReformerConfig(ModelConfig):
                                    f"fewer than block_size {self.block_size}")
             if sum(self.axial_dims) != self.d_model:
                 raise self.invalid(f"axial_dims {self.axial_dims} must sum to d_model {self.d_model}")
+
+    @property
+    def attention_head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_head
 
     @property
     def layer_kinds(self) -> list:
@@ -117,8 +124,8 @@ class AttentionSublayer(nn.Module):
         super().__init__()
         self.norm, self.attn, self.dropout = norm, attention, nn.Dropout(dropout)
 
-    def forward(self, x, attention_mask=None):
-        return self.dropout(self.attn(self.norm(x), attention_mask=attention_mask))
+    def forward(self, x, attention_mask=None, position_ids=None):
+        return self.dropout(self.attn(self.norm(x), attention_mask=attention_mask, position_ids=position_ids))
 
 
 @register(ReformerConfig)
@@ -129,8 +136,13 @@ class Reformer(Model):
         super().__init__(config)
         c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos_emb = (AxialPositions(c.axial_shape, c.axial_dims) if c.position == "axial"
-                        else LearnedPositions(c.block_size, c.d_model))
+        self.pos_emb = self.rotary = None  # absolute positions added to the input, or rotary ones in attention
+        if c.position == "axial":
+            self.pos_emb = AxialPositions(c.axial_shape, c.axial_dims)
+        elif c.position == "learned":
+            self.pos_emb = LearnedPositions(c.block_size, c.d_model)
+        else:
+            self.rotary = RotaryEmbedding(c.attention_head_size, c.block_size, c.rope_base)
         self.drop = nn.Dropout(c.dropout)
         self.layers = ReversibleSequence([self._block(kind) for kind in c.layer_kinds], reversible=c.reversible)
         self.norm_f = nn.LayerNorm(2 * c.d_model, eps=c.norm_eps)
@@ -141,10 +153,11 @@ class Reformer(Model):
         c = self.config
         if kind == "lsh":
             attention = LSHSelfAttention(c.d_model, c.n_head, c.head_dim, c.n_buckets, c.n_hashes, c.chunk_length,
-                                         c.chunks_before, c.chunks_after, c.causal, c.hash_seed, c.attn_dropout)
+                                         c.chunks_before, c.chunks_after, c.causal, c.hash_seed, c.attn_dropout,
+                                         self.rotary)
         else:
             attention = LocalSelfAttention(c.d_model, c.n_head, c.head_dim, c.local_chunk_length, c.local_chunks_before,
-                                           c.local_chunks_after, c.causal, c.attn_dropout)
+                                           c.local_chunks_after, c.causal, c.attn_dropout, self.rotary)
         ffn = FeedForward(c.d_model, c.ffn_hidden or 4 * c.d_model, c.activation, dropout=c.dropout)
         return ReversibleBlock(
             AttentionSublayer(nn.LayerNorm(c.d_model, eps=c.norm_eps), attention, c.dropout),
@@ -166,8 +179,11 @@ class Reformer(Model):
             position_ids = torch.arange(input_ids.size(1), device=input_ids.device).expand(b, -1)
         elif position_ids.size(1) < input_ids.size(1):
             position_ids = F.pad(position_ids, (0, input_ids.size(1) - position_ids.size(1)), value=0)
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(position_ids))  # (B, T, C)
-        y1, y2 = self.layers(x, x, attention_mask=attention_mask)
+        x = self.tok_emb(input_ids)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids)
+        x = self.drop(x)
+        y1, y2 = self.layers(x, x, attention_mask=attention_mask, position_ids=position_ids)
         hidden = self.drop(self.norm_f(torch.cat([y1, y2], dim=-1)))[:, :t]  # (B, T, 2C)
         logits = self.lm_head(hidden[:, -1:] if only_last else hidden)
         loss = None

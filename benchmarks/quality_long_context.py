@@ -7,8 +7,10 @@ Every model is trained with `attnlab train` (the command line users run) on tiny
 character level, context 1024, with the same size, seed, data order, batch, schedule and steps;
 the script prints each run's best validation loss (the same 20 validation batches for all) and
 its gap to the full-attention GPT (target: within 0.05). Runs use one thread each; --jobs runs
-that many at once. --gpt-position sets the positions of both GPTs (learned or rotary); --models
-picks a subset, which must include the full-attention GPT.
+that many at once, each timed from its start to its own end (the times compare only between
+runs that did not share a core). --gpt-position sets the positions of both GPTs (learned or
+rotary); --models picks a subset, which must include the full-attention GPT. Each run's
+output stays beside its run directory in --out, as <name>.log and <name>.err.
 """
 
 import argparse
@@ -47,19 +49,25 @@ MODELS = {
 
 
 def start(name, options, common, out):
+    """Launch one training run; its output goes to <out>/<name>.log (stdout, then the JSON summary)
+    and <out>/<name>.err (stderr)."""
+    run = out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
-               "--out", str(out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")), *options, *SIZE, *common]
+               "--out", str(run), *options, *SIZE, *common]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with open(f"{run}.log", "w") as stdout, open(f"{run}.err", "w") as stderr:
+        return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env), run
 
 
-def finish(name, process, started):
-    stdout, stderr = process.communicate()
+def finish(name, process, run, seconds):
+    """-> (best validation loss, seconds, the run's first line of description)."""
+    stdout, stderr = Path(f"{run}.log").read_text(), Path(f"{run}.err").read_text()
     if process.returncode != 0:
         sys.exit(f"{name} failed:\n{stderr[-2000:]}")
     result = json.loads(stdout[stdout.index("{"):])  # the run's closing JSON summary
     print(json.dumps({"model": name, **result}), file=sys.stderr, flush=True)
-    return result["best_val_loss"], time.perf_counter() - started, stderr.splitlines()[0]
+    return result["best_val_loss"], seconds, stderr.splitlines()[0]
 
 
 def main():
@@ -79,13 +87,16 @@ def main():
               "train.eval_batches=20", "train.progress=false", "train.seed=0"]
     gpt_position = [f"model.position={args.gpt_position}"]
     pending = [(name, MODELS[name] + (gpt_position if "model.family=gpt" in MODELS[name] else [])) for name in names]
-    running, results = {}, {}
+    running, results = {}, {}  # name -> (process, run directory, start time)
     while pending or running:
         while pending and len(running) < args.jobs:
             name, options = pending.pop(0)
-            running[name] = (start(name, options, common, Path(args.out)), time.perf_counter())
-        name = next(iter(running))
-        results[name] = finish(name, *running.pop(name))
+            running[name] = (*start(name, options, common, Path(args.out)), time.perf_counter())
+        time.sleep(1)
+        for name, (process, run, started) in list(running.items()):
+            if process.poll() is not None:  # timed when it ends, whichever ends first
+                del running[name]
+                results[name] = finish(name, process, run, time.perf_counter() - started)
     base = results[BASELINE][0]
     print(f"GPT positions: {args.gpt_position}\n")
     print("| model | best val loss | gap to GPT | train time |\n|---|---|---|---|")

@@ -31,6 +31,9 @@ MODELS = {
     "sliding-window GPT (window 128)": ["model.family=gpt", "model.attn_window=128"],
     "Transformer-XL (segment 256, memory 256)": ["model.family=transformer_xl", "model.segment_length=256",
                                                  "model.mem_len=256"],
+    "Transformer-XL (segment 256, memory 256, pre-LN, GELU)": ["model.family=transformer_xl",
+                                                               "model.segment_length=256", "model.mem_len=256",
+                                                               "model.prenorm=true", "model.activation=gelu"],
     # memory 768: every query sees up to 1024 tokens, the GPT's context
     "Transformer-XL (segment 256, memory 768)": ["model.family=transformer_xl", "model.segment_length=256",
                                                  "model.mem_len=768"],
@@ -45,6 +48,16 @@ MODELS = {
     "Reformer (LSH, chunk 64, 16 buckets, 2 hashes, rotary, GELU)": ["model.family=reformer", "model.chunk_length=64",
                                                                      "model.n_buckets=16", "model.n_hashes=2",
                                                                      "model.position=rotary", "model.activation=gelu"],
+    # the paper's enwik8 layout: local attention layers between the LSH ones
+    "Reformer (local + LSH layers, rotary, GELU)": ["model.family=reformer", "model.attn_layers=[local,lsh]",
+                                                    "model.chunk_length=64", "model.local_chunk_length=64",
+                                                    "model.n_buckets=16", "model.n_hashes=2",
+                                                    "model.position=rotary", "model.activation=gelu"],
+    # ... with 4 hashing rounds (closer to full attention, at twice the LSH cost)
+    "Reformer (local + LSH layers, 4 hashes, rotary, GELU)": ["model.family=reformer", "model.attn_layers=[local,lsh]",
+                                                              "model.chunk_length=64", "model.local_chunk_length=64",
+                                                              "model.n_buckets=16", "model.n_hashes=4",
+                                                              "model.position=rotary", "model.activation=gelu"],
 }
 
 

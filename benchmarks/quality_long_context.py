@@ -4,7 +4,7 @@
     ... --gpt-position rotary --models "GPT (full attention); sliding-window GPT (window 128)"
 
 Every model is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
-character level, context 1024, with the same size, seed, data order, batch, schedule and steps;
+character level, context 1024, with the same size, seed (--seed), data order, batch, schedule and steps;
 the script prints each run's best validation loss (the same 20 validation batches for all) and
 its gap to the full-attention GPT (target: within 0.05). Runs use one thread each; --jobs runs
 that many at once, each timed from its start to its own end (the times compare only between
@@ -90,6 +90,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=1, help="trainings run at once, one thread each")
     parser.add_argument("--out", default=str(ROOT / "runs" / "quality_long_context"))
     parser.add_argument("--gpt-position", choices=["learned", "rotary"], default="learned")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and data order of every run")
     parser.add_argument("--models", default=";".join(MODELS), help="names from MODELS, separated by ';'")
     args = parser.parse_args()
     names = [name.strip() for name in args.models.split(";")]
@@ -97,7 +98,7 @@ def main():
         parser.error(f"--models: names from {list(MODELS)}, including {BASELINE!r}")
     common = [f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}", "train.lr=0.002",
               f"train.warmup_steps={args.steps // 10}", f"train.eval_interval={args.steps // 4}",
-              "train.eval_batches=20", "train.progress=false", "train.seed=0"]
+              "train.eval_batches=20", "train.progress=false", f"train.seed={args.seed}"]
     gpt_position = [f"model.position={args.gpt_position}"]
     pending = [(name, MODELS[name] + (gpt_position if "model.family=gpt" in MODELS[name] else [])) for name in names]
     running, results = {}, {}  # name -> (process, run directory, start time)
@@ -111,7 +112,7 @@ def main():
                 del running[name]
                 results[name] = finish(name, process, run, time.perf_counter() - started)
     base = results[BASELINE][0]
-    print(f"GPT positions: {args.gpt_position}\n")
+    print(f"GPT positions: {args.gpt_position}; seed {args.seed}\n")
     print("| model | best val loss | gap to GPT | train time |\n|---|---|---|---|")
     for name in names:
         loss, seconds, _ = results[name]

@@ -81,13 +81,15 @@ def test_bad_generation_requests_are_clear_errors(model):
         Sampling(max_new_tokens=-1)
 
 
-def test_left_padding_does_not_shift_reformer_positions():
+@pytest.mark.parametrize("position", ["axial", "rotary"])
+def test_left_padding_does_not_shift_reformer_positions(position):
     """Models that take position_ids from the caller (here the Reformer, whose one local chunk
-    covers the whole sequence, so attention is plain causal) generate the same batched as alone."""
+    covers the whole sequence, so attention is plain causal) generate the same batched as alone.
+    With rotary positions only distances count, so this checks the padding mask alone."""
     from attnlab.models import ReformerConfig
     config = ReformerConfig(vocab_size=40, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=32,
                             local_chunk_length=32, axial_shape=[4, 8], axial_dims=[16, 16], dropout=0.0,
-                            attn_layers=["local", "local"])
+                            attn_layers=["local", "local"], position=position)
     reformer = build_model(config).eval()
     batched = generate(reformer, PROMPTS, Sampling(max_new_tokens=10, temperature=0))
     assert batched == [generate(reformer, [p], Sampling(max_new_tokens=10, temperature=0))[0] for p in PROMPTS]

@@ -3,7 +3,9 @@ layers with chunked feed-forward, as a causal LM (or a bidirectional encoder, ca
 
 Each layer is a reversible block on two streams that both start as the embeddings:
     y1 = x1 + Attention(LayerNorm(x2)),  y2 = x2 + FeedForward(LayerNorm(y1))
-and the output is LayerNorm([y1; y2]) of width 2 * d_model.
+and the output is LayerNorm([y1; y2]) of width 2 * d_model. Positions are axial (the
+reference's default) or learned, added to the embeddings, or rotary: one RotaryEmbedding shared
+by every attention layer turns queries and keys (no Hugging Face counterpart, so no export).
 """
 
 import dataclasses

@@ -4,10 +4,10 @@
     ... --gpt-position rotary --models "GPT (full attention); sliding-window GPT (window 128)"
 
 Every model is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
-character level, context 1024, with the same size, seed (--seed), data order, batch, schedule and steps;
-the script prints each run's best validation loss (the same 20 validation batches for all) and
-its gap to the full-attention GPT (target: within 0.05). Runs use one thread each; --jobs runs
-that many at once, each timed from its start to its own end (the times compare only between
+character level, context 1024, with the same size, seed (--seed), data order, batch, schedule
+and steps; the script prints each run's best validation loss (the same 20 validation batches
+for all) and its gap to the full-attention GPT (target: within 0.05). Runs use one thread each;
+--jobs runs that many at once, each timed from its start to its own end (the times compare only between
 runs that did not share a core). --gpt-position sets the positions of both GPTs (learned or
 rotary); --models picks a subset, which must include the full-attention GPT. Each run's
 output stays beside its run directory in --out, as <name>.log and <name>.err.
@@ -26,38 +26,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ATTNLAB_DATA", ROOT.parent / "shared" / "data"))
 SIZE = ["model.n_layer=2", "model.n_head=4", "model.d_model=128", "model.block_size=1024"]
 BASELINE = "GPT (full attention)"
+XL = ["model.family=transformer_xl", "model.segment_length=256"]
+GPT_SUBLAYERS = ["model.prenorm=true", "model.activation=gelu"]  # the GPT's pre-LN and GELU
+REFORMER = ["model.family=reformer", "model.chunk_length=64", "model.n_buckets=16"]
+ROTARY_GELU = ["model.position=rotary", "model.activation=gelu"]  # the rotary GPT's positions and GELU
+LOCAL_LSH = ["model.attn_layers=[local,lsh]", "model.local_chunk_length=64"]  # the paper's enwik8 layout
 MODELS = {
     BASELINE: ["model.family=gpt"],
     "sliding-window GPT (window 128)": ["model.family=gpt", "model.attn_window=128"],
-    "Transformer-XL (segment 256, memory 256)": ["model.family=transformer_xl", "model.segment_length=256",
-                                                 "model.mem_len=256"],
-    "Transformer-XL (segment 256, memory 256, pre-LN, GELU)": ["model.family=transformer_xl",
-                                                               "model.segment_length=256", "model.mem_len=256",
-                                                               "model.prenorm=true", "model.activation=gelu"],
+    "Transformer-XL (segment 256, memory 256)": XL + ["model.mem_len=256"],
+    "Transformer-XL (segment 256, memory 256, pre-LN, GELU)": XL + ["model.mem_len=256"] + GPT_SUBLAYERS,
     # memory 768: every query sees up to 1024 tokens, the GPT's context
-    "Transformer-XL (segment 256, memory 768)": ["model.family=transformer_xl", "model.segment_length=256",
-                                                 "model.mem_len=768"],
-    # ... and the GPT's pre-LN and GELU, so that only attention and positions differ
-    "Transformer-XL (segment 256, memory 768, pre-LN, GELU)": ["model.family=transformer_xl",
-                                                               "model.segment_length=256", "model.mem_len=768",
-                                                               "model.prenorm=true", "model.activation=gelu"],
-    "Reformer (LSH, chunk 64, 16 buckets, 2 hashes)": ["model.family=reformer", "model.chunk_length=64",
-                                                       "model.n_buckets=16", "model.n_hashes=2",
-                                                       "model.axial_shape=[32,32]", "model.axial_dims=[64,64]"],
-    # the rotary GPT's positions and GELU
-    "Reformer (LSH, chunk 64, 16 buckets, 2 hashes, rotary, GELU)": ["model.family=reformer", "model.chunk_length=64",
-                                                                     "model.n_buckets=16", "model.n_hashes=2",
-                                                                     "model.position=rotary", "model.activation=gelu"],
-    # the paper's enwik8 layout: local attention layers between the LSH ones
-    "Reformer (local + LSH layers, rotary, GELU)": ["model.family=reformer", "model.attn_layers=[local,lsh]",
-                                                    "model.chunk_length=64", "model.local_chunk_length=64",
-                                                    "model.n_buckets=16", "model.n_hashes=2",
-                                                    "model.position=rotary", "model.activation=gelu"],
-    # ... with 4 hashing rounds (closer to full attention, at twice the LSH cost)
-    "Reformer (local + LSH layers, 4 hashes, rotary, GELU)": ["model.family=reformer", "model.attn_layers=[local,lsh]",
-                                                              "model.chunk_length=64", "model.local_chunk_length=64",
-                                                              "model.n_buckets=16", "model.n_hashes=4",
-                                                              "model.position=rotary", "model.activation=gelu"],
+    "Transformer-XL (segment 256, memory 768)": XL + ["model.mem_len=768"],
+    "Transformer-XL (segment 256, memory 768, pre-LN, GELU)": XL + ["model.mem_len=768"] + GPT_SUBLAYERS,
+    "Reformer (LSH, chunk 64, 16 buckets, 2 hashes)": REFORMER + ["model.n_hashes=2", "model.axial_shape=[32,32]",
+                                                                  "model.axial_dims=[64,64]"],
+    "Reformer (LSH, chunk 64, 16 buckets, 2 hashes, rotary, GELU)": REFORMER + ["model.n_hashes=2"] + ROTARY_GELU,
+    "Reformer (local + LSH layers, rotary, GELU)": REFORMER + LOCAL_LSH + ["model.n_hashes=2"] + ROTARY_GELU,
+    # more hashing rounds: closer to full attention, at twice the LSH cost
+    "Reformer (local + LSH layers, 4 hashes, rotary, GELU)": REFORMER + LOCAL_LSH + ["model.n_hashes=4"] + ROTARY_GELU,
 }
 
 

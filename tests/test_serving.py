@@ -165,7 +165,7 @@ def test_n_choices_seeded_sampling_and_stop_strings(gpt_server, tokenizer):
 def test_health_and_prometheus_metrics(gpt_server):
     gpt_server.post("/v1/completions", {"prompt": "abc", "max_tokens": 3})
     health = gpt_server.get("/health").json()
-    assert health["status"] == "ok" and health["kind"] == "causal-lm" and health["context"] == 64
+    assert health["status"] == "ok" and health["kind"] == "causal_lm" and health["context"] == 64
     text = gpt_server.get("/metrics").text
     assert 'attnlab_requests_total{path="/v1/completions",status="200"}' in text
     assert 'attnlab_request_latency_seconds_bucket{path="/v1/completions",le="+Inf"}' in text
@@ -200,7 +200,7 @@ def test_malformed_json_and_wrong_endpoint_kind(gpt_server):
                    headers={"content-type": "application/json"})
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
     r = gpt_server.post("/v1/embeddings", {"input": "abc"})
-    assert r.status_code == 400 and "causal LM" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "causal language model" in r.json()["error"]["message"]
 
 
 # -- overload, timeouts, disconnects, failures ----------------------------------------------------

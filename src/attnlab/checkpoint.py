@@ -17,8 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from .compression.structure import STRUCTURE_FILE, apply_structure, describe_structure
 from .errors import UserError
-from .models.base import build_model, config_from_dict
-from .tokenizers import TOKENIZER_FILE, load_tokenizer
+from .models.base import build_model, config_from_dict, family_spec
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,7 +62,9 @@ def weights_for_saving(model) -> dict:
 
 
 def load_checkpoint(directory, families=None, device="cpu", with_tokenizer=True):
-    """-> (model in eval mode, tokenizer or None). `families` limits which models are accepted."""
+    """-> (model in eval mode, its processor or None): the processor its family's spec names (a
+    tokenizer, or the source and target tokenizers of a seq2seq model). `families` limits which
+    models are accepted."""
     directory = Path(directory)
     _recover(directory)
     config = read_config(directory)
@@ -73,9 +74,8 @@ def load_checkpoint(directory, families=None, device="cpu", with_tokenizer=True)
     if (directory / STRUCTURE_FILE).is_file():
         apply_structure(model, read_json(directory / STRUCTURE_FILE))
     load_weights(model, directory / WEIGHTS_FILE)
-    tokenizer = None
-    if with_tokenizer and (directory / TOKENIZER_FILE).exists():
-        tokenizer = load_tokenizer(directory)
+    processor = family_spec(config).processor
+    tokenizer = processor.load(directory) if with_tokenizer and processor.exists(directory) else None
     return model.to(device).eval(), tokenizer
 
 

@@ -9,13 +9,13 @@ from ..data.corpus import read_text
 from ..errors import UserError
 from ..evaluation import perplexity
 from ..inference import Sampling, stream_text
+from ..models.base import CAUSAL_LM, families_of_kind
 from ..training import TrainConfig, Trainer, distributed
 from ..training.tasks import setup_task
 from . import seq2seq
 from .common import load_run_config, print_json, resolve_checkpoint
 
 RUN_FILE = "run.json"
-CAUSAL_LM_FAMILIES = ("gpt", "reformer", "transformer_xl")
 
 
 def register(sub):
@@ -102,7 +102,7 @@ def train(args):
 
 
 def load_causal_lm(path):
-    model, tokenizer = load_checkpoint(resolve_checkpoint(path), families=CAUSAL_LM_FAMILIES)
+    model, tokenizer = load_checkpoint(resolve_checkpoint(path), families=families_of_kind(CAUSAL_LM))
     if not getattr(model.config, "causal", True):
         raise UserError(f"{path} holds a bidirectional {model.config.family} model (causal=false); "
                         "generate and eval need a causal language model")

@@ -5,24 +5,24 @@ import json
 import sys
 
 from ..checkpoint import load_checkpoint, read_config
-from ..data.seq2seq import Seq2SeqTokenizers, check_length, encode_source, read_pairs
+from ..data.seq2seq import check_length, encode_source, read_pairs
 from ..errors import UserError
 from ..evaluation import text_metrics
 from ..inference import BeamSearch, Sampling
 from ..inference.seq2seq import translate
-from ..models.base import FAMILIES
+from ..models.base import SEQ2SEQ, family_spec
 from .common import print_json
 
 
 def is_seq2seq_checkpoint(path) -> bool:
-    return getattr(FAMILIES[read_config(path).family][1], "is_seq2seq", False)
+    return family_spec(read_config(path)).kind == SEQ2SEQ
 
 
 def load(path):
-    model, _ = load_checkpoint(path, with_tokenizer=False)
-    if not Seq2SeqTokenizers.exists(path):
+    model, tokenizers = load_checkpoint(path)
+    if tokenizers is None:
         raise UserError(f"{path} has no tokenizer.json; seq2seq generation needs the checkpoint's tokenizer")
-    return model, Seq2SeqTokenizers.load(path)
+    return model, tokenizers
 
 
 EARLY_STOPPING = {"true": True, "false": False, "never": "never"}  # --early-stopping -> BeamSearch.early_stopping

@@ -12,11 +12,11 @@ import torch
 
 from ..errors import UserError
 from ..models.seq2seq import IGNORE_INDEX
-from ..tokenizers import TOKENIZER_FILE, CharTokenizer, SubwordTokenizer, load_tokenizer
+from ..processors.seq2seq import Seq2SeqTokenizers  # noqa: F401  (where seq2seq callers have found it)
+from ..tokenizers import CharTokenizer, SubwordTokenizer
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<s>")
 PAD_ID, EOS_ID, START_ID = 0, 1, 2
-TARGET_TOKENIZER_FILE = "target_tokenizer.json"
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -72,40 +72,6 @@ def train_seq2seq_tokenizer(kind: str, texts, vocab_size=None):
         backend.train_from_iterator(texts, trainer=trainer)
         return SubwordTokenizer(backend)
     raise UserError(f"unknown tokenizer {kind!r}; choose one of char, bpe")
-
-
-def _tokenizer_json(tokenizer) -> str:
-    if isinstance(tokenizer, CharTokenizer):
-        return json.dumps({"type": "char", "chars": tokenizer.chars}, ensure_ascii=False)
-    return tokenizer.backend.to_str()
-
-
-class Seq2SeqTokenizers:
-    """The source and target tokenizers (the same object when shared). Saved as tokenizer.json,
-    plus target_tokenizer.json when the target has its own."""
-
-    def __init__(self, source, target=None):
-        self.source, self.target = source, target or source
-
-    @property
-    def shared(self) -> bool:
-        return self.target is self.source
-
-    def save(self, directory):
-        self.source.save(directory)
-        if not self.shared:
-            (Path(directory) / TARGET_TOKENIZER_FILE).write_text(_tokenizer_json(self.target), encoding="utf-8")
-
-    @classmethod
-    def load(cls, directory):
-        source = load_tokenizer(directory)
-        if (Path(directory) / TARGET_TOKENIZER_FILE).is_file():
-            return cls(source, load_tokenizer(directory, TARGET_TOKENIZER_FILE))
-        return cls(source)
-
-    @classmethod
-    def exists(cls, directory) -> bool:
-        return (Path(directory) / TOKENIZER_FILE).is_file()
 
 
 def encode_source(tokenizers, text: str, eos_id: int = EOS_ID) -> list:

@@ -1,40 +1,90 @@
 """What every model shares: its config, an output record, and the family registry.
 
-The trainer, generator, compressors and converters rely only on this: a model is built from
-its config, `model(**batch)` returns a `ModelOutput` whose `loss` is set when the batch holds
-targets, and causal models answer `forward(input_ids, ..., cache=KVCache)`.
+Each family registers one `FamilySpec` (at the bottom of its models/<family>.py) that declares
+what it is: its config and model classes, its kind, the block class that is the unit of FSDP
+sharding, distillation and compression, a tiny preset, an example batch and its processor.
+Everything outside models/ learns what a model can do from its spec (`family_spec`), never by
+probing the model. A model is built from its config; `model(**batch)` returns a `ModelOutput`
+whose `loss` is set when the batch holds targets.
 """
 
 import dataclasses
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
+from ..config import ModelConfig
 from ..errors import UserError
 
-FAMILIES = {}  # family name -> (config class, model class)
+# What a model is for, and so which verbs and endpoints apply (see DESIGN.md, "What each kind answers").
+CAUSAL_LM, SEQ2SEQ, ENCODER = "causal_lm", "seq2seq", "encoder"
+KINDS = {
+    CAUSAL_LM: "a causal language model",
+    SEQ2SEQ: "an encoder-decoder (sequence to sequence) model",
+    ENCODER: "a bidirectional encoder",
+}
+# The objective `attnlab train` uses for a kind when the run config names no task.
+DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilySpec:
+    """What a family is, declared once; registering it enrols the family in every verb and in the
+    contract test (tests/test_families.py)."""
+
+    config_class: type  # a ModelConfig subclass; its `family` names the family
+    model_class: type
+    kind: str  # one of KINDS
+    block_class: type  # the repeated block: FSDP unit, distillation and compression scope
+    tiny_preset: str  # a preset small enough for tests, trainable by the kind's default task
+    example_batch: Callable  # (config, generator) -> a batch (dict of tensors) with targets
+    processor: type  # turns raw input into model input; `load(directory)` / `exists(directory)`, instances `save(directory)`
+    modality: str = "text"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    @property
+    def name(self) -> str:
+        return self.config_class.family
+
+
+FAMILIES = {}  # family name -> FamilySpec
 PRESETS = {}  # preset name -> config
 
 
-def register(config_cls):
-    """Class decorator for a model: `@register(GPTConfig) class GPT(Model)`."""
-    def wrap(model_cls):
-        FAMILIES[config_cls.family] = (config_cls, model_cls)
-        model_cls.config_class = config_cls
-        return model_cls
-    return wrap
+def register(spec: FamilySpec) -> FamilySpec:
+    """Enrol a family: called once, at the bottom of its model file."""
+    FAMILIES[spec.name] = spec
+    spec.model_class.config_class = spec.config_class
+    return spec
+
+
+def family_spec(family_or_model) -> FamilySpec:
+    """The spec of a family name, a config, or a model."""
+    name = family_or_model
+    if isinstance(family_or_model, nn.Module):
+        name = family_or_model.config.family
+    elif isinstance(family_or_model, ModelConfig):
+        name = family_or_model.family
+    if name not in FAMILIES:
+        raise UserError(f"unknown model family {name!r}; known families: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+def families_of_kind(kind: str) -> list:
+    return sorted(name for name, spec in FAMILIES.items() if spec.kind == kind)
 
 
 def config_from_dict(values: dict):
-    family = values.get("family")
-    if family not in FAMILIES:
-        raise UserError(f"unknown model family {family!r}; known families: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[family][0].from_dict(values)
+    return family_spec(values.get("family")).config_class.from_dict(values)
 
 
 def build_model(config) -> "Model":
-    return FAMILIES[config.family][1](config)
+    return family_spec(config).model_class(config)
 
 
 def preset(name: str, **overrides):
@@ -74,3 +124,37 @@ def init_gpt_style(model: nn.Module, n_layer: int, std: float = 0.02):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, 0.0, std)
+
+
+# -- example batches: what the contract test feeds each kind's tiny model ------------------------
+
+def causal_lm_batch(config, generator: torch.Generator, batch: int = 2, length: int = 24) -> dict:
+    """input_ids (B, T) and next-token targets (B, T), T at most the context."""
+    length = min(length, config.max_seq_len)
+    ids = torch.randint(config.vocab_size, (batch, length + 1), generator=generator)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:]}
+
+
+def seq2seq_batch(config, generator: torch.Generator, batch: int = 2, source: int = 12, target: int = 8) -> dict:
+    """Right-padded sources (B, S) with their mask, and targets (B, T) ending in eos, -100 after it."""
+    first = 3  # ids below are pad, eos and the decoder start in every seq2seq tokenizer made here
+    input_ids = torch.randint(first, config.vocab_size, (batch, source), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[-1, source // 2:] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, config.pad_id)
+    labels = torch.randint(first, config.vocab_size, (batch, target), generator=generator)
+    labels[:, -2] = config.eos_id
+    labels[:, -1] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def mlm_batch(config, generator: torch.Generator, batch: int = 2, length: int = 24) -> dict:
+    """Right-padded token ids (B, T) with their mask and masked-LM labels (-100 where not predicted)."""
+    input_ids = torch.randint(config.pad_token_id + 1, config.vocab_size, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[-1, length - length // 4:] = 0
+    input_ids = input_ids.masked_fill(attention_mask == 0, config.pad_token_id)
+    predicted = (torch.rand(batch, length, generator=generator) < 0.3) & attention_mask.bool()
+    predicted[:, 1] = True
+    labels = torch.randint(config.pad_token_id + 1, config.vocab_size, (batch, length), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels.masked_fill(~predicted, -100)}

@@ -22,7 +22,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers import FFN_KINDS, LearnedPositions, TransformerBlock, activation_of, mean_pool, padding_mask
 from ..layers.attention import BACKENDS
-from .base import PRESETS, Model, ModelOutput, register
+from ..processors import TextProcessor
+from .base import ENCODER, PRESETS, FamilySpec, Model, ModelOutput, mlm_batch, register
 
 HEADS = ("none", "mlm", "pretraining", "sequence", "token", "qa")
 POSITION_STYLES = ("absolute", "roberta")
@@ -78,6 +79,10 @@ class BertConfig(ModelConfig):
         return self.ffn_hidden or 4 * self.d_model
 
     @property
+    def max_seq_len(self) -> int:
+        return self.max_length
+
+    @property
     def max_length(self) -> int:
         """The longest input the position table covers."""
         offset = self.pad_token_id + 1 if self.position_style == "roberta" else 0
@@ -129,7 +134,6 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(self.activation(self.transform(x))))  # (B, T, V)
 
 
-@register(BertConfig)
 class Bert(Model):
     def __init__(self, config: BertConfig):
         super().__init__(config)
@@ -256,6 +260,7 @@ _DISTILBERT = dict(type_vocab_size=0, pooler=False, pooler_activation="relu")
 
 PRESETS.update({
     "bert-tiny": _bert(2, 2, 128),
+    "bert-mlm-tiny": _bert(2, 2, 32, vocab_size=64, max_positions=64, head="mlm", pooler=False),
     "bert-mini": _bert(4, 4, 256),
     "bert-small": _bert(4, 8, 512),
     "bert-base": _bert(12, 12, 768),
@@ -266,3 +271,6 @@ PRESETS.update({
     "roberta-large": _bert(24, 16, 1024, **_ROBERTA),
     "distilbert-base": _bert(6, 12, 768, **_DISTILBERT),
 })
+
+register(FamilySpec(BertConfig, Bert, kind=ENCODER, block_class=TransformerBlock, tiny_preset="bert-mlm-tiny",
+                    example_batch=mlm_batch, processor=TextProcessor))

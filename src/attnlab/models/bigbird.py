@@ -9,9 +9,11 @@ the model is deterministic. Inputs are padded to whole blocks. Sequences of at m
 
 import dataclasses
 
+from ..layers import TransformerBlock
 from ..layers.attention import MultiHeadAttention
 from ..layers.sparse_attention import BigBirdAttention
-from .base import PRESETS, register
+from ..processors import TextProcessor
+from .base import ENCODER, PRESETS, FamilySpec, mlm_batch, register
 from .long_encoder import LongEncoder, LongEncoderConfig
 
 
@@ -27,6 +29,10 @@ class BigBirdConfig(LongEncoderConfig):
     block_size: int = 64
     n_random_blocks: int = 3
     seed: int = 0
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_positions
 
     def validate(self):
         super().validate()
@@ -44,7 +50,6 @@ class BlockSparseOrFull(BigBirdAttention):
         return MultiHeadAttention.forward(self, x, mask=None if key_mask is None else key_mask[:, None, None, :])
 
 
-@register(BigBirdConfig)
 class BigBird(LongEncoder):
     classifier_activation = "gelu_tanh"
     @staticmethod
@@ -64,4 +69,15 @@ PRESETS.update({
     "bigbird-tiny": BigBirdConfig(vocab_size=256, max_positions=4096, n_layer=2, n_head=4, d_model=128,
                                   block_size=32, n_random_blocks=2),
     "bigbird-base": BigBirdConfig(),
+    "bigbird-mlm-tiny": BigBirdConfig(vocab_size=64, max_positions=256, n_layer=2, n_head=2, d_model=32, block_size=8,
+                                      n_random_blocks=1, head="mlm"),
 })
+
+
+def _example_batch(config, generator):
+    """A masked-LM batch long enough for the block-sparse pattern (more than 5 + 2 r blocks)."""
+    return mlm_batch(config, generator, length=(6 + 2 * config.n_random_blocks) * config.block_size)
+
+
+register(FamilySpec(BigBirdConfig, BigBird, kind=ENCODER, block_class=TransformerBlock, tiny_preset="bigbird-mlm-tiny",
+                    example_batch=_example_batch, processor=TextProcessor))

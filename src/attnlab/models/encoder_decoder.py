@@ -16,7 +16,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers import FFN_KINDS, SinusoidalPositions, TransformerBlock, VocabProjection, make_norm, padding_mask
 from ..layers.attention import BACKENDS
-from .base import PRESETS, register
+from ..processors import Seq2SeqTokenizers
+from .base import PRESETS, SEQ2SEQ, FamilySpec, register, seq2seq_batch
 from .seq2seq import Seq2SeqModel
 
 POSITION_LAYOUTS = ("interleaved", "halves")
@@ -71,6 +72,10 @@ class TransformerConfig(ModelConfig):
         return self.tgt_vocab_size or self.vocab_size
 
     @property
+    def max_seq_len(self) -> int:
+        return self.max_source_len
+
+    @property
     def max_source_len(self) -> int:
         return self.max_positions
 
@@ -79,7 +84,6 @@ class TransformerConfig(ModelConfig):
         return self.max_positions
 
 
-@register(TransformerConfig)
 class EncoderDecoder(Seq2SeqModel):
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
@@ -166,3 +170,6 @@ PRESETS.update({
     "transformer-tiny": _transformer(64, 4, 256, 2, vocab_size=256, max_positions=128),
     "transformer-small": _transformer(256, 4, 1024, 3, vocab_size=8000, max_positions=256),
 })
+
+register(FamilySpec(TransformerConfig, EncoderDecoder, kind=SEQ2SEQ, block_class=TransformerBlock,
+                    tiny_preset="transformer-tiny", example_batch=seq2seq_batch, processor=Seq2SeqTokenizers))

@@ -11,7 +11,8 @@ from ..layers import (FFN_KINDS, NORMS, LearnedPositions, RotaryEmbedding, Sinus
                       TransformerBlock, VocabProjection, make_norm, padding_mask, positions_from_mask)
 from ..layers.attention import BACKENDS
 from ..layers.sparse_attention import SlidingWindowAttention
-from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
+from ..processors import TextProcessor
+from .base import CAUSAL_LM, PRESETS, FamilySpec, Model, ModelOutput, causal_lm_batch, init_gpt_style, register
 
 POSITIONS = ("learned", "sinusoidal", "rotary", "none")
 
@@ -58,6 +59,10 @@ class GPTConfig(ModelConfig):
             raise self.invalid("rotary positions need an even head size (d_model / n_head)")
 
     @property
+    def max_seq_len(self) -> int:
+        return self.block_size
+
+    @property
     def ffn_size(self) -> int:
         if self.ffn_hidden:
             return self.ffn_hidden
@@ -66,7 +71,6 @@ class GPTConfig(ModelConfig):
         return 4 * self.d_model
 
 
-@register(GPTConfig)
 class GPT(Model):
     def __init__(self, config: GPTConfig):
         super().__init__(config)
@@ -156,4 +160,8 @@ PRESETS.update({
     "llama-small": _llama(12, 12, 768, n_kv_head=4),
     "llama-1b": _llama(16, 32, 2048, n_kv_head=8, ffn_hidden=8192),
     "llama-7b": _llama(32, 32, 4096, ffn_hidden=11008, block_size=4096),
+    "gpt-tiny": GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, d_model=32),
 })
+
+register(FamilySpec(GPTConfig, GPT, kind=CAUSAL_LM, block_class=TransformerBlock, tiny_preset="gpt-tiny",
+                    example_batch=causal_lm_batch, processor=TextProcessor))

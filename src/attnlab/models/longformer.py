@@ -8,8 +8,12 @@ Positions are counted as RoBERTa does: from pad_token_id + 1 over the real token
 
 import dataclasses
 
+import torch
+
+from ..layers import TransformerBlock
 from ..layers.sparse_attention import SlidingWindowAttention
-from .base import PRESETS, register
+from ..processors import TextProcessor
+from .base import ENCODER, PRESETS, FamilySpec, mlm_batch, register
 from .long_encoder import LongEncoder, LongEncoderConfig
 
 
@@ -18,6 +22,10 @@ class LongformerConfig(LongEncoderConfig):
     family = "longformer"
     attention_window: int = 512  # keys seen around a token, both sides together (even)
     dilation: int = 1  # or one value per head, e.g. [1, 1, 2, 2]
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_positions - self.pad_token_id - 1  # positions count from pad_token_id + 1
 
     def validate(self):
         super().validate()
@@ -32,7 +40,6 @@ class LongformerConfig(LongEncoderConfig):
                                f"got {self.dilation!r}")
 
 
-@register(LongformerConfig)
 class Longformer(LongEncoder):
     @staticmethod
     def make_attention(c, layer):
@@ -52,4 +59,18 @@ PRESETS.update({
     "longformer-tiny": LongformerConfig(vocab_size=256, max_positions=4098, n_layer=2, n_head=4, d_model=128,
                                         attention_window=64, pad_token_id=0),
     "longformer-base": LongformerConfig(),
+    "longformer-mlm-tiny": LongformerConfig(vocab_size=64, max_positions=130, n_layer=2, n_head=2, d_model=32,
+                                            attention_window=8, pad_token_id=0, head="mlm"),
 })
+
+
+def _example_batch(config, generator):
+    """A masked-LM batch in which the first token attends globally (reaching the global projections)."""
+    batch = mlm_batch(config, generator, length=40)
+    batch["global_attention_mask"] = torch.zeros_like(batch["input_ids"])
+    batch["global_attention_mask"][:, 0] = 1
+    return batch
+
+
+register(FamilySpec(LongformerConfig, Longformer, kind=ENCODER, block_class=TransformerBlock,
+                    tiny_preset="longformer-mlm-tiny", example_batch=_example_batch, processor=TextProcessor))

@@ -18,7 +18,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, AxialPositions, ChunkedFeedForward, FeedForward, LearnedPositions, LocalSelfAttention,
                       LSHSelfAttention, ReversibleBlock, ReversibleSequence, RotaryEmbedding)
-from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
+from ..processors import TextProcessor
+from .base import CAUSAL_LM, PRESETS, FamilySpec, Model, ModelOutput, causal_lm_batch, init_gpt_style, register
 
 ATTENTION_KINDS = ("lsh", "local")
 POSITIONS = ("axial", "learned", "rotary")  # rotary: in the attention, not added to the input
@@ -95,6 +96,10 @@ class ReformerConfig(ModelConfig):
                 raise self.invalid(f"axial_dims {self.axial_dims} must sum to d_model {self.d_model}")
 
     @property
+    def max_seq_len(self) -> int:
+        return self.block_size
+
+    @property
     def attention_head_size(self) -> int:
         return self.head_dim or self.d_model // self.n_head
 
@@ -130,7 +135,6 @@ class AttentionSublayer(nn.Module):
         return self.dropout(self.attn(self.norm(x), attention_mask=attention_mask, position_ids=position_ids))
 
 
-@register(ReformerConfig)
 class Reformer(Model):
     supports_kv_cache = False  # generation recomputes the window every step
 
@@ -210,4 +214,10 @@ PRESETS.update({
     "reformer-micro": ReformerConfig(n_layer=6, n_head=6, d_model=384, block_size=4096, chunk_length=64,
                                      n_buckets=64, n_hashes=2, axial_shape=[64, 64], axial_dims=[128, 256],
                                      attn_layers=["local", "lsh"] * 3),
+    "reformer-tiny": ReformerConfig(vocab_size=64, block_size=64, n_layer=2, attn_layers=["local", "lsh"], n_head=2,
+                                    d_model=32, chunk_length=8, local_chunk_length=8, n_buckets=4, hash_seed=0,
+                                    axial_shape=[8, 8], axial_dims=[16, 16]),
 })
+
+register(FamilySpec(ReformerConfig, Reformer, kind=CAUSAL_LM, block_class=ReversibleBlock, tiny_preset="reformer-tiny",
+                    example_batch=causal_lm_batch, processor=TextProcessor))

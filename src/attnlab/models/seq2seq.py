@@ -23,8 +23,6 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
 
 
 class Seq2SeqModel(Model):
-    is_seq2seq = True
-
     def encode(self, input_ids, attention_mask=None):
         raise NotImplementedError
 

@@ -15,7 +15,8 @@ from ..config import ModelConfig
 from ..layers import RelativePositionBias, TransformerBlock, VocabProjection, padding_mask
 from ..layers.attention import BACKENDS
 from ..layers.norms import RMSNorm
-from .base import PRESETS, register
+from ..processors import Seq2SeqTokenizers
+from .base import PRESETS, SEQ2SEQ, FamilySpec, register, seq2seq_batch
 from .seq2seq import Seq2SeqModel
 
 ACTIVATIONS = ("relu", "geglu")
@@ -45,6 +46,10 @@ class T5Config(ModelConfig):
     decoder_start_id: int = 0
     attn_backend: str = "sdpa"
 
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_source_len
+
     def validate(self):
         self.require_positive("vocab_size", "d_model", "d_kv", "d_ff", "n_layer", "n_head", "num_buckets",
                               "max_distance", "max_source_len", "max_target_len")
@@ -61,7 +66,6 @@ class T5Config(ModelConfig):
                 raise self.invalid(f"{name}={value!r} must be a token id below vocab_size")
 
 
-@register(T5Config)
 class T5(Seq2SeqModel):
     def __init__(self, config: T5Config):
         super().__init__(config)
@@ -141,3 +145,6 @@ PRESETS.update({
     "t5-v1_1-small": _t5(512, 1024, 8, 6, activation="geglu", n_decoder_layer=8),
     "t5-tiny": _t5(64, 256, 2, 4, d_kv=16, vocab_size=256, max_source_len=128, max_target_len=128),
 })
+
+register(FamilySpec(T5Config, T5, kind=SEQ2SEQ, block_class=TransformerBlock, tiny_preset="t5-tiny",
+                    example_batch=seq2seq_batch, processor=Seq2SeqTokenizers))

@@ -18,7 +18,8 @@ from ..config import ModelConfig
 from ..layers import FFN_KINDS, FeedForward, make_norm
 from ..layers.attention import BACKENDS
 from ..layers.relative_attention import RelativeMultiHeadAttention, relative_sinusoids
-from .base import PRESETS, Model, ModelOutput, init_gpt_style, register
+from ..processors import TextProcessor
+from .base import CAUSAL_LM, PRESETS, FamilySpec, Model, ModelOutput, causal_lm_batch, init_gpt_style, register
 
 
 @dataclasses.dataclass
@@ -57,6 +58,10 @@ class TransformerXLConfig(ModelConfig):
         self.require_choice("attn_backend", BACKENDS)
         self.require_fraction("dropout", "attn_dropout")
 
+    @property
+    def max_seq_len(self) -> int:
+        return self.block_size
+
 
 @dataclasses.dataclass
 class TransformerXLOutput(ModelOutput):
@@ -84,7 +89,6 @@ class RelativeBlock(nn.Module):
         return self.norm_ffn(x + self.dropout(self.ffn(x)))
 
 
-@register(TransformerXLConfig)
 class TransformerXL(Model):
     supports_kv_cache = False  # generation recomputes the window (its memory plays the cache's part)
     recurrent = True  # evaluation reads a text segment by segment, carrying the memory
@@ -167,4 +171,9 @@ PRESETS.update({
                                                mem_len=128),
     "transformer-xl-micro": TransformerXLConfig(n_layer=6, n_head=6, d_model=384, block_size=1024, segment_length=256,
                                                 mem_len=256),
+    "transformer-xl-tiny": TransformerXLConfig(vocab_size=64, block_size=64, segment_length=16, mem_len=64, n_layer=2,
+                                               n_head=2, d_model=32),
 })
+
+register(FamilySpec(TransformerXLConfig, TransformerXL, kind=CAUSAL_LM, block_class=RelativeBlock,
+                    tiny_preset="transformer-xl-tiny", example_batch=causal_lm_batch, processor=TextProcessor))

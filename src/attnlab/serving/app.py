@@ -1,6 +1,7 @@
 """The HTTP server: OpenAI-shaped endpoints in front of one checkpoint.
 
-    POST /v1/completions   causal LMs: prompt, max_tokens, temperature, top_p, stop, n, seed, stream (SSE)
+    POST /v1/completions   causal LMs and seq2seq models (prompt = source): prompt, max_tokens,
+                           temperature, top_p, stop, n, seed, stream (SSE)
     POST /v1/embeddings    encoders: mean-pooled, L2-normalised last hidden states
     POST /v1/classify      classifiers: label probabilities
     GET  /health           liveness and what is loaded
@@ -15,7 +16,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import inspect
 import json
 import threading
 import time
@@ -29,7 +29,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
-from ..inference import Sampling
+from ..data.seq2seq import decode_target, encode_source
+from ..inference import Sampling, seq2seq_generate
+from ..inference.generate import cut_at_stop
+from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
 from ..layers import mean_pool
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .metrics import Counter, Gauge, Histogram, Registry
@@ -74,16 +77,9 @@ class EncodeRequest(_Body):
     model: Optional[str] = None
 
 
-def is_causal_lm(model) -> bool:
-    """Causal LMs decode incrementally: their forward takes a KV cache."""
-    return "cache" in inspect.signature(model.forward).parameters
-
-
-def context_size(config) -> int:
-    for name in ("block_size", "max_length", "max_len"):
-        if getattr(config, name, None):
-            return getattr(config, name)
-    raise ValueError(f"{config.family} config names no context size")
+# The endpoints each kind of model answers (models/base.py KINDS); the others are refused with a 400.
+ENDPOINTS = {CAUSAL_LM: ("/v1/completions",), SEQ2SEQ: ("/v1/completions",),
+             ENCODER: ("/v1/embeddings", "/v1/classify")}
 
 
 class ServerMetrics:
@@ -130,9 +126,9 @@ class MetricsMiddleware:
 KNOWN_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify", "/health", "/metrics")
 
 
-class EncoderRunner:
-    """Encoder requests run one at a time on a worker thread, with a bounded number waiting
-    and a time limit each."""
+class ModelRunner:
+    """Requests that run whole (encoders, seq2seq decoding) run one at a time on a worker thread,
+    with a bounded number waiting and a time limit each."""
 
     def __init__(self, model, max_queue, timeout_s):
         self.model, self.max_queue, self.timeout_s = model, max_queue, timeout_s
@@ -209,12 +205,13 @@ def label_names(config, count):
 
 def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     config = config or ServeConfig()
-    causal = is_causal_lm(model)
-    context = context_size(model.config)
+    kind = family_spec(model).kind
+    causal = kind == CAUSAL_LM
+    context = model.config.max_seq_len
     if causal:
         worker = Engine(model, EngineConfig(config.max_batch, config.max_queue, config.timeout_s))
     else:
-        worker = EncoderRunner(model, config.max_queue, config.timeout_s)
+        worker = ModelRunner(model, config.max_queue, config.timeout_s)
     metrics = ServerMetrics(worker)
 
     @contextlib.asynccontextmanager
@@ -231,12 +228,12 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.worker = worker
 
-    def need(kind_ok, endpoint):
-        if not kind_ok:
-            kind = "a causal LM" if causal else "an encoder"
-            raise ApiError(400, f"{endpoint} is not served here: the loaded {model.config.family} model is {kind}; "
-                                f"start the server with a {'causal LM' if endpoint.endswith('completions') else 'encoder'} "
-                                "checkpoint")
+    def need(endpoint):
+        if endpoint not in ENDPOINTS[kind]:
+            wanted = " or ".join(KINDS[k] for k, paths in ENDPOINTS.items() if endpoint in paths)
+            raise ApiError(400, f"{endpoint} is not served here: the loaded {model.config.family} model is "
+                                f"{KINDS[kind]}, which answers {', '.join(ENDPOINTS[kind])}; start the server with "
+                                f"{wanted} checkpoint")
 
     def encode(prompt):
         ids = tokenizer.encode(prompt)
@@ -268,7 +265,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": config.model_name, "family": model.config.family,
-                "kind": "causal-lm" if causal else "encoder", "context": context,
+                "kind": kind, "context": context,
                 "queue_depth": worker.queue_depth, "running": worker.running}
 
     @app.get("/metrics")
@@ -277,7 +274,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        need(causal, "/v1/completions")
+        need("/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if len(stop) > MAX_STOP_STRINGS:
@@ -285,6 +282,8 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         if len(prompts) * body.n > config.max_queue:
             raise ApiError(400, f"{len(prompts)} prompts x n={body.n} asks for more sequences than the server queues "
                                 f"({config.max_queue}); split the request")
+        if not causal:
+            return await _translate(body, prompts, stop)
         encoded = [encode(p) for p in prompts]
         for ids in encoded:
             if len(ids) + body.max_tokens > context:
@@ -308,7 +307,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EncodeRequest):
-        need(not causal, "/v1/embeddings")
+        need("/v1/embeddings")
         batch = _encoder_batch(body)
         vectors = await worker.run(embed, model, batch)
         tokens = int(batch["attention_mask"].sum())
@@ -318,7 +317,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
 
     @app.post("/v1/classify")
     async def classify_texts(body: EncodeRequest):
-        need(not causal, "/v1/classify")
+        need("/v1/classify")
         probabilities = await worker.run(classify, model, _encoder_batch(body))
         names = label_names(model.config, len(probabilities[0]))
         data = []
@@ -328,9 +327,22 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                          "scores": dict(zip(names, probs))})
         return {"object": "list", "model": config.model_name, "data": data}
 
+    async def _translate(body, sources, stop):
+        """Seq2seq completions: each prompt is a source, decoded whole on the worker thread."""
+        sampling = Sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                            seed=body.seed)
+        rows = [source for source in sources for _ in range(body.n)]
+        results = await worker.run(complete_sources, model, tokenizer, rows, sampling, stop)
+        prompt_tokens = sum(len(tokenizer.source.encode(source)) + 1 for source in rows)
+        reply = WholeReply(config.model_name, results, prompt_tokens)
+        if body.stream:
+            return StreamingResponse(reply.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return reply.body()
+
     def _encoder_batch(body):
         texts = [body.input] if isinstance(body.input, str) else body.input
-        batch = tokenize_batch(tokenizer, texts, getattr(model.config, "pad_token_id", 0))
+        batch = tokenize_batch(tokenizer, texts, model.config.pad_token_id)
         for i, length in enumerate(batch["attention_mask"].sum(1).tolist()):
             if length == 0:
                 raise ApiError(400, f"input {i} is empty after tokenization; send at least one token")
@@ -340,6 +352,44 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         return batch
 
     return app
+
+
+def complete_sources(model, tokenizers, sources, sampling: Sampling, stop=()) -> list:
+    """Seq2seq decoding of source texts -> [(text, finish_reason, generated tokens)]."""
+    c = model.config
+    encoded = [encode_source(tokenizers, source, c.eos_id) for source in sources]
+    results = []
+    for tokens in seq2seq_generate(model, encoded, sampling):
+        text, hit_stop = cut_at_stop(decode_target(tokenizers, tokens, {c.pad_id, c.eos_id, c.decoder_start_id}), stop)
+        finish = "length" if len(tokens) >= sampling.max_new_tokens and not hit_stop else "stop"
+        results.append((text, finish, len(tokens)))
+    return results
+
+
+class WholeReply:
+    """A completion request whose outputs arrive all at once (seq2seq): a JSON body, or server-sent
+    events with one chunk per choice."""
+
+    def __init__(self, model_name, results, prompt_tokens):
+        self.model_name, self.results, self.prompt_tokens = model_name, results, prompt_tokens
+        self.id, self.created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def _choice(self, index, text, finish):
+        return {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+
+    def body(self) -> dict:
+        completion_tokens = sum(n for _, _, n in self.results)
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model_name,
+                "choices": [self._choice(i, text, finish) for i, (text, finish, _) in enumerate(self.results)],
+                "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": self.prompt_tokens + completion_tokens}}
+
+    async def events(self):
+        for index, (text, finish, _) in enumerate(self.results):
+            for piece, reason in ((text, None), ("", finish)):
+                yield _sse({"id": self.id, "object": "text_completion", "created": self.created,
+                            "model": self.model_name, "choices": [self._choice(index, piece, reason)]})
+        yield "data: [DONE]\n\n"
 
 
 class Reply:

@@ -124,3 +124,25 @@ def test_whole_word_needs_wordpiece():
     with pytest.raises(UserError, match="WordPiece"):
         from attnlab.data.mlm import continuation_table
         continuation_table(bpe)
+
+
+def test_eval_scores_an_encoder_repeatably_and_refuses_a_classifier(tmp_path, tokenizer, capsys):
+    from attnlab.checkpoint import save_checkpoint
+    from attnlab.cli import main
+    from attnlab.models import build_model, preset
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT + "\n")
+    model = build_model(preset("bert-mlm-tiny", vocab_size=tokenizer.vocab_size))
+    save_checkpoint(tmp_path / "mlm", model, tokenizer)
+    capsys.readouterr()
+    scores = []
+    for _ in range(2):
+        assert main(["eval", str(tmp_path / "mlm"), "--data", str(corpus)]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == scores[1] and scores[0]["masked_tokens"] > 100
+    assert 0 <= scores[0]["accuracy"] <= 1
+    assert scores[0]["perplexity"] == pytest.approx(np.exp(scores[0]["loss"]))
+    save_checkpoint(tmp_path / "cls", model.with_head("sequence", n_labels=2), tokenizer)
+    assert main(["eval", str(tmp_path / "cls"), "--data", str(corpus)]) == 2
+    assert "masked-LM head" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..inference.embeddings import SentenceEncoder
 from ..inference.search import UNITS, open_index
 from ..interop import export_hf, import_hf, minilm_path, read_hf_config
+from ..models.base import ENCODER, families_of_kind
 from .common import print_json, resolve_checkpoint
 
 MODEL_HELP = ("an attnlab checkpoint or run directory, a Hugging Face directory, or 'minilm' for the bundled "
@@ -53,7 +54,7 @@ def _source(name) -> Path:
 
 
 def load_encoder(name):
-    """-> (bert-family model, tokenizer, an id of the model for index keys)."""
+    """-> (encoder model, tokenizer, an id of the model for index keys)."""
     path = _source(name)
     config_path = path / "config.json"
     if path.is_dir() and config_path.is_file() and "model_type" in read_hf_config(path):
@@ -61,7 +62,7 @@ def load_encoder(name):
     else:
         path = resolve_checkpoint(path)
         config_path = path / "config.json"
-        model, tokenizer = load_checkpoint(path, families=("bert",))
+        model, tokenizer = load_checkpoint(path, families=families_of_kind(ENCODER))
     if tokenizer is None or not hasattr(tokenizer, "batch_encode"):
         raise UserError(f"{path} has no subword tokenizer (tokenizer.json or vocab.txt); an encoder needs one")
     weights = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))

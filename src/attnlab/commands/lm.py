@@ -4,12 +4,12 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_config
 from ..data.corpus import read_text
 from ..errors import UserError
-from ..evaluation import perplexity
+from ..evaluation import masked_lm_scores, perplexity
 from ..inference import Sampling, stream_text
-from ..models.base import CAUSAL_LM, families_of_kind
+from ..models.base import CAUSAL_LM, ENCODER, SEQ2SEQ, families_of_kind, family_spec
 from ..training import TrainConfig, Trainer, distributed
 from ..training.tasks import setup_task
 from . import seq2seq
@@ -42,8 +42,8 @@ def register(sub):
     _add_seq2seq_decoding(p)
     p.set_defaults(run=generate)
 
-    p = sub.add_parser("eval", help="perplexity of a causal LM on a text file, or BLEU/chrF/ROUGE of a seq2seq "
-                       "model on a pairs file")
+    p = sub.add_parser("eval", help="perplexity of a causal LM on a text file, masked-LM perplexity and accuracy "
+                       "of an encoder, or BLEU/chrF/ROUGE of a seq2seq model on a pairs file")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="text file or folder; for seq2seq a .tsv or .jsonl pairs file")
     p.add_argument("--stride", type=int, help="window step in tokens (default: half the context)")
@@ -138,7 +138,11 @@ def generate(args):
 
 def evaluate(args):
     path = resolve_checkpoint(args.checkpoint)
-    if seq2seq.is_seq2seq_checkpoint(path):
+    kind = family_spec(read_config(path)).kind
+    if kind == SEQ2SEQ:
         return seq2seq.evaluate(args, path)
+    if kind == ENCODER:
+        model, tokenizer = load_checkpoint(path)
+        return print_json(masked_lm_scores(model, tokenizer, read_text(args.data)))
     model, tokenizer = load_causal_lm(path)
     print_json(perplexity(model, tokenizer, read_text(args.data), stride=args.stride))

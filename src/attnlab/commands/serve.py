@@ -25,8 +25,15 @@ def register(sub):
 
 
 def serve(args):
-    import torch
     import uvicorn
+
+    app = server_app(args)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.grace)
+
+
+def server_app(args):
+    """The checks and the loading `serve` does before it listens -> the app (also for tests)."""
+    import torch
 
     from ..serving.app import ServeConfig, create_app
 
@@ -39,12 +46,11 @@ def serve(args):
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     path = resolve_checkpoint(args.checkpoint)
-    model, tokenizer = load_checkpoint(path, device=device)
-    if tokenizer is None:
+    model, processor = load_checkpoint(path, device=device)
+    if processor is None:
         raise UserError(f"{path} has no tokenizer.json; the server needs one to read text")
     config = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.timeout,
                          model_name=args.name or str(args.checkpoint))
-    app = create_app(model, tokenizer, config)
     print(f"serving {model.config.family} model from {path} on http://{args.host}:{args.port} ({device})",
           file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.grace)
+    return create_app(model, processor, config)

@@ -12,10 +12,9 @@ import torch
 
 from ..errors import UserError
 from ..models.seq2seq import IGNORE_INDEX
-from ..processors.seq2seq import Seq2SeqTokenizers  # noqa: F401  (where seq2seq callers have found it)
+from ..processors.seq2seq import SPECIAL_TOKENS, Seq2SeqTokenizers  # noqa: F401  (re-exported for data users)
 from ..tokenizers import CharTokenizer, SubwordTokenizer
 
-SPECIAL_TOKENS = ("<pad>", "</s>", "<s>")
 PAD_ID, EOS_ID, START_ID = 0, 1, 2
 
 

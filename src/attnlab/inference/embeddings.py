@@ -12,7 +12,7 @@ class SentenceEncoder:
 
     def __init__(self, model, tokenizer, max_length=256, batch_size=32):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_length = min(max_length, model.config.max_length)
+        self.max_length = min(max_length, model.config.max_seq_len)
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
 

@@ -5,8 +5,10 @@ import json
 from pathlib import Path
 
 from ..tokenizers import TOKENIZER_FILE, CharTokenizer, load_tokenizer
+from .text import example_characters
 
 TARGET_TOKENIZER_FILE = "target_tokenizer.json"
+SPECIAL_TOKENS = ("<pad>", "</s>", "<s>")  # ids 0, 1, 2 in every seq2seq tokenizer made here
 
 
 def _tokenizer_json(tokenizer) -> str:
@@ -37,6 +39,12 @@ class Seq2SeqTokenizers:
         if (Path(directory) / TARGET_TOKENIZER_FILE).is_file():
             return cls(source, load_tokenizer(directory, TARGET_TOKENIZER_FILE))
         return cls(source)
+
+    @classmethod
+    def example(cls, vocab_size: int) -> "Seq2SeqTokenizers":
+        """One shared character tokenizer of exactly `vocab_size` ids, <pad>, </s>, <s> first, for
+        tests and examples."""
+        return cls(CharTokenizer(list(SPECIAL_TOKENS) + example_characters(vocab_size - len(SPECIAL_TOKENS))))
 
     @classmethod
     def exists(cls, directory) -> bool:

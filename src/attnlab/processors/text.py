@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from ..tokenizers import TOKENIZER_FILE, load_tokenizer
+from ..tokenizers import TOKENIZER_FILE, CharTokenizer, load_tokenizer
+
+EXAMPLE_ALPHABET = "abcdefghijklmnopqrstuvwxyz .,!?'-\n0123456789"
 
 
 class TextProcessor:
@@ -15,3 +17,14 @@ class TextProcessor:
     @staticmethod
     def load(directory):
         return load_tokenizer(Path(directory))
+
+    @staticmethod
+    def example(vocab_size: int) -> CharTokenizer:
+        """A character tokenizer of exactly `vocab_size` ids (a plain alphabet, then other letters),
+        so that any id a model of that size emits decodes: for tests and examples."""
+        return CharTokenizer(example_characters(vocab_size))
+
+
+def example_characters(count: int) -> list:
+    extra = max(0, count - len(EXAMPLE_ALPHABET))
+    return (sorted(EXAMPLE_ALPHABET) + [chr(0x100 + i) for i in range(extra)])[:count]

@@ -7,7 +7,7 @@ import torch
 from attnlab.checkpoint import load_checkpoint
 from attnlab.errors import UserError
 from attnlab.training import TrainConfig, Trainer, lr_at, param_groups
-from attnlab.training.tasks import setup_task
+from attnlab.training.tasks import resolve_run, setup_task
 
 
 def run_config(tiny_text, **train):
@@ -22,8 +22,9 @@ def run_config(tiny_text, **train):
 
 
 def make_trainer(run, run_dir, resume=False):
+    run = resolve_run(run)
     model, tokenizer, batches = setup_task(run, run_dir, resume)
-    return Trainer(model, TrainConfig.from_dict(run["train"]), batches, run_dir, tokenizer)
+    return Trainer(model, run.train, batches, run_dir, tokenizer)
 
 
 def test_resume_after_an_interruption_gives_the_same_parameters(tiny_text, tmp_path):

@@ -98,3 +98,34 @@ def test_config_values_are_checked_against_their_types():
                          ({"progress": "yes"}, "progress must be true or false")]:
         with pytest.raises(UserError, match=message):
             TrainConfig(**bad)
+
+
+def test_the_trainer_takes_any_batch_and_counts_its_real_tokens(tmp_path):
+    """A batch source whose model reads `x` and `y` (no input_ids): the trainer passes the
+    inputs on and counts the tokens the batch says it holds."""
+    from types import SimpleNamespace
+
+    from attnlab.data.batch import Batch
+
+    class Regression(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1)
+
+        def forward(self, x, y):
+            return SimpleNamespace(loss=torch.nn.functional.mse_loss(self.linear(x), y))
+
+    class Rows:
+        batch_size = 4
+
+        def sample(self, split, generator):
+            x = torch.randn(self.batch_size, 3, generator=generator)
+            return Batch({"x": x, "y": x.sum(dim=1, keepdim=True)}, torch.tensor([1, 2, 3, 0]))
+
+    config = TrainConfig(max_steps=40, grad_accum=2, lr=0.05, warmup_steps=0, eval_batches=2, progress=False,
+                         device="cpu")
+    trainer = Trainer(Regression(), config, Rows(), tmp_path)
+    first = trainer.evaluate()
+    losses = [trainer.train_step() for _ in range(40)]
+    assert all(tokens == 2 * 6 for _, tokens in losses)
+    assert trainer.evaluate() < first / 10

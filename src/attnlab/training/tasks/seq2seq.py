@@ -59,6 +59,8 @@ class Seq2SeqTokenizer(Seq2SeqTextTokenizer):
         super().validate()
         if self.target_kind is not None:
             self.require_choice("target_kind", self.kinds)
+        if self.target_vocab_size is not None:
+            self.require_positive("target_vocab_size")
 
 
 @dataclasses.dataclass

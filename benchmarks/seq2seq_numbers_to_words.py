@@ -23,8 +23,8 @@ import torch
 from attnlab.evaluation import text_metrics
 from attnlab.inference import BeamSearch, Sampling
 from attnlab.inference.seq2seq import translate
-from attnlab.training import TrainConfig, Trainer
-from attnlab.training.tasks import setup_task
+from attnlab.training import Trainer
+from attnlab.training.tasks import resolve_run, setup_task
 
 ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
        "seventeen eighteen nineteen".split()
@@ -58,7 +58,7 @@ def main():
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="numbers2words-"))
     train_path, test_path = make_data(work, args.train_pairs, args.test_pairs)
-    run = {
+    run = resolve_run({
         "task": "seq2seq",
         "data": {"train": str(train_path), "val_fraction": 0.05},
         # digits in as characters, English out as BPE tokens (whole words, learned from the targets)
@@ -68,9 +68,9 @@ def main():
         "train": {"max_steps": args.steps, "batch_size": 64, "lr": 2e-3, "warmup_steps": 200,
                   "schedule": "inverse_sqrt", "weight_decay": 0.0, "eval_interval": args.steps, "eval_batches": 5,
                   "progress": False},
-    }
+    })
     model, tokenizers, batches = setup_task(run, work / "run", resume=False)
-    trainer = Trainer(model, TrainConfig.from_dict(run["train"]), batches, work / "run", tokenizers)
+    trainer = Trainer(model, run.train, batches, work / "run", tokenizers)
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started

@@ -82,6 +82,15 @@ def test_resume_extends_a_finished_run(tiny_text, tmp_path):
     (["train", "--data", "{text}", "train.lr=fast"], "lr must be a number, got 'fast'"),
     (["train", "--data", "{text}", "model.nonsense=3"], "unknown field"),
     (["train", "--data", "{text}", "lr"], "must look like section.key=value"),
+    (["train", "trian.lr=5"], "run config: unknown section(s) trian; known sections are task, model, tokenizer, "
+     "data, train"),
+    (["train", "data.val_fractoin=0.5", "--data", "{text}"], "data config: unknown field(s) val_fractoin; "
+     "known fields are path, val_fraction"),
+    (["train", "--data", "{text}", "tokenizer.vocab_sise=50"], "tokenizer config: unknown field(s) vocab_sise; "
+     "known fields are kind, vocab_size"),
+    (["train", "--data", "{text}", "data.val_fraction=1.5"], "data config: val_fraction must be in (0, 1), got 1.5"),
+    (["train", "--data", "{text}", "tokenizer.kind=bpe", "task=mlm"], "masked LM needs a WordPiece tokenizer"),
+    (["train", "--data", "{text}", "task=translate"], "unknown task 'translate'; known tasks: lm, mlm, seq2seq"),
     (["train", "--config", "/nonexistent.yaml"], "config file /nonexistent.yaml does not exist"),
     (["generate", "{run}", "--prompt", "the cat " * 5], "exceeds the model's context window of 32"),
     (["generate", "{run}", "--prompt", "ß"], "never saw"),
@@ -99,6 +108,16 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, run_dir, tiny_text
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_misspelt_section_in_a_config_file_is_one_line_and_starts_nothing(tiny_text, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data: {{path: {tiny_text}}}\ntrian:\n  lr: 5\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("attnlab train: error: run config: unknown section(s) trian; "
+                   "known sections are task, model, tokenizer, data, train")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_second_train_into_the_same_run_is_refused_and_changes_nothing(run_dir, tiny_text, capsys):

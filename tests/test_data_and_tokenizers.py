@@ -56,7 +56,7 @@ def test_encode_split_and_blocks(tiny_text):
     assert len(train) == int(len(ids) * 0.9) and np.array_equal(np.concatenate([train, val]), ids)
     blocks = LMBlocks({"train": train, "val": val}, block_size=16, batch_size=4)
     batch = blocks.sample("train", torch.Generator().manual_seed(0))
-    assert batch["input_ids"].shape == (4, 16)
-    assert torch.equal(batch["input_ids"][:, 1:], batch["targets"][:, :-1])
+    assert batch.inputs["input_ids"].shape == (4, 16) and (batch.examples, batch.tokens) == (4, 4 * 16)
+    assert torch.equal(batch.inputs["input_ids"][:, 1:], batch.inputs["targets"][:, :-1])
     with pytest.raises(UserError, match="too few for blocks of 5000"):
         LMBlocks({"train": train, "val": val}, block_size=5000, batch_size=4)

@@ -105,8 +105,9 @@ def test_rank_batches_split_the_global_batch(corpus):
     global_batch = LMBlocks({"train": ids}, block_size=8, batch_size=6).sample("train", torch.Generator().manual_seed(1))
     shards = [RankBatches(LMBlocks({"train": ids}, 8, 3), rank, 2).sample("train", torch.Generator().manual_seed(1))
               for rank in range(2)]
-    for key in global_batch:
-        assert torch.equal(torch.cat([s[key] for s in shards]), global_batch[key])
+    for key in global_batch.inputs:
+        assert torch.equal(torch.cat([s.inputs[key] for s in shards]), global_batch.inputs[key])
+    assert [s.examples for s in shards] == [3, 3] and sum(s.tokens for s in shards) == global_batch.tokens
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(corpus, tmp_path):

@@ -53,8 +53,8 @@ def test_whole_word_masking_takes_every_piece():
     assert len(pieces) > 1  # the word is split, so whole-word masking has something to do
     batches = MLMBlocks(splits, tokenizer, seq_len=64, batch_size=64, whole_word=True)
     batch = batches.sample("train", g)
-    chosen = batch["labels"] != -100
-    ids = torch.where(chosen, batch["labels"], batch["input_ids"])
+    chosen = batch.inputs["labels"] != -100
+    ids = torch.where(chosen, batch.inputs["labels"], batch.inputs["input_ids"])
     special = torch.isin(ids, torch.tensor(batches.ids["all"]))
     # a continuation piece is chosen exactly when the piece before it is (unless a window cut the word)
     follows = batches.continuation[ids][:, 1:] & ~special[:, :-1]
@@ -69,12 +69,12 @@ def test_special_tokens_never_masked_and_nsp_pairs(tokenizer):
     batches = MLMBlocks({"train": ids}, tokenizer, seq_len=32, batch_size=200, nsp=True)
     batch = batches.sample("train", g)
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    assert (batch["input_ids"][:, 0] == cls).all()
-    assert ((batch["input_ids"] == sep).sum(dim=1) == 2).all()  # never masked away
-    assert (batch["labels"][batch["input_ids"] == sep] == -100).all()
-    types = batch["token_type_ids"]
+    assert (batch.inputs["input_ids"][:, 0] == cls).all()
+    assert ((batch.inputs["input_ids"] == sep).sum(dim=1) == 2).all()  # never masked away
+    assert (batch.inputs["labels"][batch.inputs["input_ids"] == sep] == -100).all()
+    types = batch.inputs["token_type_ids"]
     assert (types[:, 0] == 0).all() and (types[:, -1] == 1).all() and (types.diff(dim=1) >= 0).all()
-    assert 0.35 < batch["next_sentence_label"].float().mean().item() < 0.65
+    assert 0.35 < batch.inputs["next_sentence_label"].float().mean().item() < 0.65
 
 
 def test_bad_mask_prob(tokenizer):

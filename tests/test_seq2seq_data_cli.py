@@ -15,7 +15,7 @@ from attnlab.commands import seq2seq as seq2seq_commands
 from attnlab.data.seq2seq import Seq2SeqBatches, collate, holdout, read_pairs
 from attnlab.errors import UserError
 from attnlab.inference import BeamSearch
-from attnlab.training.tasks import setup_task
+from attnlab.training.tasks import resolve_run, setup_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -60,9 +60,11 @@ def test_bad_pairs_files_are_user_errors(tmp_path, name, content, message):
 def test_batches_are_padded_to_their_longest_pair():
     pairs = [([5] * n + [1], [6] * (n % 4 + 1) + [1]) for n in range(1, 60)]
     batch = collate(pairs[:3])
-    assert batch["input_ids"].tolist() == [[5, 1, 0, 0], [5, 5, 1, 0], [5, 5, 5, 1]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
-    assert batch["labels"][0].tolist() == [6, 6, 1, -100, -100]
+    assert batch.inputs["input_ids"].tolist() == [[5, 1, 0, 0], [5, 5, 1, 0], [5, 5, 5, 1]]
+    assert batch.inputs["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch.inputs["labels"][0].tolist() == [6, 6, 1, -100, -100]
+    assert batch.examples == 3 and batch.row_tokens.tolist() == [2 + 3, 3 + 4, 4 + 5]  # source + target, no padding
+    assert batch.rows(1, 3).tokens == 7 + 9 and batch.rows(1, 3).inputs["labels"].shape == (2, 5)
 
 
 def test_every_pair_is_drawn_equally_often_in_batches_of_similar_length():
@@ -71,7 +73,7 @@ def test_every_pair_is_drawn_equally_often_in_batches_of_similar_length():
     generator = torch.Generator().manual_seed(0)
     counts, wrapped = Counter(), 0
     for _ in range(4000):
-        lengths = batches.sample("train", generator)["attention_mask"].sum(1)
+        lengths = batches.sample("train", generator).inputs["attention_mask"].sum(1)
         assert len(lengths) == 8
         wrapped += int(lengths.max() - lengths.min() > 7)  # only a window over the end mixes lengths
         counts.update(lengths.tolist())
@@ -86,7 +88,7 @@ def test_every_pair_is_drawn_equally_often_in_batches_of_similar_length():
 def test_a_split_smaller_than_a_batch_is_one_batch():
     pairs = [([5] * n + [1], [6, 1]) for n in range(1, 4)]
     batch = Seq2SeqBatches({"val": pairs}, batch_size=8).sample("val", torch.Generator().manual_seed(0))
-    assert sorted(batch["attention_mask"].sum(1).tolist()) == [2, 3, 4]
+    assert sorted(batch.inputs["attention_mask"].sum(1).tolist()) == [2, 3, 4]
 
 
 def test_holdout_is_a_seeded_shuffle_not_the_tail():
@@ -105,7 +107,7 @@ def test_validation_split_of_a_sorted_file_is_seeded_and_unbiased(tmp_path):
     def val_lengths(seed):
         run = {"task": "seq2seq", "data": {"train": str(data)}, "model": {"preset": "transformer-tiny"},
                "train": {"seed": seed}}
-        _, _, batches = setup_task(run, tmp_path / "run", resume=False)
+        _, _, batches = setup_task(resolve_run(run), tmp_path / "run", resume=False)
         assert len(batches.splits["train"]) == 36
         return sorted(len(source) - 1 for source, _ in batches.splits["val"])
 

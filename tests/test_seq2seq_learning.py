@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 
-from attnlab.data.seq2seq import Seq2SeqBatches, Seq2SeqTokenizers, encode_pairs, encode_source, train_seq2seq_tokenizer
+from attnlab.data.seq2seq import Seq2SeqBatches, encode_pairs, encode_source, train_seq2seq_tokenizer
+from attnlab.processors import Seq2SeqTokenizers
 from attnlab.inference import Sampling
 from attnlab.inference.seq2seq import seq2seq_generate
 from attnlab.models import TransformerConfig, build_model

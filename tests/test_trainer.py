@@ -7,7 +7,7 @@ import torch
 from attnlab.checkpoint import load_checkpoint
 from attnlab.errors import UserError
 from attnlab.training import TrainConfig, Trainer, lr_at, param_groups
-from attnlab.training.tasks import setup_task
+from attnlab.training.tasks import resolve_run, setup_task
 
 
 def run_config(tiny_text, **train):
@@ -22,8 +22,9 @@ def run_config(tiny_text, **train):
 
 
 def make_trainer(run, run_dir, resume=False):
+    run = resolve_run(run)
     model, tokenizer, batches = setup_task(run, run_dir, resume)
-    return Trainer(model, TrainConfig.from_dict(run["train"]), batches, run_dir, tokenizer)
+    return Trainer(model, run.train, batches, run_dir, tokenizer)
 
 
 def test_resume_after_an_interruption_gives_the_same_parameters(tiny_text, tmp_path):
@@ -97,3 +98,34 @@ def test_config_values_are_checked_against_their_types():
                          ({"progress": "yes"}, "progress must be true or false")]:
         with pytest.raises(UserError, match=message):
             TrainConfig(**bad)
+
+
+def test_the_trainer_takes_any_batch_and_counts_its_real_tokens(tmp_path):
+    """A batch source whose model reads `x` and `y` (no input_ids): the trainer passes the
+    inputs on and counts the tokens the batch says it holds."""
+    from types import SimpleNamespace
+
+    from attnlab.data.batch import Batch
+
+    class Regression(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 1)
+
+        def forward(self, x, y):
+            return SimpleNamespace(loss=torch.nn.functional.mse_loss(self.linear(x), y))
+
+    class Rows:
+        batch_size = 4
+
+        def sample(self, split, generator):
+            x = torch.randn(self.batch_size, 3, generator=generator)
+            return Batch({"x": x, "y": x.sum(dim=1, keepdim=True)}, torch.tensor([1, 2, 3, 0]))
+
+    config = TrainConfig(max_steps=40, grad_accum=2, lr=0.05, warmup_steps=0, eval_batches=2, progress=False,
+                         device="cpu")
+    trainer = Trainer(Regression(), config, Rows(), tmp_path)
+    first = trainer.evaluate()
+    losses = [trainer.train_step() for _ in range(40)]
+    assert all(tokens == 2 * 6 for _, tokens in losses)
+    assert trainer.evaluate() < first / 10

@@ -10,8 +10,8 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint
 from ..evaluation import perplexity
 from ..inference import Sampling, generate_text
-from ..training import TrainConfig, Trainer
-from ..training.tasks import setup_task
+from ..training import Trainer
+from ..training.tasks import resolve_run, setup_task
 from .common import print_json
 
 PROMPTS = ["The \"for\" statement", "A function definition", "Exceptions are"]
@@ -39,19 +39,19 @@ def demo(args):
     corpus = run_dir / "python_docs.txt"
     corpus.write_text(python_docs_text())
     val_fraction = 0.05
-    run = {
+    run = resolve_run({
         "task": "lm",
         "data": {"path": str(corpus), "val_fraction": val_fraction},
         "tokenizer": {"kind": "char"},
         "model": {"preset": "gpt2-nano", "block_size": 128, "activation": "gelu"},
         "train": {"max_steps": args.steps, "batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100,
                   "weight_decay": 0.1, "eval_interval": max(1, args.steps // 5), "eval_batches": 20},
-    }
+    })
     model, tokenizer, batches = setup_task(run, run_dir, resume=False)
     print(f"Training a {model.num_parameters():,}-parameter character-level GPT on {corpus.stat().st_size:,} bytes "
           f"of Python's documentation for {args.steps} steps.", file=sys.stderr)
     started = time.perf_counter()
-    Trainer(model, TrainConfig.from_dict(run["train"]), batches, run_dir, tokenizer).train()
+    Trainer(model, run.train, batches, run_dir, tokenizer).train()
     minutes = (time.perf_counter() - started) / 60
     model, tokenizer = load_checkpoint(run_dir / "best")
     print(f"\nTrained in {minutes:.1f} min. Samples (temperature 0.8, top-k 40):\n")

@@ -10,8 +10,8 @@ from ..errors import UserError
 from ..evaluation import masked_lm_scores, perplexity
 from ..inference import Sampling, stream_text
 from ..models.base import CAUSAL_LM, ENCODER, SEQ2SEQ, families_of_kind, family_spec
-from ..training import TrainConfig, Trainer, distributed
-from ..training.tasks import setup_task
+from ..training import Trainer, distributed
+from ..training.tasks import resolve_run, setup_task
 from . import seq2seq
 from .common import load_run_config, print_json, resolve_checkpoint
 
@@ -76,12 +76,12 @@ def train(args):
         if (run_dir / "last").exists():
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
         run = load_run_config(args.config, overrides)
-    train_config = TrainConfig.from_dict(run.get("train", {}))
-    parallel = distributed.from_env(train_config.distributed, train_config.device)  # one process unless torchrun
+    resolved = resolve_run(run)
+    parallel = distributed.from_env(resolved.train.distributed, resolved.train.device)  # one process unless torchrun
     try:
         with parallel.main_first():  # rank 0 writes the data cache, the others then read it
-            model, tokenizer, batches = setup_task(run, run_dir, args.resume)
-        trainer = Trainer(model, train_config, batches, run_dir, tokenizer, parallel=parallel)
+            model, tokenizer, batches = setup_task(resolved, run_dir, args.resume)
+        trainer = Trainer(model, resolved.train, batches, run_dir, tokenizer, parallel=parallel)
         if args.resume:
             trainer.resume(run_dir / "last")
         if parallel.is_main:

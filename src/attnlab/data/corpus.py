@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .batch import Batch
 
 
 def read_text(path) -> str:
@@ -82,9 +83,10 @@ class LMBlocks:
                                 "use more text, a smaller block_size or a different val_fraction")
         self.splits, self.block_size, self.batch_size = splits, block_size, batch_size
 
-    def sample(self, split: str, generator: torch.Generator) -> dict:
+    def sample(self, split: str, generator: torch.Generator) -> Batch:
         data = self.splits[split]
         starts = torch.randint(len(data) - self.block_size - 1, (self.batch_size,), generator=generator).tolist()
         rows = np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
         rows = torch.from_numpy(rows)
-        return {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}
+        return Batch({"input_ids": rows[:, :-1], "targets": rows[:, 1:]},
+                     torch.full((self.batch_size,), self.block_size))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .batch import Batch
 
 
 def mask_tokens(input_ids, *, mask_id, vocab_size, special, generator, mask_prob=0.15, word_starts=None):
@@ -111,7 +112,7 @@ class MLMBlocks:
         types = [0] * (len(first) + 2) + [1] * (len(second) + 1)
         return ids, types, int(is_random)
 
-    def sample(self, split: str, generator: torch.Generator) -> dict:
+    def sample(self, split: str, generator: torch.Generator) -> Batch:
         rows = [self._row(self.splits[split], generator) for _ in range(self.batch_size)]
         ids = torch.tensor([r[0] for r in rows])  # (B, T)
         special = torch.isin(ids, torch.tensor(self.ids["all"]))
@@ -122,4 +123,4 @@ class MLMBlocks:
                  "token_type_ids": torch.tensor([r[1] for r in rows]), "labels": labels}
         if self.nsp:
             batch["next_sentence_label"] = torch.tensor([r[2] for r in rows])
-        return batch
+        return Batch(batch, batch["attention_mask"].sum(dim=1))  # no padding: every row is seq_len long

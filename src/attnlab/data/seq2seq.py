@@ -12,8 +12,9 @@ import torch
 
 from ..errors import UserError
 from ..models.seq2seq import IGNORE_INDEX
-from ..processors.seq2seq import SPECIAL_TOKENS, Seq2SeqTokenizers  # noqa: F401  (re-exported for data users)
+from ..processors.seq2seq import SPECIAL_TOKENS
 from ..tokenizers import CharTokenizer, SubwordTokenizer
+from .batch import Batch
 
 PAD_ID, EOS_ID, START_ID = 0, 1, 2
 
@@ -118,9 +119,10 @@ def holdout(items: list, fraction: float, seed: int) -> tuple:
 
 
 # -- batches -----------------------------------------------------------------------------------
-def collate(pairs, pad_id: int = PAD_ID) -> dict:
+def collate(pairs, pad_id: int = PAD_ID) -> Batch:
     """[(source ids, target ids)] -> input_ids (B, S) and attention_mask (B, S) padded on the right
-    with pad_id, labels (B, T) padded with -100 (ignored by the loss)."""
+    with pad_id, labels (B, T) padded with -100 (ignored by the loss); a row's tokens are its
+    source and target tokens (the decoder reads the target, shifted)."""
     src_len = max(len(s) for s, _ in pairs)
     tgt_len = max(len(t) for _, t in pairs)
     input_ids = torch.full((len(pairs), src_len), pad_id, dtype=torch.long)
@@ -130,7 +132,8 @@ def collate(pairs, pad_id: int = PAD_ID) -> dict:
         input_ids[row, :len(source)] = torch.tensor(source)
         attention_mask[row, :len(source)] = 1
         labels[row, :len(target)] = torch.tensor(target)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    tokens = torch.tensor([len(source) + len(target) for source, target in pairs])
+    return Batch({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}, tokens)
 
 
 class Seq2SeqBatches:
@@ -146,7 +149,7 @@ class Seq2SeqBatches:
         self.splits = {name: sorted(pairs, key=lambda p: (len(p[0]), len(p[1]))) for name, pairs in splits.items()}
         self.batch_size, self.pad_id = batch_size, pad_id
 
-    def sample(self, split: str, generator: torch.Generator) -> dict:
+    def sample(self, split: str, generator: torch.Generator) -> Batch:
         pairs = self.splits[split]
         size = min(self.batch_size, len(pairs))
         start = int(torch.randint(len(pairs), (1,), generator=generator))

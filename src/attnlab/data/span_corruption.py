@@ -9,6 +9,10 @@ each sentinel followed by the tokens it replaced.
 
 import torch
 
+from ..errors import UserError
+from .batch import Batch
+from .seq2seq import collate
+
 
 def _random_partition(total: int, parts: int, generator) -> list:
     """`total` split into `parts` positive lengths, uniformly among the ways to cut it."""
@@ -42,8 +46,6 @@ class SpanCorruptionBatches:
     end with eos, padded as seq2seq pairs."""
 
     def __init__(self, splits: dict, window: int, batch_size: int, sentinel_ids: list, eos_id: int, pad_id: int):
-        from ..errors import UserError
-
         for name, ids in splits.items():
             if len(ids) <= window:
                 raise UserError(f"the {name} split has {len(ids)} tokens, too few for windows of {window}; "
@@ -51,9 +53,7 @@ class SpanCorruptionBatches:
         self.splits, self.window, self.batch_size = splits, window, batch_size
         self.sentinel_ids, self.eos_id, self.pad_id = sentinel_ids, eos_id, pad_id
 
-    def sample(self, split: str, generator: torch.Generator) -> dict:
-        from .seq2seq import collate
-
+    def sample(self, split: str, generator: torch.Generator) -> Batch:
         data = self.splits[split]
         starts = torch.randint(len(data) - self.window, (self.batch_size,), generator=generator).tolist()
         pairs = []

@@ -74,7 +74,7 @@ class SingleProcess:
 
 class RankBatches:
     """This rank's rows of the global batch. `source` is any batch source with a `batch_size`
-    (rows per sample) and `sample(split, generator)`; its batch_size becomes the global one."""
+    (rows per sample) and `sample(split, generator) -> Batch`; its batch_size becomes the global one."""
 
     def __init__(self, source, rank: int, world_size: int):
         self.source, self.rank, self.world_size = source, rank, world_size
@@ -82,9 +82,8 @@ class RankBatches:
         source.batch_size = self.local_size * world_size
 
     def sample(self, split, generator):
-        batch = self.source.sample(split, generator)
         start = self.rank * self.local_size
-        return {key: value[start:start + self.local_size] for key, value in batch.items()}
+        return self.source.sample(split, generator).rows(start, start + self.local_size)
 
 
 class DataParallel(SingleProcess):

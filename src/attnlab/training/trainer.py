@@ -1,8 +1,8 @@
 """The trainer: one loop for every family.
 
-It needs a model whose `model(**batch).loss` is the training loss, and a batch source with
-`sample(split, generator) -> dict of tensors` for the splits "train" and "val". A run
-directory holds:
+It needs a model whose `model(**batch.inputs).loss` is the training loss, and a batch source
+with `sample(split, generator) -> Batch` (data/batch.py) for the splits "train" and "val"; the
+batch also says how many real tokens it holds, for tokens/s. A run directory holds:
 
     last/           the latest checkpoint, with trainer.pt for an exact resume
     best/           the checkpoint with the lowest validation loss so far
@@ -136,13 +136,13 @@ class Trainer:
         self.model.train()
         total, tokens = 0.0, 0
         for micro in range(c.grad_accum):
-            batch = self._to_device(self.batches.sample("train", self.data_generator))
+            batch = self.batches.sample("train", self.data_generator).to(self.device)
             with self.parallel.no_sync(self.forward, last_micro_step=micro == c.grad_accum - 1):
                 with self.autocast():
-                    loss = self.forward(**batch).loss / c.grad_accum
+                    loss = self.forward(**batch.inputs).loss / c.grad_accum
                 loss.backward()
             total += loss.item()
-            tokens += batch["input_ids"].numel()
+            tokens += batch.tokens
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
@@ -157,9 +157,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         losses = []
         for _ in range(self.config.eval_batches):
-            batch = self._to_device(self.batches.sample("val", generator))
+            batch = self.batches.sample("val", generator).to(self.device)
             with self.autocast():
-                losses.append(self.forward(**batch).loss.item())
+                losses.append(self.forward(**batch.inputs).loss.item())
         self.model.train()
         return self.parallel.mean(sum(losses) / len(losses))
 
@@ -202,9 +202,6 @@ class Trainer:
         finally:
             bar.close()
         return last
-
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _log(self, path, record):
         if self.parallel.is_main:

@@ -1,0 +1,70 @@
+"""Tasks turn a run config into (model, tokenizer, batch source) for the trainer.
+
+A run config (configs/*.yaml, plus key=value overrides) has the sections
+
+    task:       the objective: lm, mlm, seq2seq or span_corruption (default: the one for the model's
+                kind, models/base.py DEFAULT_TASKS: lm for a causal LM, mlm for an encoder, ...)
+    model:      preset: NAME plus overrides, or family: NAME plus fields, checked by the family's config
+    tokenizer:  the task's tokenizer section, e.g. {kind: char}
+    data:       the task's data section, e.g. {path: corpus.txt, val_fraction: 0.1}
+    train:      the trainer's settings (TrainConfig)
+
+`resolve_run` checks all of them before anything is built: an unknown section, or an unknown
+key in the tokenizer, data or train section, is one error naming it and what is known.
+
+The batch size has one home, `train.batch_size`, and every task's batch source reads it from
+the resolved TrainConfig. When the run does not set it, the task's own default applies
+(`Task.batch_size`: 32 pairs for seq2seq and span_corruption), else TrainConfig's (12).
+
+Each objective is one module here declaring a `Task` (tasks/base.py); adding one is a module
+and a line in TASKS.
+"""
+
+from pathlib import Path
+
+import torch
+
+from ...errors import UserError
+from ...models.base import DEFAULT_TASKS, family_spec
+from ..trainer import TrainConfig
+from .base import Run, Task, cached_splits, model_config, model_family
+from .lm import LM
+from .mlm import MLM
+from .seq2seq import SEQ2SEQ, SPAN_CORRUPTION
+
+TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION)}
+SECTIONS = ("task", "model", "tokenizer", "data", "train")
+
+__all__ = ["SECTIONS", "TASKS", "Run", "Task", "cached_splits", "model_config", "resolve_run", "setup_task"]
+
+
+def resolve_run(run: dict) -> Run:
+    """A run config dict -> a `Run` with typed sections; user mistakes are one `UserError`."""
+    unknown = sorted(set(run) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"run config: unknown section(s) {', '.join(unknown)}; known sections are "
+                        f"{', '.join(SECTIONS)}")
+    model, tokenizer, data, train = (_mapping(run, section) for section in SECTIONS[1:])
+    name = run.get("task") or DEFAULT_TASKS[family_spec(model_family(model)).kind]
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    task = TASKS[name]
+    if task.batch_size is not None:
+        train = {"batch_size": task.batch_size, **train}
+    return Run(task, model, task.tokenizer.from_dict(tokenizer), task.data.from_dict(data),
+               TrainConfig.from_dict(train))
+
+
+def setup_task(run: Run, run_dir: Path, resume: bool):
+    """-> (model, tokenizer, batch source) for `run`, in `run_dir` (resume: from its last/)."""
+    torch.manual_seed(run.train.seed)  # same seed, same initial weights
+    return run.task.setup(run, Path(run_dir), resume)
+
+
+def _mapping(run: dict, section: str) -> dict:
+    value = run.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"run config: the {section} section must be a mapping of key: value, got {value!r}")
+    return value

@@ -9,6 +9,7 @@ from ..data.corpus import read_text
 from ..errors import UserError
 from ..evaluation import perplexity
 from ..inference import Sampling, stream_text
+from ..layers import TransformerBlock
 from ..training import TrainConfig, Trainer, distributed
 from ..training.tasks import setup_task
 from . import seq2seq
@@ -81,7 +82,8 @@ def train(args):
     try:
         with parallel.main_first():  # rank 0 writes the data cache, the others then read it
             model, tokenizer, batches = setup_task(run, run_dir, args.resume)
-        trainer = Trainer(model, train_config, batches, run_dir, tokenizer, parallel=parallel)
+        trainer = Trainer(model, train_config, batches, run_dir, tokenizer, parallel=parallel,
+                          block_class=TransformerBlock)
         if args.resume:
             trainer.resume(run_dir / "last")
         if parallel.is_main:

@@ -205,8 +205,9 @@ def prune_structured(model, amount=0.4, heads=True, neurons=True, importance="ma
     layers = _layers(model)
     fixed = sorted({type(a).__name__ for a, _ in layers if not a.prunable_heads})
     if heads and fixed:
-        raise UserError(f"structured head pruning does not apply to the {model.config.family} family ({', '.join(fixed)} "
-                        "cannot lose single heads); prune feed-forward neurons only (heads=False) or by magnitude")
+        raise UserError(f"structured head pruning does not apply to the {model.config.family} family (its "
+                        f"{', '.join(fixed)} layers cannot lose single heads); prune feed-forward neurons only "
+                        "(heads=False) or by magnitude")
     scores = importance_scores(model, importance, batches)
     report = {"heads_before": [a.n_head for a, _ in layers], "ffn_before": [f.up.out_features for _, f in layers]}
     if heads:

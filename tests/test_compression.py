@@ -10,6 +10,7 @@ from attnlab.compression import (Distiller, distillation_loss, inject_lora, iter
                                  prune_structured, quantize_model, save_lora, sparsity_report, unmerge_lora)
 from attnlab.compression.quantize import Int8Linear, convert_qat, linear_weight_bytes, quantize_per_channel
 from attnlab.errors import UserError
+from attnlab.layers import TransformerBlock
 from attnlab.models import GPT, GPTConfig
 
 
@@ -242,10 +243,10 @@ def test_magnitude_pruning_reports_sparsity_honestly_and_stays_sparse():
 def test_distillation_loss_is_zero_for_identical_models():
     teacher = tiny_gpt()
     student = tiny_gpt()
-    loss = Distiller(teacher, student, temperature=3.0, alpha=0.0, hidden_weight=1.0)(student, batch())
+    loss = Distiller(teacher, student, TransformerBlock, temperature=3.0, alpha=0.0, hidden_weight=1.0)(student, batch())
     assert loss.total.item() == 0.0 and loss.soft.item() == 0.0 and loss.hidden.item() == 0.0
     different = tiny_gpt(seed=3)
-    loss = Distiller(teacher, different, alpha=0.0, hidden_weight=1.0)(different, batch())
+    loss = Distiller(teacher, different, TransformerBlock, alpha=0.0, hidden_weight=1.0)(different, batch())
     assert loss.soft.item() > 0 and loss.hidden.item() > 0
 
 
@@ -259,17 +260,17 @@ def test_distillation_loss_mixes_hard_and_soft_terms():
 
 def test_student_from_teacher_layers_and_training_step():
     teacher = tiny_gpt(n_layer=6)
-    student = make_student(teacher, 3)
+    student = make_student(teacher, 3, TransformerBlock)
     assert student.config.n_layer == 3 and len(student.blocks) == 3
     assert torch.equal(student.blocks[1].ffn.up.weight, teacher.blocks[2].ffn.up.weight)  # map [0, 2, 5]
     assert torch.equal(student.blocks[2].ffn.up.weight, teacher.blocks[5].ffn.up.weight)
     assert torch.equal(student.tok_emb.weight, teacher.tok_emb.weight)
-    fresh = make_student(teacher, 2, init="fresh")
+    fresh = make_student(teacher, 2, TransformerBlock, init="fresh")
     assert not torch.equal(fresh.blocks[0].ffn.up.weight, teacher.blocks[0].ffn.up.weight)
-    distiller = Distiller(teacher, student, hidden_weight=0.5)
+    distiller = Distiller(teacher, student, TransformerBlock, hidden_weight=0.5)
     student.train()
     distiller(student, batch()).total.backward()
     assert student.blocks[0].ffn.up.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
     with pytest.raises(UserError, match="between 1 and 6"):
-        make_student(teacher, 7)
+        make_student(teacher, 7, TransformerBlock)

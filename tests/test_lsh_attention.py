@@ -106,12 +106,12 @@ def test_padding_keys_are_never_attended():
     torch.manual_seed(4)
     layer = LSHSelfAttention(16, 2, n_buckets=4, n_hashes=1, chunk_length=4, hash_seed=3)
     x = torch.randn(1, 16, 16)
-    mask = torch.ones(1, 16)
-    mask[:, 12:] = 0
-    out = layer(x, attention_mask=mask)
+    mask = torch.ones(1, 16, dtype=torch.bool)
+    mask[:, 12:] = False
+    out = layer(x, key_mask=mask)
     noisy = x.clone()
     noisy[:, 12:] = torch.randn(1, 4, 16) * 10
-    torch.testing.assert_close(layer(noisy, attention_mask=mask)[:, :12], out[:, :12])
+    torch.testing.assert_close(layer(noisy, key_mask=mask)[:, :12], out[:, :12])
 
 
 def test_length_not_a_multiple_of_the_chunk_is_refused():

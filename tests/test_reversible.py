@@ -32,7 +32,7 @@ def grads_of(stack, x, mask, reversible):
     stack.zero_grad()
     x = x.clone().requires_grad_()
     torch.manual_seed(123)
-    y1, y2 = stack(x, x, attention_mask=mask)
+    y1, y2 = stack(x, x, key_mask=mask)
     (y1.pow(2).sum() + (y2 * torch.linspace(-1, 1, y2.size(-1))).sum()).backward()
     return [y1.detach(), y2.detach(), x.grad] + [p.grad.clone() for p in stack.parameters()]
 
@@ -42,9 +42,9 @@ def test_reversible_gradients_equal_plain_backprop(with_mask):
     torch.manual_seed(0)
     stack = make_stack(3).train()
     x = torch.randn(2, 16, 16)
-    mask = torch.ones(2, 16)
+    mask = torch.ones(2, 16, dtype=torch.bool)
     if with_mask:
-        mask[1, 13:] = 0
+        mask[1, 13:] = False
     plain = grads_of(stack, x, mask, reversible=False)
     reversible = grads_of(stack, x, mask, reversible=True)
     assert len(plain) == len(reversible) > 3

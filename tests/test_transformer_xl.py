@@ -41,7 +41,7 @@ def test_relative_attention_equals_direct_formula(memory_len, backend):
         attn.position_bias.normal_()
     x = torch.randn(2, 7, 16)
     memory = torch.randn(2, memory_len, 16) if memory_len else None
-    torch.testing.assert_close(attn(x, memory), direct_relative_attention(attn, x, memory), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, memory=memory), direct_relative_attention(attn, x, memory), atol=1e-5, rtol=1e-5)
 
 
 def shifted_relative_attention(q_content, q_position, k, v, r, scale):

@@ -1,7 +1,7 @@
 """Making models smaller and faster: LoRA, quantisation, pruning, distillation.
 
-Everything here acts on the shared layers (the projections of `MultiHeadAttention` and
-`FeedForward`), so it works on every family built from them.
+Everything here acts on the shared layers (the projections that every attention layer and
+`FeedForward` declare, see targets.py), so it reaches every family built from them.
 """
 
 from .distill import Distiller, distillation_loss, make_student

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..layers.blocks import TransformerBlock
 from ..models.base import build_model
 
 
@@ -42,12 +41,13 @@ def distillation_loss(student_logits, teacher_logits, hard_loss=None, temperatur
     return DistillLoss(total, hard, soft, hidden)
 
 
-def block_list(model: nn.Module) -> tuple:
-    """(attribute path, ModuleList) of the model's Transformer blocks."""
+def block_list(model: nn.Module, block_class: type) -> tuple:
+    """(attribute path, ModuleList) of the model's blocks: its repeated layer, `block_class`
+    (TransformerBlock, Transformer-XL's RelativeBlock, the Reformer's ReversibleBlock)."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and module and all(isinstance(b, TransformerBlock) for b in module):
+        if isinstance(module, nn.ModuleList) and module and all(isinstance(b, block_class) for b in module):
             return name, module
-    raise UserError(f"{type(model).__name__} has no list of Transformer blocks to distil")
+    raise UserError(f"{type(model).__name__} has no list of {block_class.__name__}s to distil")
 
 
 def default_layer_map(n_teacher: int, n_student: int) -> list:
@@ -57,9 +57,9 @@ def default_layer_map(n_teacher: int, n_student: int) -> list:
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
 
 
-def make_student(teacher: nn.Module, n_layer: int, init="teacher", layer_map=None) -> nn.Module:
-    """A copy of the teacher's architecture with `n_layer` blocks, initialised from the teacher's
-    layers `layer_map` (and all its non-block weights) or fresh."""
+def make_student(teacher: nn.Module, n_layer: int, block_class: type, init="teacher", layer_map=None) -> nn.Module:
+    """A copy of the teacher's architecture with `n_layer` blocks (of `block_class`), initialised
+    from the teacher's layers `layer_map` (and all its non-block weights) or fresh."""
     config = teacher.config
     if not hasattr(config, "n_layer"):
         raise UserError(f"{config.family} configs have no n_layer field to shrink")
@@ -70,7 +70,7 @@ def make_student(teacher: nn.Module, n_layer: int, init="teacher", layer_map=Non
     student = build_model(config.replace(n_layer=n_layer))
     if init == "teacher":
         layer_map = layer_map or default_layer_map(config.n_layer, n_layer)
-        prefix, _ = block_list(teacher)
+        prefix, _ = block_list(teacher, block_class)
         rename = {f"{prefix}.{t}.": f"{prefix}.{s}." for s, t in enumerate(layer_map)}
         weights = {}
         for key, tensor in teacher.state_dict().items():
@@ -87,13 +87,14 @@ def make_student(teacher: nn.Module, n_layer: int, init="teacher", layer_map=Non
 
 class Distiller:
     """loss_fn(student, batch) -> DistillLoss for a training loop; captures hidden states of
-    student block i and teacher block layer_map[i] with forward hooks."""
+    student block i and teacher block layer_map[i] (blocks of `block_class`) with forward hooks."""
 
-    def __init__(self, teacher, student, temperature=2.0, alpha=0.5, hidden_weight=0.0, layer_map=None):
+    def __init__(self, teacher, student, block_class: type, temperature=2.0, alpha=0.5, hidden_weight=0.0,
+                 layer_map=None):
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
-        _, teacher_blocks = block_list(teacher)
-        _, student_blocks = block_list(student)
+        _, teacher_blocks = block_list(teacher, block_class)
+        _, student_blocks = block_list(student, block_class)
         layer_map = layer_map or default_layer_map(len(teacher_blocks), len(student_blocks))
         self.captured = {"student": [], "teacher": []}
         if hidden_weight:

@@ -6,8 +6,11 @@ kernels; `sparsity_report` says exactly how many weights are zero, of what.
 
 Structured pruning removes whole attention heads and feed-forward neurons ranked by
 importance, slicing the projection matrices, so parameter counts, sizes and latency really
-shrink. Each `MultiHeadAttention` then carries its own head count (`n_head`), and checkpoints
-record the per-layer shapes (see compression/structure.py) so a pruned model reloads.
+shrink. It works on every attention layer that declares `prunable_heads` (the layer's
+`projections` table says which matrices to slice; `select_heads` slices its own per-head
+state, such as Transformer-XL's global biases). Each attention layer then carries its own head
+count (`n_head`), and checkpoints record the per-layer shapes (see compression/structure.py)
+so a pruned model reloads.
 
 Importance: "taylor" sums |weight * gradient| over a few batches (first-order estimate of the
 loss change when the unit is removed, Molchanov et al. 2017 / Michel et al. 2019); "magnitude"
@@ -18,9 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..layers.attention import MultiHeadAttention
+from ..layers.attention import AttentionBase, MultiHeadAttention
 from ..layers.feedforward import FeedForward
-from .targets import ALL_TARGETS, find_linears
+from .targets import ALL_TARGETS, find_linears, projections_of
 
 IMPORTANCE = ("taylor", "magnitude")
 
@@ -76,23 +79,27 @@ def _sliced(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def prune_heads(attention: MultiHeadAttention, keep):
-    """Keep only the heads `keep` (indices), physically: q/k/v lose rows, out_proj columns."""
-    if attention.n_kv_head != attention.n_head:
+def prune_heads(attention: AttentionBase, keep):
+    """Keep only the heads `keep` (indices), physically: the projections into heads (q, k, v and
+    whatever else the layer declares) lose rows, the output projection loses columns, and the
+    layer slices its own per-head state."""
+    if not attention.prunable_heads:
+        raise UserError(f"{type(attention).__name__} cannot lose single heads")
+    if isinstance(attention, MultiHeadAttention) and attention.n_kv_head != attention.n_head:
         raise UserError("head pruning needs as many key/value heads as query heads (no grouped-query attention)")
-    if not all(type(p) is nn.Linear for p in (attention.q_proj, attention.k_proj, attention.v_proj,
-                                               attention.out_proj)):
+    projections = projections_of(attention)
+    if not all(type(p) is nn.Linear for p in projections.values()):
         raise UserError("prune heads before quantising or adding LoRA")
     keep = sorted(int(h) for h in keep)
     if not keep:
         raise UserError("every layer must keep at least one attention head")
-    d = attention.head_dim
-    rows = torch.tensor([h * d + i for h in keep for i in range(d)], device=attention.q_proj.weight.device)
-    for name in ("q_proj", "k_proj", "v_proj"):
-        setattr(attention, name, _sliced(getattr(attention, name), rows, 0))
-    attention.out_proj = _sliced(attention.out_proj, rows, 1)
-    attention.n_head = attention.n_kv_head = len(keep)
-    attention.pruned = True
+    device = attention.out_proj.weight.device
+    heads = torch.tensor(keep, device=device)
+    rows = (heads[:, None] * attention.head_dim + torch.arange(attention.head_dim, device=device)).flatten()
+    outputs = type(attention).projections["o"]
+    for name, linear in projections.items():
+        setattr(attention, name, _sliced(linear, rows, 1 if name in outputs else 0))
+    attention.select_heads(heads)
 
 
 def prune_neurons(ffn: FeedForward, keep):
@@ -113,10 +120,10 @@ def prune_neurons(ffn: FeedForward, keep):
 
 def _unit_scores(weight_like: dict, attention, ffn):
     """Per-head and per-neuron sums of a nonnegative tensor laid out like the weights."""
-    d = attention.head_dim
-    heads = sum(weight_like[p].reshape(attention.n_head, d, -1).sum(dim=(1, 2))
-                for p in (attention.q_proj, attention.k_proj, attention.v_proj))
-    heads = heads + weight_like[attention.out_proj].reshape(-1, attention.n_head, d).sum(dim=(0, 2))
+    h, d, outputs = attention.n_head, attention.head_dim, type(attention).projections["o"]
+    heads = sum(weight_like[p].reshape(-1, h, d).sum(dim=(0, 2)) if name in outputs
+                else weight_like[p].reshape(h, d, -1).sum(dim=(1, 2))
+                for name, p in projections_of(attention).items())
     neurons = weight_like[ffn.up].sum(dim=1) + weight_like[ffn.down].sum(dim=0)
     if ffn.gate is not None:
         neurons = neurons + weight_like[ffn.gate].sum(dim=1)
@@ -125,7 +132,7 @@ def _unit_scores(weight_like: dict, attention, ffn):
 
 def _layers(model):
     """Pairs (attention, feed-forward) in order; cross-attention is left alone."""
-    attentions = [m for n, m in model.named_modules() if isinstance(m, MultiHeadAttention) and "cross" not in n]
+    attentions = [m for n, m in model.named_modules() if isinstance(m, AttentionBase) and "cross" not in n]
     ffns = [m for m in model.modules() if isinstance(m, FeedForward)]
     if not attentions or len(attentions) != len(ffns):
         raise UserError("structured pruning needs a model built from blocks of attention + feed-forward")
@@ -137,9 +144,7 @@ def importance_scores(model, method="magnitude", batches=None):
     if method not in IMPORTANCE:
         raise UserError(f"unknown importance {method!r}; choose one of {', '.join(IMPORTANCE)}")
     layers = _layers(model)
-    linears = [p for attention, ffn in layers
-               for p in (attention.q_proj, attention.k_proj, attention.v_proj, attention.out_proj, ffn.up, ffn.down,
-                         ffn.gate) if p is not None]
+    linears = [p for attention, ffn in layers for layer in (attention, ffn) for p in projections_of(layer).values()]
     if method == "magnitude":
         totals = {p: p.weight.detach().abs() for p in linears}
     else:
@@ -156,7 +161,8 @@ def importance_scores(model, method="magnitude", batches=None):
             model.zero_grad(set_to_none=True)
             model(**batch).loss.backward()
             for p in linears:
-                totals[p] += (p.weight.detach() * p.weight.grad).abs()
+                if p.weight.grad is not None:  # None: unused by this batch (Longformer's global rows, none global)
+                    totals[p] += (p.weight.detach() * p.weight.grad).abs()
             count += 1
         model.zero_grad(set_to_none=True)
         for p, flag in flags.items():
@@ -197,6 +203,11 @@ def prune_structured(model, amount=0.4, heads=True, neurons=True, importance="ma
         raise UserError(f"pruning amount must be in [0, 1), got {amount}")
     before = sum(p.numel() for p in model.parameters())
     layers = _layers(model)
+    fixed = sorted({type(a).__name__ for a, _ in layers if not a.prunable_heads})
+    if heads and fixed:
+        raise UserError(f"structured head pruning does not apply to the {model.config.family} family (its "
+                        f"{', '.join(fixed)} layers cannot lose single heads); prune feed-forward neurons only "
+                        "(heads=False) or by magnitude")
     scores = importance_scores(model, importance, batches)
     report = {"heads_before": [a.n_head for a, _ in layers], "ffn_before": [f.up.out_features for _, f in layers]}
     if heads:

@@ -26,8 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..layers.attention import MultiHeadAttention
-from ..layers.feedforward import FeedForward
 from .targets import ALL_TARGETS, find_linears
 
 ACT_LEVELS = 127  # 7-bit activations for the x86 kernels (see above)
@@ -394,12 +392,9 @@ def torch_dynamic_quantize(model: nn.Module, targets=ALL_TARGETS):
 def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes held by the block projections' weights (float, or quantised with their scales)."""
     total = 0
-    for parent in model.modules():
-        if not isinstance(parent, (MultiHeadAttention, FeedForward)):
-            continue
-        for child in parent.children():
-            if isinstance(child, nn.Linear):
-                total += child.weight.numel() * child.weight.element_size()
-            elif isinstance(child, QuantizedLinear):
-                total += sum(b.numel() * b.element_size() for n, b in child.named_buffers() if n.startswith("weight"))
+    for *_, child in find_linears(model, kind=(nn.Linear, QuantizedLinear)):
+        if isinstance(child, nn.Linear):
+            total += child.weight.numel() * child.weight.element_size()
+        else:
+            total += sum(b.numel() * b.element_size() for n, b in child.named_buffers() if n.startswith("weight"))
     return total

@@ -7,7 +7,7 @@ adapters. `describe_structure` writes it down (compression.json beside config.js
 from torch import nn
 
 from ..errors import UserError
-from ..layers.attention import MultiHeadAttention
+from ..layers.attention import AttentionBase
 from ..layers.feedforward import FeedForward
 from .lora import inject_lora, lora_modules
 from .prune import prune_heads, prune_neurons
@@ -19,10 +19,8 @@ STRUCTURE_FILE = "compression.json"
 def describe_structure(model: nn.Module) -> dict:
     """{} for a plain model; otherwise the edits that rebuild this model's shapes."""
     spec = {}
-    heads = {n: m.n_head for n, m in model.named_modules()
-             if isinstance(m, MultiHeadAttention) and getattr(m, "pruned", False)}
-    neurons = {n: m.up.out_features for n, m in model.named_modules()
-               if isinstance(m, FeedForward) and getattr(m, "pruned", False)}
+    heads = {n: m.n_head for n, m in model.named_modules() if isinstance(m, AttentionBase) and m.pruned}
+    neurons = {n: m.up.out_features for n, m in model.named_modules() if isinstance(m, FeedForward) and m.pruned}
     quantized = {n: m.spec() for n, m in model.named_modules() if isinstance(m, QUANTIZED)}
     adapters = lora_modules(model)
     if heads:

@@ -1,40 +1,50 @@
 """Which linear layers compression acts on, chosen by short names.
 
-Every family is built from the shared layers, so the same names reach every model:
-q, k, v, o are the projections of each `MultiHeadAttention` (q_proj, k_proj, v_proj, out_proj)
-and ffn is the up/gate/down of each `FeedForward`. Heads outside the blocks (LM head,
-classifier, pooler) are left alone: they are small, often tied, and sensitive.
+q, k, v, o and ffn name the projections of every attention layer (`AttentionBase`) and
+feed-forward layer (`FeedForward`). Each layer class declares its own in a `projections` table
+(target -> attribute names), so a new attention layer enrols itself: the plain q_proj, k_proj,
+v_proj, out_proj; the Reformer's shared qk_proj under both q and k; Transformer-XL's distance
+projection r_proj under k (the paper's key projection of positions); Longformer's q_global,
+k_global, v_global under q, k, v. Heads outside the blocks (LM head, classifier, pooler) are left
+alone: they are small, often tied, and sensitive.
 """
 
 from torch import nn
 
 from ..errors import UserError
-from ..layers.attention import MultiHeadAttention
+from ..layers.attention import AttentionBase
 from ..layers.feedforward import FeedForward
 
-TARGETS = {"q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("out_proj",), "ffn": ("up", "gate", "down")}
-ALL_TARGETS = tuple(TARGETS)
+ALL_TARGETS = ("q", "k", "v", "o", "ffn")
+ENROLLED = (AttentionBase, FeedForward)  # the layer classes that declare `projections`
 
 
 def parse_targets(targets) -> tuple:
-    """"q,v" or ["q", "v"] -> ("q", "v"), checked against TARGETS."""
+    """"q,v" or ["q", "v"] -> ("q", "v"), checked against ALL_TARGETS."""
     if isinstance(targets, str):
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    unknown = sorted(set(targets) - set(TARGETS))
+    unknown = sorted(set(targets) - set(ALL_TARGETS))
     if unknown or not targets:
         raise UserError(f"unknown target module(s) {', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(TARGETS)}")
-    return tuple(t for t in TARGETS if t in targets)
+                        f"choose from {', '.join(ALL_TARGETS)}")
+    return tuple(t for t in ALL_TARGETS if t in targets)
 
 
-def find_linears(model: nn.Module, targets=ALL_TARGETS, kind=nn.Linear):
+def projections_of(layer: nn.Module, targets=ALL_TARGETS) -> dict:
+    """{attribute: module} of an enrolled layer's projections named by `targets`, in the layer's
+    order; a projection serving two targets (qk_proj) appears once, an absent one (None) not at all."""
+    wanted = {name for target in targets for name in type(layer).projections.get(target, ())}
+    return {name: child for name, child in layer.named_children() if name in wanted}
+
+
+def find_linears(model: nn.Module, targets=ALL_TARGETS, kind=nn.Linear) -> list:
     """[(qualified name, parent, attribute, linear)] for the targeted block projections."""
-    attributes = {a for t in parse_targets(targets) for a in TARGETS[t]}
+    targets = parse_targets(targets)
     found = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, (MultiHeadAttention, FeedForward)):
+        if not isinstance(parent, ENROLLED):
             continue
-        for attribute, child in parent.named_children():
-            if attribute in attributes and isinstance(child, kind):
+        for attribute, child in projections_of(parent, targets).items():
+            if isinstance(child, kind):
                 found.append((f"{parent_name}.{attribute}" if parent_name else attribute, parent, attribute, child))
     return found

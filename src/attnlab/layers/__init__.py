@@ -1,6 +1,6 @@
 """Shared building blocks. Layers know nothing of models."""
 
-from .attention import MultiHeadAttention, scaled_dot_product_attention
+from .attention import AttentionBase, MultiHeadAttention, scaled_dot_product_attention
 from .blocks import TransformerBlock
 from .feedforward import FFN_KINDS, ChunkedFeedForward, FeedForward, activation_of
 from .kv_cache import KVCache
@@ -13,7 +13,7 @@ from .positions import (AxialPositions, LearnedPositions, RelativePositionBias, 
 from .reversible import ReversibleBlock, ReversibleSequence
 
 __all__ = [
-    "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
+    "AttentionBase", "AxialPositions", "FFN_KINDS", "ChunkedFeedForward", "FeedForward", "KVCache", "LocalSelfAttention",
     "LSHSelfAttention", "LearnedPositions", "MultiHeadAttention", "NORMS", "RMSNorm", "RelativePositionBias",
     "ReversibleBlock", "ReversibleSequence", "RotaryEmbedding", "SinusoidalPositions", "TransformerBlock",
     "VocabProjection", "activation_of", "causal_mask", "combine_masks", "lsh_attention", "make_norm", "mean_pool",

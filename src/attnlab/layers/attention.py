@@ -1,13 +1,34 @@
-"""Scaled dot-product attention (two paths that agree) and multi-head attention.
+"""Scaled dot-product attention (two paths that agree), the attention contract, and multi-head attention.
 
 Shapes: q (B, H, Tq, D), k and v (B, H, Tk, D). A boolean mask is True where a query may
 attend; it broadcasts to (B, H, Tq, Tk). `bias` is an additive float term of the same
 broadcast shape (relative position bias, ALiBi, ...). A query whose keys are all masked
 gets a zero output (and zero gradient), never NaN.
+
+The attention contract. Every self-attention module subclasses `AttentionBase`:
+
+* its projections carry the shared names q_proj, k_proj, v_proj, out_proj (the one exception:
+  shared-QK attention has a single qk_proj), and the class declares them in `projections`, a
+  table from compression target ("q", "k", "v", "o") to attribute names; compression finds a
+  module's linears through it, so a new attention layer enrols itself by declaring it;
+* `forward(x, *, mask, key_mask, causal, position_ids, cache, layer_idx, return_weights, ...)`
+  takes the same keywords everywhere (module-specific extras follow them, keyword-only):
+    mask      bool, True = may attend, broadcasting to (B, H, Tq, Tk), or None
+    key_mask  (B, Tk) bool, True = a real key, False = padding (the form sparse kernels need);
+              a module combines it with `mask`. No 0/1 integer or additive masks cross this line.
+    causal    True adds the causal mask (a module built causal is causal regardless)
+    position_ids (B, T) for rotary positions; cache and layer_idx for incremental decoding;
+    return_weights: also return (B, H, Tq, Tk) weights, where the module can.
+  A keyword a module cannot honour (a KV cache for block-sparse attention, a general mask for
+  a sparse kernel) is refused with a ValueError, never ignored;
+* `prunable_heads` says whether whole heads can be removed (compression/prune.py) and
+  `select_heads` keeps the module's own per-head state (head counts, per-head biases) in step
+  when they are.
 """
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -69,7 +90,50 @@ def _math_attention(q, k, v, mask, bias, dropout_p, scale):
     return dropped @ v, weights
 
 
-class MultiHeadAttention(nn.Module):
+def key_mask_from(mask, key_mask):
+    """The (B, Tk) bool key mask that sparse kernels take: `key_mask` itself, or a padding-shaped
+    `mask` (B, 1, 1, Tk) folded into it; any other mask cannot be expressed per key."""
+    if mask is None:
+        return key_mask
+    if mask.dim() != 4 or mask.size(1) != 1 or mask.size(2) != 1:
+        raise ValueError(f"this attention takes a padding mask (B, 1, 1, T) or key_mask, not {tuple(mask.shape)}")
+    from_mask = mask.reshape(mask.size(0), -1)
+    return from_mask if key_mask is None else from_mask & key_mask
+
+
+def with_key_mask(mask, key_mask):
+    """`mask` (broadcasting to (B, H, Tq, Tk)) AND the (B, Tk) key mask -> one boolean mask or None."""
+    return combine_masks(mask, None if key_mask is None else key_mask[:, None, None, :])
+
+
+class AttentionBase(nn.Module):
+    """What every self-attention module shares (the contract is at the top of this file).
+
+    `projections`: compression target -> attribute names of this class's linears. Subclasses
+    with more or fewer projections redeclare it (sliding-window adds its global projections,
+    relative attention its distance projection, shared-QK attention has qk_proj for q and k).
+    """
+
+    projections = {"q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("out_proj",)}
+    prunable_heads = True
+    pruned = False  # set once heads were removed (compression/structure.py records the count)
+
+    def _heads(self, x, n_head):
+        b, t, _ = x.shape
+        return x.view(b, t, n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def _merge(self, out):
+        """(B, H, T, D) -> out_proj of (B, T, H * D)."""
+        b, h, t, d = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+
+    def select_heads(self, keep: torch.Tensor):
+        """Keep the module's per-head state for heads `keep` (the projections are sliced by the caller)."""
+        self.n_head = len(keep)
+        self.pruned = True
+
+
+class MultiHeadAttention(AttentionBase):
     """Self- or cross-attention with separate q, k, v and output projections.
 
     Grouped-query attention when n_kv_head < n_head. `scale=None` means 1/sqrt(head_dim).
@@ -91,12 +155,12 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(kv_dim, kv_inner, bias=bias)
         self.out_proj = nn.Linear(inner, d_model, bias=bias if out_bias is None else out_bias)
 
-    def _heads(self, x, n_head):
-        b, t, _ = x.shape
-        return x.view(b, t, n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+    def select_heads(self, keep):
+        super().select_heads(keep)
+        self.n_kv_head = len(keep)
 
-    def forward(self, x, kv_input=None, mask=None, bias=None, causal=False, rotary=None,
-                position_ids=None, cache=None, layer_idx=0, return_weights=False):
+    def forward(self, x, *, mask=None, key_mask=None, causal=False, position_ids=None, cache=None, layer_idx=0,
+                return_weights=False, kv_input=None, bias=None, rotary=None):
         """x (B, Tq, C); kv_input (B, Tk, C_kv) for cross-attention, else self-attention.
 
         rotary: a RotaryEmbedding applied to q and k at `position_ids` (B, T).
@@ -119,15 +183,14 @@ class MultiHeadAttention(nn.Module):
             v = self._heads(self.v_proj(kv_input), self.n_kv_head)
             if cache is not None:
                 cache.set_cross(layer_idx, k, v)
+        mask = with_key_mask(mask, key_mask)
         dropout_p = self.dropout if self.training else 0.0
         groups = q.size(0) // k.size(0)  # > 1: each memory row serves that many query rows (beams)
         out, weights = scaled_dot_product_attention(
             _fold_rows(q, groups), k, v, mask=mask, bias=bias, causal=causal, dropout_p=dropout_p,
             scale=self.scale, backend=self.backend, return_weights=return_weights,
         )
-        out = _unfold_rows(out, groups)
-        b, _, t, _ = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+        out = self._merge(_unfold_rows(out, groups))
         return (out, _unfold_rows(weights, groups)) if return_weights else out
 
 

@@ -16,7 +16,8 @@ class TransformerBlock(nn.Module):
                  prenorm=True, bias=True, dropout=0.0, attn_dropout=None, n_kv_head=None,
                  cross_attention=False, attn_scale=None, head_dim=None, backend="sdpa", self_attention=None):
         """self_attention: a module to use instead of MultiHeadAttention (sliding-window, block
-        sparse, ...); it takes the same keywords, plus whatever `attn_kwargs` the model passes."""
+        sparse, ...): an AttentionBase, so it takes the same keywords, plus whatever `attn_kwargs`
+        the model passes (key_mask, global_mask, ...)."""
         super().__init__()
         self.prenorm = prenorm
         attn_dropout = dropout if attn_dropout is None else attn_dropout

@@ -28,7 +28,12 @@ def activation_of(kind: str):
 
 
 class FeedForward(nn.Module):
-    """up -> activation (times gate, if gated) -> dropout -> down."""
+    """up -> activation (times gate, if gated) -> dropout -> down.
+
+    `projections` names its linears for compression (the "ffn" target), as attention layers do."""
+
+    projections = {"ffn": ("up", "gate", "down")}
+    pruned = False  # set once neurons were removed (compression/structure.py records the width)
 
     def __init__(self, d_model: int, hidden: int, kind: str = "gelu", bias: bool = True, dropout: float = 0.0):
         super().__init__()

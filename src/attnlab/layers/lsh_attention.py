@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from .attention import AttentionBase, key_mask_from
+
 MASKED = -1e9  # score for a key hidden by the causal or padding mask
 SELF_MASKED = -1e5  # score for a token's own position: used only when nothing else is visible
 
@@ -209,13 +211,20 @@ def full_shared_qk_attention(qk, v, causal=False, key_mask=None, dropout_p=0.0):
     return chunked_attention(q, k, v, pos, pos, t, causal, mask, dropout_p, self_index(pos, pos, (b, h)))
 
 
-class LSHSelfAttention(nn.Module):
+class LSHSelfAttention(AttentionBase):
     """Multi-head LSH self-attention with a shared query/key projection; no biases.
 
     hash_seed fixes the random rotations (reproducible hashing); None draws new ones from the
     global generator on every call. rotary: a RotaryEmbedding applied to the shared vectors
     before hashing (so queries and keys carry positions), or None for no positions here.
+
+    The one exception to the shared projection names: qk_proj serves the targets "q" and "k"
+    alike (adapting either adapts both). Heads cannot be pruned: the rotations are drawn for
+    all heads at once, so removing one would re-draw the hashing of every other head.
     """
+
+    projections = {"q": ("qk_proj",), "k": ("qk_proj",), "v": ("v_proj",), "o": ("out_proj",)}
+    prunable_heads = False
 
     def __init__(self, d_model, n_head, head_dim=None, n_buckets=32, n_hashes=2, chunk_length=64, chunks_before=1,
                  chunks_after=0, causal=False, hash_seed=None, dropout=0.0, rotary=None):
@@ -235,22 +244,26 @@ class LSHSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
-    def forward(self, x, attention_mask=None, position_ids=None):
-        """x (B, T, C); attention_mask (B, T) 1 for real tokens, 0 for padding; position_ids
-        (B, T) for the rotary positions. T must be at most one chunk or a multiple of chunk_length."""
+    def forward(self, x, *, mask=None, key_mask=None, causal=False, position_ids=None, cache=None, layer_idx=0,
+                return_weights=False):
+        """x (B, T, C); key_mask (B, T) bool, True = real token (or a (B, 1, 1, T) padding `mask`);
+        position_ids (B, T) for the rotary positions. T must be at most one chunk or a multiple of
+        chunk_length. No KV cache (the buckets are recomputed) and no weights (never formed)."""
+        if cache is not None or return_weights:
+            raise ValueError("LSH attention takes no KV cache and returns no attention weights")
+        key_mask, causal = key_mask_from(mask, key_mask), causal or self.causal
         b, t, _ = x.shape
         qk, v = (proj(x).view(b, t, self.n_head, self.head_dim) for proj in (self.qk_proj, self.v_proj))  # (B, T, H, D)
         if self.rotary is not None:
             qk = self.rotary(qk, position_ids, heads_axis=2)
-        key_mask = attention_mask.bool() if attention_mask is not None else None
         dropout_p = self.dropout if self.training else 0.0
         if t <= self.chunk_length:
-            out = full_shared_qk_attention(qk, v, self.causal, key_mask, dropout_p)
+            out = full_shared_qk_attention(qk, v, causal, key_mask, dropout_p)
         else:
             if t % self.chunk_length:
                 raise ValueError(f"sequence length {t} must be a multiple of chunk_length {self.chunk_length}")
             buckets = self._buckets(qk.transpose(1, 2), key_mask)
-            out = lsh_attention(qk, v, buckets, self.chunk_length, self.chunks_before, self.chunks_after, self.causal,
+            out = lsh_attention(qk, v, buckets, self.chunk_length, self.chunks_before, self.chunks_after, causal,
                                 key_mask, dropout_p)
         return self.out_proj(out.reshape(b, t, self.n_head * self.head_dim))
 
@@ -268,7 +281,7 @@ class LSHSelfAttention(nn.Module):
         return buckets + offsets
 
 
-class LocalSelfAttention(nn.Module):
+class LocalSelfAttention(AttentionBase):
     """The Reformer's local attention: separate q, k, v projections (no biases); the sequence
     is cut into chunks of `chunk_length` and each chunk attends to itself and its neighbours
     (wrapping around, as in the reference). Keys are scaled by 1/sqrt(head_dim). rotary: a
@@ -289,9 +302,14 @@ class LocalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
-    def forward(self, x, attention_mask=None, position_ids=None):
-        """x (B, T, C); attention_mask (B, T) 1 = real token; position_ids (B, T) for the rotary
-        positions. T: at most one chunk or a multiple."""
+    def forward(self, x, *, mask=None, key_mask=None, causal=False, position_ids=None, cache=None, layer_idx=0,
+                return_weights=False):
+        """x (B, T, C); key_mask (B, T) bool, True = real token (or a (B, 1, 1, T) padding `mask`);
+        position_ids (B, T) for the rotary positions. T: at most one chunk or a multiple. No KV
+        cache and no weights."""
+        if cache is not None or return_weights:
+            raise ValueError("local chunked attention takes no KV cache and returns no attention weights")
+        key_mask, causal = key_mask_from(mask, key_mask), causal or self.causal
         b, t, _ = x.shape
         q, k, v = (proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
@@ -299,7 +317,7 @@ class LocalSelfAttention(nn.Module):
             q, k = self.rotary(q, position_ids), self.rotary(k, position_ids)
         k = k / math.sqrt(self.head_dim)
         pos = torch.arange(t, device=x.device)
-        key_mask = attention_mask.bool()[:, None, :] if attention_mask is not None else None  # (B, 1, T)
+        key_mask = None if key_mask is None else key_mask[:, None, :]  # (B, 1, T)
         length = min(t, self.chunk_length)
         if t % length:
             raise ValueError(f"sequence length {t} must be a multiple of chunk_length {self.chunk_length}")
@@ -314,5 +332,5 @@ class LocalSelfAttention(nn.Module):
             key_mask = look_around(chunks(key_mask), before, after)
         dropout_p = self.dropout if self.training else 0.0
         out = chunked_attention(chunks(q), look_around(chunks(k), before, after), look_around(chunks(v), before, after),
-                                q_pos, k_pos, t, self.causal, key_mask, dropout_p)  # (B, T, H, D)
+                                q_pos, k_pos, t, causal, key_mask, dropout_p)  # (B, T, H, D)
         return self.out_proj(out.reshape(b, t, -1))

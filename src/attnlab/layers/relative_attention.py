@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import scaled_dot_product_attention
-from .masks import causal_mask
+from .attention import AttentionBase, scaled_dot_product_attention, with_key_mask
+from .masks import causal_mask, combine_masks
 from .positions import sinusoidal_table
 
 QUERY_BLOCK = 128  # score tiles of (B, H, 128, <= K): a few MB at K = 1024, kept in cache
@@ -129,7 +129,17 @@ def _skew(position, keys):
                                position.storage_offset() + t - 1)
 
 
-class RelativeMultiHeadAttention(nn.Module):
+class RelativeMultiHeadAttention(AttentionBase):
+    """Always causal: the relative shift defines only the distances to past keys.
+
+    r_proj is W_{k,R} of the paper, the key projection of the distance encodings, so it answers
+    to the compression target "k" beside k_proj (W_{k,E}): a LoRA, quantisation or pruning of
+    the keys reaches both kinds of key. Its rows are per head like k_proj's, and so are the
+    global biases u and v, so whole heads can be pruned.
+    """
+
+    projections = {"q": ("q_proj",), "k": ("k_proj", "r_proj"), "v": ("v_proj",), "o": ("out_proj",)}
+
     def __init__(self, d_model, n_head, head_dim=None, attn_dropout=0.0, backend="sdpa"):
         super().__init__()
         self.n_head = n_head
@@ -145,31 +155,40 @@ class RelativeMultiHeadAttention(nn.Module):
         self.content_bias = nn.Parameter(torch.zeros(n_head, self.head_dim))  # u
         self.position_bias = nn.Parameter(torch.zeros(n_head, self.head_dim))  # v
 
-    def _heads(self, x):
-        b, t, _ = x.shape
-        return x.view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+    def select_heads(self, keep):
+        super().select_heads(keep)
+        self.content_bias = nn.Parameter(self.content_bias.detach()[keep])
+        self.position_bias = nn.Parameter(self.position_bias.detach()[keep])
 
-    def forward(self, x, memory=None, mask=None, pos_emb=None):
+    def forward(self, x, *, mask=None, key_mask=None, causal=True, position_ids=None, cache=None, layer_idx=0,
+                return_weights=False, memory=None, pos_emb=None):
         """x (B, T, C); memory (B, M, C) or None (kept out of the graph by the caller).
-        mask: bool, True = visible, broadcasting to (B, H, T, K); None = causal with the whole
-        memory visible. pos_emb (K, C): precomputed relative_sinusoids, shared by the layers."""
-        b, t, _ = x.shape
+        mask: bool, True = visible, broadcasting to (B, H, T, K); key_mask (B, K) over [memory; x];
+        both are combined with the causal mask (the whole memory visible). pos_emb (K, C):
+        precomputed relative_sinusoids, shared by the layers. position_ids are not used
+        (positions are relative); the memory plays the part of a KV cache."""
+        if cache is not None:
+            raise ValueError("relative attention keeps a memory, not a KV cache; pass memory= instead")
+        t = x.size(1)
         context = x if memory is None else torch.cat([memory, x], dim=1)  # (B, K, C)
         k_len = context.size(1)
         if pos_emb is None:
             pos_emb = relative_sinusoids(k_len, x.size(-1), x.device)
-        q = self._heads(self.q_proj(x))
-        k, v = self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
+        q = self._heads(self.q_proj(x), self.n_head)
+        k, v = self._heads(self.k_proj(context), self.n_head), self._heads(self.v_proj(context), self.n_head)
         r = self.r_proj(pos_emb.to(x.dtype)).view(k_len, self.n_head, self.head_dim).transpose(0, 1)  # (H, K, D)
         scale = self.head_dim ** -0.5
         q_content, q_position = q + self.content_bias[:, None], q + self.position_bias[:, None]
         dropout_p = self.attn_dropout if self.training else 0.0
-        if mask is None and dropout_p == 0.0 and self.backend == "sdpa":
+        mask = with_key_mask(mask, key_mask)
+        weights = None
+        if mask is None and dropout_p == 0.0 and self.backend == "sdpa" and not return_weights:
             out = blocked_relative_attention(q_content, q_position, k, v, r, scale)
         else:
             position = rel_shift(q_position @ r.transpose(-1, -2))  # (B, H, T, K)
-            if mask is None:
-                mask = causal_mask(t, k_len, device=x.device)
-            out, _ = scaled_dot_product_attention(q_content, k, v, mask=mask, bias=position * scale,
-                                                  dropout_p=dropout_p, scale=scale, backend=self.backend)
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+            mask = combine_masks(mask, causal_mask(t, k_len, device=x.device))
+            out, weights = scaled_dot_product_attention(q_content, k, v, mask=mask, bias=position * scale,
+                                                        dropout_p=dropout_p, scale=scale, backend=self.backend,
+                                                        return_weights=return_weights)
+        out = self._merge(out)
+        return (out, weights) if return_weights else out

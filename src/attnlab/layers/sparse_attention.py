@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention, scaled_dot_product_attention
+from .attention import MultiHeadAttention, key_mask_from, scaled_dot_product_attention
 from .masks import causal_mask
 
 
@@ -343,23 +343,19 @@ def sliding_window_mask(t, window, *, dilation=1, causal=False, key_mask=None, g
     return mask
 
 
-def _key_mask(key_mask, mask):
-    """A (B, T) key mask, from itself or from a padding mask (B, 1, 1, T)."""
-    if key_mask is not None or mask is None:
-        return key_mask
-    if mask.dim() != 4 or mask.size(1) != 1 or mask.size(2) != 1:
-        raise ValueError(f"sparse attention takes a padding mask (B, 1, 1, T), not {tuple(mask.shape)}")
-    return mask.reshape(mask.size(0), -1)
-
-
 class SlidingWindowAttention(MultiHeadAttention):
     """Multi-head sliding-window attention with optional global tokens.
 
     window: one-sided reach (Longformer's attention_window / 2). global_projections: separate
     q/k/v projections for the global rows (Longformer), else the global rows reuse q/k/v.
     With a KV cache (incremental decoding) it takes the dense path with the band mask: one new
-    query against the cached keys costs O(T) either way.
+    query against the cached keys costs O(T) either way. The global projections are compression
+    targets beside the plain ones (q_global with "q", ...), and are sliced with them when heads
+    are pruned.
     """
+
+    projections = {"q": ("q_proj", "q_global"), "k": ("k_proj", "k_global"), "v": ("v_proj", "v_global"),
+                   "o": ("out_proj",)}
 
     def __init__(self, d_model, n_head, window, *, dilation=1, causal=False, global_projections=False, bias=True,
                  dropout=0.0, backend="sdpa"):
@@ -372,14 +368,19 @@ class SlidingWindowAttention(MultiHeadAttention):
         else:
             self.q_global = self.k_global = self.v_global = None
 
-    def forward(self, x, mask=None, causal=False, cache=None, layer_idx=0, key_mask=None, global_mask=None,
-                rotary=None, position_ids=None, bias=None):
-        """x (B, T, C); key_mask (B, T) bool; global_mask (B, T) bool; `mask` (B, 1, 1, T) padding
-        mask from a causal LM is accepted as the key mask."""
-        if bias is not None:
-            raise ValueError("sliding-window attention takes no additive attention bias")
+    def select_heads(self, keep):
+        super().select_heads(keep)
+        if not isinstance(self.dilation, int):
+            self.dilation = [self.dilation[h] for h in keep.tolist()]
+
+    def forward(self, x, *, mask=None, key_mask=None, causal=False, position_ids=None, cache=None, layer_idx=0,
+                return_weights=False, global_mask=None, rotary=None, bias=None):
+        """x (B, T, C); key_mask (B, T) bool; global_mask (B, T) bool; a (B, 1, 1, T) padding `mask`
+        (a causal LM's) is folded into the key mask. No additive bias and no weights (never formed)."""
+        if bias is not None or return_weights:
+            raise ValueError("sliding-window attention takes no additive attention bias and returns no weights")
         causal = causal or self.causal
-        key_mask = _key_mask(key_mask, mask)  # (B, T_past + T)
+        key_mask = key_mask_from(mask, key_mask)  # (B, T_past + T)
         q, k, v = (self._heads(proj(x), self.n_head) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if rotary is not None:
             q, k = rotary(q, position_ids), rotary(k, position_ids)
@@ -413,10 +414,6 @@ class SlidingWindowAttention(MultiHeadAttention):
         mask = band if key_mask is None else band & key_mask.bool()[:, None, None, :]
         out, _ = scaled_dot_product_attention(q, k, v, mask=mask, backend=self.backend)
         return out
-
-    def _merge(self, out):
-        b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
 
 
 # -- BigBird block sparse -----------------------------------------------------------------------
@@ -513,7 +510,11 @@ def bigbird_mask(t, block_size, random_blocks, key_mask=None):
 
 class BigBirdAttention(MultiHeadAttention):
     """Multi-head block-sparse attention; the random blocks are drawn afresh for each sequence
-    length from a generator seeded with `seed`, so a model is deterministic."""
+    length from a generator seeded with `seed`, so a model is deterministic. Heads cannot be
+    pruned: the random blocks are drawn for all heads at once, so removing one would re-draw the
+    pattern of every other head."""
+
+    prunable_heads = False
 
     def __init__(self, d_model, n_head, block_size, n_random, seed=0, bias=True, dropout=0.0, backend="sdpa"):
         super().__init__(d_model, n_head, bias=bias, dropout=dropout, backend=backend)
@@ -522,13 +523,15 @@ class BigBirdAttention(MultiHeadAttention):
     def random_blocks(self, t):
         return bigbird_random_blocks(t // self.block_size, self.n_random, self.n_head, self.seed)
 
-    def forward(self, x, key_mask=None, mask=None, causal=False, bias=None, rotary=None, cache=None, **unused):
-        """x (B, T, C); key_mask (B, T) bool, or a (B, 1, 1, T) padding `mask`."""
-        if causal or bias is not None or rotary is not None or cache is not None:
-            raise ValueError("block-sparse attention is bidirectional: no causal mask, bias, rotary or KV cache")
-        key_mask = _key_mask(key_mask, mask)
+    def forward(self, x, *, mask=None, key_mask=None, causal=False, position_ids=None, cache=None, layer_idx=0,
+                return_weights=False, bias=None, rotary=None):
+        """x (B, T, C); key_mask (B, T) bool, or a (B, 1, 1, T) padding `mask`. position_ids and
+        layer_idx are not used."""
+        if causal or bias is not None or rotary is not None or cache is not None or return_weights:
+            raise ValueError("block-sparse attention is bidirectional: no causal mask, bias, rotary, KV cache or "
+                             "weights")
+        key_mask = key_mask_from(mask, key_mask)
         q, k, v = (self._heads(proj(x), self.n_head) for proj in (self.q_proj, self.k_proj, self.v_proj))
         out = bigbird_attention(q, k, v, self.block_size, self.random_blocks(x.size(1)), key_mask=key_mask,
                                 dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
-        b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+        return self._merge(out)

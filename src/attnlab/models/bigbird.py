@@ -44,10 +44,10 @@ class BigBirdConfig(LongEncoderConfig):
 class BlockSparseOrFull(BigBirdAttention):
     """Block-sparse attention, or full attention for sequences too short for the pattern."""
 
-    def forward(self, x, key_mask=None, **kwargs):
+    def forward(self, x, **kwargs):
         if x.size(1) > (5 + 2 * self.n_random) * self.block_size:
-            return super().forward(x, key_mask=key_mask, **kwargs)
-        return MultiHeadAttention.forward(self, x, mask=None if key_mask is None else key_mask[:, None, None, :])
+            return super().forward(x, **kwargs)
+        return MultiHeadAttention.forward(self, x, **kwargs)
 
 
 class BigBird(LongEncoder):

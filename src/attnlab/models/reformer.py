@@ -132,7 +132,9 @@ class AttentionSublayer(nn.Module):
         self.norm, self.attn, self.dropout = norm, attention, nn.Dropout(dropout)
 
     def forward(self, x, attention_mask=None, position_ids=None):
-        return self.dropout(self.attn(self.norm(x), attention_mask=attention_mask, position_ids=position_ids))
+        """attention_mask (B, T): the model's 1 = real token, 0 = padding, as a key mask for the attention."""
+        key_mask = None if attention_mask is None else attention_mask.bool()
+        return self.dropout(self.attn(self.norm(x), key_mask=key_mask, position_ids=position_ids))
 
 
 class Reformer(Model):

@@ -12,7 +12,7 @@ import dataclasses
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import RelativePositionBias, TransformerBlock, VocabProjection, padding_mask
+from ..layers import MultiHeadAttention, RelativePositionBias, TransformerBlock, VocabProjection, padding_mask
 from ..layers.attention import BACKENDS
 from ..layers.norms import RMSNorm
 from ..processors import Seq2SeqTokenizers
@@ -91,6 +91,9 @@ class T5(Seq2SeqModel):
         self._init_weights()
         if c.tie_word_embeddings:
             self.lm_head.weight = self.shared.weight
+        for module in self.modules():  # every layer adds the same per-head position bias: no layer can lose a head
+            if isinstance(module, MultiHeadAttention):
+                module.prunable_heads = False
 
     def _init_weights(self):
         """Mesh TensorFlow's scheme: each projection N(0, fan_in^-0.5), with the query's also

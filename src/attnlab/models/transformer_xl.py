@@ -83,9 +83,9 @@ class RelativeBlock(nn.Module):
     def forward(self, x, memory, mask, pos_emb):
         if self.prenorm:
             memory = None if memory is None else self.norm_attn(memory)
-            x = x + self.dropout(self.attn(self.norm_attn(x), memory, mask, pos_emb))
+            x = x + self.dropout(self.attn(self.norm_attn(x), mask=mask, memory=memory, pos_emb=pos_emb))
             return x + self.dropout(self.ffn(self.norm_ffn(x)))
-        x = self.norm_attn(x + self.dropout(self.attn(x, memory, mask, pos_emb)))
+        x = self.norm_attn(x + self.dropout(self.attn(x, mask=mask, memory=memory, pos_emb=pos_emb)))
         return self.norm_ffn(x + self.dropout(self.ffn(x)))
 
 

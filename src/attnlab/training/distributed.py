@@ -30,7 +30,6 @@ from torch import nn
 
 from ..checkpoint import check_weights, load_weights
 from ..errors import UserError
-from ..layers import TransformerBlock
 from ..models.base import build_model
 
 STRATEGIES = ("ddp", "fsdp")
@@ -40,7 +39,7 @@ class SingleProcess:
     rank, world_size, device = 0, 1, None
     is_main = True
 
-    def wrap(self, model):
+    def wrap(self, model, block_class):
         return model
 
     def shard(self, batches):
@@ -92,15 +91,16 @@ class DataParallel(SingleProcess):
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.is_main = self.rank == 0
 
-    def wrap(self, model):
-        """DDP: a wrapper to call for forward passes. FSDP: shards `model` in place (each
-        TransformerBlock is one unit, the rest the root unit) and returns it."""
+    def wrap(self, model, block_class):
+        """DDP: a wrapper to call for forward passes. FSDP: shards `model` in place (each module of
+        `block_class`, the family's repeated block, is one unit, the rest the root unit; None: the
+        whole model is one unit) and returns it."""
         if self.strategy == "ddp":
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         from torch.distributed.fsdp import fully_shard
         for module in model.modules():
-            if isinstance(module, TransformerBlock):
+            if block_class is not None and isinstance(module, block_class):
                 fully_shard(module)
         return fully_shard(model)
 

@@ -71,8 +71,9 @@ class TrainConfig(Config):
 
 class Trainer:
     def __init__(self, model, config: TrainConfig, batches, run_dir, tokenizer=None, extra_json=None,
-                 parallel=None):
-        """`parallel` (training/distributed.py) spreads the run over processes; by default one."""
+                 parallel=None, block_class: type = None):
+        """`parallel` (training/distributed.py) spreads the run over processes; by default one.
+        `block_class`: the model's repeated block, FSDP's unit of sharding (None: one unit)."""
         self.config = config
         self.parallel = parallel or SingleProcess()
         self.device = self.parallel.device or config.resolved_device()
@@ -81,7 +82,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer
         self.extra_json = extra_json or {}
-        wrapped = self.parallel.wrap(self.model)  # before the optimiser: FSDP replaces the parameters
+        wrapped = self.parallel.wrap(self.model, block_class)  # before the optimiser: FSDP replaces the parameters
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                         fused=config.fused_optimizer)
         self.step = 0

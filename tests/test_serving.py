@@ -268,7 +268,7 @@ def test_one_failing_request_does_not_take_the_server_down(tokenizer, monkeypatc
 
 
 def test_a_failing_decoding_step_ends_its_batch_and_the_server_goes_on(tokenizer, monkeypatch):
-    real, calls = engine_module.Engine._compact, []
+    real, calls = engine_module.Engine._decode, []
 
     def fail_once(self):
         calls.append(1)
@@ -276,7 +276,7 @@ def test_a_failing_decoding_step_ends_its_batch_and_the_server_goes_on(tokenizer
             raise RuntimeError("boom")
         return real(self)
 
-    monkeypatch.setattr(engine_module.Engine, "_compact", fail_once)
+    monkeypatch.setattr(engine_module.Engine, "_decode", fail_once)
     app = create_app(tiny_gpt(), tokenizer, ServeConfig())
     with LiveServer(app) as server:
         assert server.post("/v1/completions", {"prompt": "ab", "max_tokens": 8}).status_code == 500

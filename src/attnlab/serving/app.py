@@ -75,8 +75,8 @@ class EncodeRequest(_Body):
 
 
 def is_causal_lm(model) -> bool:
-    """Causal LMs decode incrementally: their forward takes a KV cache."""
-    return "cache" in inspect.signature(model.forward).parameters
+    """Causal LMs decode incrementally: their forward takes a decode state."""
+    return "state" in inspect.signature(model.forward).parameters
 
 
 def context_size(config) -> int:
@@ -287,7 +287,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                                 f"({config.max_queue}); split the request")
         encoded = [encode(p) for p in prompts]
         for ids in encoded:
-            if len(ids) + body.max_tokens > context:
+            if not worker.recurrent and len(ids) + body.max_tokens > context:
                 raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({body.max_tokens}) exceeds the "
                                     f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
         loop, channel = asyncio.get_running_loop(), asyncio.Queue()

@@ -230,8 +230,21 @@ def test_causal_beam_search_runs_for_every_family_best_first(name):
         scores = [h.score for h in hyps]
         assert scores == sorted(scores, reverse=True) and len(hyps) == 3
         assert all(len(h.tokens) == 6 for h in hyps)  # no eos: every hypothesis runs to the end
-    assert beams == causal_beam_search(model, PROMPTS, BeamSearch(**options, use_cache=False))
+    recomputed = causal_beam_search(model, PROMPTS, BeamSearch(**options, use_cache=False))
+    assert [[h.tokens for h in hyps] for hyps in beams] == [[h.tokens for h in hyps] for hyps in recomputed]
     assert [hyps[0].tokens for hyps in causal_beam_search(model, PROMPTS, BeamSearch(num_beams=1, max_new_tokens=6))] \
         == generate(model, PROMPTS, greedy(6))
     alone = [causal_beam_search(model, [p], BeamSearch(**options))[0] for p in PROMPTS]
     assert [[h.tokens for h in hyps] for hyps in beams] == [[h.tokens for h in hyps] for hyps in alone]
+
+
+def test_causal_beam_search_slides_past_a_non_recurrent_window():
+    """Past block_size the state restarts on the last window of each beam's own tokens."""
+    model = model_of("gpt-learned")
+    prompts = [list(range(1, 40)) + [5, 6, 7, 8, 9], [3, 4]]  # 44 of 48 tokens
+    options = dict(num_beams=3, max_new_tokens=10, num_return=2)
+    cached = [h for hyps in causal_beam_search(model, prompts, BeamSearch(**options)) for h in hyps]
+    recomputed = [h for hyps in causal_beam_search(model, prompts, BeamSearch(**options, use_cache=False)) for h in hyps]
+    assert [h.tokens for h in cached] == [h.tokens for h in recomputed]
+    assert [h.score for h in cached] == pytest.approx([h.score for h in recomputed], abs=1e-5)
+    assert all(len(h.tokens) == 10 for h in cached)

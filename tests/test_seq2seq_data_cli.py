@@ -237,7 +237,8 @@ def test_gpt_generate_is_unchanged_and_beam_searches(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "gpt"), "--prompt", "abc", "--beams", "2", "--n-best", "2",
                  "--max-new-tokens", "5"]) == 0
     outputs = json.loads(capsys.readouterr().out)["outputs"]
-    assert len(outputs) == 2 and all(len(o["text"]) == 5 for o in outputs) and outputs[0]["score"] >= outputs[1]["score"]
+    assert len(outputs) == 2 and all(len(o["text"]) == 5 for o in outputs)
+    assert outputs[0]["score"] >= outputs[1]["score"]
     assert main(["generate", str(tmp_path / "gpt"), "--prompt", "abc", "--beams", "2", "--temperature", "0.8"]) == 2
     assert "beam search is deterministic" in capsys.readouterr().err
 

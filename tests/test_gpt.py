@@ -66,23 +66,24 @@ def test_kv_cache_gives_the_logits_of_a_full_recompute(style):
     model = build_model(tiny(**STYLES[style])).eval()
     ids = torch.randint(0, 37, (2, 20))
     full = model(ids).logits
-    cache = KVCache(2, capacity=4)  # small capacity: exercises the buffer growth
-    steps = [model(ids[:, :5], cache=cache).logits]
+    state = model.init_state(2, capacity=4)  # small capacity: exercises the buffer growth
+    assert isinstance(state, KVCache)
+    steps = [model(ids[:, :5], state=state).logits]
     for t in range(5, 20):
-        steps.append(model(ids[:, t:t + 1], cache=cache).logits)
+        steps.append(model(ids[:, t:t + 1], state=state).logits)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
 
 
-def test_kv_cache_reorder_moves_rows_and_then_keeps_growing():
+def test_kv_cache_select_moves_rows_and_then_keeps_growing():
     """Beam search reorders the cache (only the filled positions are copied), then appends."""
     model = build_model(tiny()).eval()
     ids = torch.randint(0, 37, (3, 6))
-    cache = KVCache(2, capacity=8)
+    state = model.init_state(3, capacity=5)
     rows = torch.tensor([2, 0, 2])
     with torch.no_grad():
-        model(ids[:, :5], cache=cache)
-        cache.reorder(rows)
-        stepped = model(ids[rows, 5:6], cache=cache).logits[:, -1]
+        model(ids[:, :5], state=state)
+        state.select(rows)
+        stepped = model(ids[rows, 5:6], state=state).logits[:, -1]
     assert torch.allclose(stepped, model(ids[rows]).logits[:, -1], atol=1e-5)
 
 

@@ -60,6 +60,10 @@ def test_train_eval_generate(tmp_path, capsys, family):
     generated = run(capsys, "generate", str(run_dir), "--prompt", "to be", "--max-new-tokens", "40", "--seed", "1",
                     "--json")
     assert len(generated["completion"]) == 40  # past the 32-token window too
+    beams = run(capsys, "generate", str(run_dir), "--prompt", "to be", "--max-new-tokens", "6", "--beams", "3",
+                "--n-best", "2", "--length-penalty", "0.5", "--early-stopping", "true")
+    assert beams["prompt"] == "to be" and len(beams["outputs"]) == 2
+    assert beams["outputs"][0]["score"] >= beams["outputs"][1]["score"]
 
 
 def test_bidirectional_reformer_cannot_generate(tmp_path):

@@ -225,7 +225,7 @@ def test_example_config_trains_then_generates_and_evaluates(tmp_path, capsys):
     assert metrics["pairs"] == 60 and 0 <= metrics["bleu"] <= 100 and 0 <= metrics["exact_match"] <= 1
 
 
-def test_gpt_generate_is_unchanged_and_refuses_beams(tmp_path, capsys):
+def test_gpt_generate_is_unchanged_and_beam_searches(tmp_path, capsys):
     from attnlab.checkpoint import save_checkpoint
     from attnlab.models import build_model, preset
     from attnlab.tokenizers import CharTokenizer
@@ -236,8 +236,13 @@ def test_gpt_generate_is_unchanged_and_refuses_beams(tmp_path, capsys):
                     tokenizer)
     assert main(["generate", str(tmp_path / "gpt"), "--prompt", "abc", "--max-new-tokens", "5", "--seed", "1"]) == 0
     assert len(capsys.readouterr().out.strip()) == 3 + 5
-    assert main(["generate", str(tmp_path / "gpt"), "--prompt", "abc", "--beams", "2"]) == 2
-    assert "encoder-decoder" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "gpt"), "--prompt", "abc", "--beams", "2", "--n-best", "2",
+                 "--max-new-tokens", "5"]) == 0
+    outputs = json.loads(capsys.readouterr().out)["outputs"]
+    assert len(outputs) == 2 and all(len(o["text"]) == 5 for o in outputs)
+    assert outputs[0]["score"] >= outputs[1]["score"]
+    assert main(["generate", str(tmp_path / "gpt"), "--prompt", "abc", "--beams", "2", "--temperature", "0.8"]) == 2
+    assert "beam search is deterministic" in capsys.readouterr().err
 
 
 def test_t5_span_corruption_pretraining_on_the_command_line(tmp_path, capsys):

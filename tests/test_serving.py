@@ -21,7 +21,7 @@ from torch import nn
 
 from attnlab.checkpoint import save_checkpoint
 from attnlab.inference import Sampling, generate
-from attnlab.models import GPT, GPTConfig
+from attnlab.models import GPT, GPTConfig, Reformer, ReformerConfig, TransformerXL, TransformerXLConfig
 from attnlab.models.bert import Bert, BertConfig
 from attnlab.serving import engine as engine_module
 from attnlab.serving.app import ServeConfig, create_app
@@ -149,6 +149,45 @@ def test_concurrent_requests_are_batched_and_each_gets_its_solo_tokens(gpt_serve
     assert engine.steps - steps_before < sum(n - 1 for n in lengths)
 
 
+def tiny_long_lm(family):
+    """A Transformer-XL whose memory (16 tokens) is shorter than the requests, or a Reformer
+    whose one local chunk covers its window; large random weights, as tiny_gpt."""
+    torch.manual_seed(0)
+    if family == "transformer_xl":
+        model = TransformerXL(TransformerXLConfig(vocab_size=len(ALPHABET), block_size=32, segment_length=8, mem_len=16,
+                                                  n_layer=2, n_head=2, d_model=32, tie_weights=False))
+    else:
+        model = Reformer(ReformerConfig(vocab_size=len(ALPHABET), block_size=64, n_layer=2, n_head=2, d_model=32,
+                                        chunk_length=64, local_chunk_length=64, attn_layers=["local", "local"],
+                                        axial_shape=[8, 8], axial_dims=[16, 16]))
+    for p in model.parameters():
+        if p.dim() == 2:
+            nn.init.normal_(p, 0.0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["transformer_xl", "reformer"])
+def test_every_causal_family_is_served_batched_with_its_solo_tokens(tokenizer, family):
+    """The engine decodes through the model's own state (a recurrent memory, or the window
+    re-read), so a Transformer-XL or a Reformer batches like GPT; the recurrent one has no
+    context limit."""
+    model = tiny_long_lm(family)
+    prompts = ["the cat", "a", "hello there, world", "zz", "why?", "q"]
+    lengths = [5 + 4 * i for i in range(len(prompts))]  # XL: up to 38 tokens, past its block_size of 32
+    app = create_app(model, tokenizer, ServeConfig(max_batch=8, model_name="tiny"))
+    with LiveServer(app) as server, concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        assert app.state.worker.recurrent == (family == "transformer_xl")
+        steps_before = app.state.worker.steps
+        replies = list(pool.map(lambda i: server.post("/v1/completions", {
+            "prompt": prompts[i], "max_tokens": lengths[i], "temperature": 0}), range(len(prompts))))
+        batched_steps = app.state.worker.steps - steps_before
+    for prompt, n, reply in zip(prompts, lengths, replies):
+        assert reply.status_code == 200, reply.text
+        expected = generate(model, [tokenizer.encode(prompt)], Sampling(max_new_tokens=n, temperature=0))[0]
+        assert reply.json()["choices"][0]["text"] == tokenizer.decode(expected), prompt
+    assert batched_steps < sum(n - 1 for n in lengths)
+
+
 def test_n_choices_seeded_sampling_and_stop_strings(gpt_server, tokenizer):
     body = {"prompt": "the", "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "n": 3, "seed": 7}
     first, second = gpt_server.post("/v1/completions", body).json(), gpt_server.post("/v1/completions", body).json()
@@ -268,7 +307,7 @@ def test_one_failing_request_does_not_take_the_server_down(tokenizer, monkeypatc
 
 
 def test_a_failing_decoding_step_ends_its_batch_and_the_server_goes_on(tokenizer, monkeypatch):
-    real, calls = engine_module.Engine._compact, []
+    real, calls = engine_module.Engine._decode, []
 
     def fail_once(self):
         calls.append(1)
@@ -276,7 +315,7 @@ def test_a_failing_decoding_step_ends_its_batch_and_the_server_goes_on(tokenizer
             raise RuntimeError("boom")
         return real(self)
 
-    monkeypatch.setattr(engine_module.Engine, "_compact", fail_once)
+    monkeypatch.setattr(engine_module.Engine, "_decode", fail_once)
     app = create_app(tiny_gpt(), tokenizer, ServeConfig())
     with LiveServer(app) as server:
         assert server.post("/v1/completions", {"prompt": "ab", "max_tokens": 8}).status_code == 500

@@ -5,7 +5,7 @@ import torch
 
 from attnlab.layers import TransformerBlock
 from attnlab.layers.attention import scaled_dot_product_attention
-from attnlab.layers.kv_cache import KVCache
+from attnlab.layers import KVCache
 from attnlab.layers.sparse_attention import (QUERY_CHUNK, BigBirdAttention, SlidingWindowAttention, bigbird_attention,
                                              bigbird_mask, bigbird_random_blocks, block_attention, global_indices,
                                              global_query_attention, scatter_rows, sliding_window_attention,

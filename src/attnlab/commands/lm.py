@@ -8,7 +8,7 @@ from ..checkpoint import load_checkpoint, read_config
 from ..data.corpus import read_text
 from ..errors import UserError
 from ..evaluation import masked_lm_scores, perplexity
-from ..inference import Sampling, stream_text
+from ..inference import Sampling, causal_beam_search, stream_text
 from ..models.base import CAUSAL_LM, ENCODER, SEQ2SEQ, families_of_kind, family_spec
 from ..training import Trainer, distributed
 from ..training.tasks import resolve_run, setup_task
@@ -53,11 +53,11 @@ def register(sub):
 
 
 def _add_seq2seq_decoding(p):
-    p.add_argument("--beams", type=int, default=1, help="seq2seq: beam size (default 1: greedy or sampling)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq beam search: score / length ** this")
-    p.add_argument("--n-best", type=int, default=1, help="seq2seq beam search: outputs per source (JSON lines)")
+    p.add_argument("--beams", type=int, default=1, help="beam size (default 1: greedy or sampling)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
+    p.add_argument("--n-best", type=int, default=1, help="beam search: outputs per prompt or source (JSON lines)")
     p.add_argument("--early-stopping", choices=["true", "false", "never"],
-                   help="seq2seq beam search: stop at --beams finished hypotheses (true), when none can improve "
+                   help="beam search: stop at --beams finished hypotheses (true), when none can improve "
                    "(false, the default), or only at --max-new-tokens (never)")
 
 
@@ -114,12 +114,12 @@ def generate(args):
     path = resolve_checkpoint(args.checkpoint)
     if seq2seq.is_seq2seq_checkpoint(path):
         return seq2seq.generate(args, path)
-    if args.beams != 1 or args.n_best != 1 or args.early_stopping is not None:
-        raise UserError("--beams, --n-best and --early-stopping are for encoder-decoder (seq2seq) checkpoints")
-    args.temperature = 0.8 if args.temperature is None else args.temperature
     args.max_new_tokens = 200 if args.max_new_tokens is None else args.max_new_tokens
     model, tokenizer = load_causal_lm(path)
     prompts = args.prompt or [sys.stdin.read()]
+    if args.beams != 1 or args.n_best != 1 or args.early_stopping is not None:
+        return _beam_search(args, model, tokenizer, prompts)
+    args.temperature = 0.8 if args.temperature is None else args.temperature
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
     pieces = stream_text(model, tokenizer, prompts, sampling, stop=args.stop)
@@ -135,6 +135,20 @@ def generate(args):
         sys.stdout.write(step[0])
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _beam_search(args, model, tokenizer, prompts):
+    """One JSON line per prompt: its --n-best completions with their scores, best first."""
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1 for beam search, got {args.max_new_tokens}")
+    options = seq2seq.decoding(args, model)  # --beams N > 1 here: the flags' checks are shared with seq2seq
+    if args.stop or args.temperature or args.top_k or args.top_p:
+        raise UserError("beam search is deterministic and keeps whole hypotheses: drop --temperature, --top-k, "
+                        "--top-p and --stop")
+    encoded = [tokenizer.encode(p) for p in prompts]
+    for prompt, hyps in zip(prompts, causal_beam_search(model, encoded, options, tokenizer.eos_id)):
+        outputs = [{"text": tokenizer.decode(h.tokens), "score": h.score} for h in hyps]
+        print(json.dumps({"prompt": prompt, "outputs": outputs}, ensure_ascii=False))
 
 
 def evaluate(args):

@@ -15,16 +15,17 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
 
     Windows of block_size tokens advance by `stride` (default: half a block, at most
     block_size - 1 so that windows overlap); each token is scored once, in the first window
-    that holds it, which is the one that gives it the most context. A model with a recurrent
-    memory (`model.recurrent`, Transformer-XL) instead reads the whole text once, segment by
-    segment, carrying its memory; `stride` does not apply there.
+    that holds it, which is the one that gives it the most context. A model whose decode
+    state is recurrent (Transformer-XL's memory) instead reads the whole text once, block_size
+    tokens at a time, through that state; `stride` does not apply there.
     """
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
     model.eval()
-    if getattr(model, "recurrent", False):
-        total_nll, total_tokens = _recurrent_nll(model, ids)
+    state = model.init_state(1, model.config.block_size)
+    if state.recurrent:
+        total_nll, total_tokens = _recurrent_nll(model, ids, state)
     else:
         total_nll, total_tokens = _windowed_nll(model, ids, stride, batch_size)
     mean = total_nll / total_tokens
@@ -38,16 +39,14 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
     }
 
 
-def _recurrent_nll(model, ids):
-    """-> (summed NLL, tokens scored): segment by segment, each segment's memory passed on."""
+def _recurrent_nll(model, ids, state):
+    """-> (summed NLL, tokens scored): block by block, the state carried from one to the next."""
     device = next(model.parameters()).device
-    segment = model.config.segment_length
-    memory, total_nll = None, 0.0
-    for start in range(0, len(ids) - 1, segment):
-        piece = ids[start:start + segment + 1].to(device)
-        out = model(piece[None, :-1], memory=memory)
-        memory = out.memory
-        total_nll += F.cross_entropy(out.logits[0].float(), piece[1:], reduction="sum").item()
+    block, total_nll = model.config.block_size, 0.0
+    for start in range(0, len(ids) - 1, block):
+        piece = ids[start:start + block + 1].to(device)
+        logits = model(piece[None, :-1], state=state).logits[0]  # (T, V)
+        total_nll += F.cross_entropy(logits.float(), piece[1:], reduction="sum").item()
     return total_nll, len(ids) - 1
 
 

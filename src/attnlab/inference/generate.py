@@ -1,9 +1,10 @@
 """Autoregressive generation for causal LMs: greedy or sampled (temperature, top-k, top-p),
-stop tokens and stop strings, batches of prompts of different lengths (left padded), with or
-without a KV cache, streamed step by step.
+stop tokens and stop strings, batches of prompts of different lengths (left padded), streamed
+step by step.
 
-With the cache each step feeds one token per row; without it each step recomputes the whole
-sequence. Both give the same tokens.
+Every causal model decodes through its own decode state (`model.init_state`: a KV cache, a
+recurrent memory, or none, which re-reads the window): each step feeds one token per row.
+`use_cache=False` re-reads the whole window every step instead. Both give the same tokens.
 """
 
 import dataclasses
@@ -11,7 +12,7 @@ import dataclasses
 import torch
 
 from ..errors import UserError
-from ..layers import KVCache, positions_from_mask
+from ..layers import DecodeState, RecomputeState
 
 
 @dataclasses.dataclass
@@ -64,50 +65,72 @@ def left_pad(prompts, pad_id=0, device="cpu"):
     return ids.to(device), mask.to(device)
 
 
+class CausalSteps:
+    """A causal LM continuing left-padded prompts, one new token per row per call, through its
+    decode state. `copies` rows per prompt (the beams of beam search). Past a non-recurrent
+    state's context window the state restarts on the last window of tokens, since the positions
+    of what it holds no longer hold; a recurrent state never needs to."""
+
+    def __init__(self, model, prompts, use_cache: bool, max_new_tokens: int, copies: int = 1):
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise UserError("every prompt needs at least one token")
+        self.model, self.use_cache, self.block_size = model, use_cache, model.config.block_size
+        self.device = next(model.parameters()).device
+        self.prompt_ids, self.prompt_mask = left_pad(prompts, device=self.device)  # (B, P)
+        self.capacity = min(self.block_size, self.prompt_ids.size(1) + max_new_tokens)
+        self.copies = torch.arange(len(prompts), device=self.device).repeat_interleave(copies)  # row -> prompt
+        self.state = self._fresh(len(prompts))
+        if not self.state.recurrent and self.prompt_ids.size(1) > self.block_size:
+            raise UserError(f"prompt of {self.prompt_ids.size(1)} tokens exceeds the model's context window of "
+                            f"{self.block_size} tokens")
+
+    def _fresh(self, rows: int) -> DecodeState:
+        return self.model.init_state(rows, self.capacity) if self.use_cache else RecomputeState(rows, self.device)
+
+    def _run(self, ids, mask):
+        return self.model(ids, attention_mask=mask, state=self.state, only_last=True).logits[:, -1]
+
+    def next_logits(self, generated: torch.Tensor) -> torch.Tensor:
+        """generated (N, T): the tokens chosen so far for each row -> logits (N, V) of the next."""
+        if generated.size(1) == 0:  # prefill each prompt once, then copy its state to its rows
+            logits = self._run(self.prompt_ids, self.prompt_mask)
+            self.state.select(self.copies)
+            return logits[self.copies]
+        if not self.state.recurrent and self.state.length + 1 > self.block_size:
+            self.state = self._fresh(len(generated))
+            ids = torch.cat([self.prompt_ids[self.copies], generated], dim=1)[:, -self.block_size:]
+            mask = torch.cat([self.prompt_mask[self.copies], torch.ones_like(generated)], dim=1)[:, -self.block_size:]
+            return self._run(ids, mask)
+        return self._run(generated[:, -1:], None)
+
+    def reorder(self, rows: torch.Tensor):
+        """Rows move among the copies of one prompt (beams), so only the state follows them."""
+        self.state.select(rows)
+
+
 @torch.no_grad()
 def stream_tokens(model, prompts, sampling: Sampling, eos_id=None):
     """Yield (B,) tensors of new token ids, one per step, until every row has stopped (eos)
     or max_new_tokens is reached. Rows that have stopped keep producing eos_id.
 
-    Past the context window the model sees the last block_size tokens (a sliding window);
-    the cache is dropped there, since cached keys carry positions that no longer hold.
+    Past the context window a model without a recurrent state sees the last block_size tokens
+    (a sliding window).
     """
-    block_size = model.config.block_size
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise UserError("every prompt needs at least one token")
-    longest = max(len(p) for p in prompts)
-    if longest > block_size:
-        raise UserError(f"prompt of {longest} tokens exceeds the model's context window of {block_size} tokens")
-    device = next(model.parameters()).device
+    steps = CausalSteps(model, prompts, sampling.use_cache, sampling.max_new_tokens)
     generator = None
     if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    ids, mask = left_pad(prompts, device=device)
-    cache = None
-    if sampling.use_cache and getattr(model, "supports_kv_cache", True):  # else recompute the window
-        cache = KVCache(len(model.blocks), capacity=min(block_size, longest + sampling.max_new_tokens))
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    step_input = ids
+        generator = torch.Generator(device=steps.device).manual_seed(sampling.seed)
+    generated = steps.prompt_ids.new_zeros(len(prompts), 0)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=steps.device)
     for _ in range(sampling.max_new_tokens):
-        if cache is not None and cache.length + step_input.size(1) > block_size:
-            cache = None
-        if cache is None:
-            step_input, step_mask = ids[:, -block_size:], mask[:, -block_size:]
-        else:
-            step_mask = mask
-        positions = positions_from_mask(step_mask, step_input.size(1))  # left padding shifts no prompt
-        logits = model(step_input, attention_mask=step_mask, position_ids=positions, cache=cache,
-                       only_last=True).logits[:, -1]
-        token = next_token(logits, sampling, generator)
+        token = next_token(steps.next_logits(generated), sampling, generator)
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)
             finished |= token == eos_id
         yield token
         if bool(finished.all()):
             return
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
-        step_input = token[:, None]
+        generated = torch.cat([generated, token[:, None]], dim=1)
 
 
 def generate(model, prompts, sampling: Sampling, eos_id=None):

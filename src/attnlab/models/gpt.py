@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import (FFN_KINDS, NORMS, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
-                      TransformerBlock, VocabProjection, make_norm, padding_mask, positions_from_mask)
+from ..layers import (FFN_KINDS, NORMS, KVCache, LearnedPositions, RecomputeState, RotaryEmbedding,
+                      SinusoidalPositions, TransformerBlock, VocabProjection, make_norm, padding_mask,
+                      positions_from_mask)
 from ..layers.attention import BACKENDS
 from ..layers.sparse_attention import SlidingWindowAttention
 from ..processors import TextProcessor
@@ -91,28 +92,39 @@ class GPT(Model):
         if c.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
 
-    def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, cache=None,
+    def init_state(self, batch: int, capacity: int) -> KVCache:
+        """A KV cache for `batch` rows, its buffers sized for `capacity` tokens (they grow past it)."""
+        return KVCache(len(self.blocks), capacity, batch=batch, device=self.tok_emb.weight.device)
+
+    def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, state=None,
                 only_last=False):
         """input_ids (B, T) -> ModelOutput(logits (B, T, V), loss).
 
         targets (B, T): the next token at each position (-100 is ignored).
-        attention_mask (B, T_past + T): 1 for real tokens, 0 for (left) padding.
-        cache: a KVCache to read past keys and values from and append this step's to.
+        attention_mask (B, T): 1 for real tokens, 0 for (left) padding.
+        state: a decode state from `init_state` (or a RecomputeState) holding the earlier
+        tokens; attention_mask then covers the new tokens only (default all real), and
+        positions count each row's real tokens over the state's whole mask.
         only_last: compute logits for the last position only (generation).
         """
+        if isinstance(state, RecomputeState):
+            return state.rerun(self, input_ids, attention_mask, only_last)
         b, t = input_ids.shape
-        past = cache.length if cache is not None else 0
+        past = 0 if state is None else state.length
         if past + t > self.config.block_size:
             raise ValueError(f"sequence of {past + t} tokens exceeds block_size {self.config.block_size}")
-        if position_ids is None:
-            position_ids = self.position_ids(b, t, past, attention_mask, input_ids.device)
+        if state is not None:
+            attention_mask = state.begin(torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+        if position_ids is None:  # with left padding each row counts its real tokens
+            position_ids = positions_from_mask(attention_mask, t) if attention_mask is not None else \
+                torch.arange(t, device=input_ids.device).expand(b, t)
         x = self.tok_emb(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)
         x = self.drop(x)
-        mask = padding_mask(attention_mask) if attention_mask is not None else None
+        mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, L + T)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, causal=True, rotary=self.rotary, position_ids=position_ids, cache=cache, layer_idx=i)
+            x = block(x, mask=mask, causal=True, rotary=self.rotary, position_ids=position_ids, cache=state, layer_idx=i)
         x = self.norm_f(x)
         if only_last:
             x = x[:, -1:]
@@ -129,13 +141,6 @@ class GPT(Model):
             return None
         return SlidingWindowAttention(c.d_model, c.n_head, c.attn_window, causal=True, bias=c.bias, dropout=c.dropout,
                                       backend=c.attn_backend)
-
-    @staticmethod
-    def position_ids(batch, t, past, attention_mask, device):
-        """(B, T) positions of the new tokens; with left padding each row counts its real tokens."""
-        if attention_mask is None:
-            return torch.arange(past, past + t, device=device).unsqueeze(0).expand(batch, t)
-        return positions_from_mask(attention_mask, t)
 
 
 def _gpt2(n_layer, n_head, d_model, block_size=1024):

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, AxialPositions, ChunkedFeedForward, FeedForward, LearnedPositions, LocalSelfAttention,
-                      LSHSelfAttention, ReversibleBlock, ReversibleSequence, RotaryEmbedding)
+                      LSHSelfAttention, RecomputeState, ReversibleBlock, ReversibleSequence, RotaryEmbedding)
 from ..processors import TextProcessor
 from .base import CAUSAL_LM, PRESETS, FamilySpec, Model, ModelOutput, causal_lm_batch, init_gpt_style, register
 
@@ -138,8 +138,6 @@ class AttentionSublayer(nn.Module):
 
 
 class Reformer(Model):
-    supports_kv_cache = False  # generation recomputes the window every step
-
     def __init__(self, config: ReformerConfig):
         super().__init__(config)
         c = config
@@ -171,14 +169,20 @@ class Reformer(Model):
             AttentionSublayer(nn.LayerNorm(c.d_model, eps=c.norm_eps), attention, c.dropout),
             ChunkedFeedForward(nn.LayerNorm(c.d_model, eps=c.norm_eps), ffn, c.ffn_chunk_size, c.dropout))
 
-    def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, cache=None, only_last=False):
+    def init_state(self, batch: int, capacity: int) -> RecomputeState:
+        """No cache (LSH buckets change as tokens arrive): each step re-reads the window."""
+        return RecomputeState(batch, self.tok_emb.weight.device)
+
+    def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, state=None, only_last=False):
         """input_ids (B, T) -> ModelOutput(logits (B, T, V), loss, hidden_states (B, T, 2C)).
 
         attention_mask (B, T): 1 for real tokens, 0 for padding. Inputs longer than one chunk
         are padded at the end to a whole number of chunks (padding is masked out).
+        state: a RecomputeState from `init_state` holding the earlier tokens (attention_mask
+        then covers the new tokens only).
         """
-        if cache is not None:
-            raise ValueError("the Reformer keeps no KV cache; generate without one")
+        if state is not None:
+            return state.rerun(self, input_ids, attention_mask, only_last)
         b, t = input_ids.shape
         if t > self.config.block_size:
             raise ValueError(f"sequence of {t} tokens exceeds block_size {self.config.block_size}")

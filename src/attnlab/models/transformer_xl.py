@@ -5,7 +5,8 @@ A long input is processed `segment_length` tokens at a time. Each layer attends 
 memory (the inputs it saw for the last `mem_len` tokens, cached without gradient) followed
 by the current segment, scoring keys by content and by relative distance
 (layers/relative_attention.py). `forward` returns the memory after the last segment, so a
-text of any length can be scored segment by segment (`memory=` in, `.memory` out).
+text of any length can be scored segment by segment (`memory=` in, `.memory` out); generation and
+perplexity carry it in a decode state (`init_state`: a `HiddenMemory`, recurrent).
 """
 
 import dataclasses
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers import FFN_KINDS, FeedForward, make_norm
+from ..layers import FFN_KINDS, DecodeState, FeedForward, HiddenMemory, RecomputeState, make_norm
 from ..layers.attention import BACKENDS
 from ..layers.relative_attention import RelativeMultiHeadAttention, relative_sinusoids
 from ..processors import TextProcessor
@@ -90,9 +91,6 @@ class RelativeBlock(nn.Module):
 
 
 class TransformerXL(Model):
-    supports_kv_cache = False  # generation recomputes the window (its memory plays the cache's part)
-    recurrent = True  # evaluation reads a text segment by segment, carrying the memory
-
     def __init__(self, config: TransformerXLConfig):
         super().__init__(config)
         c = config
@@ -105,19 +103,34 @@ class TransformerXL(Model):
         if c.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
 
-    def forward(self, input_ids, targets=None, attention_mask=None, memory=None, position_ids=None, cache=None,
+    def init_state(self, batch: int, capacity: int) -> DecodeState:
+        """Its memory (fixed in size: generation never restarts); with mem_len 0 there is none
+        and each step re-reads the context window. `capacity` does not apply."""
+        weight = self.tok_emb.weight
+        if not self.config.mem_len:
+            return RecomputeState(batch, weight.device)
+        return HiddenMemory(len(self.blocks), batch, self.config.d_model, weight.device, weight.dtype)
+
+    def forward(self, input_ids, targets=None, attention_mask=None, memory=None, position_ids=None, state=None,
                 only_last=False):
         """input_ids (B, T) -> TransformerXLOutput(logits (B, T, V), loss, hidden_states, memory).
 
         memory: the `.memory` of the previous call (the text continues), or None.
         attention_mask (B, T): 1 for real tokens, 0 for padding (keys never attended).
+        state: a decode state from `init_state`, which reads and then keeps the memory (with
+        its padding masked out); attention_mask covers the new tokens only.
         position_ids are not used: positions are relative.
         """
-        if cache is not None:
-            raise ValueError("Transformer-XL keeps a memory, not a KV cache; pass memory= instead")
+        if isinstance(state, RecomputeState):
+            return state.rerun(self, input_ids, attention_mask, only_last)
         x = self.drop(self.tok_emb(input_ids))  # (B, T, C)
         memory_mask = None
-        if attention_mask is not None and memory is not None:
+        if state is not None:
+            memory = state.memory
+            if attention_mask is not None or not bool(state.mask.all()):  # else nothing to mask: the fast path
+                attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+                memory_mask = state.mask
+        elif attention_mask is not None and memory is not None:
             memory_mask = attention_mask.new_ones(x.size(0), memory[0].size(1))
         hidden = []
         for start in range(0, x.size(1), self.config.segment_length):
@@ -130,6 +143,8 @@ class TransformerXL(Model):
                 memory_mask = keys[:, -self.config.mem_len:] if self.config.mem_len else None
             h, memory = self.run_segment(x[:, start:end], memory, mask)
             hidden.append(h)
+        if state is not None:
+            state.update(memory, memory_mask)
         hidden = torch.cat(hidden, dim=1)
         logits = self.lm_head(hidden[:, -1:] if only_last else hidden)
         loss = None

@@ -286,7 +286,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
             return await _translate(body, prompts, stop)
         encoded = [encode(p) for p in prompts]
         for ids in encoded:
-            if len(ids) + body.max_tokens > context:
+            if not worker.recurrent and len(ids) + body.max_tokens > context:
                 raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({body.max_tokens}) exceeds the "
                                     f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
         loop, channel = asyncio.get_running_loop(), asyncio.Queue()

@@ -1,14 +1,16 @@
 """Continuous batching for causal LMs.
 
 Requests wait in a bounded queue. Between decoding steps the engine admits waiting sequences
-into the running batch (each prompt is prefilled on its own, then its keys and values join the
-batch's cache) and drops the sequences that have finished, been cancelled or run out of time.
-Every row keeps its own sampling settings, random generator and stopping rule.
+into the running batch (each prompt is prefilled on its own decode state, `model.init_state(1,
+...)`, which then joins the batch's state: `extend`) and drops the sequences that have finished,
+been cancelled or run out of time (`select`). Every row keeps its own sampling settings, random
+generator and stopping rule.
 
-Rows are right-aligned in one cache: row i's tokens fill the last n_i of the L columns and the
-columns before them are padding hidden by the attention mask. Positions count each row's own
-tokens (`layers.positions_from_mask`, which GPT applies), so a row sees exactly what it would see alone and
-greedy decoding gives the same tokens batched or not.
+Rows are right-aligned in one state (layers/decode_state.py): row i's tokens fill the last n_i
+of the L columns and the columns before them are padding hidden by the state's mask. Positions
+count each row's own tokens, so a row sees exactly what it would see alone and greedy decoding
+gives the same tokens batched or not. The engine never looks inside the state, so a KV cache,
+Transformer-XL's memory and the Reformer's re-read window serve alike.
 """
 
 import collections
@@ -34,57 +36,6 @@ class EngineConfig:
 
 class QueueFull(Exception):
     """The waiting queue cannot take the request; the client should retry later."""
-
-
-class RowCache:
-    """The KVCache interface (`append`, `length`) over per-layer buffers (B, H, capacity, D)
-    whose rows can be right-aligned to a new length, selected and concatenated."""
-
-    def __init__(self, n_layer: int, capacity: int):
-        self.n_layer, self.capacity = n_layer, capacity
-        self.keys, self.values = [None] * n_layer, [None] * n_layer
-        self.length = 0  # columns in use (B, H, :length, D)
-
-    def append(self, layer, k, v):
-        """Write (B, H, T_new, D) after the used columns; return all used columns."""
-        start, end = self.length, self.length + k.size(2)
-        if self.keys[layer] is None:
-            b, h, _, d = k.shape
-            self.keys[layer] = k.new_zeros(b, h, self.capacity, d)
-            self.values[layer] = v.new_zeros(b, h, self.capacity, v.size(-1))
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        if layer == self.n_layer - 1:
-            self.length = end
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def realign(self, length: int):
-        """Right-align the used columns to `length`: pad on the left when growing, drop leading
-        columns (which must be padding in every row) when shrinking."""
-        keep = min(self.length, length)
-        for buffers in (self.keys, self.values):
-            for i, old in enumerate(buffers):
-                new = torch.zeros_like(old)
-                new[:, :, length - keep:length] = old[:, :, self.length - keep:self.length]
-                buffers[i] = new
-        self.length = length
-
-    def select(self, rows: torch.Tensor):
-        self.keys = [t.index_select(0, rows) for t in self.keys]
-        self.values = [t.index_select(0, rows) for t in self.values]
-
-    def extend(self, other: "RowCache"):
-        """Append the rows of `other` (same length) below these rows."""
-        self.keys = [torch.cat(pair) for pair in zip(self.keys, other.keys)]
-        self.values = [torch.cat(pair) for pair in zip(self.values, other.values)]
-
-
-def right_align(mask: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, L) attention mask -> (B, length), content kept at the right, zeros on the left."""
-    keep = min(mask.size(1), length)
-    out = mask.new_zeros(mask.size(0), length)
-    out[:, length - keep:] = mask[:, mask.size(1) - keep:]
-    return out
 
 
 class Sequence:
@@ -153,11 +104,12 @@ class Engine:
         self.model, self.config = model.eval(), config or EngineConfig()
         self.device = next(model.parameters()).device
         self.block_size = model.config.block_size
+        self.recurrent = model.init_state(1, 1).recurrent  # fixed-size state: no context limit on generation
         self.waiting = collections.deque()
         self.cond = threading.Condition()
         self.stopping = False
         self.rows = []  # running sequences, one per batch row
-        self.cache, self.mask, self.last = None, None, None  # RowCache, (B, L) mask, (B,) next inputs
+        self.state, self.last = None, None  # the batch's decode state, (B,) next inputs
         self.steps = 0
         self.thread = threading.Thread(target=self._loop, name="attnlab-engine", daemon=True)
 
@@ -224,33 +176,28 @@ class Engine:
                 seq.finish(reason)
                 continue
             try:
-                cache, first = self._prefill(seq)
+                state, first = self._prefill(seq)
             except Exception:
                 log.exception("prefill failed for one request")
                 seq.finish("error")
                 continue
             if not seq.accept(first):
-                self._join(seq, cache, first)  # a failure here fails the batch (see _loop)
+                self._join(seq, state, first)  # a failure here fails the batch (see _loop)
 
     @torch.no_grad()
     def _prefill(self, seq):
         ids = torch.tensor([seq.prompt_ids], device=self.device)  # (1, T)
-        cache = RowCache(len(self.model.blocks), self.block_size)
-        logits = self.model(ids, attention_mask=torch.ones_like(ids), cache=cache, only_last=True).logits[:, -1]
-        return cache, seq.sample(logits)
+        state = self.model.init_state(1, min(self.block_size, len(seq.prompt_ids) + seq.sampling.max_new_tokens))
+        logits = self.model(ids, state=state, only_last=True).logits[:, -1]
+        return state, seq.sample(logits)
 
-    def _join(self, seq, cache, first):
-        mask = torch.ones(1, len(seq.prompt_ids), dtype=torch.long, device=self.device)
+    def _join(self, seq, state, first):
         last = torch.tensor([first], device=self.device)
         self.rows.append(seq)
         if len(self.rows) == 1:
-            self.cache, self.mask, self.last = cache, mask, last
+            self.state, self.last = state, last
         else:
-            length = max(self.cache.length, cache.length)
-            self.cache.realign(length)
-            cache.realign(length)
-            self.cache.extend(cache)
-            self.mask = torch.cat([right_align(self.mask, length), right_align(mask, length)])
+            self.state.extend(state)
             self.last = torch.cat([self.last, last])
 
     @torch.no_grad()
@@ -263,10 +210,8 @@ class Engine:
         self._remove([i for i, _ in stopped])
         if not self.rows:
             return
-        self._compact()
-        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)  # (B, L + 1)
-        logits = self.model(self.last[:, None], attention_mask=mask, cache=self.cache, only_last=True).logits[:, -1]
-        self.mask = mask
+        self.state.trim()  # the batch never holds more columns than its longest row
+        logits = self.model(self.last[:, None], state=self.state, only_last=True).logits[:, -1]
         tokens, done = [], []
         for i, seq in enumerate(self.rows):
             try:
@@ -283,31 +228,21 @@ class Engine:
         self._remove(done)
         self.steps += 1
 
-    def _compact(self):
-        """Drop leading columns that are padding in every row, so the batch never holds more
-        columns than its longest row."""
-        used = self.mask.any(dim=0).nonzero()
-        first = int(used[0]) if len(used) else self.mask.size(1)
-        if first:
-            length = self.mask.size(1) - first
-            self.cache.realign(length)
-            self.mask = self.mask[:, first:]
-
     def _remove(self, indices):
         if not indices:
             return
         keep = [i for i in range(len(self.rows)) if i not in set(indices)]
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
-            self.cache, self.mask, self.last = None, None, None
+            self.state, self.last = None, None
             return
         index = torch.tensor(keep, device=self.device)
-        self.cache.select(index)
-        self.mask, self.last = self.mask[index], self.last[index]
+        self.state.select(index)
+        self.last = self.last[index]
 
     def _reset(self, reason):
         """End every running sequence and empty the batch."""
         for seq in self.rows:
             if seq.finish_reason is None:
                 seq.finish(reason)
-        self.rows, self.cache, self.mask, self.last = [], None, None, None
+        self.rows, self.state, self.last = [], None, None

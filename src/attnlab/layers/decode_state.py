@@ -1,0 +1,237 @@
+"""Decode states: what a causal model keeps between decoding steps.
+
+Every state holds B rows and L columns, one column per token it has seen; `mask` (B, L) is 1
+for a real token and 0 for padding. Rows are right-aligned: a row's tokens fill its last
+columns and the columns before them are padding, so positions count each row's own tokens
+(`masks.positions_from_mask`) and a row decodes exactly as it would alone. Three operations
+let one loop serve sampling, beam search and continuous batching:
+
+- `select(rows)`: keep and reorder rows (beams, finished requests);
+- `extend(other)`: append another state's rows below these, right-aligning both to the
+  longer length (a newly prefilled request joins the batch);
+- `trim()`: drop leading columns that are padding in every row.
+
+`recurrent` is True for a state of fixed size (a memory, not a growing history), which
+generation never has to restart however long it runs.
+
+Kinds: `KVCache` (keys and values per layer; also the seq2seq decoders' cache), `HiddenMemory`
+(Transformer-XL: each layer's last inputs) and `RecomputeState` (no cache: the model re-reads
+the ids it holds every step).
+"""
+
+import dataclasses
+
+import torch
+
+from .masks import positions_from_mask
+
+
+def leading_padding(mask: torch.Tensor) -> int:
+    """(B, L) mask -> how many leading columns are padding in every row."""
+    used = mask.any(dim=0).nonzero()
+    return int(used[0]) if len(used) else mask.size(1)
+
+
+def right_align(x: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:
+    """Keep the last `length` entries of x along `dim`, padding with zeros on the left."""
+    held = x.size(dim)
+    if held >= length:
+        return x.narrow(dim, held - length, length)
+    shape = list(x.shape)
+    shape[dim] = length - held
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+class DecodeState:
+    """The protocol; `mask` (B, L) long, set by each kind."""
+
+    recurrent = False
+    mask: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.mask.size(1)
+
+    def select(self, rows: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def extend(self, other: "DecodeState") -> None:
+        raise NotImplementedError
+
+    def trim(self) -> None:
+        raise NotImplementedError
+
+
+class KVCache(DecodeState):
+    """Self-attention keys and values in per-layer buffers (B, H, capacity, D) that grow by
+    doubling, so appending one token costs a copy of that token, not of the whole history.
+    Cross-attention keys and values (seq2seq) are computed once per source and kept as they are.
+
+    A model announces the mask of the tokens it feeds (`begin`); each layer then appends their
+    keys and values at columns [L, L + T), and the mask takes the new columns once the last layer
+    has appended. A caller that never announces one (a seq2seq decoder) feeds only real tokens.
+    batch=None: the rows are known at the first append.
+    """
+
+    def __init__(self, n_layer: int, capacity: int = 256, batch: int = None, device=None):
+        self.n_layer = n_layer
+        self.capacity = capacity
+        self._keys = [None] * n_layer
+        self._values = [None] * n_layer
+        self._cross = [None] * n_layer
+        self.mask = None if batch is None else torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self._incoming = None  # (B, T) mask of the tokens being appended
+
+    @property
+    def length(self) -> int:
+        return 0 if self.mask is None else self.mask.size(1)
+
+    def begin(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """attention_mask (B, T) of the tokens the coming forward appends -> the mask over every
+        column once they are in (B, L + T)."""
+        self._incoming = attention_mask.long()
+        return torch.cat([self.mask, self._incoming], dim=1)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Add (B, H, T_new, D) keys and values; return all of them so far (B, H, L + T_new, D)."""
+        if self.mask is None:
+            self.mask = torch.zeros(k.size(0), 0, dtype=torch.long, device=k.device)
+        start = self.length  # advances once the last layer has appended
+        end = start + k.size(2)
+        if self._keys[layer] is None or end > self._keys[layer].size(2):
+            self._grow(layer, k, v, end)
+        self._keys[layer][:, :, start:end] = k
+        self._values[layer][:, :, start:end] = v
+        if layer == self.n_layer - 1:
+            incoming = self._incoming if self._incoming is not None else self.mask.new_ones(k.size(0), k.size(2))
+            self.mask, self._incoming = torch.cat([self.mask, incoming], dim=1), None
+        return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
+
+    def _grow(self, layer, k, v, needed):
+        capacity = max(self.capacity, needed)
+        while capacity < needed:
+            capacity *= 2
+        old_k, old_v = self._keys[layer], self._values[layer]
+        b, h, _, d = k.shape
+        new_k = k.new_empty(b, h, capacity, d)
+        new_v = v.new_empty(b, h, capacity, v.size(-1))
+        if old_k is not None:
+            held = min(old_k.size(2), needed)
+            new_k[:, :, :held] = old_k[:, :, :held]
+            new_v[:, :, :held] = old_v[:, :, :held]
+        self._keys[layer], self._values[layer] = new_k, new_v
+        self.capacity = capacity
+
+    def has_cross(self, layer: int) -> bool:
+        return self._cross[layer] is not None
+
+    def cross(self, layer: int):
+        return self._cross[layer]
+
+    def set_cross(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        self._cross[layer] = (k, v)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep and reorder rows (only the columns in use are copied). The cross-attention keys
+        and values stay as they are: rows move only among copies of one source (its beams)."""
+        length = self.length
+
+        def pick(t):  # (B, H, capacity, D) -> (len(rows), H, capacity, D)
+            if t is None:
+                return None
+            kept = t.new_empty((len(rows),) + t.shape[1:])
+            torch.index_select(t[:, :, :length], 0, rows, out=kept[:, :, :length])
+            return kept
+        self._keys = [pick(t) for t in self._keys]
+        self._values = [pick(t) for t in self._values]
+        self.mask = self.mask[rows]
+
+    def extend(self, other: "KVCache") -> None:
+        """Append the rows of `other` (a self-attention cache with the same layers)."""
+        if any(kv is not None for kv in self._cross + other._cross):
+            raise ValueError("only self-attention caches can be extended: cross-attention keys follow their source")
+        length = max(self.length, other.length)
+        self.capacity = max(self.capacity, other.capacity, length)
+
+        def join(mine, theirs):  # each (B_i, H, capacity_i, D) with L_i columns in use
+            rows = mine.size(0) + theirs.size(0)
+            out = mine.new_zeros(rows, mine.size(1), self.capacity, mine.size(3))  # padding columns read as zeros
+            out[:mine.size(0), :, length - self.length:length] = mine[:, :, :self.length]
+            out[mine.size(0):, :, length - other.length:length] = theirs[:, :, :other.length]
+            return out
+        self._keys = [join(a, b) for a, b in zip(self._keys, other._keys)]
+        self._values = [join(a, b) for a, b in zip(self._values, other._values)]
+        self.mask = torch.cat([right_align(self.mask, length), right_align(other.mask, length)])
+
+    def trim(self) -> None:
+        drop, length = leading_padding(self.mask), self.length
+        if not drop:
+            return
+        for buffers in (self._keys, self._values):
+            for t in buffers:
+                t[:, :, :length - drop] = t[:, :, drop:length].clone()
+        self.mask = self.mask[:, drop:]
+
+
+class HiddenMemory(DecodeState):
+    """Transformer-XL's memory: per layer the inputs (B, M, C) it saw for the last M <= mem_len
+    tokens (no gradient), and their key mask (B, M). Fixed in size, so recurrent."""
+
+    recurrent = True
+
+    def __init__(self, n_layer: int, batch: int, width: int, device=None, dtype=None):
+        self.memory = [torch.zeros(batch, 0, width, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
+
+    def update(self, memory: list, mask: torch.Tensor) -> None:
+        """The model's memory after a forward, with its mask (None: every column real)."""
+        self.memory = memory
+        self.mask = memory[0].new_ones(memory[0].shape[:2], dtype=torch.long) if mask is None else mask.long()
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.memory = [m[rows] for m in self.memory]
+        self.mask = self.mask[rows]
+
+    def extend(self, other: "HiddenMemory") -> None:
+        length = max(self.length, other.length)
+        self.memory = [torch.cat([right_align(a, length), right_align(b, length)])
+                       for a, b in zip(self.memory, other.memory)]
+        self.mask = torch.cat([right_align(self.mask, length), right_align(other.mask, length)])
+
+    def trim(self) -> None:
+        drop = leading_padding(self.mask)
+        self.memory = [m[:, drop:] for m in self.memory]
+        self.mask = self.mask[:, drop:]
+
+
+class RecomputeState(DecodeState):
+    """No cache: the state keeps the ids (B, L) and their mask, and each step the model re-reads
+    all of them (the decoding loop keeps L within the model's context window)."""
+
+    def __init__(self, batch: int, device=None):
+        self.ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
+
+    def rerun(self, forward, input_ids: torch.Tensor, attention_mask: torch.Tensor = None, only_last: bool = False):
+        """Add input_ids (B, T) with their mask (default all real) and run `forward` (a model
+        called without a state) over every id held, positions counting each row's real tokens.
+        -> its output, with logits for the new tokens only (B, T or 1, V)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.ids = torch.cat([self.ids, input_ids], dim=1)
+        self.mask = torch.cat([self.mask, attention_mask.long()], dim=1)
+        out = forward(self.ids, attention_mask=self.mask, position_ids=positions_from_mask(self.mask, self.length),
+                      only_last=only_last)
+        return out if only_last else dataclasses.replace(out, logits=out.logits[:, -input_ids.size(1):])
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.ids, self.mask = self.ids[rows], self.mask[rows]
+
+    def extend(self, other: "RecomputeState") -> None:
+        length = max(self.length, other.length)
+        self.ids = torch.cat([right_align(self.ids, length), right_align(other.ids, length)])
+        self.mask = torch.cat([right_align(self.mask, length), right_align(other.mask, length)])
+
+    def trim(self) -> None:
+        drop = leading_padding(self.mask)
+        self.ids, self.mask = self.ids[:, drop:], self.mask[:, drop:]

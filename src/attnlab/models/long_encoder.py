@@ -6,7 +6,8 @@
 
 A family subclasses `LongEncoderConfig` and `LongEncoder` and says three things: which attention
 module a layer uses (`make_attention`), how positions are counted (`position_ids`) and what
-length the input is padded to (`pad_multiple`). Hugging Face names live in interop/families.py.
+length the input is padded to (`pad_multiple`). Hugging Face names live in interop/longformer.py and
+interop/bigbird.py.
 """
 
 import dataclasses

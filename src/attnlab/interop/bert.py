@@ -8,7 +8,7 @@ import dataclasses
 
 from ..errors import UserError
 from ..models.bert import BertConfig
-from .common import BERT_LAYER, POSITION_IDS, activation, activation_to_hf, labels_to_hf, n_labels, prefix_in
+from .common import BERT_LAYER, POSITION_IDS, activation, activation_to_hf, labels_from_hf, labels_to_hf, prefix_in
 from .keymap import KeyMap, affine, rename
 from .registry import HFModelType, HFSpec, register_hf
 
@@ -107,8 +107,7 @@ def _config_from_hf(model_type: str):
                 raise UserError("RoBERTa's LM head always uses GELU; a non-GELU hidden_act is not supported with it")
         pad = hf.get("pad_token_id")
         return BertConfig(**fields, pad_token_id=0 if pad is None else pad, pooler=has_pooler, head=head,
-                          n_labels=n_labels(hf),
-                          tie_weights=hf.get("tie_word_embeddings", True))
+                          tie_weights=hf.get("tie_word_embeddings", True), **labels_from_hf(hf))
     return convert
 
 
@@ -119,7 +118,7 @@ def _config_to_hf(model_type: str):
                             "only pooling='cls' encoders export")
         common = {"model_type": model_type, "vocab_size": c.vocab_size, "max_position_embeddings": c.max_positions,
                   "pad_token_id": c.pad_token_id, "tie_word_embeddings": c.tie_weights,
-                  **labels_to_hf(c.n_labels)}
+                  **labels_to_hf(c)}
         if model_type == "distilbert":
             return {**common, "n_layers": c.n_layer, "n_heads": c.n_head, "dim": c.d_model, "hidden_dim": c.ffn_size,
                     "activation": activation_to_hf(c.activation), "dropout": c.dropout,

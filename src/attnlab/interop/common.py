@@ -27,13 +27,21 @@ def activation_to_hf(name: str) -> str:
     return ACT_TO_HF[name]
 
 
-def n_labels(hf: dict) -> int:
-    return len(hf["id2label"]) if hf.get("id2label") else int(hf.get("num_labels", 2))
+def labels_from_hf(hf: dict) -> dict:
+    """config.json's id2label / num_labels -> our n_labels and id2label; Hugging Face's default
+    names (LABEL_0, LABEL_1, ...) become id2label=None, which means the same."""
+    id2label = {str(k): v for k, v in (hf.get("id2label") or {}).items()}
+    if not id2label:
+        return {"n_labels": int(hf.get("num_labels", 2)), "id2label": None}
+    default = all(name == f"LABEL_{index}" for index, name in id2label.items())
+    return {"n_labels": len(id2label), "id2label": None if default else id2label}
 
 
-def labels_to_hf(n_labels: int) -> dict:
-    return {"id2label": {str(i): f"LABEL_{i}" for i in range(n_labels)},
-            "label2id": {f"LABEL_{i}": i for i in range(n_labels)}}
+def labels_to_hf(c) -> dict:
+    """A classifier config's label names (LABEL_i when it has none) as config.json's id2label and label2id."""
+    names = [c.id2label[str(i)] if c.id2label else f"LABEL_{i}" for i in range(c.n_labels)]
+    return {"id2label": {str(i): name for i, name in enumerate(names)},
+            "label2id": {name: i for i, name in enumerate(names)}}
 
 
 def prefix_in(keys, prefix: str) -> str:

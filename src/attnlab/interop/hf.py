@@ -125,7 +125,8 @@ def export_hf(model, directory, tokenizer=None):
     architecture = model_type.architecture(head)
     prefix = "" if architecture == model_type.class_prefix + "Model" else model_type.base_prefix
     hf = {"architectures": [architecture], **model_type.config_to_hf(model.config), "torch_dtype": "float32"}
-    theirs = model_type.keymap(model.config, prefix).to_theirs(model.state_dict(), source=f"{model.config.family} model")
+    keymap = model_type.keymap(model.config, prefix)
+    theirs = keymap.to_theirs(model.state_dict(), source=f"{model.config.family} model")
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -3,7 +3,7 @@
 Registers nothing itself; longformer.py and bigbird.py build their specs from it.
 """
 
-from .common import POSITION_IDS, activation, activation_to_hf, labels_to_hf, n_labels
+from .common import POSITION_IDS, activation, activation_to_hf, labels_from_hf, labels_to_hf
 from .keymap import KeyMap, affine, rename
 
 HEADS = {"Model": "none", "ForMaskedLM": "mlm", "ForSequenceClassification": "classification"}
@@ -36,7 +36,7 @@ def fields_from_hf(hf: dict, head: str) -> dict:
                 ffn_hidden=hf["intermediate_size"], type_vocab_size=hf.get("type_vocab_size", 1),
                 activation=activation(hf.get("hidden_act", "gelu")), norm_eps=hf.get("layer_norm_eps", 1e-12),
                 dropout=hf.get("hidden_dropout_prob", 0.1), attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-                pad_token_id=0 if pad is None else pad, head=head, n_labels=n_labels(hf))
+                pad_token_id=0 if pad is None else pad, head=head, **labels_from_hf(hf))
 
 
 def fields_to_hf(model_type: str, c) -> dict:
@@ -45,4 +45,4 @@ def fields_to_hf(model_type: str, c) -> dict:
             "intermediate_size": c.ffn_size, "type_vocab_size": c.type_vocab_size,
             "hidden_act": activation_to_hf(c.activation), "layer_norm_eps": c.norm_eps,
             "hidden_dropout_prob": c.dropout, "attention_probs_dropout_prob": c.attn_dropout,
-            "pad_token_id": c.pad_token_id, "tie_word_embeddings": True, **labels_to_hf(c.n_labels)}
+            "pad_token_id": c.pad_token_id, "tie_word_embeddings": True, **labels_to_hf(c)}

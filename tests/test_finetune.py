@@ -141,32 +141,64 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, base, capsys):
     assert "unknown pipeline stage" in capsys.readouterr().err
 
 
-def _served_labels(path, texts):
+def _served_labels(path, texts) -> set:
+    """The label names /v1/classify answers with. A live server configures uvicorn's logging to the
+    sys.stderr of the moment, so no test that calls this may use capsys (it closes its stream)."""
     from tests.test_serving import LiveServer
     from attnlab.serving.app import ServeConfig, create_app
 
     model, tokenizer = load_checkpoint(path)
     with LiveServer(create_app(model, tokenizer, ServeConfig())) as server:
-        return server.post("/v1/classify", {"input": texts}).json()["data"]
+        data = server.post("/v1/classify", {"input": texts}).json()["data"]
+    return {row["label"] for row in data} | {name for row in data for name in row["scores"]}
 
 
-def test_label_names_travel_in_config_json_to_classify_the_server_and_hugging_face(tmp_path, base, capsys):
+def _classified_labels(path, data, capsys) -> list:
+    capsys.readouterr()
+    assert main(["classify", str(path), "--input", str(data)]) == 0
+    return [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def classifier(base, tmp_path_factory):
+    """A tiny classifier fine-tuned from the command line on labels neg / pos."""
+    directory = tmp_path_factory.mktemp("classifier")
+    data = write_tsv(directory / "train.tsv", n=20)
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(directory / "clf"),
+                 "--epochs", "1", "--max-length", "16"]) == 0
+    return directory / "clf"
+
+
+@pytest.fixture
+def old_classifier(base, tmp_path):
+    """A classifier as finetune wrote it before id2label: names in labels.json, none in config.json."""
+    torch.manual_seed(0)
+    model, tokenizer = load_checkpoint(base)
+    old = tmp_path / "old"
+    save_checkpoint(old, model.with_head("sequence", n_labels=2), tokenizer,
+                    extra_json={"labels.json": {"labels": ["neg", "pos"], "max_length": 16}})
+    config = json.loads((old / "config.json").read_text())
+    del config["id2label"]
+    (old / "config.json").write_text(json.dumps(config))
+    return old
+
+
+def test_finetune_writes_the_label_names_into_config_json_and_classify_shows_them(classifier, tmp_path, capsys):
+    assert json.loads((classifier / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    assert not (classifier / "labels.json").exists()
+    labels = _classified_labels(classifier, write_tsv(tmp_path / "data.tsv", n=6), capsys)
+    assert len(labels) == 6 and set(labels) <= {"neg", "pos"}
+
+
+def test_the_server_answers_with_the_label_names(classifier):
+    assert _served_labels(classifier, ["a great film", "a dull mess"]) == {"neg", "pos"}
+
+
+def test_hugging_face_export_and_import_keep_the_label_names(classifier, tmp_path):
     transformers = pytest.importorskip("transformers")
     from attnlab.interop import export_hf, import_hf
 
-    data = write_tsv(tmp_path / "train.tsv", n=20)
-    out = tmp_path / "clf"
-    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), "--epochs", "1",
-                 "--max-length", "16"]) == 0
-    capsys.readouterr()
-    assert main(["classify", str(out), "--input", str(data)]) == 0
-    labels = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
-    assert len(labels) == 20 and set(labels) <= {"neg", "pos"}
-
-    served = _served_labels(out, ["a great film", "a dull mess"])
-    assert all(set(row["scores"]) == {"neg", "pos"} and row["label"] in ("neg", "pos") for row in served)
-
-    model, tokenizer = load_checkpoint(out)
+    model, tokenizer = load_checkpoint(classifier)
     export_hf(model, tmp_path / "hf", tokenizer)
     theirs = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
     assert theirs.id2label == {0: "neg", 1: "pos"} and theirs.label2id == {"neg": 0, "pos": 1}
@@ -174,25 +206,14 @@ def test_label_names_travel_in_config_json_to_classify_the_server_and_hugging_fa
     assert back.config.id2label == {"0": "neg", "1": "pos"}
 
 
-def test_a_checkpoint_with_the_old_labels_json_still_shows_its_labels(tmp_path, base, capsys):
-    """Before id2label, finetune kept the names in labels.json beside a config.json without them."""
-    torch.manual_seed(0)
-    model, tokenizer = load_checkpoint(base)
-    classifier = model.with_head("sequence", n_labels=2)
-    old = tmp_path / "old"
-    save_checkpoint(old, classifier, tokenizer, extra_json={"labels.json": {"labels": ["neg", "pos"],
-                                                                            "max_length": 16}})
-    config = json.loads((old / "config.json").read_text())
-    del config["id2label"]
-    (old / "config.json").write_text(json.dumps(config))
+def test_a_checkpoint_with_the_old_labels_json_still_classifies_with_its_labels(old_classifier, tmp_path, capsys):
+    assert load_checkpoint(old_classifier)[0].config.id2label == {"0": "neg", "1": "pos"}
+    labels = _classified_labels(old_classifier, write_tsv(tmp_path / "data.tsv", n=6), capsys)
+    assert len(labels) == 6 and set(labels) <= {"neg", "pos"}
 
-    assert load_checkpoint(old)[0].config.id2label == {"0": "neg", "1": "pos"}
-    data = write_tsv(tmp_path / "data.tsv", n=6)
-    capsys.readouterr()
-    assert main(["classify", str(old), "--input", str(data)]) == 0
-    labels = {json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()}
-    assert labels and labels <= {"neg", "pos"}
-    assert {name for row in _served_labels(old, ["a great film"]) for name in row["scores"]} == {"neg", "pos"}
+
+def test_a_checkpoint_with_the_old_labels_json_is_served_with_its_labels(old_classifier):
+    assert _served_labels(old_classifier, ["a great film"]) == {"neg", "pos"}
 
 
 def test_id2label_is_checked_against_n_labels():

@@ -137,8 +137,9 @@ def main():
             "" if pooling == "cls" else "_mean") + ("_biases" if args.lora_biases else "")
 
         def lora():
-            model = inject_lora(with_classifier(copy.deepcopy(encoder), 2, pooling), rank=rank, alpha=2 * rank,
-                                targets=targets, train_also=("classifier", "pooler"), train_biases=args.lora_biases)
+            model = inject_lora(with_classifier(copy.deepcopy(encoder), labels.names, pooling), rank=rank,
+                                alpha=2 * rank, targets=targets, train_also=("classifier", "pooler"),
+                                train_biases=args.lora_biases)
             trainable = model.num_parameters(trainable_only=True)
             result = fit(model, train, val, labels.names, dataclasses.replace(base_config, lr=lr, epochs=epochs))
             record(name, train_seconds=result["seconds"], steps=result["steps"], lr=lr, epochs=epochs,
@@ -154,7 +155,7 @@ def main():
 
     # full fine-tuning (the teacher and the starting model)
     def full():
-        model = with_classifier(copy.deepcopy(encoder), 2)
+        model = with_classifier(copy.deepcopy(encoder), labels.names)
         result = fit(model, train, val, labels.names, base_config)
         record("full fine-tune", train_seconds=result["seconds"], steps=result["steps"])
         return model

@@ -36,7 +36,7 @@ def test_trailing_padding_is_skipped_exactly(tmp_path):
 
 
 def _to_hf_names(ours):
-    from attnlab.interop.families import encoder_keymap
+    from attnlab.interop.bert import encoder_keymap
     return encoder_keymap("bert", ours.config, "").to_theirs(ours.state_dict(), source="test")
 
 

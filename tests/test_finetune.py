@@ -84,7 +84,8 @@ def test_finetune_classify_and_compress_from_the_command_line(tmp_path, base, ca
     assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), *common]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["confusion_matrix"]) == 2 and 0 <= result["accuracy"] <= 1
-    assert json.loads((out / "labels.json").read_text())["labels"] == ["neg", "pos"]
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    assert not (out / "labels.json").exists()
     assert main(["classify", str(out), "--input", str(data)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 40 and {line["label"] for line in lines} <= {"neg", "pos"}
@@ -138,6 +139,109 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, base, capsys):
     assert main(["compress", str(base), "--train", str(data), "--val", str(data), "--out", str(tmp_path / "x"),
                  "--pipeline", "shrink"]) == 2
     assert "unknown pipeline stage" in capsys.readouterr().err
+
+
+def _served_labels(path, texts) -> set:
+    """The label names /v1/classify answers with. A live server configures uvicorn's logging to the
+    sys.stderr of the moment, so no test that calls this may use capsys (it closes its stream)."""
+    from tests.test_serving import LiveServer
+    from attnlab.serving.app import ServeConfig, create_app
+
+    model, tokenizer = load_checkpoint(path)
+    with LiveServer(create_app(model, tokenizer, ServeConfig())) as server:
+        data = server.post("/v1/classify", {"input": texts}).json()["data"]
+    return {row["label"] for row in data} | {name for row in data for name in row["scores"]}
+
+
+def _classified_labels(path, data, capsys) -> list:
+    capsys.readouterr()
+    assert main(["classify", str(path), "--input", str(data)]) == 0
+    return [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def classifier(base, tmp_path_factory):
+    """A tiny classifier fine-tuned from the command line on labels neg / pos."""
+    directory = tmp_path_factory.mktemp("classifier")
+    data = write_tsv(directory / "train.tsv", n=20)
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(directory / "clf"),
+                 "--epochs", "1", "--max-length", "16"]) == 0
+    return directory / "clf"
+
+
+@pytest.fixture
+def old_classifier(base, tmp_path):
+    """A classifier as finetune wrote it before id2label: names in labels.json, none in config.json."""
+    torch.manual_seed(0)
+    model, tokenizer = load_checkpoint(base)
+    old = tmp_path / "old"
+    save_checkpoint(old, model.with_head("sequence", n_labels=2), tokenizer,
+                    extra_json={"labels.json": {"labels": ["neg", "pos"], "max_length": 16}})
+    config = json.loads((old / "config.json").read_text())
+    del config["id2label"]
+    (old / "config.json").write_text(json.dumps(config))
+    return old
+
+
+def test_finetune_writes_the_label_names_into_config_json_and_classify_shows_them(classifier, tmp_path, capsys):
+    assert json.loads((classifier / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    assert not (classifier / "labels.json").exists()
+    labels = _classified_labels(classifier, write_tsv(tmp_path / "data.tsv", n=6), capsys)
+    assert len(labels) == 6 and set(labels) <= {"neg", "pos"}
+
+
+def test_the_server_answers_with_the_label_names(classifier):
+    assert _served_labels(classifier, ["a great film", "a dull mess"]) == {"neg", "pos"}
+
+
+def test_hugging_face_export_and_import_keep_the_label_names(classifier, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from attnlab.interop import export_hf, import_hf
+
+    model, tokenizer = load_checkpoint(classifier)
+    export_hf(model, tmp_path / "hf", tokenizer)
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
+    assert theirs.id2label == {0: "neg", 1: "pos"} and theirs.label2id == {"neg": 0, "pos": 1}
+    back, _ = import_hf(tmp_path / "hf")
+    assert back.config.id2label == {"0": "neg", "1": "pos"}
+
+
+def test_a_checkpoint_with_the_old_labels_json_still_classifies_with_its_labels(old_classifier, tmp_path, capsys):
+    assert load_checkpoint(old_classifier)[0].config.id2label == {"0": "neg", "1": "pos"}
+    labels = _classified_labels(old_classifier, write_tsv(tmp_path / "data.tsv", n=6), capsys)
+    assert len(labels) == 6 and set(labels) <= {"neg", "pos"}
+
+
+def test_a_checkpoint_with_the_old_labels_json_is_served_with_its_labels(old_classifier):
+    assert _served_labels(old_classifier, ["a great film"]) == {"neg", "pos"}
+
+
+def test_id2label_is_checked_against_n_labels():
+    config = BertConfig(head="sequence", n_labels=2, id2label={"0": "neg", "1": "pos"})
+    assert BertConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    bad = [({"0": "neg"}, "indices"), ({0: "neg", 1: "pos"}, "indices"), ({"0": "neg", "2": "pos"}, "indices"),
+           ({"0": "neg", "1": "neg"}, "distinct"), ({"0": "neg", "1": 3}, "distinct")]
+    for id2label, words in bad:
+        with pytest.raises(UserError, match=words):
+            BertConfig(head="sequence", n_labels=2, id2label=id2label)
+    from attnlab.models import LongformerConfig
+    with pytest.raises(UserError, match="longformer config: id2label"):
+        LongformerConfig(n_labels=3, id2label={"0": "a", "1": "b"})
+
+
+def test_a_new_head_drops_the_old_names_and_a_fitting_classifier_is_renamed():
+    from attnlab.training.finetune import with_classifier
+
+    torch.manual_seed(0)
+    base_model = build_model(BertConfig(n_layer=1, n_head=2, d_model=16, max_positions=16, vocab_size=50))
+    named = with_classifier(base_model, ["neg", "pos"])
+    assert named.config.id2label == {"0": "neg", "1": "pos"}
+    assert named.with_head("token", n_labels=3).config.id2label is None
+    head = named.classifier.weight.clone()
+    renamed = with_classifier(named, ["bad", "good"])
+    assert renamed is named and renamed.config.id2label == {"0": "bad", "1": "good"}
+    assert torch.equal(renamed.classifier.weight, head)
+    assert with_classifier(named, ["a", "b", "c"]).config.id2label == {"0": "a", "1": "b", "2": "c"}
 
 
 def test_batches_equal_the_tokenizer_padding_and_cover_every_example():

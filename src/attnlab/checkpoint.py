@@ -20,6 +20,7 @@ from .errors import UserError
 from .models.base import build_model, config_from_dict, family_spec
 
 CONFIG_FILE = "config.json"
+LEGACY_LABELS_FILE = "labels.json"  # a classifier's label names before they moved into config.json (id2label)
 WEIGHTS_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 
@@ -85,7 +86,11 @@ def read_config(directory):
         raise UserError(f"checkpoint directory {directory} does not exist")
     if not path.is_file():
         raise UserError(f"{directory} is not a checkpoint: it has no {CONFIG_FILE}")
-    return config_from_dict(read_json(path))
+    values = read_json(path)
+    legacy = Path(directory) / LEGACY_LABELS_FILE
+    if "id2label" not in values and legacy.is_file():
+        values["id2label"] = {str(i): name for i, name in enumerate(read_json(legacy)["labels"])}
+    return config_from_dict(values)
 
 
 def read_json(path) -> dict:

@@ -68,6 +68,17 @@ class Config:
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise self.invalid(f"{name} must be in [0, 1), got {value!r}")
 
+    def require_index_names(self, name, count: int):
+        """`name` is None or maps "0" .. str(count - 1) (JSON keys are strings) to distinct names."""
+        value = getattr(self, name)
+        if value is None:
+            return
+        if not isinstance(value, dict) or set(value) != {str(i) for i in range(count)}:
+            raise self.invalid(f"{name} must map the {count} indices \"0\"..\"{count - 1}\" to names, got {value!r}")
+        names = list(value.values())
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != count:
+            raise self.invalid(f"{name} must give {count} distinct non-empty string names, got {names!r}")
+
     def require_divisible(self, name, by_name):
         value, by = getattr(self, name), getattr(self, by_name)
         if value % by:

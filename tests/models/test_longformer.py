@@ -96,3 +96,20 @@ def test_import_and_export_through_hugging_face_directories(head, hf_class, tmp_
         ref = theirs(ids, attention_mask=mask, global_attention_mask=glob).logits
         assert (ours(ids, attention_mask=mask, global_attention_mask=glob).logits - ref).abs().max() <= 1e-5
         assert (back(ids, attention_mask=mask, global_attention_mask=glob).logits - ref).abs().max() <= 1e-5
+
+
+def test_label_names_come_in_from_hugging_face_and_go_back_out(tmp_path):
+    from attnlab.interop import export_hf, import_hf
+
+    names = {0: "neg", 1: "neutral", 2: "pos"}
+    _, theirs = hf_pair("classification", transformers.LongformerForSequenceClassification, num_labels=3,
+                        id2label=names, label2id={v: k for k, v in names.items()})
+    theirs.save_pretrained(tmp_path / "in")
+    ours, _ = import_hf(tmp_path / "in")
+    assert ours.config.id2label == {"0": "neg", "1": "neutral", "2": "pos"}
+    export_hf(ours, tmp_path / "out")
+    back = transformers.AutoConfig.from_pretrained(tmp_path / "out")
+    assert back.id2label == names and back.label2id == {"neg": 0, "neutral": 1, "pos": 2}
+    _, default = hf_pair("classification", transformers.LongformerForSequenceClassification, num_labels=3)
+    default.save_pretrained(tmp_path / "plain")
+    assert import_hf(tmp_path / "plain")[0].config.id2label is None  # LABEL_0.. means no names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_FILE, load_checkpoint, read_json, save_checkpoint
+from ..checkpoint import CONFIG_FILE, LEGACY_LABELS_FILE, load_checkpoint, read_json, save_checkpoint
 from ..compression import inject_lora, save_lora
 from ..compression.pipeline import parse_pipeline, run_stage
 from ..compression.report import disk_bytes, interleaved_latency, weight_count, write_report
@@ -18,7 +18,7 @@ from ..evaluation import format_confusion
 from ..training.finetune import FinetuneConfig, evaluate, fit, predict, with_classifier
 from .common import print_json, resolve_checkpoint
 
-LABELS_FILE = "labels.json"
+CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"max_length": ...}
 BUNDLED = ("minilm", "all-MiniLM-L6-v2")
 
 
@@ -131,7 +131,7 @@ def finetune(args):
     config = _finetune_config(args)
     encoder, tokenizer = load_base(args.base)
     label_set, train, val = _task_data(args, tokenizer)
-    model = with_classifier(encoder, len(label_set.names), args.pooling)
+    model = with_classifier(encoder, label_set.names, args.pooling)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets,
                     train_also=("classifier", "pooler"), train_biases=args.lora_biases)
@@ -143,8 +143,7 @@ def finetune(args):
     report = {"validation": result["best"], "steps": result["steps"], "train_seconds": result["seconds"],
               "trainable_parameters": trainable, "parameters": total, "history": result["history"]}
     save_checkpoint(args.out, model, tokenizer, extra_json={
-        LABELS_FILE: {"labels": label_set.names, "max_length": config.max_length},
-        "finetune_report.json": report})
+        CLASSIFY_FILE: {"max_length": config.max_length}, "finetune_report.json": report})
     if args.lora_rank:
         save_lora(model, Path(args.out) / "adapter.safetensors")
     log(format_confusion(result["best"]))
@@ -154,13 +153,23 @@ def finetune(args):
 
 
 def load_classifier(path):
-    """-> (model, tokenizer, label names, max_length) from a fine-tuned checkpoint."""
+    """-> (model, tokenizer, label names, max_length) from a fine-tuned checkpoint; one written
+    before label names moved into config.json keeps them (and max_length) in labels.json."""
     path = resolve_checkpoint(path)
-    if not (path / LABELS_FILE).is_file():
-        raise UserError(f"{path} is not a classifier checkpoint (no {LABELS_FILE}); make one with attnlab finetune")
     model, tokenizer = load_checkpoint(path)
-    info = read_json(path / LABELS_FILE)
-    return model, tokenizer, info["labels"], info.get("max_length", 128)
+    id2label = model.config.to_dict().get("id2label")
+    if not id2label:
+        raise UserError(f"{path} is not a classifier checkpoint (its {CONFIG_FILE} has no id2label); "
+                        "make one with attnlab finetune")
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    return model, tokenizer, names, _max_length(path)
+
+
+def _max_length(path: Path) -> int:
+    for name in (CLASSIFY_FILE, LEGACY_LABELS_FILE):
+        if (path / name).is_file():
+            return read_json(path / name).get("max_length", 128)
+    return 128
 
 
 def classify(args):
@@ -205,8 +214,7 @@ def compress(args):
     rows = {name: {"parameters": weight_count(m), "disk_mb": disk_bytes(m) / 1e6, **latency[name],
                    "accuracy": accuracy[name]} for name, m in models.items()}
     out = Path(args.out)
-    save_checkpoint(out / "model", model, tokenizer, extra_json={
-        LABELS_FILE: {"labels": names, "max_length": config.max_length}})
+    save_checkpoint(out / "model", model, tokenizer, extra_json={CLASSIFY_FILE: {"max_length": config.max_length}})
     notes = [f"start: {args.checkpoint}; pipeline {args.pipeline}; {len(train)} training, {len(val)} evaluation "
              "examples", f"latency: CPU wall clock of one forward pass, {torch.get_num_threads()} thread(s), all "
              f"models measured in turns; batch 1 over {args.repeats} single texts, batch 32 over the first 32"]

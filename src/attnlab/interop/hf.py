@@ -19,7 +19,8 @@ from ..checkpoint import weights_for_saving
 from ..errors import UserError
 from ..models.base import build_model
 from ..tokenizers import SubwordTokenizer, load_hf_tokenizer
-from .families import FAMILIES, family_for_export
+from .common import prefix_in
+from .registry import hf_model_type, model_type_for_export
 
 SAFETENSORS, SHARD_INDEX, TORCH_BIN = "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"
 
@@ -62,41 +63,38 @@ def read_hf_weights(directory) -> dict:
     raise UserError(f"{directory} has no weights: expected {SAFETENSORS}, {SHARD_INDEX} or {TORCH_BIN}")
 
 
-def _family_and_head(hf: dict):
-    model_type = hf.get("model_type")
-    if model_type not in FAMILIES:
-        raise UserError(f"config.json model_type {model_type!r} is not supported; attnlab imports "
-                        f"{', '.join(FAMILIES)}")
-    family = FAMILIES[model_type]
-    default = "Model" if "Model" in family.heads else next(iter(family.heads))
-    architecture = (hf.get("architectures") or [family.class_prefix + default])[0]
-    suffix = architecture[len(family.class_prefix):] if architecture.startswith(family.class_prefix) else None
-    if suffix not in family.heads:
-        known = ", ".join(family.class_prefix + s for s in family.heads)
+def _model_type_and_head(hf: dict):
+    model_type = hf_model_type(hf.get("model_type"))
+    default = "Model" if "Model" in model_type.heads else next(iter(model_type.heads))
+    architecture = (hf.get("architectures") or [model_type.class_prefix + default])[0]
+    prefix = model_type.class_prefix
+    suffix = architecture[len(prefix):] if architecture.startswith(prefix) else None
+    if suffix not in model_type.heads:
+        known = ", ".join(prefix + s for s in model_type.heads)
         raise UserError(f"architecture {architecture!r} is not supported; attnlab imports {known}")
-    return family, family.heads[suffix]
+    return model_type, model_type.heads[suffix]
 
 
 def import_hf(directory, device="cpu", with_tokenizer=True):
     """A Hugging Face checkpoint directory -> (attnlab model in eval mode, tokenizer or None)."""
     directory = Path(directory)
     hf = read_hf_config(directory)
-    family, head = _family_and_head(hf)
+    model_type, head = _model_type_and_head(hf)
     theirs = read_hf_weights(directory)
     try:
-        config = family.config_from_hf(hf, head, theirs.keys())
+        config = model_type.config_from_hf(hf, head, theirs.keys())
     except KeyError as missing:
-        raise UserError(f"{directory / 'config.json'} lacks {missing} for a {family.model_type} model") from None
-    model = load_hf_state(build_model(config), family.model_type, theirs, source=str(directory))
+        raise UserError(f"{directory / 'config.json'} lacks {missing} for a {model_type.model_type} model") from None
+    model = load_hf_state(build_model(config), model_type.model_type, theirs, source=str(directory))
     tokenizer = _hf_tokenizer(directory) if with_tokenizer else None
     return model.to(device).eval(), tokenizer
 
 
 def load_hf_state(model, model_type: str, theirs: dict, source="the Hugging Face state dict"):
-    """Copy a Hugging Face state dict of family `model_type` into `model` through the family's key map."""
-    family = FAMILIES[model_type]
-    prefix = family.base_prefix if any(k.startswith(family.base_prefix) for k in theirs) else ""
-    keymap = family.keymap(model.config, prefix)
+    """Copy a Hugging Face state dict of `model_type` into `model` through that model type's key map."""
+    translation = hf_model_type(model_type)
+    prefix = prefix_in(theirs, translation.base_prefix)
+    keymap = translation.keymap(model.config, prefix)
     ours = keymap.to_ours(theirs, model.state_dict(), source=source)
     uncovered = set(weights_for_saving(model)) - set(ours) - _tied_names(keymap)
     if uncovered:
@@ -122,12 +120,13 @@ def export_hf(model, directory, tokenizer=None):
     final = Path(directory)
     if final.exists() and any(final.iterdir()):
         raise UserError(f"{final} already exists and is not empty; choose a new output directory")
-    family = family_for_export(model.config)
+    model_type = model_type_for_export(model.config)
     head = getattr(model.config, "head", "lm")
-    architecture = family.architecture(head)
-    prefix = "" if architecture == family.class_prefix + "Model" else family.base_prefix
-    hf = {"architectures": [architecture], **family.config_to_hf(model.config), "torch_dtype": "float32"}
-    theirs = family.keymap(model.config, prefix).to_theirs(model.state_dict(), source=f"{model.config.family} model")
+    architecture = model_type.architecture(head)
+    prefix = "" if architecture == model_type.class_prefix + "Model" else model_type.base_prefix
+    hf = {"architectures": [architecture], **model_type.config_to_hf(model.config), "torch_dtype": "float32"}
+    keymap = model_type.keymap(model.config, prefix)
+    theirs = keymap.to_theirs(model.state_dict(), source=f"{model.config.family} model")
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

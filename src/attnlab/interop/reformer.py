@@ -8,6 +8,7 @@ always has its LM head).
 from ..errors import UserError
 from ..models.reformer import ReformerConfig
 from .keymap import KeyMap, Rule, affine, rename
+from .registry import HFModelType, HFSpec, register_hf
 
 _ATTENTION = {
     "lsh": [("qk_proj", "query_key"), ("v_proj", "value")],
@@ -87,3 +88,7 @@ def keymap(c: ReformerConfig, prefix: str) -> KeyMap:
     if prefix:
         rules += [rename("lm_head.weight", "lm_head.decoder.weight"), rename("lm_head.bias", "lm_head.bias")]
     return KeyMap(rules, ignore=(r"lm_head\.decoder\.bias",))
+
+
+SPEC = register_hf(HFSpec("reformer", (HFModelType("reformer", "Reformer", "reformer.", config_from_hf,
+                                                   config_to_hf, keymap, {"ModelWithLMHead": "lm"}),)))

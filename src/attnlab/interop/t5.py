@@ -3,6 +3,7 @@
 from ..errors import UserError
 from ..models.t5 import T5Config
 from .keymap import KeyMap, rename
+from .registry import HFModelType, HFSpec, register_hf
 
 _FFN = {"relu": "relu", "gated-gelu": "geglu"}
 
@@ -70,3 +71,7 @@ def keymap(c: T5Config, prefix: str) -> KeyMap:
                   *_ffn(ours, f"{theirs}.2", c.activation),
                   rename(f"{ours}.norm_ffn.weight", f"{theirs}.2.layer_norm.weight")]
     return KeyMap(rules, ignore=(r"(encoder|decoder)\.embed_tokens\.weight",))
+
+
+SPEC = register_hf(HFSpec("t5", (HFModelType("t5", "T5", "", config_from_hf, config_to_hf, keymap,
+                                             {"ForConditionalGeneration": "lm"}),)))

@@ -52,12 +52,14 @@ class BertConfig(ModelConfig):
     pooling: str = "cls"  # "mean" suits sentence-embedding checkpoints such as all-MiniLM-L6-v2
     head: str = "none"
     n_labels: int = 2  # sequence / token classification; 1 = regression (MSE) for sequence
+    id2label: dict = None  # str(class index) -> label name; None: LABEL_0, LABEL_1, ...
     tie_weights: bool = True  # MLM decoder shares the token embedding matrix
     attn_backend: str = "sdpa"
 
     def validate(self):
         self.require_positive("vocab_size", "max_positions", "n_layer", "n_head", "d_model", "n_labels")
         self.require_divisible("d_model", "n_head")
+        self.require_index_names("id2label", self.n_labels)
         if self.ffn_hidden is not None:
             self.require_positive("ffn_hidden")
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
@@ -187,8 +189,10 @@ class Bert(Model):
 
     def with_head(self, head: str, **fields) -> "Bert":
         """A new model with this encoder's weights (copied) and a freshly initialised `head`:
-        e.g. all-MiniLM-L6-v2 -> `with_head("sequence", n_labels=2)` for fine-tuning."""
+        e.g. all-MiniLM-L6-v2 -> `with_head("sequence", n_labels=2)` for fine-tuning. The old head's
+        label names go with it unless `id2label` is given."""
         needs_pooler = head in ("sequence", "pretraining")
+        fields = {"id2label": None, **fields}
         config = self.config.replace(head=head, pooler=self.config.pooler or needs_pooler, **fields)
         model = Bert(config).to(next(self.parameters()).device)
         encoder = {k: v for k, v in self.state_dict().items() if not k.startswith(("mlm.", "classifier."))}

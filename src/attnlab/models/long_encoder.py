@@ -6,7 +6,8 @@
 
 A family subclasses `LongEncoderConfig` and `LongEncoder` and says three things: which attention
 module a layer uses (`make_attention`), how positions are counted (`position_ids`) and what
-length the input is padded to (`pad_multiple`). Hugging Face names live in interop/families.py.
+length the input is padded to (`pad_multiple`). Hugging Face names live in interop/longformer.py and
+interop/bigbird.py.
 """
 
 import dataclasses
@@ -39,11 +40,13 @@ class LongEncoderConfig(ModelConfig):
     pad_token_id: int = 1
     head: str = "none"
     n_labels: int = 2
+    id2label: dict = None  # str(class index) -> label name; None: LABEL_0, LABEL_1, ...
 
     def validate(self):
         self.require_positive("vocab_size", "max_positions", "n_layer", "n_head", "d_model", "type_vocab_size",
                               "n_labels")
         self.require_divisible("d_model", "n_head")
+        self.require_index_names("id2label", self.n_labels)
         if self.ffn_hidden is not None:
             self.require_positive("ffn_hidden")
         self.require_fraction("dropout", "attn_dropout")

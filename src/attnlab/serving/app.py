@@ -198,9 +198,11 @@ def classify(model, batch) -> list:
     return out.logits.float().softmax(-1).tolist()
 
 
-def label_names(config, count):
-    labels = getattr(config, "labels", None)
-    return list(labels) if labels and len(labels) == count else [f"LABEL_{i}" for i in range(count)]
+def label_names(config, count: int) -> list:
+    """The classifier config's id2label in index order; LABEL_i when it names none."""
+    if config.id2label:
+        return [config.id2label[str(i)] for i in range(count)]
+    return [f"LABEL_{i}" for i in range(count)]
 
 
 def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:

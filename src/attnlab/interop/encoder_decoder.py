@@ -1,4 +1,4 @@
-"""Hugging Face Marian (MarianMTModel) <-> attnlab's original encoder-decoder.
+"""Hugging Face Marian (MarianMTModel) <-> our original encoder-decoder (family "transformer").
 
 MarianMT is the paper's architecture: post-LN, sinusoidal positions (sines and cosines in
 halves), embeddings scaled by sqrt(d_model), plus a fixed per-token logit bias.
@@ -9,6 +9,7 @@ import torch
 from ..errors import UserError
 from ..models.encoder_decoder import TransformerConfig
 from .keymap import KeyMap, Rule, affine, rename
+from .registry import HFModelType, HFSpec, register_hf
 
 _ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh"}
 
@@ -111,3 +112,7 @@ def keymap(c: TransformerConfig, prefix: str) -> KeyMap:
     for i in range(c.n_decoder_layer):
         rules += _layer(f"decoder_blocks.{i}", f"{prefix}decoder.layers.{i}", cross=True)
     return KeyMap(rules, ignore=(r"(model\.)?(encoder|decoder)\.embed_(positions|tokens)\.weight",))
+
+
+SPEC = register_hf(HFSpec("transformer", (HFModelType("marian", "Marian", "model.", config_from_hf, config_to_hf,
+                                                      keymap, {"MTModel": "lm"}),)))

@@ -87,7 +87,7 @@ def test_find_cycle_reports_a_cycle():
 
 
 def test_a_name_from_the_own_package_is_an_edge_a_submodule_is_not(tmp_path):
-    assert "attnlab.training.tasks" not in imported("attnlab.interop.families", MODULES["attnlab.interop.families"])
+    assert "attnlab.training.tasks" not in imported("attnlab.interop.hf", MODULES["attnlab.interop.hf"])
     source = tmp_path / "mod.py"
     source.write_text("from . import Run\nfrom . import lm\n")
     needs = imported("attnlab.training.tasks.mod", source)

@@ -45,7 +45,7 @@ def test_unknown_names_are_one_line_errors_listing_the_registry():
     with pytest.raises(UserError, match="attnlab imports bert, big_bird, distilbert, gpt2") as err:
         hf_model_type("llama")
     assert "\n" not in str(err.value)
-    xl = FAMILIES["transformer_xl"][0]()
+    xl = FAMILIES["transformer_xl"].config_class()
     with pytest.raises(UserError, match="no Hugging Face export; attnlab exports bert, bigbird, gpt"):
         model_type_for_export(xl)
 

@@ -3,14 +3,27 @@
 tiny preset is built, trained, saved, converted, decoded, compressed and served through the same
 code a user's command runs."""
 
+import copy
+import dataclasses
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fastapi.testclient import TestClient
 
 from attnlab.checkpoint import load_checkpoint, save_checkpoint
+from attnlab.cli import build_parser, main
+from attnlab.commands.serve import server_app
+from attnlab.compression import inject_lora, prune_magnitude, prune_structured, quantize_model
+from attnlab.compression.lora import lora_modules
+from attnlab.compression.targets import ALL_TARGETS, find_linears
 from attnlab.data.batch import Batch
+from attnlab.errors import UserError
+from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
+from attnlab.interop import export_hf, import_hf
+from attnlab.interop.registry import hf_spec_for
 from attnlab.models.base import CAUSAL_LM, ENCODER, FAMILIES, SEQ2SEQ, build_model, preset
 from attnlab.serving.app import ENDPOINTS, ServeConfig, create_app
 from attnlab.training import TrainConfig, Trainer
@@ -133,3 +146,134 @@ def test_streamed_completions_match_the_whole_reply(spec):
         chunks = [json.loads(event)["choices"][0] for event in events[:-1]]
         assert "".join(c["text"] for c in chunks) == whole
         assert chunks[-1]["finish_reason"] in ("stop", "length")
+
+
+# -- causal kinds: the decode state equals recomputation; beam search runs ----------------------
+
+PROMPTS = [[5, 9, 2, 7, 1, 3, 8], [4, 6], [2, 2, 9, 11]]  # different lengths: the batch is left padded
+
+
+@every(of_kind[CAUSAL_LM])
+def test_greedy_decoding_with_the_state_equals_recomputation(spec):
+    model = tiny_model(spec).eval()
+    greedy = Sampling(max_new_tokens=6, temperature=0)
+    with_state = generate(model, PROMPTS, greedy)
+    recomputed = generate(model, PROMPTS, dataclasses.replace(greedy, use_cache=False))
+    alone = [generate(model, [prompt], greedy)[0] for prompt in PROMPTS]
+    assert with_state == recomputed == alone
+    assert all(len(row) == 6 for row in with_state)
+
+
+@every(of_kind[CAUSAL_LM])
+def test_beam_search_runs_and_ranks_its_hypotheses(spec):
+    model = tiny_model(spec).eval()
+    results = causal_beam_search(model, PROMPTS[:2], BeamSearch(num_beams=3, max_new_tokens=4, num_return=2))
+    for hypotheses in results:
+        assert len(hypotheses) == 2 and hypotheses[0].score >= hypotheses[1].score
+        assert all(len(h.tokens) == 4 for h in hypotheses)
+    one_beam = causal_beam_search(model, PROMPTS[:2], BeamSearch(num_beams=1, max_new_tokens=4))
+    assert [h[0].tokens for h in one_beam] == generate(model, PROMPTS[:2], Sampling(max_new_tokens=4, temperature=0))
+
+
+# -- Hugging Face: export and import round-trip where the family has a spec ---------------------
+
+CONVERTIBLE = [s for s in SPECS if hf_spec_for(s.name) is not None]
+NOT_CONVERTIBLE = [s for s in SPECS if hf_spec_for(s.name) is None]
+
+
+@every(CONVERTIBLE)
+def test_hugging_face_export_and_import_round_trip(spec, tmp_path):
+    model = tiny_model(spec).eval()
+    batch = example(spec, model)
+    export_hf(model, tmp_path / "hf")
+    back, _ = import_hf(tmp_path / "hf")
+    assert back.config.family == spec.name
+    with torch.no_grad():
+        torch.testing.assert_close(back(**batch).logits, model(**batch).logits, rtol=0, atol=1e-5)
+
+
+@every(NOT_CONVERTIBLE)
+def test_export_of_a_family_without_hugging_face_spec_is_one_line(spec, tmp_path):
+    with pytest.raises(UserError) as err:
+        export_hf(tiny_model(spec), tmp_path / "hf")
+    assert "\n" not in str(err.value) and not (tmp_path / "hf").exists()
+
+
+# -- compression reaches every layer's projections (or the family refuses in one line) ----------
+
+@every(SPECS)
+def test_compression_reaches_the_projections_of_every_block(spec):
+    model = tiny_model(spec).eval()
+    blocks = [m for m in model.modules() if isinstance(m, spec.block_class)]
+    assert blocks
+    for block in blocks:
+        for target in ALL_TARGETS:
+            assert find_linears(block, (target,)), f"no {target} projection in a {spec.block_class.__name__}"
+    targeted = len(find_linears(model))
+    batch = example(spec, model)
+    with torch.no_grad():
+        reference = model(**batch).logits
+    lora = copy.deepcopy(model)
+    inject_lora(lora, rank=2, targets=ALL_TARGETS)
+    assert len(lora_modules(lora)) == targeted
+    quantized = quantize_model(copy.deepcopy(model), "dynamic_int8")
+    assert not find_linears(quantized)  # every targeted projection was replaced
+    with torch.no_grad():
+        torch.testing.assert_close(lora(**batch).logits, reference)
+        cosine = F.cosine_similarity(quantized(**batch).logits.flatten(), reference.flatten(), dim=0)
+    assert cosine > 0.99
+    pruned = copy.deepcopy(model)
+    prune_magnitude(pruned, 0.5)
+    zeros = [(linear.weight == 0).sum().item() for *_, linear in find_linears(pruned)]
+    sizes = [linear.weight.numel() for *_, linear in find_linears(pruned)]
+    assert all(zeros) and sum(zeros) / sum(sizes) == pytest.approx(0.5, abs=0.01)
+    try:
+        prune_structured(copy.deepcopy(model), amount=0.25)
+    except UserError as err:  # a family whose heads cannot go one by one says so, in one line
+        assert "\n" not in str(err) and spec.name in str(err)
+
+
+# -- the command line on a tiny checkpoint of every family ---------------------------------------
+
+def corpus_for(spec, directory):
+    """A small training file of the kind's task: text, or source<TAB>target pairs."""
+    lines = [f"the {a} sat on the {b} number {i % 10}." for i, (a, b) in
+             enumerate([("cat", "mat"), ("dog", "log"), ("bird", "wire")] * 100)]
+    path = directory / ("pairs.tsv" if spec.kind == SEQ2SEQ else "text.txt")
+    rows = [f"{line}\t{line[::-1]}" for line in lines] if spec.kind == SEQ2SEQ else lines
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@every(SPECS)
+def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
+    data = corpus_for(spec, tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--preset", spec.tiny_preset, "--data", str(data), "--out", str(run), "train.max_steps=2",
+                 "train.eval_interval=2", "train.eval_batches=1", "train.batch_size=2", "train.progress=false",
+                 "train.device=cpu"]) == 0
+    capsys.readouterr()
+    if spec.kind != ENCODER:
+        assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "3", "--temperature", "0"]) == 0
+        assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "3", "--beams", "2",
+                     "--n-best", "2"]) == 0
+        outputs = json.loads(capsys.readouterr().out.splitlines()[-1])["outputs"]
+        assert len(outputs) == 2 and outputs[0]["score"] >= outputs[1]["score"]
+    assert main(["eval", str(run), "--data", str(data), "--max-new-tokens", "3"] if spec.kind == SEQ2SEQ
+                else ["eval", str(run), "--data", str(data)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert all(math.isfinite(v) for v in scores.values() if isinstance(v, float))
+    exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
+    assert exported == (0 if hf_spec_for(spec.name) else 2)
+    args = build_parser().parse_args(["serve", str(run), "--threads", "1"])
+    with TestClient(server_app(args)) as client:
+        assert client.get("/health").json()["family"] == spec.name
+
+
+@every(of_kind[ENCODER])
+def test_an_encoder_serves_its_whole_context_and_refuses_more_in_one_line(spec):
+    context = preset(spec.tiny_preset).max_seq_len  # the example tokenizer has one token per character
+    with client_for(spec) as client:
+        assert client.post("/v1/embeddings", json={"input": "a" * context}).status_code == 200
+        reply = client.post("/v1/embeddings", json={"input": "a" * (context + 1)})
+        assert reply.status_code == 400 and f"context of {context} tokens" in reply.json()["error"]["message"]

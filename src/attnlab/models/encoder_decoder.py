@@ -169,7 +169,10 @@ PRESETS.update({
     # small enough to train on a laptop CPU in minutes
     "transformer-tiny": _transformer(64, 4, 256, 2, vocab_size=256, max_positions=128),
     "transformer-small": _transformer(256, 4, 1024, 3, vocab_size=8000, max_positions=256),
+    # sines and cosines in halves, as MarianMT has them: converts to and from Hugging Face
+    "marian-tiny": TransformerConfig(vocab_size=64, d_model=32, n_head=2, ffn_hidden=64, n_encoder_layer=2,
+                                     n_decoder_layer=2, max_positions=64, position_layout="halves"),
 })
 
 register(FamilySpec(TransformerConfig, EncoderDecoder, kind=SEQ2SEQ, block_class=TransformerBlock,
-                    tiny_preset="transformer-tiny", example_batch=seq2seq_batch, processor=Seq2SeqTokenizers))
+                    tiny_preset="marian-tiny", example_batch=seq2seq_batch, processor=Seq2SeqTokenizers))

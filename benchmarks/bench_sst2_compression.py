@@ -31,7 +31,7 @@ from attnlab.compression.quantize import linear_weight_bytes
 from attnlab.compression.report import disk_bytes, interleaved_latency, measure, weight_count, write_report
 from attnlab.data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
 from attnlab.interop.hf import load_minilm
-from attnlab.training.finetune import FinetuneConfig, evaluate, fit, with_classifier
+from attnlab.training.finetune import FinetuneConfig, evaluate, fit
 
 REPO = Path(__file__).resolve().parents[1]
 LORA_VARIANTS = {"q,v": 8, "q,k,v,o,ffn": 4}  # targets -> rank, each < 2 % of parameters trainable
@@ -137,7 +137,7 @@ def main():
             "" if pooling == "cls" else "_mean") + ("_biases" if args.lora_biases else "")
 
         def lora():
-            model = inject_lora(with_classifier(copy.deepcopy(encoder), labels.names, pooling), rank=rank,
+            model = inject_lora(copy.deepcopy(encoder).classifier_for(labels.names, pooling), rank=rank,
                                 alpha=2 * rank, targets=targets, train_also=("classifier", "pooler"),
                                 train_biases=args.lora_biases)
             trainable = model.num_parameters(trainable_only=True)
@@ -155,7 +155,7 @@ def main():
 
     # full fine-tuning (the teacher and the starting model)
     def full():
-        model = with_classifier(copy.deepcopy(encoder), labels.names)
+        model = copy.deepcopy(encoder).classifier_for(labels.names)
         result = fit(model, train, val, labels.names, base_config)
         record("full fine-tune", train_seconds=result["seconds"], steps=result["steps"])
         return model

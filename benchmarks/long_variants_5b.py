@@ -93,7 +93,7 @@ class TransformerXLAttention(nn.Module):
     def forward(self, x):
         outputs, memory = [], self.carried_in
         for part in x.split(self.segment, dim=1):
-            outputs.append(self.attn(part, memory))
+            outputs.append(self.attn(part, memory=memory))
             memory = part.detach()[:, -self.segment:]
         return torch.cat(outputs, dim=1)
 

@@ -230,18 +230,16 @@ def test_id2label_is_checked_against_n_labels():
 
 
 def test_a_new_head_drops_the_old_names_and_a_fitting_classifier_is_renamed():
-    from attnlab.training.finetune import with_classifier
-
     torch.manual_seed(0)
     base_model = build_model(BertConfig(n_layer=1, n_head=2, d_model=16, max_positions=16, vocab_size=50))
-    named = with_classifier(base_model, ["neg", "pos"])
+    named = base_model.classifier_for(["neg", "pos"])
     assert named.config.id2label == {"0": "neg", "1": "pos"}
     assert named.with_head("token", n_labels=3).config.id2label is None
     head = named.classifier.weight.clone()
-    renamed = with_classifier(named, ["bad", "good"])
+    renamed = named.classifier_for(["bad", "good"])
     assert renamed is named and renamed.config.id2label == {"0": "bad", "1": "good"}
     assert torch.equal(renamed.classifier.weight, head)
-    assert with_classifier(named, ["a", "b", "c"]).config.id2label == {"0": "a", "1": "b", "2": "c"}
+    assert named.classifier_for(["a", "b", "c"]).config.id2label == {"0": "a", "1": "b", "2": "c"}
 
 
 def test_batches_equal_the_tokenizer_padding_and_cover_every_example():
@@ -255,3 +253,10 @@ def test_batches_equal_the_tokenizer_padding_and_cover_every_example():
     assert sorted(seen) == [0, 1, 2, 3]
     labels = torch.cat([b["labels"] for b in data.shuffled_batches(3, seed=0)])
     assert sorted(labels.tolist()) == [0, 0, 1, 1]
+
+
+def test_a_family_without_heads_to_fine_tune_refuses_in_one_line():
+    from attnlab.models import build_model, preset
+    with pytest.raises(UserError) as err:
+        build_model(preset("gpt-tiny")).classifier_for(["neg", "pos"])
+    assert "gpt models have no sequence-classification head" in str(err.value) and "\n" not in str(err.value)

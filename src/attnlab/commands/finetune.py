@@ -15,7 +15,7 @@ from ..compression.report import disk_bytes, interleaved_latency, weight_count, 
 from ..data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
 from ..errors import UserError
 from ..evaluation import format_confusion
-from ..training.finetune import FinetuneConfig, evaluate, fit, predict, with_classifier
+from ..training.finetune import FinetuneConfig, evaluate, fit, predict
 from .common import print_json, resolve_checkpoint
 
 CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"max_length": ...}
@@ -131,7 +131,7 @@ def finetune(args):
     config = _finetune_config(args)
     encoder, tokenizer = load_base(args.base)
     label_set, train, val = _task_data(args, tokenizer)
-    model = with_classifier(encoder, label_set.names, args.pooling)
+    model = encoder.classifier_for(label_set.names, args.pooling)
     if args.lora_rank:
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets,
                     train_also=("classifier", "pooler"), train_biases=args.lora_biases)

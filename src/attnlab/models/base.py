@@ -111,6 +111,12 @@ class Model(nn.Module):
     def num_parameters(self, trainable_only=False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def classifier_for(self, names: list, pooling: str | None = None) -> "Model":
+        """A sequence classifier for the label `names` carrying these weights (fine-tuning). A
+        family without a classification head to fine-tune refuses in one line."""
+        raise UserError(f"{self.config.family} models have no sequence-classification head to fine-tune; "
+                        "fine-tune a BERT-family encoder (e.g. --base minilm)")
+
 
 def init_gpt_style(model: nn.Module, n_layer: int, std: float = 0.02):
     """Normal(0, std) for linear and embedding weights, zero biases, and residual output

@@ -200,6 +200,19 @@ class Bert(Model):
         assert not result.unexpected_keys, result.unexpected_keys
         return model
 
+    def classifier_for(self, names: list, pooling: str | None = None) -> "Bert":
+        """A sequence classifier for the label `names` (saved as its config's id2label), carrying
+        these weights and a fresh head that reads the [CLS] state (pooling="cls") or the mean of
+        the real tokens (pooling="mean"); None keeps this model's setting. A classifier with as many
+        labels and the same pooling keeps its head, under the new names."""
+        c = self.config
+        pooling = pooling or c.pooling
+        id2label = {str(i): name for i, name in enumerate(names)}
+        if c.head == "sequence" and c.n_labels == len(names) and c.pooling == pooling:
+            self.config = c.replace(id2label=id2label)
+            return self
+        return self.with_head("sequence", n_labels=len(names), pooling=pooling, id2label=id2label)
+
     def pool(self, hidden, attention_mask=None):
         """The sentence summary activation(Linear(s)) -> (B, C), where s is the [CLS] state or,
         with pooling="mean", the mean of the real tokens' states."""

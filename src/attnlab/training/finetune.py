@@ -44,22 +44,6 @@ class FinetuneConfig(Config):
         self.require_choice("metric", METRICS)
 
 
-def with_classifier(encoder, names: list, pooling: str | None = None):
-    """A sequence-classification model for the label `names` (saved as its config's id2label),
-    carrying the encoder's weights and a fresh head that reads the [CLS] state (pooling="cls")
-    or the mean of the real tokens (pooling="mean"); None keeps the encoder's own setting. A
-    classifier with as many labels and the same pooling keeps its head, under the new names."""
-    if not hasattr(encoder, "with_head"):
-        raise UserError(f"{encoder.config.family} models have no sequence-classification head; use an encoder (bert)")
-    c = encoder.config
-    pooling = pooling or c.pooling
-    id2label = {str(i): name for i, name in enumerate(names)}
-    if c.head == "sequence" and c.n_labels == len(names) and c.pooling == pooling:
-        encoder.config = c.replace(id2label=id2label)
-        return encoder
-    return encoder.with_head("sequence", n_labels=len(names), pooling=pooling, id2label=id2label)
-
-
 @torch.no_grad()
 def predict(model, data, batch_size=64) -> torch.Tensor:
     """Class probabilities (N, C) in the data's original order."""

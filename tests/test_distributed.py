@@ -157,3 +157,13 @@ def test_torchrun_launch_matches_one_process(corpus, tmp_path):
     subprocess.run(torchrun + train_args(corpus, tmp_path / "two", 4, 4, *EQUIVALENCE, eval_interval=4), env=env,
                    check=True, capture_output=True)
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "two")) <= 1e-6
+
+
+@pytest.mark.parametrize("preset", ["transformer-xl-tiny", "reformer-tiny"])
+def test_fsdp_shards_each_familys_own_block(corpus, tmp_path, preset):
+    """FSDP's unit is the family's block from its spec (Transformer-XL's relative blocks, the
+    Reformer's reversible blocks), and two sharded processes end where one process ends."""
+    run(1, train_args(corpus, tmp_path / "one", 8, 4, *EQUIVALENCE, "--preset", preset, eval_interval=4))
+    run(2, train_args(corpus, tmp_path / "fsdp", 4, 4, *EQUIVALENCE, "--preset", preset, "train.distributed=fsdp",
+                      eval_interval=4))
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "fsdp")) <= 1e-6

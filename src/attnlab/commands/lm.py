@@ -82,7 +82,7 @@ def train(args):
         with parallel.main_first():  # rank 0 writes the data cache, the others then read it
             model, tokenizer, batches = setup_task(resolved, run_dir, args.resume)
         trainer = Trainer(model, resolved.train, batches, run_dir, tokenizer, parallel=parallel,
-                          block_class=family_spec(model).block_class)
+                          block_class=family_spec(model).sharding_unit)
         if args.resume:
             trainer.resume(run_dir / "last")
         if parallel.is_main:

@@ -42,6 +42,7 @@ class FamilySpec:
     example_batch: Callable  # (config, generator) -> a batch (dict of tensors) with targets
     processor: type  # turns raw input into model input; `load(directory)` / `exists(directory)`, instances `save(directory)`
     modality: str = "text"
+    fsdp_unit: type = None  # the module FSDP shards as one unit when it is not the block (None: the block)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -50,6 +51,10 @@ class FamilySpec:
     @property
     def name(self) -> str:
         return self.config_class.family
+
+    @property
+    def sharding_unit(self) -> type:
+        return self.fsdp_unit or self.block_class
 
 
 FAMILIES = {}  # family name -> FamilySpec

@@ -225,5 +225,7 @@ PRESETS.update({
                                     axial_shape=[8, 8], axial_dims=[16, 16]),
 })
 
+# FSDP shards the reversible stack as one unit: its backward recomputes each block inside one
+# autograd function, where no per-block FSDP hook could gather the block's parameters.
 register(FamilySpec(ReformerConfig, Reformer, kind=CAUSAL_LM, block_class=ReversibleBlock, tiny_preset="reformer-tiny",
-                    example_batch=causal_lm_batch, processor=TextProcessor))
+                    example_batch=causal_lm_batch, processor=TextProcessor, fsdp_unit=ReversibleSequence))

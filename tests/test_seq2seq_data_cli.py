@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attnlab.cli import build_parser, main
-from attnlab.commands import seq2seq as seq2seq_commands
+from attnlab.commands.generate import decoding
 from attnlab.data.seq2seq import Seq2SeqBatches, collate, holdout, read_pairs
 from attnlab.errors import UserError
 from attnlab.inference import BeamSearch
@@ -202,7 +202,7 @@ def test_early_stopping_flag_reaches_beam_search(flag, expected):
     from attnlab.models import build_model, preset
 
     argv = ["generate", "ckpt", "--beams", "3"] + (["--early-stopping", flag] if flag else [])
-    options = seq2seq_commands.decoding(build_parser().parse_args(argv), build_model(preset("transformer-tiny")))
+    options = decoding(build_parser().parse_args(argv), build_model(preset("transformer-tiny")))
     assert isinstance(options, BeamSearch) and options.early_stopping is expected and options.num_beams == 3
 
 

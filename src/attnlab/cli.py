@@ -2,19 +2,25 @@
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
+from . import commands
 from .errors import UserError
 
-VERB_MODULES = ["lm", "encoders", "finetune", "serve", "demo"]  # modules in attnlab.commands, each with register(sub)
+
+def verb_modules() -> list:
+    """Every module of attnlab.commands but common: one verb each, added by its register(subparsers)."""
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name != "common")
+    return [importlib.import_module(f"attnlab.commands.{name}") for name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab", description="Transformers from shared layers: "
                                      "train, generate, evaluate, convert, compress and serve.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for name in VERB_MODULES:
-        importlib.import_module(f"attnlab.commands.{name}").register(sub)
+    for module in verb_modules():
+        module.register(sub)
     return parser
 
 

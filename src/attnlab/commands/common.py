@@ -1,13 +1,17 @@
-"""What the verbs share: run configs from YAML/JSON with key=value overrides, and
-checkpoint paths that may name a run directory."""
+"""What the verbs share: run configs from YAML/JSON with key=value overrides, checkpoint paths
+that may name a run directory, and the one place a verb learns what a checkpoint is."""
 
 import json
 from pathlib import Path
 
 import yaml
 
-from ..checkpoint import CONFIG_FILE
+from ..checkpoint import CONFIG_FILE, read_config
 from ..errors import UserError
+from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
+
+# The verbs to suggest when a verb refuses a checkpoint of a kind.
+VERBS_FOR = {CAUSAL_LM: "generate or eval", SEQ2SEQ: "generate or eval", ENCODER: "embed, search, eval or classify"}
 
 
 def load_run_config(path=None, overrides=()) -> dict:
@@ -56,6 +60,26 @@ def resolve_checkpoint(path) -> Path:
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
     raise UserError(f"{path} is neither a checkpoint (no {CONFIG_FILE}) nor a run directory with best/ or last/")
+
+
+def for_kind(verb, checkpoint, runners: dict):
+    """-> (the runner that `runners` (kind -> function) gives the checkpoint's kind, its resolved
+    path), or one line naming what `verb` needs and what the checkpoint holds."""
+    path = resolve_checkpoint(checkpoint)
+    config = read_config(path)
+    kind = family_spec(config).kind
+    if kind not in runners:
+        needs = " or ".join(KINDS[k] for k in runners)
+        raise UserError(f"{verb} needs {needs}; {checkpoint} holds a {config.family} model, {KINDS[kind]} "
+                        f"(try {VERBS_FOR[kind]})")
+    return runners[kind], path
+
+
+def refuse_bidirectional(verb, checkpoint, model):
+    """generate and perplexity read a model left to right; one whose config made it bidirectional cannot."""
+    if not model.generates:
+        raise UserError(f"{verb} needs a model that predicts the next token; {checkpoint} holds a "
+                        f"{model.config.family} model configured bidirectional (causal=false)")
 
 
 def print_json(data):

@@ -122,6 +122,13 @@ class Model(nn.Module):
         raise UserError(f"{self.config.family} models have no sequence-classification head to fine-tune; "
                         "fine-tune a BERT-family encoder (e.g. --base minilm)")
 
+    @property
+    def generates(self) -> bool:
+        """Whether the model predicts the next token, so that generate and perplexity apply: every
+        causal LM and seq2seq model by its kind; a family whose config can make it bidirectional
+        answers from that setting."""
+        return family_spec(self).kind != ENCODER
+
 
 def init_gpt_style(model: nn.Module, n_layer: int, std: float = 0.02):
     """Normal(0, std) for linear and embedding weights, zero biases, and residual output

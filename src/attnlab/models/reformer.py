@@ -169,6 +169,11 @@ class Reformer(Model):
             AttentionSublayer(nn.LayerNorm(c.d_model, eps=c.norm_eps), attention, c.dropout),
             ChunkedFeedForward(nn.LayerNorm(c.d_model, eps=c.norm_eps), ffn, c.ffn_chunk_size, c.dropout))
 
+    @property
+    def generates(self) -> bool:
+        """A bidirectional Reformer (causal=False) sees later tokens and cannot predict the next one."""
+        return self.config.causal
+
     def init_state(self, batch: int, capacity: int) -> RecomputeState:
         """No cache (LSH buckets change as tokens arrive): each step re-reads the window."""
         return RecomputeState(batch, self.tok_emb.weight.device)

@@ -1,0 +1,67 @@
+"""classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`)."""
+
+import json
+import sys
+from pathlib import Path
+
+from ..checkpoint import CONFIG_FILE, LEGACY_LABELS_FILE, load_checkpoint, read_json
+from ..data.classification import ClassificationData, LabelSet, read_labelled
+from ..errors import UserError
+from ..evaluation import format_confusion
+from ..models.base import ENCODER
+from ..training.finetune import evaluate, predict
+from .common import for_kind
+
+CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"max_length": ...}
+
+
+def register(sub):
+    p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--input", help="TSV/CSV/JSONL file (default: one text per line on stdin)")
+    p.add_argument("--text-column", help="text column of --input (default: sentence or text)")
+    p.add_argument("--label-column", default="label", help="if --input has it, accuracy/F1 are reported too")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(run=classify)
+
+
+def load_classifier(verb, checkpoint):
+    """-> (model, tokenizer, label names, max_length) from a fine-tuned encoder; one written
+    before label names moved into config.json keeps them (and max_length) in labels.json."""
+    load, path = for_kind(verb, checkpoint, {ENCODER: load_checkpoint})
+    model, tokenizer = load(path)
+    id2label = model.config.to_dict().get("id2label")
+    if not id2label:
+        raise UserError(f"{path} is not a classifier checkpoint (its {CONFIG_FILE} has no id2label); "
+                        "make one with attnlab finetune")
+    names = [id2label[str(i)] for i in range(len(id2label))]
+    return model, tokenizer, names, _max_length(path)
+
+
+def _max_length(path: Path) -> int:
+    for name in (CLASSIFY_FILE, LEGACY_LABELS_FILE):
+        if (path / name).is_file():
+            return read_json(path / name).get("max_length", 128)
+    return 128
+
+
+def classify(args):
+    model, tokenizer, names, max_length = load_classifier("classify", args.checkpoint)
+    gold = None
+    if args.input:
+        texts, gold = read_labelled(args.input, args.text_column, args.label_column, require_labels=False)
+    else:
+        texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not texts:
+        raise UserError("no texts to classify")
+    label_set = LabelSet(names)
+    data = ClassificationData(tokenizer, texts, label_set.ids(gold, args.input) if gold else None, max_length)
+    probabilities = predict(model, data, args.batch_size)
+    for text, probs in zip(texts, probabilities):
+        best = int(probs.argmax())
+        print(json.dumps({"text": text, "label": names[best], "score": round(float(probs[best]), 4)},
+                         ensure_ascii=False))
+    if gold:
+        metrics = evaluate(model, data, names, args.batch_size)
+        print(format_confusion(metrics), file=sys.stderr)
+        print(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}", file=sys.stderr)

@@ -16,7 +16,7 @@ from attnlab.models import GPT, GPTConfig
 
 def tiny_gpt(seed=0, **overrides):
     torch.manual_seed(seed)
-    config = dict(vocab_size=50, block_size=16, n_layer=4, n_head=4, d_model=32)
+    config = dict(vocab_size=50, max_seq_len=16, n_layer=4, n_head=4, d_model=32)
     return GPT(GPTConfig(**{**config, **overrides})).eval()
 
 

@@ -38,7 +38,7 @@ def padded(t=T):
 
 # family -> (config, batch, projections in all blocks: the LoRA adapters / quantised layers to expect)
 FAMILIES = {
-    "gpt": lambda: (GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, d_model=32),
+    "gpt": lambda: (GPTConfig(vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, d_model=32),
                     dict(input_ids=ids(64)), 2 * (4 + 2)),
     "bert": lambda: (BertConfig(vocab_size=64, max_positions=64, n_layer=2, n_head=2, d_model=32, dropout=0.0,
                                 attn_dropout=0.0),
@@ -52,7 +52,7 @@ FAMILIES = {
                    dict(input_ids=ids(64), attention_mask=padded(), decoder_input_ids=ids(64, 12)),
                    6 * 4 + 4 * 2),
     # q, k, v, r (the distance projection), out per layer
-    "transformer_xl": lambda: (TransformerXLConfig(vocab_size=64, block_size=32, segment_length=16, mem_len=16,
+    "transformer_xl": lambda: (TransformerXLConfig(vocab_size=64, max_seq_len=32, segment_length=16, mem_len=16,
                                                    n_layer=2, n_head=2, d_model=32),
                                dict(input_ids=ids(64)), 2 * (5 + 2)),
     # q, k, v and the global q, k, v, out per layer
@@ -65,7 +65,7 @@ FAMILIES = {
                                       n_random_blocks=1, dropout=0.0, attn_dropout=0.0),
                         dict(input_ids=ids(64), attention_mask=padded()), 2 * (4 + 2)),
     # a local layer (q, k, v, out) and an LSH layer (qk, v, out)
-    "reformer": lambda: (ReformerConfig(vocab_size=64, block_size=32, n_layer=2, d_model=32, n_head=2,
+    "reformer": lambda: (ReformerConfig(vocab_size=64, max_seq_len=32, n_layer=2, d_model=32, n_head=2,
                                         chunk_length=8, local_chunk_length=8, n_buckets=4, n_hashes=2, hash_seed=5,
                                         axial_shape=[4, 8], axial_dims=[16, 16], attn_layers=["local", "lsh"]),
                          dict(input_ids=ids(64)), 4 + 3 + 2 * 2),

@@ -26,10 +26,12 @@ POSITION_LAYOUTS = ("interleaved", "halves")
 @dataclasses.dataclass
 class TransformerConfig(ModelConfig):
     family = "transformer"
+    aliases = {"tie_output": "tie_weights"}
+    length_fields = ("max_positions", "max_positions")  # one position table bounds source and target
     vocab_size: int = 256  # the source vocabulary, and the target's when tgt_vocab_size is None
     tgt_vocab_size: int = None
     share_embeddings: bool = True  # one table for source and target tokens (needs one vocabulary)
-    tie_output: bool = True  # the output projection is the target embedding table
+    tie_weights: bool = True  # the output projection is the target embedding table
     d_model: int = 128
     n_head: int = 4
     ffn_hidden: int = 512
@@ -73,10 +75,6 @@ class TransformerConfig(ModelConfig):
 
     @property
     def max_seq_len(self) -> int:
-        return self.max_source_len
-
-    @property
-    def max_source_len(self) -> int:
         return self.max_positions
 
     @property
@@ -112,7 +110,7 @@ class EncoderDecoder(Seq2SeqModel):
         else:
             self.logits_bias = None
         self._init_weights()
-        if c.tie_output:
+        if c.tie_weights:
             self.lm_head.weight = self.tgt_emb.weight
 
     def _init_weights(self):

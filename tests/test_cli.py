@@ -56,6 +56,14 @@ def test_config_file_with_overrides(tiny_text, tmp_path, capsys):
     assert (model.config.n_layer, model.config.norm, model.config.max_seq_len) == (1, "rmsnorm", 32)
 
 
+def test_old_field_name_in_an_override_still_trains(tiny_text, tmp_path):
+    old_tiny = [item.replace("model.max_seq_len=", "model.block_size=") for item in TINY]
+    assert main(["train", "--data", str(tiny_text), "--out", str(tmp_path / "r"), *old_tiny, "train.max_steps=2",
+                 "train.eval_interval=2"]) == 0
+    model, _ = load_checkpoint(tmp_path / "r" / "last")
+    assert model.config.max_seq_len == 32 and "block_size" not in model.config.to_dict()
+
+
 def test_overrides_may_come_before_and_after_options(tiny_text, tmp_path, capsys):
     assert main(["train", "model.n_layer=1", "--data", str(tiny_text), "--out", str(tmp_path / "r"), *TINY[1:],
                  "train.max_steps=2", "train.eval_interval=2"]) == 0

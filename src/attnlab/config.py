@@ -149,3 +149,8 @@ class ModelConfig(Config):
 
     def replace(self, **changes):
         return super().replace(**self.renamed(changes))
+
+    def with_depth(self, kept: list):
+        """The config of a shallower model made of this one's layers `kept` (indices, in order),
+        as a distillation student is. Families whose depth is more than `n_layer` override this."""
+        return self.replace(n_layer=len(kept))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserError
 from ..layers import FFN_KINDS, SinusoidalPositions, TransformerBlock, VocabProjection, make_norm, padding_mask
 from ..layers.attention import BACKENDS
 from ..processors import Seq2SeqTokenizers
@@ -68,6 +69,10 @@ class TransformerConfig(ModelConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < min(self.vocab_size, self.target_vocab):
                 raise self.invalid(f"{name}={value!r} must be a token id below the vocabulary size")
+
+    def with_depth(self, kept: list):
+        raise UserError("a transformer model has two depths (n_encoder_layer, n_decoder_layer), not one to change; "
+                        "set both to train a smaller model")
 
     @property
     def target_vocab(self) -> int:

@@ -96,6 +96,11 @@ class ReformerConfig(ModelConfig):
             if sum(self.axial_dims) != self.d_model:
                 raise self.invalid(f"axial_dims {self.axial_dims} must sum to d_model {self.d_model}")
 
+    def with_depth(self, kept: list):
+        """Fewer layers, each keeping its attention kind."""
+        attn_layers = None if self.attn_layers is None else [self.attn_layers[i] for i in kept]
+        return self.replace(n_layer=len(kept), attn_layers=attn_layers)
+
     @property
     def attention_head_size(self) -> int:
         return self.head_dim or self.d_model // self.n_head

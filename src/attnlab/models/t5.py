@@ -12,6 +12,7 @@ import dataclasses
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserError
 from ..layers import MultiHeadAttention, RelativePositionBias, TransformerBlock, VocabProjection, padding_mask
 from ..layers.attention import BACKENDS
 from ..layers.norms import RMSNorm
@@ -48,6 +49,10 @@ class T5Config(ModelConfig):
     eos_id: int = 1
     decoder_start_id: int = 0
     attn_backend: str = "sdpa"
+
+    def with_depth(self, kept: list):
+        raise UserError("a t5 model has two depths (n_layer for the encoder, n_decoder_layer for the decoder), not one "
+                        "to change; set both to train a smaller model")
 
     def validate(self):
         self.require_positive("vocab_size", "d_model", "head_dim", "ffn_hidden", "n_layer", "n_head", "num_buckets",

@@ -21,7 +21,7 @@ VOCAB, BLOCK, BATCH = 65, 64, 12
 
 
 def attnlab_model():
-    return build_model(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=4, n_head=4, d_model=128,
+    return build_model(GPTConfig(vocab_size=VOCAB, max_seq_len=BLOCK, n_layer=4, n_head=4, d_model=128,
                                  activation="gelu_tanh", dropout=0.0))
 
 

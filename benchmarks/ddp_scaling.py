@@ -34,7 +34,7 @@ def train(out: Path, processes: int, threads: int, args) -> float:
     if processes > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                     str(processes), "-m", "attnlab.cli"]
-    overrides = ["model.preset=gpt2-nano", "model.activation=gelu", f"model.block_size={args.block_size}",
+    overrides = ["model.preset=gpt2-nano", "model.activation=gelu", f"model.max_seq_len={args.block_size}",
                  f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}", "train.log_interval=10",
                  f"train.eval_interval={args.steps}", "train.eval_batches=1", "train.progress=false",
                  "train.device=cpu"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("ATTNLAB_DATA", ROOT.parent / "shared" / "data"))
-SIZE = ["model.n_layer=2", "model.n_head=4", "model.d_model=128", "model.block_size=1024"]
+SIZE = ["model.n_layer=2", "model.n_head=4", "model.d_model=128", "model.max_seq_len=1024"]
 BASELINE = "GPT (full attention)"
 XL = ["model.family=transformer_xl", "model.segment_length=256"]
 GPT_SUBLAYERS = ["model.prenorm=true", "model.activation=gelu"]  # the GPT's pre-LN and GELU

@@ -76,7 +76,7 @@ def test_roberta_positions_skip_padding():
     model = build_model(preset("roberta-base", vocab_size=50, n_layer=1, d_model=32, n_head=2, max_positions=20))
     ids = torch.tensor([[0, 5, 6, 2, 1, 1]])  # pad_token_id is 1
     assert model.embeddings.position_ids(ids).tolist() == [[2, 3, 4, 5, 1, 1]]
-    assert model.config.max_length == 18
+    assert model.config.max_seq_len == 18
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -94,7 +94,7 @@ def test_bad_config(fields, message):
 
 def test_too_long_input():
     model = tiny()
-    with pytest.raises(ValueError, match="exceeds max_length"):
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
         model(torch.zeros(1, 513, dtype=torch.long))
 
 

@@ -12,7 +12,7 @@ from attnlab.tokenizers import CharTokenizer
 
 def tiny_model(seed=0, **overrides):
     torch.manual_seed(seed)
-    return build_model(GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, d_model=16, **overrides))
+    return build_model(GPTConfig(vocab_size=20, max_seq_len=16, n_layer=1, n_head=2, d_model=16, **overrides))
 
 
 def same_weights(a, b):

@@ -13,7 +13,7 @@ from attnlab.cli import main
 
 from .conftest import tiny_corpus
 
-TINY = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.block_size=32", "train.batch_size=4",
+TINY = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.max_seq_len=32", "train.batch_size=4",
         "train.eval_batches=2", "train.progress=false"]
 
 
@@ -49,11 +49,19 @@ def test_train_generate_eval(run_dir, tiny_text, capsys):
 
 def test_config_file_with_overrides(tiny_text, tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text(f"data: {{path: {tiny_text}}}\nmodel: {{preset: llama-nano, block_size: 32}}\n"
+    config.write_text(f"data: {{path: {tiny_text}}}\nmodel: {{preset: llama-nano, max_seq_len: 32}}\n"
                       "train: {max_steps: 3, eval_interval: 3, batch_size: 2, eval_batches: 1, progress: false}\n")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "r"), "model.n_layer=1"]) == 0
     model, _ = load_checkpoint(tmp_path / "r" / "last")
-    assert (model.config.n_layer, model.config.norm, model.config.block_size) == (1, "rmsnorm", 32)
+    assert (model.config.n_layer, model.config.norm, model.config.max_seq_len) == (1, "rmsnorm", 32)
+
+
+def test_old_field_name_in_an_override_still_trains(tiny_text, tmp_path):
+    old_tiny = [item.replace("model.max_seq_len=", "model.block_size=") for item in TINY]
+    assert main(["train", "--data", str(tiny_text), "--out", str(tmp_path / "r"), *old_tiny, "train.max_steps=2",
+                 "train.eval_interval=2"]) == 0
+    model, _ = load_checkpoint(tmp_path / "r" / "last")
+    assert model.config.max_seq_len == 32 and "block_size" not in model.config.to_dict()
 
 
 def test_overrides_may_come_before_and_after_options(tiny_text, tmp_path, capsys):

@@ -10,13 +10,13 @@ from attnlab.compression import (Distiller, distillation_loss, inject_lora, iter
                                  prune_structured, quantize_model, save_lora, sparsity_report, unmerge_lora)
 from attnlab.compression.quantize import Int8Linear, convert_qat, linear_weight_bytes, quantize_per_channel
 from attnlab.errors import UserError
-from attnlab.layers import TransformerBlock
-from attnlab.models import GPT, GPTConfig
+from attnlab.layers import ReversibleBlock, TransformerBlock
+from attnlab.models import GPT, GPTConfig, build_model, preset
 
 
 def tiny_gpt(seed=0, **overrides):
     torch.manual_seed(seed)
-    config = dict(vocab_size=50, block_size=16, n_layer=4, n_head=4, d_model=32)
+    config = dict(vocab_size=50, max_seq_len=16, n_layer=4, n_head=4, d_model=32)
     return GPT(GPTConfig(**{**config, **overrides})).eval()
 
 
@@ -274,3 +274,24 @@ def test_student_from_teacher_layers_and_training_step():
     assert all(p.grad is None for p in teacher.parameters())
     with pytest.raises(UserError, match="between 1 and 6"):
         make_student(teacher, 7, TransformerBlock)
+
+
+def test_reformer_student_keeps_the_attention_kind_of_each_kept_layer():
+    torch.manual_seed(0)
+    teacher = build_model(preset("reformer-tiny", n_layer=4, attn_layers=["local", "lsh", "lsh", "local"])).eval()
+    student = make_student(teacher, 2, ReversibleBlock)  # default map [0, 3]
+    assert student.config.n_layer == 2 and student.config.attn_layers == ["local", "local"]
+    assert torch.equal(student.layers.blocks[1].f.attn.q_proj.weight, teacher.layers.blocks[3].f.attn.q_proj.weight)
+    mapped = make_student(teacher, 2, ReversibleBlock, layer_map=[1, 3])
+    assert mapped.config.attn_layers == ["lsh", "local"]
+    assert torch.equal(mapped.layers.blocks[0].f.attn.qk_proj.weight, teacher.layers.blocks[1].f.attn.qk_proj.weight)
+    student.train()
+    loss = Distiller(teacher, student, ReversibleBlock, hidden_weight=0.5)(student, batch())
+    loss.total.backward()
+    assert torch.isfinite(loss.total) and student.layers.blocks[0].g.ffn.up.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["transformer-tiny", "t5-tiny"])
+def test_encoder_decoder_student_is_a_one_line_refusal(name):
+    with pytest.raises(UserError, match="has two depths"):
+        make_student(build_model(preset(name)), 1, TransformerBlock)

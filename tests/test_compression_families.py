@@ -38,7 +38,7 @@ def padded(t=T):
 
 # family -> (config, batch, projections in all blocks: the LoRA adapters / quantised layers to expect)
 FAMILIES = {
-    "gpt": lambda: (GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, d_model=32),
+    "gpt": lambda: (GPTConfig(vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, d_model=32),
                     dict(input_ids=ids(64)), 2 * (4 + 2)),
     "bert": lambda: (BertConfig(vocab_size=64, max_positions=64, n_layer=2, n_head=2, d_model=32, dropout=0.0,
                                 attn_dropout=0.0),
@@ -48,11 +48,11 @@ FAMILIES = {
                                               max_positions=64),
                             dict(input_ids=ids(64), attention_mask=padded(), decoder_input_ids=ids(64, 12)),
                             6 * 4 + 4 * 2),
-    "t5": lambda: (T5Config(vocab_size=64, d_model=32, d_kv=16, d_ff=64, n_layer=2, n_head=2, dropout=0.0),
+    "t5": lambda: (T5Config(vocab_size=64, d_model=32, head_dim=16, ffn_hidden=64, n_layer=2, n_head=2, dropout=0.0),
                    dict(input_ids=ids(64), attention_mask=padded(), decoder_input_ids=ids(64, 12)),
                    6 * 4 + 4 * 2),
     # q, k, v, r (the distance projection), out per layer
-    "transformer_xl": lambda: (TransformerXLConfig(vocab_size=64, block_size=32, segment_length=16, mem_len=16,
+    "transformer_xl": lambda: (TransformerXLConfig(vocab_size=64, max_seq_len=32, segment_length=16, mem_len=16,
                                                    n_layer=2, n_head=2, d_model=32),
                                dict(input_ids=ids(64)), 2 * (5 + 2)),
     # q, k, v and the global q, k, v, out per layer
@@ -61,11 +61,11 @@ FAMILIES = {
                            dict(input_ids=ids(64), attention_mask=padded(),
                                 global_attention_mask=F.one_hot(torch.tensor([0, 3]), T)), 2 * (7 + 2)),
     # 32 tokens in blocks of 4 with 1 random block: long enough for the block-sparse pattern
-    "bigbird": lambda: (BigBirdConfig(vocab_size=64, max_positions=64, n_layer=2, n_head=2, d_model=32, block_size=4,
-                                      n_random_blocks=1, dropout=0.0, attn_dropout=0.0),
+    "bigbird": lambda: (BigBirdConfig(vocab_size=64, max_positions=64, n_layer=2, n_head=2, d_model=32,
+                                      sparse_block_size=4, n_random_blocks=1, dropout=0.0, attn_dropout=0.0),
                         dict(input_ids=ids(64), attention_mask=padded()), 2 * (4 + 2)),
     # a local layer (q, k, v, out) and an LSH layer (qk, v, out)
-    "reformer": lambda: (ReformerConfig(vocab_size=64, block_size=32, n_layer=2, d_model=32, n_head=2,
+    "reformer": lambda: (ReformerConfig(vocab_size=64, max_seq_len=32, n_layer=2, d_model=32, n_head=2,
                                         chunk_length=8, local_chunk_length=8, n_buckets=4, n_hashes=2, hash_seed=5,
                                         axial_shape=[4, 8], axial_dims=[16, 16], attn_layers=["local", "lsh"]),
                          dict(input_ids=ids(64)), 4 + 3 + 2 * 2),

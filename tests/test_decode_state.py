@@ -11,17 +11,17 @@ from attnlab.layers import HiddenMemory, KVCache, RecomputeState
 from attnlab.models import GPTConfig, ReformerConfig, TransformerXLConfig, build_model
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15]]
-GPT = dict(vocab_size=40, block_size=48, n_layer=2, n_head=4, d_model=32)
+GPT = dict(vocab_size=40, max_seq_len=48, n_layer=2, n_head=4, d_model=32)
 MODELS = {
     "gpt-learned": lambda: GPTConfig(**GPT),
     "gpt-rotary-gqa": lambda: GPTConfig(**GPT, n_kv_head=2, position="rotary", norm="rmsnorm", activation="swiglu",
                                         bias=False),
     "gpt-sliding-window": lambda: GPTConfig(**GPT, attn_window=3),
     # mem_len covers every test sequence, so token by token equals re-reading the window
-    "transformer-xl": lambda: TransformerXLConfig(vocab_size=40, block_size=48, segment_length=4, mem_len=48,
+    "transformer-xl": lambda: TransformerXLConfig(vocab_size=40, max_seq_len=48, segment_length=4, mem_len=48,
                                                   n_layer=2, n_head=2, d_model=32),
     # one local chunk covers the whole window, so left padding moves no chunk boundary
-    "reformer": lambda: ReformerConfig(vocab_size=40, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=32,
+    "reformer": lambda: ReformerConfig(vocab_size=40, max_seq_len=32, n_layer=2, d_model=32, n_head=2, chunk_length=32,
                                        local_chunk_length=32, axial_shape=[4, 8], axial_dims=[16, 16],
                                        attn_layers=["local", "local"]),
 }
@@ -71,7 +71,7 @@ def test_state_logits_equal_the_full_forward_with_left_padding(name):
 
 
 def test_transformer_xl_carries_its_memory_across_segments_and_past_the_window():
-    config = TransformerXLConfig(vocab_size=40, block_size=16, segment_length=4, mem_len=16, n_layer=2, n_head=2,
+    config = TransformerXLConfig(vocab_size=40, max_seq_len=16, segment_length=4, mem_len=16, n_layer=2, n_head=2,
                                  d_model=32)
     torch.manual_seed(0)
     model = build_model(config).eval()
@@ -81,7 +81,7 @@ def test_transformer_xl_carries_its_memory_across_segments_and_past_the_window()
         after_prompt = model(ids, state=state, only_last=True).logits[:, -1]
         torch.testing.assert_close(after_prompt, model(ids).logits[:, -1], atol=1e-5, rtol=1e-5)
         assert state.length == 14 and len(state.memory) == 2 and state.memory[0].shape == (2, 14, 32)
-    # past block_size the memory (fixed in size) goes on: tokens equal stepping with memory= by hand
+    # past max_seq_len the memory (fixed in size) goes on: tokens equal stepping with memory= by hand
     prompt = ids[0].tolist()
     tokens = generate(model, [prompt], greedy(30))[0]
     assert len(tokens) == 30
@@ -239,7 +239,7 @@ def test_causal_beam_search_runs_for_every_family_best_first(name):
 
 
 def test_causal_beam_search_slides_past_a_non_recurrent_window():
-    """Past block_size the state restarts on the last window of each beam's own tokens."""
+    """Past max_seq_len the state restarts on the last window of each beam's own tokens."""
     model = model_of("gpt-learned")
     prompts = [list(range(1, 40)) + [5, 6, 7, 8, 9], [3, 4]]  # 44 of 48 tokens
     options = dict(num_beams=3, max_new_tokens=10, num_return=2)

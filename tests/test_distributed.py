@@ -41,7 +41,7 @@ def corpus(tmp_path) -> Path:
 
 def train_args(corpus, out, batch_size, steps, *extra, eval_interval=3):
     return ["train", "--data", str(corpus), "--out", str(out), "model.n_layer=2", "model.n_head=2",
-            "model.d_model=32", "model.block_size=32", f"train.batch_size={batch_size}", f"train.max_steps={steps}",
+            "model.d_model=32", "model.max_seq_len=32", f"train.batch_size={batch_size}", f"train.max_steps={steps}",
             "train.grad_accum=2", "train.warmup_steps=2", f"train.eval_interval={eval_interval}",
             "train.eval_batches=2", "train.log_interval=1", "train.progress=false", *extra]
 

@@ -16,7 +16,7 @@ TEXT = "the quick brown fox jumps over the lazy dog. " * 6
 @pytest.fixture
 def model_and_tokenizer():
     tokenizer = CharTokenizer.train(TEXT)
-    model = build_model(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=16))
+    model = build_model(GPTConfig(vocab_size=tokenizer.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=16))
     return model.eval(), tokenizer
 
 
@@ -42,7 +42,7 @@ def test_windows_with_the_largest_stride_overlap_by_one_token(model_and_tokenize
     text = TEXT[:94]  # windows [0, 32), [31, 63), [62, 94): each scores all but its first token
     ids = torch.tensor(tok.encode(text))
     expected = sum(direct_nll(model, ids[s:s + 32]) for s in (0, 31, 62)) / 93
-    for stride in (31, 32, 1000):  # a stride past block_size - 1 would skip tokens; it is clamped
+    for stride in (31, 32, 1000):  # a stride past max_seq_len - 1 would skip tokens; it is clamped
         scores = perplexity(model, tok, text, stride=stride)
         assert scores["tokens"] == 93 and scores["loss"] == pytest.approx(expected, rel=1e-5)
 

@@ -12,7 +12,7 @@ PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15]]
 @pytest.fixture(params=["gpt2", "llama"])
 def model(request):
     extra = {"llama": {"norm": "rmsnorm", "activation": "swiglu", "position": "rotary", "bias": False}}.get(request.param, {})
-    return build_model(GPTConfig(vocab_size=40, block_size=48, n_layer=2, n_head=2, d_model=32, **extra)).eval()
+    return build_model(GPTConfig(vocab_size=40, max_seq_len=48, n_layer=2, n_head=2, d_model=32, **extra)).eval()
 
 
 def test_cached_greedy_equals_full_recompute_and_batch_equals_alone(model):
@@ -87,7 +87,7 @@ def test_left_padding_does_not_shift_reformer_positions(position):
     covers the whole sequence, so attention is plain causal) generate the same batched as alone.
     With rotary positions only distances count, so this checks the padding mask alone."""
     from attnlab.models import ReformerConfig
-    config = ReformerConfig(vocab_size=40, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=32,
+    config = ReformerConfig(vocab_size=40, max_seq_len=32, n_layer=2, d_model=32, n_head=2, chunk_length=32,
                             local_chunk_length=32, axial_shape=[4, 8], axial_dims=[16, 16], dropout=0.0,
                             attn_layers=["local", "local"], position=position)
     reformer = build_model(config).eval()

@@ -7,7 +7,7 @@ from attnlab.models import GPT, GPTConfig, PRESETS, build_model, preset
 
 
 def tiny(**overrides):
-    return GPTConfig(**{"vocab_size": 37, "block_size": 32, "n_layer": 2, "n_head": 4, "d_model": 32, **overrides})
+    return GPTConfig(**{"vocab_size": 37, "max_seq_len": 32, "n_layer": 2, "n_head": 4, "d_model": 32, **overrides})
 
 
 STYLES = {
@@ -99,7 +99,7 @@ def test_left_padding_does_not_change_a_sequence(style):
 
 
 def test_gradients_match_finite_differences_in_float64():
-    model = build_model(tiny(n_layer=1, d_model=8, n_head=2, vocab_size=11, block_size=6, **STYLES["llama"])).double()
+    model = build_model(tiny(n_layer=1, d_model=8, n_head=2, vocab_size=11, max_seq_len=6, **STYLES["llama"])).double()
     ids = torch.randint(0, 11, (1, 6))
     weight = model.blocks[0].self_attn.q_proj.weight
 
@@ -144,7 +144,7 @@ def test_a_tiny_model_overfits_one_batch(style):
 
 def test_sequence_longer_than_the_block_is_refused():
     model = build_model(tiny())
-    with pytest.raises(ValueError, match="exceeds block_size 32"):
+    with pytest.raises(ValueError, match="exceeds max_seq_len 32"):
         model(torch.zeros(1, 33, dtype=torch.long))
 
 

@@ -17,9 +17,9 @@ from attnlab.tokenizers import train_tokenizer
 TEXT = "to be or not to be, that is the question. " * 40
 
 MODELS = {
-    "transformer_xl": ["model.family=transformer_xl", "model.block_size=32", "model.segment_length=16",
+    "transformer_xl": ["model.family=transformer_xl", "model.max_seq_len=32", "model.segment_length=16",
                        "model.mem_len=16"],
-    "reformer": ["model.family=reformer", "model.block_size=32", "model.chunk_length=8", "model.n_buckets=4",
+    "reformer": ["model.family=reformer", "model.max_seq_len=32", "model.chunk_length=8", "model.n_buckets=4",
                  "model.axial_shape=[4,8]", "model.axial_dims=[8,8]"],
 }
 
@@ -27,7 +27,7 @@ MODELS = {
 def test_recurrent_evaluation_scores_the_text_segment_by_segment():
     tokenizer = train_tokenizer("char", TEXT[:300])
     torch.manual_seed(0)
-    model = TransformerXL(TransformerXLConfig(vocab_size=tokenizer.vocab_size, block_size=32, segment_length=8,
+    model = TransformerXL(TransformerXLConfig(vocab_size=tokenizer.vocab_size, max_seq_len=32, segment_length=8,
                                               mem_len=8, n_layer=2, n_head=2, d_model=16)).eval()
     text = TEXT[:300]
     ids = torch.tensor(tokenizer.encode(text))
@@ -68,7 +68,7 @@ def test_train_eval_generate(tmp_path, capsys, family):
 
 def test_bidirectional_reformer_cannot_generate(tmp_path):
     tokenizer = train_tokenizer("char", TEXT)
-    config = ReformerConfig(vocab_size=tokenizer.vocab_size, causal=False, block_size=32, n_layer=1, d_model=16,
+    config = ReformerConfig(vocab_size=tokenizer.vocab_size, causal=False, max_seq_len=32, n_layer=1, d_model=16,
                             n_head=2, chunk_length=8, n_buckets=4, axial_shape=[4, 8], axial_dims=[8, 8])
     save_checkpoint(tmp_path / "ckpt", Reformer(config), tokenizer)
     generated = subprocess.run([sys.executable, "-m", "attnlab.cli", "generate", str(tmp_path / "ckpt"), "--prompt",

@@ -66,7 +66,7 @@ def test_lm_logits_match_hugging_face():
 
 def test_trains_with_reversible_layers_and_loss_drops():
     torch.manual_seed(0)
-    config = ReformerConfig(vocab_size=20, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=8,
+    config = ReformerConfig(vocab_size=20, max_seq_len=32, n_layer=2, d_model=32, n_head=2, chunk_length=8,
                             local_chunk_length=8, n_buckets=4, n_hashes=2, axial_shape=[4, 8], axial_dims=[16, 16],
                             dropout=0.1, attn_layers=["local", "lsh"])
     model = build_model(config).train()
@@ -85,7 +85,7 @@ def test_trains_with_reversible_layers_and_loss_drops():
 def test_rotary_reformer_reversible_gradients_equal_plain_backprop():
     """Rotary positions reach every layer through the reversible stack's recomputation too."""
     torch.manual_seed(0)
-    config = ReformerConfig(vocab_size=20, block_size=32, n_layer=2, d_model=32, n_head=2, chunk_length=8,
+    config = ReformerConfig(vocab_size=20, max_seq_len=32, n_layer=2, d_model=32, n_head=2, chunk_length=8,
                             local_chunk_length=8, n_buckets=4, n_hashes=2, hash_seed=3, position="rotary",
                             attn_layers=["local", "lsh"])
     reversible = build_model(config)
@@ -102,7 +102,7 @@ def test_rotary_reformer_reversible_gradients_equal_plain_backprop():
 def test_rotary_reformer_is_refused_by_hugging_face_export(tmp_path):
     from attnlab.interop import export_hf
 
-    model = build_model(ReformerConfig(vocab_size=20, block_size=32, n_layer=1, d_model=32, n_head=2,
+    model = build_model(ReformerConfig(vocab_size=20, max_seq_len=32, n_layer=1, d_model=32, n_head=2,
                                        chunk_length=8, position="rotary"))
     with pytest.raises(UserError, match="rotary"):
         export_hf(model, tmp_path / "out")
@@ -115,7 +115,7 @@ def test_bad_config_is_a_user_error():
     with pytest.raises(UserError, match="axial_dims"):
         ReformerConfig(d_model=64, axial_dims=[16, 16])
     with pytest.raises(UserError, match="multiple of the chunk"):
-        ReformerConfig(block_size=96, chunk_length=64)
+        ReformerConfig(max_seq_len=96, chunk_length=64)
     with pytest.raises(UserError, match="attn_layers"):
         ReformerConfig(n_layer=2, attn_layers=["lsh"])
     with pytest.raises(UserError, match="even head size"):

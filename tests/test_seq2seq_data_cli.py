@@ -119,7 +119,7 @@ def test_validation_split_of_a_sorted_file_is_seeded_and_unbiased(tmp_path):
 
 TINY_TRANSFORMER = ["model.preset=transformer-tiny", "model.d_model=32", "model.ffn_hidden=64",
                     "model.n_encoder_layer=1", "model.n_decoder_layer=1"]
-TINY_T5 = ["model.preset=t5-tiny", "model.d_model=32", "model.d_ff=64", "model.d_kv=8", "model.n_layer=1"]
+TINY_T5 = ["model.preset=t5-tiny", "model.d_model=32", "model.ffn_hidden=64", "model.head_dim=8", "model.n_layer=1"]
 
 
 def train(tmp_path, *overrides, model=TINY_TRANSFORMER, steps=3):
@@ -186,7 +186,7 @@ def test_command_line_errors(tmp_path, capsys):
     assert result.returncode == 2 and "holds no pairs" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("side,line,field", [("source", "1" * 40 + "\t1", "max_source_len"),
+@pytest.mark.parametrize("side,line,field", [("source", "1" * 40 + "\t1", "max_seq_len"),
                                              ("target", "1\t" + "1" * 40, "max_target_len")])
 def test_t5_length_errors_name_t5_fields(tmp_path, capsys, side, line, field):
     long = tmp_path / "long.tsv"
@@ -249,7 +249,7 @@ def test_t5_span_corruption_pretraining_on_the_command_line(tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 40)  # newlines are text too
     code = main(["train", "task=span_corruption", f"data.path={text}", "data.window=24", "data.sentinels=8",
-                 "model.d_model=32", "model.d_kv=8", "model.d_ff=64", "model.n_layer=1", "model.n_head=2",
+                 "model.d_model=32", "model.head_dim=8", "model.ffn_hidden=64", "model.n_layer=1", "model.n_head=2",
                  "train.max_steps=2", "train.eval_interval=2", "train.eval_batches=1", "train.batch_size=4",
                  "train.progress=false", "--out", str(tmp_path / "run")])
     assert code == 0, capsys.readouterr().err

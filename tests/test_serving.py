@@ -70,7 +70,7 @@ def tiny_gpt(delay=0.0):
     """A small GPT with large random weights, so greedy continuations vary with the prompt;
     `delay` seconds of sleep per forward make timing-dependent paths deterministic."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=len(ALPHABET), block_size=64, n_layer=2, n_head=2, d_model=32,
+    model = GPT(GPTConfig(vocab_size=len(ALPHABET), max_seq_len=64, n_layer=2, n_head=2, d_model=32,
                           tie_weights=False))
     for p in model.parameters():
         if p.dim() == 2:
@@ -154,10 +154,10 @@ def tiny_long_lm(family):
     whose one local chunk covers its window; large random weights, as tiny_gpt."""
     torch.manual_seed(0)
     if family == "transformer_xl":
-        model = TransformerXL(TransformerXLConfig(vocab_size=len(ALPHABET), block_size=32, segment_length=8, mem_len=16,
+        model = TransformerXL(TransformerXLConfig(vocab_size=len(ALPHABET), max_seq_len=32, segment_length=8, mem_len=16,
                                                   n_layer=2, n_head=2, d_model=32, tie_weights=False))
     else:
-        model = Reformer(ReformerConfig(vocab_size=len(ALPHABET), block_size=64, n_layer=2, n_head=2, d_model=32,
+        model = Reformer(ReformerConfig(vocab_size=len(ALPHABET), max_seq_len=64, n_layer=2, n_head=2, d_model=32,
                                         chunk_length=64, local_chunk_length=64, attn_layers=["local", "local"],
                                         axial_shape=[8, 8], axial_dims=[16, 16]))
     for p in model.parameters():
@@ -173,7 +173,7 @@ def test_every_causal_family_is_served_batched_with_its_solo_tokens(tokenizer, f
     context limit."""
     model = tiny_long_lm(family)
     prompts = ["the cat", "a", "hello there, world", "zz", "why?", "q"]
-    lengths = [5 + 4 * i for i in range(len(prompts))]  # XL: up to 38 tokens, past its block_size of 32
+    lengths = [5 + 4 * i for i in range(len(prompts))]  # XL: up to 38 tokens, past its max_seq_len of 32
     app = create_app(model, tokenizer, ServeConfig(max_batch=8, model_name="tiny"))
     with LiveServer(app) as server, concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
         assert app.state.worker.recurrent == (family == "transformer_xl")

@@ -42,7 +42,7 @@ def test_one_batch_size_train_or_the_task_default(task, train, expected):
 
 def test_the_lm_batch_source_reads_the_resolved_batch_size(tiny_text, tmp_path):
     run = resolve_run({"data": {"path": str(tiny_text)}, "model": {"n_layer": 1, "n_head": 2, "d_model": 32,
-                                                                  "block_size": 16}})
+                                                                  "max_seq_len": 16}})
     _, _, batches = setup_task(run, tmp_path / "run", resume=False)
     batch = batches.sample("train", torch.Generator().manual_seed(0))
     assert batches.batch_size == batch.examples == 12 and batch.tokens == 12 * 16

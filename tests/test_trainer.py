@@ -15,7 +15,7 @@ def run_config(tiny_text, **train):
         "task": "lm",
         "data": {"path": str(tiny_text), "val_fraction": 0.2},
         "tokenizer": {"kind": "char"},
-        "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "block_size": 16, "dropout": 0.1},
+        "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 16, "dropout": 0.1},
         "train": {"max_steps": 12, "batch_size": 4, "eval_interval": 4, "eval_batches": 2, "warmup_steps": 3,
                   "log_interval": 2, "progress": False, **train},
     }
@@ -66,7 +66,7 @@ def test_training_reduces_the_loss(tiny_text, tmp_path):
 def test_no_weight_decay_on_norms_biases_and_embeddings():
     from attnlab.models import GPTConfig, build_model
 
-    model = build_model(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=1, d_model=8))
+    model = build_model(GPTConfig(vocab_size=10, max_seq_len=8, n_layer=1, n_head=1, d_model=8))
     decay, no_decay = param_groups(model, 0.1)
     decayed = {id(p) for p in decay["params"]}
     assert id(model.tok_emb.weight) not in decayed and id(model.pos_emb.weight) not in decayed

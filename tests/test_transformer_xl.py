@@ -70,7 +70,7 @@ def test_blocked_relative_attention_equals_the_shifted_scores_with_gradients(mem
 
 def tiny_model(**overrides):
     torch.manual_seed(0)
-    values = dict(vocab_size=30, block_size=48, segment_length=8, mem_len=8, n_layer=3, n_head=2, d_model=16)
+    values = dict(vocab_size=30, max_seq_len=48, segment_length=8, mem_len=8, n_layer=3, n_head=2, d_model=16)
     model = TransformerXL(TransformerXLConfig(**{**values, **overrides})).eval()
     with torch.no_grad():
         for block in model.blocks:

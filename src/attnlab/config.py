@@ -106,9 +106,24 @@ class Config:
 
 @dataclasses.dataclass
 class ModelConfig(Config):
-    """A model family's config; config.json records the family so the right model is built."""
+    """A model family's config; config.json records the family so the right model is built.
+
+    Every family names the same idea the same way:
+    - `max_seq_len`: the usable context, the longest input (a seq2seq model's source) in tokens.
+      A field where it is a free choice (GPT, Transformer-XL, Reformer, T5, whose target side
+      has `max_target_len`); a read-only property derived from `max_positions` where the model
+      has a learned or fixed position table (BERT, Longformer, BigBird, the original
+      Transformer). `max_positions` is the table's row count, a different idea: RoBERTa and
+      Longformer count positions from pad_token_id + 1, so they use fewer rows than they have.
+    - `ffn_hidden` (feed-forward width), `head_dim` (size of one attention head), `tie_weights`
+      (the output projection is the embedding table), `dropout`, `attn_dropout` (absent where
+      the family has none), `attn_backend`, `n_layer`.
+    `aliases` maps a field's earlier name to its current one, so that config.json files, run
+    configs and `model.key=value` overrides written with the old name still load.
+    """
 
     family: ClassVar[str] = ""
+    aliases: ClassVar[dict] = {}  # old field name -> current field name
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -118,5 +133,24 @@ class ModelConfig(Config):
         return {"family": self.family, **super().to_dict()}
 
     @classmethod
+    def renamed(cls, values: dict) -> dict:
+        """`values` with each old field name (see `aliases`) replaced by the current one."""
+        values = dict(values)
+        for old, new in cls.aliases.items():
+            if old in values:
+                if new in values:
+                    raise UserError(f"{cls.section} config: {old} is the old name of {new}; give only {new}")
+                values[new] = values.pop(old)
+        return values
+
+    @classmethod
     def from_dict(cls, values: dict):
-        return super().from_dict({k: v for k, v in values.items() if k != "family"})
+        return super().from_dict(cls.renamed({k: v for k, v in values.items() if k != "family"}))
+
+    def replace(self, **changes):
+        return super().replace(**self.renamed(changes))
+
+    def with_depth(self, kept: list):
+        """The config of a shallower model made of this one's layers `kept` (indices, in order),
+        as a distillation student is. Families whose depth is more than `n_layer` override this."""
+        return self.replace(n_layer=len(kept))

@@ -26,7 +26,7 @@ def hf_pair(head, hf_class, **extra):
     theirs = hf_class(hf_config).eval()
     ours = build_model(BigBirdConfig(
         vocab_size=97, d_model=32, n_layer=2, n_head=4, ffn_hidden=48, max_positions=128, pad_token_id=0,
-        type_vocab_size=2, dropout=0.0, attn_dropout=0.0, block_size=BLOCK, n_random_blocks=RANDOM, seed=3,
+        type_vocab_size=2, dropout=0.0, attn_dropout=0.0, sparse_block_size=BLOCK, n_random_blocks=RANDOM, seed=3,
         head=head, n_labels=extra.get("num_labels", 2))).eval()
     load_hf_state(ours, "big_bird", theirs.state_dict())
     encoder = theirs.bert if hasattr(theirs, "bert") else theirs

@@ -11,7 +11,7 @@ from attnlab.errors import UserError
 from attnlab.inference.generate import Sampling, generate
 from attnlab.models import GPTConfig, build_model
 
-TINY = dict(vocab_size=50, block_size=64, n_layer=2, n_head=2, d_model=32)
+TINY = dict(vocab_size=50, max_seq_len=64, n_layer=2, n_head=2, d_model=32)
 
 
 def pair(window, **extra):
@@ -62,7 +62,7 @@ def test_attnlab_train_runs_a_sliding_window_gpt(tmp_path):
     out = tmp_path / "run"
     repo = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(text), "--out", str(out),
-           "model.block_size=32", "model.n_layer=1", "model.n_head=2", "model.d_model=16", "model.attn_window=8",
+           "model.max_seq_len=32", "model.n_layer=1", "model.n_head=2", "model.d_model=16", "model.attn_window=8",
            "train.max_steps=3", "train.batch_size=2", "train.eval_interval=3", "train.eval_batches=1",
            "train.warmup_steps=1", "train.progress=false"]
     env = {"PYTHONPATH": str(repo / "src"), "PATH": "/usr/bin:/bin"}

@@ -43,7 +43,7 @@ def demo(args):
         "task": "lm",
         "data": {"path": str(corpus), "val_fraction": val_fraction},
         "tokenizer": {"kind": "char"},
-        "model": {"preset": "gpt2-nano", "block_size": 128, "activation": "gelu"},
+        "model": {"preset": "gpt2-nano", "max_seq_len": 128, "activation": "gelu"},
         "train": {"max_steps": args.steps, "batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 100,
                   "weight_decay": 0.1, "eval_interval": max(1, args.steps // 5), "eval_batches": 20},
     })

@@ -58,19 +58,17 @@ def default_layer_map(n_teacher: int, n_student: int) -> list:
 
 
 def make_student(teacher: nn.Module, n_layer: int, block_class: type, init="teacher", layer_map=None) -> nn.Module:
-    """A copy of the teacher's architecture with `n_layer` blocks (of `block_class`), initialised
-    from the teacher's layers `layer_map` (and all its non-block weights) or fresh."""
-    config = teacher.config
-    if not hasattr(config, "n_layer"):
-        raise UserError(f"{config.family} configs have no n_layer field to shrink")
-    if not 0 < n_layer <= config.n_layer:
-        raise UserError(f"the student needs between 1 and {config.n_layer} layers, got {n_layer}")
+    """A copy of the teacher's architecture with `n_layer` blocks (of `block_class`) shaped like
+    the teacher's layers `layer_map` (default: evenly spaced), initialised from them (and all the
+    teacher's non-block weights) or fresh."""
+    prefix, blocks = block_list(teacher, block_class)
+    if not 0 < n_layer <= len(blocks):
+        raise UserError(f"the student needs between 1 and {len(blocks)} layers, got {n_layer}")
     if init not in ("teacher", "fresh"):
         raise UserError(f"student init must be 'teacher' or 'fresh', got {init!r}")
-    student = build_model(config.replace(n_layer=n_layer))
+    layer_map = layer_map or default_layer_map(len(blocks), n_layer)
+    student = build_model(teacher.config.with_depth(layer_map))
     if init == "teacher":
-        layer_map = layer_map or default_layer_map(config.n_layer, n_layer)
-        prefix, _ = block_list(teacher, block_class)
         rename = {f"{prefix}.{t}.": f"{prefix}.{s}." for s, t in enumerate(layer_map)}
         weights = {}
         for key, tensor in teacher.state_dict().items():

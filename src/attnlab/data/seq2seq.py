@@ -86,14 +86,6 @@ def decode_target(tokenizers, ids, special_ids) -> str:
     return tokenizers.target.decode([i for i in ids if i not in special_ids])
 
 
-def length_fields(config) -> tuple:
-    """The config fields that bound (source, target) lengths: the original Transformer has one
-    position table for both (max_positions), T5 has max_source_len and max_target_len."""
-    if hasattr(config, "max_positions"):
-        return "max_positions", "max_positions"
-    return "max_source_len", "max_target_len"
-
-
 def check_length(ids, limit: int, side: str, where: str, fix: str):
     if len(ids) > limit:
         raise UserError(f"{where}: the {side} has {len(ids)} tokens (with </s>) but the model allows {limit}; {fix}")
@@ -101,9 +93,9 @@ def check_length(ids, limit: int, side: str, where: str, fix: str):
 
 def check_lengths(encoded, lines, config, where: str):
     """One clear error, naming its file line, for the first pair that the model cannot take."""
-    source_field, target_field = length_fields(config)
+    source_field, target_field = config.length_fields
     for line, (source, target) in zip(lines, encoded):
-        check_length(source, config.max_source_len, "source", f"{where} line {line}",
+        check_length(source, config.max_seq_len, "source", f"{where} line {line}",
                      f"shorten it or raise the model's source length (model.{source_field})")
         check_length(target, config.max_target_len, "target", f"{where} line {line}",
                      f"shorten it or raise the model's target length (model.{target_field})")

@@ -11,19 +11,19 @@ from ..errors import UserError
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8) -> dict:
-    """Score every token after the first with up to block_size tokens of context.
+    """Score every token after the first with up to max_seq_len tokens of context.
 
-    Windows of block_size tokens advance by `stride` (default: half a block, at most
-    block_size - 1 so that windows overlap); each token is scored once, in the first window
+    Windows of max_seq_len tokens advance by `stride` (default: half a window, at most
+    max_seq_len - 1 so that windows overlap); each token is scored once, in the first window
     that holds it, which is the one that gives it the most context. A model whose decode
-    state is recurrent (Transformer-XL's memory) instead reads the whole text once, block_size
+    state is recurrent (Transformer-XL's memory) instead reads the whole text once, max_seq_len
     tokens at a time, through that state; `stride` does not apply there.
     """
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
     model.eval()
-    state = model.init_state(1, model.config.block_size)
+    state = model.init_state(1, model.config.max_seq_len)
     if state.recurrent:
         total_nll, total_tokens = _recurrent_nll(model, ids, state)
     else:
@@ -42,7 +42,7 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
 def _recurrent_nll(model, ids, state):
     """-> (summed NLL, tokens scored): block by block, the state carried from one to the next."""
     device = next(model.parameters()).device
-    block, total_nll = model.config.block_size, 0.0
+    block, total_nll = model.config.max_seq_len, 0.0
     for start in range(0, len(ids) - 1, block):
         piece = ids[start:start + block + 1].to(device)
         logits = model(piece[None, :-1], state=state).logits[0]  # (T, V)
@@ -51,8 +51,8 @@ def _recurrent_nll(model, ids, state):
 
 
 def _windowed_nll(model, ids, stride, batch_size):
-    """-> (summed NLL, tokens scored) over windows of block_size that overlap."""
-    length = min(model.config.block_size, len(ids))
+    """-> (summed NLL, tokens scored) over windows of max_seq_len that overlap."""
+    length = min(model.config.max_seq_len, len(ids))
     stride = min(stride or max(1, length // 2), length - 1)
     windows = []  # (start, index of the first scored token within the window)
     scored_to, end = 1, length

@@ -74,15 +74,15 @@ class CausalSteps:
     def __init__(self, model, prompts, use_cache: bool, max_new_tokens: int, copies: int = 1):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
-        self.model, self.use_cache, self.block_size = model, use_cache, model.config.block_size
+        self.model, self.use_cache, self.max_seq_len = model, use_cache, model.config.max_seq_len
         self.device = next(model.parameters()).device
         self.prompt_ids, self.prompt_mask = left_pad(prompts, device=self.device)  # (B, P)
-        self.capacity = min(self.block_size, self.prompt_ids.size(1) + max_new_tokens)
+        self.capacity = min(self.max_seq_len, self.prompt_ids.size(1) + max_new_tokens)
         self.copies = torch.arange(len(prompts), device=self.device).repeat_interleave(copies)  # row -> prompt
         self.state = self._fresh(len(prompts))
-        if not self.state.recurrent and self.prompt_ids.size(1) > self.block_size:
+        if not self.state.recurrent and self.prompt_ids.size(1) > self.max_seq_len:
             raise UserError(f"prompt of {self.prompt_ids.size(1)} tokens exceeds the model's context window of "
-                            f"{self.block_size} tokens")
+                            f"{self.max_seq_len} tokens")
 
     def _fresh(self, rows: int) -> DecodeState:
         return self.model.init_state(rows, self.capacity) if self.use_cache else RecomputeState(rows, self.device)
@@ -96,10 +96,10 @@ class CausalSteps:
             logits = self._run(self.prompt_ids, self.prompt_mask)
             self.state.select(self.copies)
             return logits[self.copies]
-        if not self.state.recurrent and self.state.length + 1 > self.block_size:
+        if not self.state.recurrent and self.state.length + 1 > self.max_seq_len:
             self.state = self._fresh(len(generated))
-            ids = torch.cat([self.prompt_ids[self.copies], generated], dim=1)[:, -self.block_size:]
-            mask = torch.cat([self.prompt_mask[self.copies], torch.ones_like(generated)], dim=1)[:, -self.block_size:]
+            ids = torch.cat([self.prompt_ids[self.copies], generated], dim=1)[:, -self.max_seq_len:]
+            mask = torch.cat([self.prompt_mask[self.copies], torch.ones_like(generated)], dim=1)[:, -self.max_seq_len:]
             return self._run(ids, mask)
         return self._run(generated[:, -1:], None)
 
@@ -113,7 +113,7 @@ def stream_tokens(model, prompts, sampling: Sampling, eos_id=None):
     """Yield (B,) tensors of new token ids, one per step, until every row has stopped (eos)
     or max_new_tokens is reached. Rows that have stopped keep producing eos_id.
 
-    Past the context window a model without a recurrent state sees the last block_size tokens
+    Past the context window a model without a recurrent state sees the last max_seq_len tokens
     (a sliding window).
     """
     steps = CausalSteps(model, prompts, sampling.use_cache, sampling.max_new_tokens)

@@ -20,7 +20,7 @@ def config_from_hf(hf: dict, head: str, keys) -> BigBirdConfig:
         if hf.get(field, supported) != supported:
             raise UserError(f"BigBird with {field}={hf[field]!r} is not supported; attnlab imports "
                             f"{field}={supported!r}")
-    config = BigBirdConfig(**long_encoder.fields_from_hf(hf, head), block_size=hf.get("block_size", 64),
+    config = BigBirdConfig(**long_encoder.fields_from_hf(hf, head), sparse_block_size=hf.get("block_size", 64),
                            n_random_blocks=hf.get("num_random_blocks", 3))
     _check_classifier(config)
     return config
@@ -28,8 +28,8 @@ def config_from_hf(hf: dict, head: str, keys) -> BigBirdConfig:
 
 def config_to_hf(c: BigBirdConfig) -> dict:
     _check_classifier(c)
-    return {**long_encoder.fields_to_hf("big_bird", c), "attention_type": "block_sparse", "block_size": c.block_size,
-            "num_random_blocks": c.n_random_blocks}
+    return {**long_encoder.fields_to_hf("big_bird", c), "attention_type": "block_sparse",
+            "block_size": c.sparse_block_size, "num_random_blocks": c.n_random_blocks}
 
 
 def _check_classifier(c: BigBirdConfig):

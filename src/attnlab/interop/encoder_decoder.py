@@ -25,7 +25,7 @@ def config_from_hf(hf: dict, head: str, keys) -> TransformerConfig:
     tgt_vocab = hf.get("decoder_vocab_size") or hf["vocab_size"]
     return TransformerConfig(
         vocab_size=hf["vocab_size"], tgt_vocab_size=None if shared else tgt_vocab, share_embeddings=shared,
-        tie_output=hf.get("tie_word_embeddings", True), d_model=hf["d_model"], n_head=hf["encoder_attention_heads"],
+        tie_weights=hf.get("tie_word_embeddings", True), d_model=hf["d_model"], n_head=hf["encoder_attention_heads"],
         ffn_hidden=hf["encoder_ffn_dim"], n_encoder_layer=hf["encoder_layers"], n_decoder_layer=hf["decoder_layers"],
         dropout=hf.get("dropout", 0.1), activation=_ACTIVATIONS[act], prenorm=False, norm_eps=1e-5,
         scale_embedding=hf.get("scale_embedding", False), position_layout="halves",
@@ -49,7 +49,7 @@ def config_to_hf(c: TransformerConfig) -> dict:
     return {
         "model_type": "marian", "is_encoder_decoder": True,
         "vocab_size": c.vocab_size, "decoder_vocab_size": c.target_vocab,
-        "share_encoder_decoder_embeddings": c.share_embeddings, "tie_word_embeddings": c.tie_output,
+        "share_encoder_decoder_embeddings": c.share_embeddings, "tie_word_embeddings": c.tie_weights,
         "d_model": c.d_model, "encoder_attention_heads": c.n_head, "decoder_attention_heads": c.n_head,
         "encoder_ffn_dim": c.ffn_hidden, "decoder_ffn_dim": c.ffn_hidden, "encoder_layers": c.n_encoder_layer,
         "decoder_layers": c.n_decoder_layer, "dropout": c.dropout, "activation_function": act,
@@ -106,7 +106,7 @@ def keymap(c: TransformerConfig, prefix: str) -> KeyMap:
     else:
         rules = [rename("src_emb.weight", f"{prefix}encoder.embed_tokens.weight"),
                  rename("tgt_emb.weight", f"{prefix}decoder.embed_tokens.weight")]
-    rules += [_logits_bias(c), rename("lm_head.weight", "lm_head.weight", optional=c.tie_output)]
+    rules += [_logits_bias(c), rename("lm_head.weight", "lm_head.weight", optional=c.tie_weights)]
     for i in range(c.n_encoder_layer):
         rules += _layer(f"encoder_blocks.{i}", f"{prefix}encoder.layers.{i}", cross=False)
     for i in range(c.n_decoder_layer):

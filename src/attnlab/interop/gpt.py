@@ -26,7 +26,7 @@ def config_from_hf(hf: dict, head: str, keys) -> GPTConfig:
             raise UserError(f"GPT-2 with {flag}=true is not supported")
     if hf.get("scale_attn_weights", True) is False:
         raise UserError("GPT-2 with scale_attn_weights=false is not supported")
-    return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+    return GPTConfig(vocab_size=hf["vocab_size"], max_seq_len=hf["n_positions"], n_layer=hf["n_layer"],
                      n_head=hf["n_head"], d_model=hf["n_embd"], ffn_hidden=hf.get("n_inner"),
                      dropout=hf.get("resid_pdrop", 0.1), bias=True, norm="layernorm",
                      norm_eps=hf.get("layer_norm_epsilon", 1e-5),
@@ -39,7 +39,7 @@ def config_to_hf(c: GPTConfig) -> dict:
     if shape != ("learned", "layernorm", True, c.n_head) or c.activation not in ACT_TO_HF:
         raise UserError("only a GPT-2-shaped GPT exports (learned positions, LayerNorm, biases, plain GELU/ReLU "
                         "feed-forward, no grouped-query attention)")
-    return {"model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.d_model,
+    return {"model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.max_seq_len, "n_embd": c.d_model,
             "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.ffn_hidden,
             "activation_function": activation_to_hf(c.activation), "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,
             "attn_pdrop": c.dropout, "layer_norm_epsilon": c.norm_eps, "tie_word_embeddings": c.tie_weights,

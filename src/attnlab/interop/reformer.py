@@ -22,7 +22,7 @@ def config_from_hf(hf: dict, head: str, keys) -> ReformerConfig:
         raise UserError("only an integer num_buckets is supported (not factorised or unset buckets)")
     kinds = list(hf["attn_layers"])
     return ReformerConfig(
-        vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_layer=len(kinds), attn_layers=kinds,
+        vocab_size=hf["vocab_size"], max_seq_len=hf["max_position_embeddings"], n_layer=len(kinds), attn_layers=kinds,
         n_head=hf["num_attention_heads"], head_dim=hf["attention_head_size"], d_model=hf["hidden_size"],
         ffn_hidden=hf["feed_forward_size"], activation=hf["hidden_act"], causal=hf["is_decoder"],
         chunk_length=hf["lsh_attn_chunk_length"], chunks_before=hf["lsh_num_chunks_before"],
@@ -41,7 +41,7 @@ def config_to_hf(c: ReformerConfig) -> dict:
     if c.position == "rotary":
         raise UserError("a Reformer with rotary positions does not export: Hugging Face's Reformer has axial or "
                         "learned positions only (train with model.position=axial or learned)")
-    return {"model_type": "reformer", "vocab_size": c.vocab_size, "max_position_embeddings": c.block_size,
+    return {"model_type": "reformer", "vocab_size": c.vocab_size, "max_position_embeddings": c.max_seq_len,
             "attn_layers": c.layer_kinds, "num_attention_heads": c.n_head,
             "attention_head_size": c.attention_head_size, "hidden_size": c.d_model, "feed_forward_size": c.ffn_hidden or 4 * c.d_model, "hidden_act": c.activation,
             "is_decoder": c.causal, "lsh_attn_chunk_length": c.chunk_length, "lsh_num_chunks_before": c.chunks_before,

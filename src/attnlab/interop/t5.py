@@ -13,12 +13,12 @@ def config_from_hf(hf: dict, head: str, keys) -> T5Config:
     if proj not in _FFN:
         raise UserError(f"T5 feed_forward_proj {proj!r} is not supported; supported: {', '.join(_FFN)}")
     return T5Config(
-        vocab_size=hf["vocab_size"], d_model=hf["d_model"], d_kv=hf["d_kv"], d_ff=hf["d_ff"], n_layer=hf["num_layers"],
-        n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"], n_head=hf["num_heads"],
+        vocab_size=hf["vocab_size"], d_model=hf["d_model"], head_dim=hf["d_kv"], ffn_hidden=hf["d_ff"],
+        n_layer=hf["num_layers"], n_decoder_layer=hf.get("num_decoder_layers") or hf["num_layers"], n_head=hf["num_heads"],
         num_buckets=hf.get("relative_attention_num_buckets", 32),
         max_distance=hf.get("relative_attention_max_distance", 128),
         dropout=hf.get("dropout_rate", 0.1), norm_eps=hf.get("layer_norm_epsilon", 1e-6), activation=_FFN[proj],
-        tie_word_embeddings=hf.get("tie_word_embeddings", True) is not False,
+        tie_weights=hf.get("tie_word_embeddings", True) is not False,
         pad_id=hf.get("pad_token_id", 0), eos_id=hf.get("eos_token_id", 1),
         decoder_start_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)))
 
@@ -26,12 +26,12 @@ def config_from_hf(hf: dict, head: str, keys) -> T5Config:
 def config_to_hf(c: T5Config) -> dict:
     return {
         "model_type": "t5", "is_encoder_decoder": True,
-        "vocab_size": c.vocab_size, "d_model": c.d_model, "d_kv": c.d_kv, "d_ff": c.d_ff, "num_layers": c.n_layer,
-        "num_decoder_layers": c.n_decoder_layer or c.n_layer, "num_heads": c.n_head,
+        "vocab_size": c.vocab_size, "d_model": c.d_model, "d_kv": c.head_dim, "d_ff": c.ffn_hidden,
+        "num_layers": c.n_layer, "num_decoder_layers": c.n_decoder_layer or c.n_layer, "num_heads": c.n_head,
         "relative_attention_num_buckets": c.num_buckets, "relative_attention_max_distance": c.max_distance,
         "dropout_rate": c.dropout, "layer_norm_epsilon": c.norm_eps,
         "feed_forward_proj": {v: k for k, v in _FFN.items()}[c.activation],
-        "tie_word_embeddings": c.tie_word_embeddings, "pad_token_id": c.pad_id, "eos_token_id": c.eos_id,
+        "tie_word_embeddings": c.tie_weights, "pad_token_id": c.pad_id, "eos_token_id": c.eos_id,
         "decoder_start_token_id": c.decoder_start_id,
     }
 
@@ -54,7 +54,7 @@ def keymap(c: T5Config, prefix: str) -> KeyMap:
         rename("decoder_bias.embedding.weight", "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
         rename("encoder_norm.weight", "encoder.final_layer_norm.weight"),
         rename("decoder_norm.weight", "decoder.final_layer_norm.weight"),
-        rename("lm_head.weight", "lm_head.weight", optional=c.tie_word_embeddings),
+        rename("lm_head.weight", "lm_head.weight", optional=c.tie_weights),
     ]
     for i in range(c.n_layer):
         ours, theirs = f"encoder_blocks.{i}", f"encoder.block.{i}.layer"

@@ -82,10 +82,6 @@ class BertConfig(ModelConfig):
 
     @property
     def max_seq_len(self) -> int:
-        return self.max_length
-
-    @property
-    def max_length(self) -> int:
         """The longest input the position table covers."""
         offset = self.pad_token_id + 1 if self.position_style == "roberta" else 0
         return self.max_positions - offset
@@ -173,8 +169,8 @@ class Bert(Model):
         without a mask, which lets SDPA take its fastest kernel.
         """
         t = input_ids.size(1)
-        if t > self.config.max_length:
-            raise ValueError(f"sequence of {t} tokens exceeds max_length {self.config.max_length}")
+        if t > self.config.max_seq_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_seq_len {self.config.max_seq_len}")
         mask = None
         if attention_mask is not None:
             real_columns = attention_mask.bool().any(dim=0).nonzero()

@@ -1,7 +1,7 @@
 """BigBird (Zaheer et al. 2020): a BERT-shaped encoder with block-sparse attention.
 
-The sequence is cut into blocks of `block_size`; the first and last blocks attend to and are
-attended by everything, every other block attends to its 3 neighbouring blocks, the 2 global
+The sequence is cut into blocks of `sparse_block_size` tokens; the first and last blocks attend
+to and are attended by everything, every other block attends to its 3 neighbouring blocks, the 2 global
 blocks and `n_random_blocks` random blocks drawn from a generator seeded with `seed + layer`, so
 the model is deterministic. Inputs are padded to whole blocks. Sequences of at most
 (5 + 2 r) blocks are too short for the pattern and use full attention, as the reference does.
@@ -20,13 +20,14 @@ from .long_encoder import LongEncoder, LongEncoderConfig
 @dataclasses.dataclass
 class BigBirdConfig(LongEncoderConfig):
     family = "bigbird"
+    aliases = {"block_size": "sparse_block_size"}
     vocab_size: int = 50358
     max_positions: int = 4096
     type_vocab_size: int = 2
     activation: str = "gelu_tanh"
     norm_eps: float = 1e-12
     pad_token_id: int = 0
-    block_size: int = 64
+    sparse_block_size: int = 64
     n_random_blocks: int = 3
     seed: int = 0
 
@@ -36,7 +37,7 @@ class BigBirdConfig(LongEncoderConfig):
 
     def validate(self):
         super().validate()
-        self.require_positive("block_size")
+        self.require_positive("sparse_block_size")
         if not isinstance(self.n_random_blocks, int) or self.n_random_blocks < 0:
             raise self.invalid(f"n_random_blocks must be an integer >= 0, got {self.n_random_blocks!r}")
 
@@ -54,29 +55,29 @@ class BigBird(LongEncoder):
     classifier_activation = "gelu_tanh"
     @staticmethod
     def make_attention(c, layer):
-        return BlockSparseOrFull(c.d_model, c.n_head, c.block_size, c.n_random_blocks, seed=c.seed + layer,
+        return BlockSparseOrFull(c.d_model, c.n_head, c.sparse_block_size, c.n_random_blocks, seed=c.seed + layer,
                                  dropout=c.attn_dropout)
 
     def position_ids(self, input_ids):
         return self.embeddings.pos.weight.new_ones(input_ids.shape).long().cumsum(-1) - 1
 
     def pad_multiple(self, t):
-        sparse = t > (5 + 2 * self.config.n_random_blocks) * self.config.block_size
-        return self.config.block_size if sparse else 1
+        sparse = t > (5 + 2 * self.config.n_random_blocks) * self.config.sparse_block_size
+        return self.config.sparse_block_size if sparse else 1
 
 
 PRESETS.update({
     "bigbird-tiny": BigBirdConfig(vocab_size=256, max_positions=4096, n_layer=2, n_head=4, d_model=128,
-                                  block_size=32, n_random_blocks=2),
+                                  sparse_block_size=32, n_random_blocks=2),
     "bigbird-base": BigBirdConfig(),
-    "bigbird-mlm-tiny": BigBirdConfig(vocab_size=64, max_positions=256, n_layer=2, n_head=2, d_model=32, block_size=8,
-                                      n_random_blocks=1, head="mlm"),
+    "bigbird-mlm-tiny": BigBirdConfig(vocab_size=64, max_positions=256, n_layer=2, n_head=2, d_model=32,
+                                      sparse_block_size=8, n_random_blocks=1, head="mlm"),
 })
 
 
 def _example_batch(config, generator):
     """A masked-LM batch long enough for the block-sparse pattern (more than 5 + 2 r blocks)."""
-    return mlm_batch(config, generator, length=(6 + 2 * config.n_random_blocks) * config.block_size)
+    return mlm_batch(config, generator, length=(6 + 2 * config.n_random_blocks) * config.sparse_block_size)
 
 
 register(FamilySpec(BigBirdConfig, BigBird, kind=ENCODER, block_class=TransformerBlock, tiny_preset="bigbird-mlm-tiny",

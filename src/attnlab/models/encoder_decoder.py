@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserError
 from ..layers import FFN_KINDS, SinusoidalPositions, TransformerBlock, VocabProjection, make_norm, padding_mask
 from ..layers.attention import BACKENDS
 from ..processors import Seq2SeqTokenizers
@@ -26,10 +27,12 @@ POSITION_LAYOUTS = ("interleaved", "halves")
 @dataclasses.dataclass
 class TransformerConfig(ModelConfig):
     family = "transformer"
+    aliases = {"tie_output": "tie_weights"}
+    length_fields = ("max_positions", "max_positions")  # one position table bounds source and target
     vocab_size: int = 256  # the source vocabulary, and the target's when tgt_vocab_size is None
     tgt_vocab_size: int = None
     share_embeddings: bool = True  # one table for source and target tokens (needs one vocabulary)
-    tie_output: bool = True  # the output projection is the target embedding table
+    tie_weights: bool = True  # the output projection is the target embedding table
     d_model: int = 128
     n_head: int = 4
     ffn_hidden: int = 512
@@ -67,16 +70,16 @@ class TransformerConfig(ModelConfig):
             if not isinstance(value, int) or not 0 <= value < min(self.vocab_size, self.target_vocab):
                 raise self.invalid(f"{name}={value!r} must be a token id below the vocabulary size")
 
+    def with_depth(self, kept: list):
+        raise UserError("a transformer model has two depths (n_encoder_layer, n_decoder_layer), not one to change; "
+                        "set both to train a smaller model")
+
     @property
     def target_vocab(self) -> int:
         return self.tgt_vocab_size or self.vocab_size
 
     @property
     def max_seq_len(self) -> int:
-        return self.max_source_len
-
-    @property
-    def max_source_len(self) -> int:
         return self.max_positions
 
     @property
@@ -112,7 +115,7 @@ class EncoderDecoder(Seq2SeqModel):
         else:
             self.logits_bias = None
         self._init_weights()
-        if c.tie_output:
+        if c.tie_weights:
             self.lm_head.weight = self.tgt_emb.weight
 
     def _init_weights(self):

@@ -21,8 +21,9 @@ POSITIONS = ("learned", "sinusoidal", "rotary", "none")
 @dataclasses.dataclass
 class GPTConfig(ModelConfig):
     family = "gpt"
+    aliases = {"block_size": "max_seq_len"}
     vocab_size: int = 256
-    block_size: int = 256
+    max_seq_len: int = 256
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int = None  # None: as many as n_head; fewer gives grouped-query attention
@@ -40,7 +41,7 @@ class GPTConfig(ModelConfig):
     attn_window: int = None  # None: full causal attention; w: each token sees itself and the w before it
 
     def validate(self):
-        self.require_positive("vocab_size", "block_size", "n_layer", "n_head", "d_model")
+        self.require_positive("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model")
         self.require_divisible("d_model", "n_head")
         if self.n_kv_head is not None:
             self.require_positive("n_kv_head")
@@ -60,10 +61,6 @@ class GPTConfig(ModelConfig):
             raise self.invalid("rotary positions need an even head size (d_model / n_head)")
 
     @property
-    def max_seq_len(self) -> int:
-        return self.block_size
-
-    @property
     def ffn_size(self) -> int:
         if self.ffn_hidden:
             return self.ffn_hidden
@@ -77,9 +74,10 @@ class GPT(Model):
         super().__init__(config)
         c = config
         self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos_emb = {"learned": lambda: LearnedPositions(c.block_size, c.d_model),
-                        "sinusoidal": lambda: SinusoidalPositions(c.block_size, c.d_model)}.get(c.position, lambda: None)()
-        self.rotary = RotaryEmbedding(c.d_model // c.n_head, c.block_size, c.rope_base) if c.position == "rotary" else None
+        added = {"learned": LearnedPositions, "sinusoidal": SinusoidalPositions}  # positions added to the input
+        self.pos_emb = added[c.position](c.max_seq_len, c.d_model) if c.position in added else None
+        self.rotary = (RotaryEmbedding(c.d_model // c.n_head, c.max_seq_len, c.rope_base)
+                       if c.position == "rotary" else None)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(c.d_model, c.n_head, c.ffn_size, ffn_kind=c.activation, norm=c.norm, norm_eps=c.norm_eps,
@@ -111,8 +109,8 @@ class GPT(Model):
             return state.rerun(self, input_ids, attention_mask, only_last)
         b, t = input_ids.shape
         past = 0 if state is None else state.length
-        if past + t > self.config.block_size:
-            raise ValueError(f"sequence of {past + t} tokens exceeds block_size {self.config.block_size}")
+        if past + t > self.config.max_seq_len:
+            raise ValueError(f"sequence of {past + t} tokens exceeds max_seq_len {self.config.max_seq_len}")
         if state is not None:
             attention_mask = state.begin(torch.ones_like(input_ids) if attention_mask is None else attention_mask)
         if position_ids is None:  # with left padding each row counts its real tokens
@@ -143,29 +141,29 @@ class GPT(Model):
                                       backend=c.attn_backend)
 
 
-def _gpt2(n_layer, n_head, d_model, block_size=1024):
-    return GPTConfig(vocab_size=50257, block_size=block_size, n_layer=n_layer, n_head=n_head, d_model=d_model,
+def _gpt2(n_layer, n_head, d_model, max_seq_len=1024):
+    return GPTConfig(vocab_size=50257, max_seq_len=max_seq_len, n_layer=n_layer, n_head=n_head, d_model=d_model,
                      activation="gelu_tanh", norm="layernorm", position="learned", bias=True, tie_weights=True)
 
 
-def _llama(n_layer, n_head, d_model, n_kv_head=None, ffn_hidden=None, block_size=2048, vocab_size=32000):
-    return GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head,
-                     d_model=d_model, ffn_hidden=ffn_hidden, activation="swiglu", norm="rmsnorm", norm_eps=1e-6,
-                     position="rotary", bias=False, tie_weights=False)
+def _llama(n_layer, n_head, d_model, n_kv_head=None, ffn_hidden=None, max_seq_len=2048, vocab_size=32000):
+    return GPTConfig(vocab_size=vocab_size, max_seq_len=max_seq_len, n_layer=n_layer, n_head=n_head,
+                     n_kv_head=n_kv_head, d_model=d_model, ffn_hidden=ffn_hidden, activation="swiglu",
+                     norm="rmsnorm", norm_eps=1e-6, position="rotary", bias=False, tie_weights=False)
 
 
 PRESETS.update({
-    "gpt2-nano": _gpt2(4, 4, 128, block_size=256),
-    "gpt2-micro": _gpt2(6, 6, 384, block_size=256),
+    "gpt2-nano": _gpt2(4, 4, 128, max_seq_len=256),
+    "gpt2-micro": _gpt2(6, 6, 384, max_seq_len=256),
     "gpt2-small": _gpt2(12, 12, 768),
     "gpt2-medium": _gpt2(24, 16, 1024),
     "gpt2-large": _gpt2(36, 20, 1280),
-    "llama-nano": _llama(4, 4, 128, n_kv_head=2, block_size=256),
-    "llama-micro": _llama(6, 6, 384, n_kv_head=2, block_size=256),
+    "llama-nano": _llama(4, 4, 128, n_kv_head=2, max_seq_len=256),
+    "llama-micro": _llama(6, 6, 384, n_kv_head=2, max_seq_len=256),
     "llama-small": _llama(12, 12, 768, n_kv_head=4),
     "llama-1b": _llama(16, 32, 2048, n_kv_head=8, ffn_hidden=8192),
-    "llama-7b": _llama(32, 32, 4096, ffn_hidden=11008, block_size=4096),
-    "gpt-tiny": GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, d_model=32),
+    "llama-7b": _llama(32, 32, 4096, ffn_hidden=11008, max_seq_len=4096),
+    "gpt-tiny": GPTConfig(vocab_size=64, max_seq_len=64, n_layer=2, n_head=2, d_model=32),
 })
 
 register(FamilySpec(GPTConfig, GPT, kind=CAUSAL_LM, block_class=TransformerBlock, tiny_preset="gpt-tiny",

@@ -28,8 +28,9 @@ POSITIONS = ("axial", "learned", "rotary")  # rotary: in the attention, not adde
 @dataclasses.dataclass
 class ReformerConfig(ModelConfig):
     family = "reformer"
+    aliases = {"block_size": "max_seq_len"}
     vocab_size: int = 256
-    block_size: int = 1024  # longest sequence (max position)
+    max_seq_len: int = 1024  # longest sequence (max position)
     n_layer: int = 4
     attn_layers: list = None  # "lsh" or "local" per layer; None: all "lsh"
     n_head: int = 4
@@ -49,7 +50,7 @@ class ReformerConfig(ModelConfig):
     local_chunks_after: int = 0
     position: str = "axial"
     rope_base: float = 10000.0
-    axial_shape: list = (32, 32)  # rows * cols >= block_size
+    axial_shape: list = (32, 32)  # rows * cols >= max_seq_len
     axial_dims: list = (64, 64)  # sums to d_model
     ffn_chunk_size: int = 0  # positions per feed-forward chunk; 0: all at once
     dropout: float = 0.0
@@ -59,7 +60,7 @@ class ReformerConfig(ModelConfig):
     pad_id: int = 0  # fills inputs up to a whole number of chunks
 
     def validate(self):
-        self.require_positive("vocab_size", "block_size", "n_layer", "n_head", "d_model", "chunk_length",
+        self.require_positive("vocab_size", "max_seq_len", "n_layer", "n_head", "d_model", "chunk_length",
                               "n_buckets", "n_hashes", "local_chunk_length")
         if self.head_dim is not None:
             self.require_positive("head_dim")
@@ -77,8 +78,8 @@ class ReformerConfig(ModelConfig):
         for name in ("chunks_before", "chunks_after", "local_chunks_before", "local_chunks_after", "ffn_chunk_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise self.invalid(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
-        if self.block_size % self.chunk_multiple:
-            raise self.invalid(f"block_size ({self.block_size}) must be a multiple of the chunk lengths' least "
+        if self.max_seq_len % self.chunk_multiple:
+            raise self.invalid(f"max_seq_len ({self.max_seq_len}) must be a multiple of the chunk lengths' least "
                                f"common multiple ({self.chunk_multiple}): inputs are padded up to whole chunks")
         self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
         self.require_choice("position", POSITIONS)
@@ -89,15 +90,16 @@ class ReformerConfig(ModelConfig):
             self.axial_shape, self.axial_dims = list(self.axial_shape), list(self.axial_dims)
             if len(self.axial_shape) != 2 or len(self.axial_dims) != 2:
                 raise self.invalid("axial_shape and axial_dims need two entries each (rows, cols)")
-            if math.prod(self.axial_shape) < self.block_size:
+            if math.prod(self.axial_shape) < self.max_seq_len:
                 raise self.invalid(f"axial_shape {self.axial_shape} covers {math.prod(self.axial_shape)} positions, "
-                                   f"fewer than block_size {self.block_size}")
+                                   f"fewer than max_seq_len {self.max_seq_len}")
             if sum(self.axial_dims) != self.d_model:
                 raise self.invalid(f"axial_dims {self.axial_dims} must sum to d_model {self.d_model}")
 
-    @property
-    def max_seq_len(self) -> int:
-        return self.block_size
+    def with_depth(self, kept: list):
+        """Fewer layers, each keeping its attention kind."""
+        attn_layers = None if self.attn_layers is None else [self.attn_layers[i] for i in kept]
+        return self.replace(n_layer=len(kept), attn_layers=attn_layers)
 
     @property
     def attention_head_size(self) -> int:
@@ -146,9 +148,9 @@ class Reformer(Model):
         if c.position == "axial":
             self.pos_emb = AxialPositions(c.axial_shape, c.axial_dims)
         elif c.position == "learned":
-            self.pos_emb = LearnedPositions(c.block_size, c.d_model)
+            self.pos_emb = LearnedPositions(c.max_seq_len, c.d_model)
         else:
-            self.rotary = RotaryEmbedding(c.attention_head_size, c.block_size, c.rope_base)
+            self.rotary = RotaryEmbedding(c.attention_head_size, c.max_seq_len, c.rope_base)
         self.drop = nn.Dropout(c.dropout)
         self.layers = ReversibleSequence([self._block(kind) for kind in c.layer_kinds], reversible=c.reversible)
         self.norm_f = nn.LayerNorm(2 * c.d_model, eps=c.norm_eps)
@@ -189,8 +191,8 @@ class Reformer(Model):
         if state is not None:
             return state.rerun(self, input_ids, attention_mask, only_last)
         b, t = input_ids.shape
-        if t > self.config.block_size:
-            raise ValueError(f"sequence of {t} tokens exceeds block_size {self.config.block_size}")
+        if t > self.config.max_seq_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_seq_len {self.config.max_seq_len}")
         input_ids, attention_mask = self._pad_to_chunks(input_ids, attention_mask)
         if position_ids is None:
             position_ids = torch.arange(input_ids.size(1), device=input_ids.device).expand(b, -1)
@@ -220,12 +222,12 @@ class Reformer(Model):
 
 
 PRESETS.update({
-    "reformer-nano": ReformerConfig(n_layer=4, n_head=4, d_model=128, block_size=1024, chunk_length=64, n_buckets=32,
+    "reformer-nano": ReformerConfig(n_layer=4, n_head=4, d_model=128, max_seq_len=1024, chunk_length=64, n_buckets=32,
                                     n_hashes=2, axial_shape=[32, 32], axial_dims=[64, 64]),
-    "reformer-micro": ReformerConfig(n_layer=6, n_head=6, d_model=384, block_size=4096, chunk_length=64,
+    "reformer-micro": ReformerConfig(n_layer=6, n_head=6, d_model=384, max_seq_len=4096, chunk_length=64,
                                      n_buckets=64, n_hashes=2, axial_shape=[64, 64], axial_dims=[128, 256],
                                      attn_layers=["local", "lsh"] * 3),
-    "reformer-tiny": ReformerConfig(vocab_size=64, block_size=64, n_layer=2, attn_layers=["local", "lsh"], n_head=2,
+    "reformer-tiny": ReformerConfig(vocab_size=64, max_seq_len=64, n_layer=2, attn_layers=["local", "lsh"], n_head=2,
                                     d_model=32, chunk_length=8, local_chunk_length=8, n_buckets=4, hash_seed=0,
                                     axial_shape=[8, 8], axial_dims=[16, 16]),
 })

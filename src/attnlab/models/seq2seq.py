@@ -3,7 +3,8 @@ decoding relies on.
 
 A `Seq2SeqModel` implements `encode(input_ids, attention_mask) -> memory (B, S, C)` and
 `decode(decoder_input_ids, memory, attention_mask, cache=None, ...) -> logits (B, T, V)`;
-its config names `pad_id`, `eos_id`, `decoder_start_id` and `max_source_len`.
+its config names `pad_id`, `eos_id`, `decoder_start_id`, `max_seq_len` (longest source) and
+`max_target_len`, and `length_fields`: the fields a user sets to change those two.
 """
 
 import torch
@@ -34,7 +35,7 @@ class Seq2SeqModel(Model):
         return len(self.decoder_blocks)
 
     def check_source_length(self, length: int):
-        limit = self.config.max_source_len
+        limit = self.config.max_seq_len
         if length > limit:
             raise UserError(f"source of {length} tokens is longer than this model allows ({limit}); "
                             "shorten or split the input")

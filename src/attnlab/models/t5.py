@@ -12,6 +12,7 @@ import dataclasses
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserError
 from ..layers import MultiHeadAttention, RelativePositionBias, TransformerBlock, VocabProjection, padding_mask
 from ..layers.attention import BACKENDS
 from ..layers.norms import RMSNorm
@@ -25,10 +26,13 @@ ACTIVATIONS = ("relu", "geglu")
 @dataclasses.dataclass
 class T5Config(ModelConfig):
     family = "t5"
+    aliases = {"d_ff": "ffn_hidden", "d_kv": "head_dim", "tie_word_embeddings": "tie_weights",
+               "max_source_len": "max_seq_len"}
+    length_fields = ("max_seq_len", "max_target_len")  # what sets the longest (source, target)
     vocab_size: int = 32128
     d_model: int = 512
-    d_kv: int = 64  # size of each attention head
-    d_ff: int = 2048
+    head_dim: int = 64  # size of each attention head
+    ffn_hidden: int = 2048
     n_layer: int = 6
     n_decoder_layer: int = None  # None: as many as n_layer
     n_head: int = 8
@@ -37,8 +41,8 @@ class T5Config(ModelConfig):
     dropout: float = 0.1
     norm_eps: float = 1e-6
     activation: str = "relu"  # relu (T5) or geglu (T5 v1.1 "gated-gelu")
-    tie_word_embeddings: bool = True  # output = embedding table, decoder output scaled by d_model^-0.5
-    max_source_len: int = 512  # no position table limits T5; this is the longest source accepted
+    tie_weights: bool = True  # output = embedding table, decoder output scaled by d_model^-0.5
+    max_seq_len: int = 512  # no position table limits T5; this is the longest source accepted
     max_target_len: int = 512
     label_smoothing: float = 0.0
     pad_id: int = 0
@@ -46,13 +50,13 @@ class T5Config(ModelConfig):
     decoder_start_id: int = 0
     attn_backend: str = "sdpa"
 
-    @property
-    def max_seq_len(self) -> int:
-        return self.max_source_len
+    def with_depth(self, kept: list):
+        raise UserError("a t5 model has two depths (n_layer for the encoder, n_decoder_layer for the decoder), not one "
+                        "to change; set both to train a smaller model")
 
     def validate(self):
-        self.require_positive("vocab_size", "d_model", "d_kv", "d_ff", "n_layer", "n_head", "num_buckets",
-                              "max_distance", "max_source_len", "max_target_len")
+        self.require_positive("vocab_size", "d_model", "head_dim", "ffn_hidden", "n_layer", "n_head", "num_buckets",
+                              "max_distance", "max_seq_len", "max_target_len")
         if self.n_decoder_layer is not None:
             self.require_positive("n_decoder_layer")
         self.require_fraction("dropout", "label_smoothing")
@@ -73,9 +77,9 @@ class T5(Seq2SeqModel):
 
         def stack(n_layer, cross_attention):
             return nn.ModuleList(
-                TransformerBlock(c.d_model, c.n_head, c.d_ff, ffn_kind=c.activation, norm="rmsnorm",
+                TransformerBlock(c.d_model, c.n_head, c.ffn_hidden, ffn_kind=c.activation, norm="rmsnorm",
                                  norm_eps=c.norm_eps, prenorm=True, bias=False, dropout=c.dropout,
-                                 cross_attention=cross_attention, attn_scale=1.0, head_dim=c.d_kv,
+                                 cross_attention=cross_attention, attn_scale=1.0, head_dim=c.head_dim,
                                  backend=c.attn_backend)
                 for _ in range(n_layer))
 
@@ -89,7 +93,7 @@ class T5(Seq2SeqModel):
         self.decoder_norm = RMSNorm(c.d_model, c.norm_eps)
         self.lm_head = VocabProjection(c.d_model, c.vocab_size, bias=False)
         self._init_weights()
-        if c.tie_word_embeddings:
+        if c.tie_weights:
             self.lm_head.weight = self.shared.weight
         for module in self.modules():  # every layer adds the same per-head position bias: no layer can lose a head
             if isinstance(module, MultiHeadAttention):
@@ -97,13 +101,13 @@ class T5(Seq2SeqModel):
 
     def _init_weights(self):
         """Mesh TensorFlow's scheme: each projection N(0, fan_in^-0.5), with the query's also
-        carrying the 1/sqrt(d_kv) that the attention itself leaves out."""
+        carrying the 1/sqrt(head_dim) that the attention itself leaves out."""
         c = self.config
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 std = module.in_features ** -0.5
                 if name.endswith("q_proj"):
-                    std = (c.d_model * c.d_kv) ** -0.5
+                    std = (c.d_model * c.head_dim) ** -0.5
                 nn.init.normal_(module.weight, 0.0, std)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, 1.0)
@@ -132,21 +136,21 @@ class T5(Seq2SeqModel):
             x = block(x, mask=mask, causal=True, bias=bias, cache=cache, layer_idx=i, memory=memory,
                       memory_mask=memory_mask)
         x = self.drop(self.decoder_norm(x))
-        if self.config.tie_word_embeddings:
+        if self.config.tie_weights:
             x = x * self.config.d_model ** -0.5
         return self.lm_head(x)  # (B, T, V)
 
 
-def _t5(d_model, d_ff, n_layer, n_head, activation="relu", d_kv=64, vocab_size=32128, **fields):
-    return T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_kv, d_ff=d_ff, n_layer=n_layer, n_head=n_head,
-                    activation=activation, tie_word_embeddings=activation == "relu", **fields)
+def _t5(d_model, ffn_hidden, n_layer, n_head, activation="relu", head_dim=64, vocab_size=32128, **fields):
+    return T5Config(vocab_size=vocab_size, d_model=d_model, head_dim=head_dim, ffn_hidden=ffn_hidden, n_layer=n_layer,
+                    n_head=n_head, activation=activation, tie_weights=activation == "relu", **fields)
 
 
 PRESETS.update({
     "t5-small": _t5(512, 2048, 6, 8),
     "t5-base": _t5(768, 3072, 12, 12),
     "t5-v1_1-small": _t5(512, 1024, 8, 6, activation="geglu", n_decoder_layer=8),
-    "t5-tiny": _t5(64, 256, 2, 4, d_kv=16, vocab_size=256, max_source_len=128, max_target_len=128),
+    "t5-tiny": _t5(64, 256, 2, 4, head_dim=16, vocab_size=256, max_seq_len=128, max_target_len=128),
 })
 
 register(FamilySpec(T5Config, T5, kind=SEQ2SEQ, block_class=TransformerBlock, tiny_preset="t5-tiny",

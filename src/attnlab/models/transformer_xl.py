@@ -26,8 +26,9 @@ from .base import CAUSAL_LM, PRESETS, FamilySpec, Model, ModelOutput, causal_lm_
 @dataclasses.dataclass
 class TransformerXLConfig(ModelConfig):
     family = "transformer_xl"
+    aliases = {"block_size": "max_seq_len"}
     vocab_size: int = 256
-    block_size: int = 512  # tokens per training sample / generation window (any number of segments)
+    max_seq_len: int = 512  # tokens per training sample / generation window (any number of segments)
     segment_length: int = 128
     mem_len: int = 128  # cached tokens per layer; 0 disables the recurrence
     n_layer: int = 4
@@ -44,7 +45,7 @@ class TransformerXLConfig(ModelConfig):
     attn_backend: str = "sdpa"
 
     def validate(self):
-        self.require_positive("vocab_size", "block_size", "segment_length", "n_layer", "n_head", "d_model")
+        self.require_positive("vocab_size", "max_seq_len", "segment_length", "n_layer", "n_head", "d_model")
         if not isinstance(self.mem_len, int) or self.mem_len < 0:
             raise self.invalid(f"mem_len must be a non-negative integer, got {self.mem_len!r}")
         if self.head_dim is not None:
@@ -58,10 +59,6 @@ class TransformerXLConfig(ModelConfig):
         self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
         self.require_choice("attn_backend", BACKENDS)
         self.require_fraction("dropout", "attn_dropout")
-
-    @property
-    def max_seq_len(self) -> int:
-        return self.block_size
 
 
 @dataclasses.dataclass
@@ -182,11 +179,11 @@ class TransformerXL(Model):
 
 
 PRESETS.update({
-    "transformer-xl-nano": TransformerXLConfig(n_layer=4, n_head=4, d_model=128, block_size=512, segment_length=128,
+    "transformer-xl-nano": TransformerXLConfig(n_layer=4, n_head=4, d_model=128, max_seq_len=512, segment_length=128,
                                                mem_len=128),
-    "transformer-xl-micro": TransformerXLConfig(n_layer=6, n_head=6, d_model=384, block_size=1024, segment_length=256,
+    "transformer-xl-micro": TransformerXLConfig(n_layer=6, n_head=6, d_model=384, max_seq_len=1024, segment_length=256,
                                                 mem_len=256),
-    "transformer-xl-tiny": TransformerXLConfig(vocab_size=64, block_size=64, segment_length=16, mem_len=64, n_layer=2,
+    "transformer-xl-tiny": TransformerXLConfig(vocab_size=64, max_seq_len=64, segment_length=16, mem_len=64, n_layer=2,
                                                n_head=2, d_model=32),
 })
 

@@ -103,7 +103,7 @@ class Engine:
     def __init__(self, model, config: EngineConfig = None):
         self.model, self.config = model.eval(), config or EngineConfig()
         self.device = next(model.parameters()).device
-        self.block_size = model.config.block_size
+        self.max_seq_len = model.config.max_seq_len
         self.recurrent = model.init_state(1, 1).recurrent  # fixed-size state: no context limit on generation
         self.waiting = collections.deque()
         self.cond = threading.Condition()
@@ -187,7 +187,7 @@ class Engine:
     @torch.no_grad()
     def _prefill(self, seq):
         ids = torch.tensor([seq.prompt_ids], device=self.device)  # (1, T)
-        state = self.model.init_state(1, min(self.block_size, len(seq.prompt_ids) + seq.sampling.max_new_tokens))
+        state = self.model.init_state(1, min(self.max_seq_len, len(seq.prompt_ids) + seq.sampling.max_new_tokens))
         logits = self.model(ids, state=state, only_last=True).logits[:, -1]
         return state, seq.sample(logits)
 

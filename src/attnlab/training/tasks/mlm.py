@@ -25,7 +25,7 @@ from .base import Run, Task, TextTokenizer, cached_splits, model_config, require
 class MLMData(Config):
     section = "data"
     path: str = None  # text file or folder
-    seq_len: int = None  # None: 128, or the model's max_length if shorter
+    seq_len: int = None  # None: 128, or the model's context if shorter
     mask_prob: float = 0.15
     whole_word: bool = False  # mask every WordPiece of a chosen word
     nsp: bool = False  # next-sentence prediction as a second objective

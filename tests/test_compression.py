@@ -10,7 +10,6 @@ from attnlab.compression import (Distiller, distillation_loss, inject_lora, iter
                                  prune_structured, quantize_model, save_lora, sparsity_report, unmerge_lora)
 from attnlab.compression.quantize import Int8Linear, convert_qat, linear_weight_bytes, quantize_per_channel
 from attnlab.errors import UserError
-from attnlab.layers import ReversibleBlock, TransformerBlock
 from attnlab.models import GPT, GPTConfig, build_model, preset
 
 
@@ -243,10 +242,10 @@ def test_magnitude_pruning_reports_sparsity_honestly_and_stays_sparse():
 def test_distillation_loss_is_zero_for_identical_models():
     teacher = tiny_gpt()
     student = tiny_gpt()
-    loss = Distiller(teacher, student, TransformerBlock, temperature=3.0, alpha=0.0, hidden_weight=1.0)(student, batch())
+    loss = Distiller(teacher, student, temperature=3.0, alpha=0.0, hidden_weight=1.0)(student, batch())
     assert loss.total.item() == 0.0 and loss.soft.item() == 0.0 and loss.hidden.item() == 0.0
     different = tiny_gpt(seed=3)
-    loss = Distiller(teacher, different, TransformerBlock, alpha=0.0, hidden_weight=1.0)(different, batch())
+    loss = Distiller(teacher, different, alpha=0.0, hidden_weight=1.0)(different, batch())
     assert loss.soft.item() > 0 and loss.hidden.item() > 0
 
 
@@ -260,33 +259,33 @@ def test_distillation_loss_mixes_hard_and_soft_terms():
 
 def test_student_from_teacher_layers_and_training_step():
     teacher = tiny_gpt(n_layer=6)
-    student = make_student(teacher, 3, TransformerBlock)
+    student = make_student(teacher, 3)
     assert student.config.n_layer == 3 and len(student.blocks) == 3
     assert torch.equal(student.blocks[1].ffn.up.weight, teacher.blocks[2].ffn.up.weight)  # map [0, 2, 5]
     assert torch.equal(student.blocks[2].ffn.up.weight, teacher.blocks[5].ffn.up.weight)
     assert torch.equal(student.tok_emb.weight, teacher.tok_emb.weight)
-    fresh = make_student(teacher, 2, TransformerBlock, init="fresh")
+    fresh = make_student(teacher, 2, init="fresh")
     assert not torch.equal(fresh.blocks[0].ffn.up.weight, teacher.blocks[0].ffn.up.weight)
-    distiller = Distiller(teacher, student, TransformerBlock, hidden_weight=0.5)
+    distiller = Distiller(teacher, student, hidden_weight=0.5)
     student.train()
     distiller(student, batch()).total.backward()
     assert student.blocks[0].ffn.up.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters())
     with pytest.raises(UserError, match="between 1 and 6"):
-        make_student(teacher, 7, TransformerBlock)
+        make_student(teacher, 7)
 
 
 def test_reformer_student_keeps_the_attention_kind_of_each_kept_layer():
     torch.manual_seed(0)
     teacher = build_model(preset("reformer-tiny", n_layer=4, attn_layers=["local", "lsh", "lsh", "local"])).eval()
-    student = make_student(teacher, 2, ReversibleBlock)  # default map [0, 3]
+    student = make_student(teacher, 2)  # default map [0, 3]
     assert student.config.n_layer == 2 and student.config.attn_layers == ["local", "local"]
     assert torch.equal(student.layers.blocks[1].f.attn.q_proj.weight, teacher.layers.blocks[3].f.attn.q_proj.weight)
-    mapped = make_student(teacher, 2, ReversibleBlock, layer_map=[1, 3])
+    mapped = make_student(teacher, 2, layer_map=[1, 3])
     assert mapped.config.attn_layers == ["lsh", "local"]
     assert torch.equal(mapped.layers.blocks[0].f.attn.qk_proj.weight, teacher.layers.blocks[1].f.attn.qk_proj.weight)
     student.train()
-    loss = Distiller(teacher, student, ReversibleBlock, hidden_weight=0.5)(student, batch())
+    loss = Distiller(teacher, student, hidden_weight=0.5)(student, batch())
     loss.total.backward()
     assert torch.isfinite(loss.total) and student.layers.blocks[0].g.ffn.up.weight.grad is not None
 
@@ -294,4 +293,4 @@ def test_reformer_student_keeps_the_attention_kind_of_each_kept_layer():
 @pytest.mark.parametrize("name", ["transformer-tiny", "t5-tiny"])
 def test_encoder_decoder_student_is_a_one_line_refusal(name):
     with pytest.raises(UserError, match="has two depths"):
-        make_student(build_model(preset(name)), 1, TransformerBlock)
+        make_student(build_model(preset(name)), 1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..models.base import build_model
+from ..models.base import build_model, family_spec
 
 
 @dataclasses.dataclass
@@ -41,9 +41,10 @@ def distillation_loss(student_logits, teacher_logits, hard_loss=None, temperatur
     return DistillLoss(total, hard, soft, hidden)
 
 
-def block_list(model: nn.Module, block_class: type) -> tuple:
-    """(attribute path, ModuleList) of the model's blocks: its repeated layer, `block_class`
-    (TransformerBlock, Transformer-XL's RelativeBlock, the Reformer's ReversibleBlock)."""
+def block_list(model: nn.Module) -> tuple:
+    """(attribute path, ModuleList) of the model's blocks: the repeated layer its family's spec
+    names (TransformerBlock, Transformer-XL's RelativeBlock, the Reformer's ReversibleBlock)."""
+    block_class = family_spec(model).block_class
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and module and all(isinstance(b, block_class) for b in module):
             return name, module
@@ -57,11 +58,11 @@ def default_layer_map(n_teacher: int, n_student: int) -> list:
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
 
 
-def make_student(teacher: nn.Module, n_layer: int, block_class: type, init="teacher", layer_map=None) -> nn.Module:
-    """A copy of the teacher's architecture with `n_layer` blocks (of `block_class`) shaped like
+def make_student(teacher: nn.Module, n_layer: int, init="teacher", layer_map=None) -> nn.Module:
+    """A copy of the teacher's architecture with `n_layer` blocks shaped like
     the teacher's layers `layer_map` (default: evenly spaced), initialised from them (and all the
     teacher's non-block weights) or fresh."""
-    prefix, blocks = block_list(teacher, block_class)
+    prefix, blocks = block_list(teacher)
     if not 0 < n_layer <= len(blocks):
         raise UserError(f"the student needs between 1 and {len(blocks)} layers, got {n_layer}")
     if init not in ("teacher", "fresh"):
@@ -85,14 +86,13 @@ def make_student(teacher: nn.Module, n_layer: int, block_class: type, init="teac
 
 class Distiller:
     """loss_fn(student, batch) -> DistillLoss for a training loop; captures hidden states of
-    student block i and teacher block layer_map[i] (blocks of `block_class`) with forward hooks."""
+    student block i and teacher block layer_map[i] with forward hooks."""
 
-    def __init__(self, teacher, student, block_class: type, temperature=2.0, alpha=0.5, hidden_weight=0.0,
-                 layer_map=None):
+    def __init__(self, teacher, student, temperature=2.0, alpha=0.5, hidden_weight=0.0, layer_map=None):
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature, self.alpha, self.hidden_weight = temperature, alpha, hidden_weight
-        _, teacher_blocks = block_list(teacher, block_class)
-        _, student_blocks = block_list(student, block_class)
+        _, teacher_blocks = block_list(teacher)
+        _, student_blocks = block_list(student)
         layer_map = layer_map or default_layer_map(len(teacher_blocks), len(student_blocks))
         self.captured = {"student": [], "teacher": []}
         if hidden_weight:

@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 
 from ..errors import UserError
-from ..models.base import family_spec
 from ..training.finetune import fit
 from .distill import Distiller, make_student
 from .prune import prune_structured
@@ -49,10 +48,9 @@ def run_stage(model, stage, train, val, names, config, log=print, temperature=2.
     """Apply one stage to `model` -> (new model, details dict)."""
     name, value = stage
     if name == "distill":
-        block_class = family_spec(model).block_class
-        student = make_student(model, value, block_class)
+        student = make_student(model, value)
         result = fit(student, train, val, names, config,
-                     loss_fn=Distiller(model, student, block_class, temperature=temperature, alpha=alpha),
+                     loss_fn=Distiller(model, student, temperature=temperature, alpha=alpha),
                      log=log)
         return student, {"layers": value, "train_seconds": result["seconds"]}
     if name == "prune":

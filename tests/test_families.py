@@ -127,6 +127,9 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
                 assert reply.status_code == 200, reply.text
                 choice = reply.json()["choices"][0]
                 assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
+            elif path == "/v1/classify":  # the tiny encoders carry a masked-LM head, not a classifier
+                message = reply.json()["error"]["message"]
+                assert reply.status_code == 400 and "not a sequence classifier" in message and "\n" not in message
             elif path == "/v1/embeddings":
                 assert reply.status_code == 200, reply.text
                 vectors = torch.tensor([row["embedding"] for row in reply.json()["data"]])

@@ -1,6 +1,12 @@
-"""Model families, one small file each, composed from layers; a registry name -> (config, model)."""
+"""Model families, one small file each, composed from layers, each registering its FamilySpec.
 
-from . import bert, bigbird, encoder_decoder, gpt, longformer, reformer, t5, transformer_xl  # noqa: F401  (register)
+Every module of this package is imported here, so a new family's file registers itself with no
+line to add anywhere; the names below are the families' classes, for convenience.
+"""
+
+import importlib
+import pkgutil
+
 from .base import FAMILIES, PRESETS, Model, ModelOutput, build_model, config_from_dict, preset
 from .bert import Bert, BertConfig
 from .bigbird import BigBird, BigBirdConfig
@@ -16,3 +22,6 @@ __all__ = ["Bert", "BertConfig", "BigBird", "BigBirdConfig", "EncoderDecoder", "
            "Longformer", "LongformerConfig", "Model", "ModelOutput", "PRESETS", "Reformer", "ReformerConfig",
            "Seq2SeqModel", "T5", "T5Config", "TransformerConfig", "TransformerXL", "TransformerXLConfig",
            "build_model", "config_from_dict", "preset"]
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -49,6 +49,13 @@ def test_top_k_and_top_p_restrict_the_support():
     assert (next_token(logits, Sampling(temperature=0)) == 0).all()
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-40])
+def test_a_tiny_temperature_samples_the_best_token(temperature):
+    logits = torch.tensor([[4.0, 3.0, 9.0, 1.0], [-2.0, 7.0, 0.0, 1.0]])
+    picked = next_token(logits, Sampling(temperature=temperature), torch.Generator().manual_seed(0))
+    assert picked.tolist() == [2, 1]
+
+
 def test_eos_stops_a_row_and_is_not_returned(model):
     first = generate(model, PROMPTS, Sampling(max_new_tokens=10, temperature=0))
     eos = first[0][3]

@@ -40,11 +40,12 @@ def free_port() -> int:
 class LiveServer:
     """A real uvicorn server on a free localhost port, run on a thread of the test process."""
 
-    def __init__(self, app):
+    def __init__(self, app, grace=None):
         self.app = app
         self.url = f"http://127.0.0.1:{free_port()}"
         port = int(self.url.rsplit(":", 1)[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical",
+                                                    timeout_graceful_shutdown=grace))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -225,13 +226,66 @@ def test_health_and_prometheus_metrics(gpt_server):
     ({"prompt": "abc", "top_p": 0}, 422, "top_p"),
     ({"max_tokens": 4}, 422, "prompt: required field is missing"),
     ({"prompt": "ABC"}, 400, "never saw"),
-    ({"prompt": "abc", "stop": ["a", "b", "c", "d", "e"]}, 400, "at most 4 stop strings"),
+    ({"prompt": "abc", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop: List should have at most 4 items"),
     ({"prompt": ["ab"] * 3, "n": 16}, 400, "split the request"),
 ])
 def test_bad_requests_get_a_clear_4xx(gpt_server, body, status, words):
     r = gpt_server.post("/v1/completions", body)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"prompt": "abc", "seed": 2 ** 64}, "seed: Input should be less than or equal to 18446744073709551615"),
+    ({"prompt": "abc", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"prompt": "abc", "max_tokens": 2 ** 63}, "max_tokens: Input should be less than or equal to 2147483647"),
+    ({"prompt": []}, "prompt: List should have at least 1 item after validation, not 0"),
+    ({"prompt": ["ab", ""]}, "prompt.1: String should have at least 1 character"),
+    ({"prompt": ""}, "prompt: String should have at least 1 character"),
+    ({"prompt": "abc", "stop": [""]}, "stop.0: String should have at least 1 character"),
+    ({"prompt": "abc", "temperature": float("nan")}, "temperature: Input should be a finite number"),
+    ({"prompt": "abc", "top_p": float("inf")}, "top_p: Input should be a finite number"),
+])
+def test_out_of_range_fields_get_422_naming_the_field(gpt_server, body, words):
+    r = httpx.post(gpt_server.url + "/v1/completions", content=json.dumps(body), timeout=10,
+                   headers={"content-type": "application/json"})  # json.dumps writes NaN and Infinity as Python reads them
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"] == words
+
+
+def test_the_largest_seed_samples_every_choice(gpt_server):
+    body = {"prompt": "abc", "max_tokens": 3, "seed": 2 ** 64 - 1, "n": 3}
+    first, second = gpt_server.post("/v1/completions", body), gpt_server.post("/v1/completions", body)
+    assert first.status_code == 200, first.text
+    assert first.json()["choices"] == second.json()["choices"]
+
+
+@pytest.mark.parametrize("path, content, status, words", [
+    ("/v1/completions", b'{"prompt": "' + bytes([0xff, 0xfe]) + b'"}', 400, "error parsing the body"),
+    ("/v1/completions", b"[" * 100_000 + b"]" * 100_000, 400, "error parsing the body"),
+    ("/v1/nothing", b"{}", 404, "POST /v1/nothing: Not Found"),
+])
+def test_unreadable_bodies_and_unknown_paths_get_the_error_shape(gpt_server, path, content, status, words):
+    r = httpx.post(gpt_server.url + path, content=content, timeout=10, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert set(r.json()) == {"error"} and words in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_openapi_documents_every_error_status_and_the_schema_refuses_empty_lists(gpt_server):
+    spec = gpt_server.get("/openapi.json").json()
+    for path, statuses in (("/v1/completions", {"200", "400", "422", "429", "503", "504"}),
+                           ("/v1/embeddings", {"200", "400", "413", "422", "429", "503", "504"})):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert set(responses) == statuses
+        for status in statuses - {"200"}:
+            assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    schemas = spec["components"]["schemas"]
+    for model, field in (("CompletionRequest", "prompt"), ("EncodeRequest", "input")):
+        text, texts = schemas[model]["properties"][field]["anyOf"]
+        assert text == {"type": "string", "minLength": 1}
+        assert texts["minItems"] == 1 and texts["items"] == {"type": "string", "minLength": 1}
+    assert schemas["CompletionRequest"]["properties"]["seed"]["anyOf"][0]["maximum"] == float(2 ** 64 - 1)
 
 
 def test_malformed_json_and_wrong_endpoint_kind(gpt_server):
@@ -373,6 +427,59 @@ def test_classify_returns_the_classifier_probabilities(tokenizer):
     assert data[1]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
+def slow_bert(rows_seen, seconds_per_row=0.0):
+    """A tiny BERT classifier that records the rows of each forward and sleeps for each row."""
+    torch.manual_seed(0)
+    model = Bert(BertConfig(vocab_size=len(ALPHABET), max_positions=32, n_layer=1, n_head=2, d_model=16,
+                            head="sequence", n_labels=2)).eval()
+
+    def hook(module, args, kwargs):
+        rows = len(kwargs["input_ids"])
+        rows_seen.append(rows)
+        time.sleep(seconds_per_row * rows)
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return model
+
+
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/classify"])
+def test_encoder_requests_past_the_input_or_token_limits_get_413(tokenizer, path):
+    rows = []
+    config = ServeConfig(max_inputs=4, max_request_tokens=20, encode_batch=2)
+    with LiveServer(create_app(slow_bert(rows), tokenizer, config)) as server:
+        many = server.post(path, {"input": ["ab"] * 5})
+        long = server.post(path, {"input": ["abcdefghij"] * 3})
+        fits = server.post(path, {"input": ["abcdefghi", "abcdefghi", "ab"]})  # 20 tokens
+    assert many.status_code == 413 and "5 inputs in one request" in many.json()["error"]["message"]
+    assert "limit of 4" in many.json()["error"]["message"]
+    assert long.status_code == 413 and "30 tokens in all" in long.json()["error"]["message"]
+    assert fits.status_code == 200 and len(fits.json()["data"]) == 3
+    assert rows == [2, 1]  # only the request that fits ran, in batches of 2
+
+
+def test_an_encoder_request_past_its_deadline_stops_and_frees_the_worker(tokenizer):
+    rows = []
+    app = create_app(slow_bert(rows, seconds_per_row=0.01), tokenizer, ServeConfig(timeout_s=0.5, encode_batch=4))
+    with LiveServer(app) as server:
+        big = server.post("/v1/embeddings", {"input": ["abc"] * 200})  # 2 s of work
+        assert big.status_code == 504 and "time limit" in big.json()["error"]["message"]
+        small = server.post("/v1/embeddings", {"input": "abc"})  # would wait behind the rest of it
+        assert small.status_code == 200, small.text
+    assert sum(rows) < 100
+
+
+def test_an_encoder_request_whose_client_left_stops(tokenizer):
+    rows = []
+    app = create_app(slow_bert(rows, seconds_per_row=0.01), tokenizer, ServeConfig(encode_batch=4))
+    with LiveServer(app) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            server.post("/v1/embeddings", {"input": ["abc"] * 200}, timeout=0.3)
+        _wait_for(lambda: app.state.worker.queue_depth == 0, timeout=3)
+        done = sum(rows)
+        time.sleep(0.2)
+        assert sum(rows) == done < 100  # nothing more ran for it
+
+
 # -- graceful shutdown, and the command line ----------------------------------------------------------
 def test_shutdown_lets_an_in_flight_stream_finish(tokenizer):
     app = create_app(tiny_gpt(delay=0.01), tokenizer, ServeConfig())
@@ -392,12 +499,57 @@ def test_shutdown_lets_an_in_flight_stream_finish(tokenizer):
     assert not app.state.worker.thread.is_alive()  # the engine stopped with the server
 
 
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "the", "max_tokens": 60, "temperature": 0}),
+    ("/v1/embeddings", {"input": ["abc"] * 200}),
+])
+def test_requests_cut_off_past_the_grace_get_503_and_streams_an_error_event(tokenizer, path, body):
+    model = tiny_gpt(delay=0.02) if path == "/v1/completions" else slow_bert([], seconds_per_row=0.01)
+    app = create_app(model, tokenizer, ServeConfig())
+    server = LiveServer(app, grace=0.3).__enter__()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            whole = pool.submit(server.post, path, body)
+            if path == "/v1/completions":
+                with httpx.stream("POST", server.url + path, timeout=30, json={**body, "stream": True}) as r:
+                    lines = r.iter_lines()
+                    next(lines)
+                    server.server.should_exit = True
+                    events = [line for line in lines if line.startswith("data: ")]
+                assert events[-1] == "data: [DONE]"
+                assert "shutting down" in json.loads(events[-2][6:])["error"]["message"]
+            else:
+                _wait_for(lambda: app.state.worker.queue_depth == 1)
+                server.server.should_exit = True
+            cut = whole.result()
+    finally:
+        server.__exit__()
+    assert cut.status_code == 503 and "shutting down" in cut.json()["error"]["message"]
+
+
 def test_serve_command_refuses_bad_options(tmp_path, capsys):
     from attnlab.cli import main
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "--max-batch must be a positive integer" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-inputs", "0"]) == 2
+    assert "--max-inputs must be a positive integer" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_serve_command_limits_reach_the_server(tmp_path, tokenizer):
+    from fastapi.testclient import TestClient
+    from attnlab.cli import build_parser
+    from attnlab.commands.serve import server_app
+
+    save_checkpoint(tmp_path / "bert", slow_bert([]), tokenizer)
+    args = build_parser().parse_args(["serve", str(tmp_path / "bert"), "--max-inputs", "2", "--max-request-tokens",
+                                      "5", "--device", "cpu"])
+    with TestClient(server_app(args)) as client:
+        many = client.post("/v1/embeddings", json={"input": ["a", "b", "c"]})
+        long = client.post("/v1/embeddings", json={"input": ["abc", "abc"]})
+    assert many.status_code == 413 and "limit of 2" in many.json()["error"]["message"]
+    assert long.status_code == 413 and "limit of 5" in long.json()["error"]["message"]
 
 
 @pytest.mark.slow

@@ -15,6 +15,12 @@ def register(sub):
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (1 = one at a time)")
     p.add_argument("--max-queue", type=int, default=64, help="sequences allowed to wait; more get HTTP 429")
+    p.add_argument("--max-inputs", type=int, default=256,
+                   help="inputs per /v1/embeddings or /v1/classify request; more get HTTP 413")
+    p.add_argument("--max-request-tokens", type=int, default=32768,
+                   help="tokens per encoder request, all inputs together; more get HTTP 413")
+    p.add_argument("--encode-batch", type=int, default=32,
+                   help="inputs the encoder runs at once (a request's time limit is checked between batches)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get to finish on shutdown")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -37,7 +43,7 @@ def server_app(args):
 
     from ..serving.app import ServeConfig, create_app
 
-    for name in ("max_batch", "max_queue", "port", "threads"):
+    for name in ("max_batch", "max_queue", "max_inputs", "max_request_tokens", "encode_batch", "port", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.timeout <= 0 or args.grace < 0:
@@ -50,7 +56,8 @@ def server_app(args):
     if processor is None:
         raise UserError(f"{path} has no tokenizer.json; the server needs one to read text")
     config = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.timeout,
-                         model_name=args.name or str(args.checkpoint))
+                         model_name=args.name or str(args.checkpoint), max_inputs=args.max_inputs,
+                         max_request_tokens=args.max_request_tokens, encode_batch=args.encode_batch)
     print(f"serving {model.config.family} model from {path} on http://{args.host}:{args.port} ({device})",
           file=sys.stderr)
     return create_app(model, processor, config)

@@ -39,7 +39,10 @@ def next_token(logits, sampling: Sampling, generator=None):
     """logits (B, V) -> token ids (B,)."""
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / sampling.temperature
+    # in float64, where any positive temperature is non-zero; the best logit becomes 0, so a tiny temperature
+    # sends the others to -inf, never to inf (inf - inf = NaN)
+    logits = logits.double()
+    logits = (logits - logits.amax(-1, keepdim=True)) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):
         kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -7,24 +7,29 @@
     GET  /health           liveness and what is loaded
     GET  /metrics          Prometheus text: requests, tokens, queue depth, latency histograms
 
-Bad requests get a 4xx with one message in OpenAI's error shape; a full queue gets 429 with
-Retry-After; a request past its time limit gets 504. A client that disconnects has its
-sequences cancelled at the next decoding step.
+Every error, ours or the framework's, is one message in OpenAI's shape `{"error": {"message", "type"}}`:
+422 for a body outside the schema (every numeric field has a documented range), 400 for a request
+the model cannot serve, 413 for an encoder request past the server's input or token limits, 429
+with Retry-After when the queue is full, 504 past the request's time limit, 503 at shutdown (a
+stream cut off past the grace gets a final error event and [DONE]). A client that disconnects has
+its work cancelled at the next decoding step or encoder batch.
 """
 
 import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import threading
 import time
 import uuid
-from typing import Optional, Union
+from typing import Annotated, Optional, Union
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +52,9 @@ class ServeConfig:
     max_queue: int = 64  # sequences (or encoder requests) waiting; more get 429
     timeout_s: float = 60.0  # per request
     model_name: str = "attnlab"
+    max_inputs: int = 256  # inputs per /v1/embeddings or /v1/classify request; more get 413
+    max_request_tokens: int = 32768  # tokens per encoder request, all inputs together; more get 413
+    encode_batch: int = 32  # inputs the encoder runs at once; a request's time limit is checked between batches
 
 
 class ApiError(Exception):
@@ -60,21 +68,55 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+SEED_MAX = 2 ** 64 - 1  # the largest seed a torch generator takes; choice i uses (seed + i) mod 2^64
+MAX_TOKENS_LIMIT = 2 ** 31 - 1  # the schema's bound; the model's context bounds max_tokens further (400)
+Text = Annotated[str, Field(min_length=1)]
+Texts = Union[Text, Annotated[list[Text], Field(min_length=1)]]
+
+
 class CompletionRequest(_Body):
-    prompt: Union[str, list[str]] = Field(min_length=1)
+    prompt: Texts = Field(description="one prompt or a non-empty list of prompts, none of them empty")
     model: Optional[str] = None
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=16)
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_LIMIT,
+                            description="tokens to generate per choice; prompt + max_tokens must fit the context")
+    temperature: float = Field(1.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    n: int = Field(1, ge=1, le=16, description="choices per prompt; prompts x n must fit the server's queue")
+    stop: Optional[Union[Text, Annotated[list[Text], Field(max_length=MAX_STOP_STRINGS)]]] = Field(
+        None, description=f"up to {MAX_STOP_STRINGS} non-empty stop strings")
+    seed: Optional[int] = Field(None, ge=0, le=SEED_MAX, description="0 to 2^64 - 1; reproducible sampling")
     stream: bool = False
 
 
 class EncodeRequest(_Body):
-    input: Union[str, list[str]] = Field(min_length=1)
+    input: Texts = Field(description="one text or a non-empty list of texts, none of them empty; the server "
+                                     "bounds the number of inputs and their total tokens (413)")
     model: Optional[str] = None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _documented(*statuses) -> dict:
+    """FastAPI `responses=` for the error statuses an endpoint can answer, all in the one error shape."""
+    return {status: {"model": ErrorBody, "description": ERROR_STATUSES[status]} for status in statuses}
+
+
+ERROR_STATUSES = {
+    400: "the request is well-formed but cannot be served (wrong endpoint for the model, too long for its context, "
+         "text the tokenizer cannot read)",
+    413: "too many inputs or tokens in one request (limits: `attnlab serve --max-inputs --max-request-tokens`)",
+    422: "the body does not match the schema (unknown field, wrong type, value out of range, invalid JSON)",
+    429: "the server's queue is full; retry after the Retry-After header's seconds",
+    503: "the server is shutting down",
+    504: "the request ran past the server's time limit",
+}
 
 
 # The endpoints each kind of model answers (models/base.py KINDS); the others are refused with a 400.
@@ -123,12 +165,80 @@ class MetricsMiddleware:
             self.metrics.latency.observe(time.perf_counter() - start, path)
 
 
+class CutOffMiddleware:
+    """Past the shutdown grace, uvicorn cancels the requests still running. Each then gets a 503, or,
+    when its event stream has begun, a final error event and [DONE], instead of a dropped connection.
+    (A cancelled event stream may also return quietly, unfinished: it is finished here the same way;
+    for a client that has gone, uvicorn drops what is sent.)"""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, ended = [], []  # the response's start message, once sent; whether its last body part was
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                started.append(message)
+            elif not message.get("more_body", False):
+                ended.append(True)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except asyncio.CancelledError:
+            if not started:
+                return await _send_unavailable(send)
+            if not _is_event_stream(started[0]):
+                raise  # a JSON body half-sent: nothing valid can follow
+        if started and not ended and _is_event_stream(started[0]):
+            await send({"type": "http.response.body", "body": (_sse(SHUTDOWN_ERROR) + "data: [DONE]\n\n").encode()})
+
+
+SHUTDOWN_MESSAGE = "the server is shutting down; retry elsewhere or later"
+SHUTDOWN_ERROR = {"error": {"message": SHUTDOWN_MESSAGE, "type": "server_error"}}
+
+
+def _is_event_stream(start_message) -> bool:
+    return any(name == b"content-type" and value.startswith(b"text/event-stream")
+               for name, value in start_message["headers"])
+
+
+async def _send_unavailable(send):
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1")]})
+    await send({"type": "http.response.body", "body": json.dumps(SHUTDOWN_ERROR).encode()})
+
+
 KNOWN_PATHS = ("/v1/completions", "/v1/embeddings", "/v1/classify", "/health", "/metrics")
+
+
+class Job:
+    """One request's work on the worker thread: its batches run in turn, and the rest are skipped once
+    its deadline has passed or it has been cancelled (client gone, request ended)."""
+
+    def __init__(self, fn, batches, deadline):
+        self.fn, self.batches, self.deadline = fn, batches, deadline
+        self.cancelled = False
+
+    def stopped(self) -> bool:
+        return self.cancelled or time.monotonic() > self.deadline
+
+    def __call__(self) -> Optional[list]:
+        """All batches' results, or None when stopped before the last."""
+        results = []
+        for batch in self.batches:
+            if self.stopped():
+                return None
+            results.extend(self.fn(batch))
+        return results
 
 
 class ModelRunner:
     """Requests that run whole (encoders, seq2seq decoding) run one at a time on a worker thread,
-    with a bounded number waiting and a time limit each."""
+    in bounded batches, with a bounded number waiting and a time limit each."""
 
     def __init__(self, model, max_queue, timeout_s):
         self.model, self.max_queue, self.timeout_s = model, max_queue, timeout_s
@@ -136,20 +246,36 @@ class ModelRunner:
         self.pending = 0
         self.lock = threading.Lock()
 
-    async def run(self, fn, *args):
+    async def run(self, fn, batches, request: Request) -> list:
+        """fn(batch) -> a list of results, for each batch in turn -> all results; 504 past the time limit."""
         with self.lock:
             if self.pending >= self.max_queue:
                 raise QueueFull(f"{self.pending} requests are already waiting (limit {self.max_queue})")
             self.pending += 1
+        job = Job(fn, batches, time.monotonic() + self.timeout_s)
         try:
-            job = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-            return await asyncio.wait_for(job, self.timeout_s)
-        except asyncio.TimeoutError:
-            raise ApiError(504, "the request ran past the server's time limit; send fewer or shorter inputs",
-                           "timeout_error") from None
+            future = asyncio.get_running_loop().run_in_executor(self.pool, job)
+            while not future.done():
+                await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+                if future.done():
+                    break
+                if time.monotonic() > job.deadline:
+                    raise self.timeout_error()
+                if await request.is_disconnected():
+                    raise ApiError(499, "the client closed the request", "client_closed")  # nobody reads it
+            results = future.result()
+            if results is None:  # its deadline passed while it waited for the worker
+                raise self.timeout_error()
+            return results
         finally:
+            job.cancelled = True  # a finished job ignores it; a running one stops at its next batch
             with self.lock:
                 self.pending -= 1
+
+    @staticmethod
+    def timeout_error():
+        return ApiError(504, "the request ran past the server's time limit; send fewer or shorter inputs",
+                        "timeout_error")
 
     @property
     def queue_depth(self) -> int:
@@ -227,7 +353,8 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
             worker.pool.shutdown(cancel_futures=True)
 
     app = FastAPI(title="attnlab", lifespan=lifespan)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(CutOffMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it counts the cut-off 503s too
     app.state.worker = worker
 
     def need(endpoint):
@@ -259,9 +386,14 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     async def _queue_full(request, err: QueueFull):
         return error_response(429, f"server busy: {err}; retry later", "rate_limit_error", {"Retry-After": "1"})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, err: StarletteHTTPException):  # unknown path, wrong method, unreadable body
+        return error_response(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
+                              headers=err.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, err: RequestValidationError):
-        return error_response(422, "; ".join(_describe(e) for e in err.errors()))
+        return error_response(422, _validation_message(err.errors()))
 
     # -- endpoints ---------------------------------------------------------------------------
     @app.get("/health")
@@ -274,18 +406,16 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     async def prometheus():
         return PlainTextResponse(metrics.registry.render(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_documented(400, 422, 429, 503, 504))
     async def completions(body: CompletionRequest, request: Request):
         need("/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        if len(stop) > MAX_STOP_STRINGS:
-            raise ApiError(400, f"stop: at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}")
         if len(prompts) * body.n > config.max_queue:
             raise ApiError(400, f"{len(prompts)} prompts x n={body.n} asks for more sequences than the server queues "
                                 f"({config.max_queue}); split the request")
         if not causal:
-            return await _translate(body, prompts, stop)
+            return await _translate(body, prompts, stop, request)
         encoded = [encode(p) for p in prompts]
         for ids in encoded:
             if not worker.recurrent and len(ids) + body.max_tokens > context:
@@ -296,7 +426,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         sequences = []
         for index in range(len(prompts) * body.n):
             sampling = Sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                seed=None if body.seed is None else body.seed + index)
+                                seed=None if body.seed is None else (body.seed + index) % (SEED_MAX + 1))
             emit = _thread_safe_put(loop, channel, index, metrics)
             sequences.append(Sequence(encoded[index // body.n], sampling, tokenizer, emit, stop, deadline))
         worker.submit(sequences)
@@ -307,20 +437,20 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                                      headers={"Cache-Control": "no-cache"})
         return await reply.collect(request)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EncodeRequest):
+    @app.post("/v1/embeddings", responses=_documented(400, 413, 422, 429, 503, 504))
+    async def embeddings(body: EncodeRequest, request: Request):
         need("/v1/embeddings")
-        batch = _encoder_batch(body)
-        vectors = await worker.run(embed, model, batch)
-        tokens = int(batch["attention_mask"].sum())
+        batches = _encoder_batches(body)
+        vectors = await worker.run(functools.partial(embed, model), batches, request)
+        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         return {"object": "list", "model": config.model_name,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-    @app.post("/v1/classify")
-    async def classify_texts(body: EncodeRequest):
+    @app.post("/v1/classify", responses=_documented(400, 413, 422, 429, 503, 504))
+    async def classify_texts(body: EncodeRequest, request: Request):
         need("/v1/classify")
-        probabilities = await worker.run(classify, model, _encoder_batch(body))
+        probabilities = await worker.run(functools.partial(classify, model), _encoder_batches(body), request)
         names = label_names(model.config, len(probabilities[0]))
         data = []
         for i, probs in enumerate(probabilities):
@@ -329,12 +459,14 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                          "scores": dict(zip(names, probs))})
         return {"object": "list", "model": config.model_name, "data": data}
 
-    async def _translate(body, sources, stop):
-        """Seq2seq completions: each prompt is a source, decoded whole on the worker thread."""
+    async def _translate(body, sources, stop, request):
+        """Seq2seq completions: each prompt is a source, decoded whole on the worker thread, all rows
+        in one batch (one seeded generator samples them all)."""
         sampling = Sampling(max_new_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                             seed=body.seed)
         rows = [source for source in sources for _ in range(body.n)]
-        results = await worker.run(complete_sources, model, tokenizer, rows, sampling, stop)
+        decode = functools.partial(complete_sources, model, tokenizer, sampling=sampling, stop=stop)
+        results = await worker.run(decode, [rows], request)
         prompt_tokens = sum(len(tokenizer.source.encode(source)) + 1 for source in rows)
         reply = WholeReply(config.model_name, results, prompt_tokens)
         if body.stream:
@@ -342,16 +474,25 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                                      headers={"Cache-Control": "no-cache"})
         return reply.body()
 
-    def _encoder_batch(body):
+    def _encoder_batches(body) -> list:
+        """The inputs, tokenized in batches of config.encode_batch; 413 past the request's limits."""
         texts = [body.input] if isinstance(body.input, str) else body.input
-        batch = tokenize_batch(tokenizer, texts, model.config.pad_token_id)
-        for i, length in enumerate(batch["attention_mask"].sum(1).tolist()):
+        if len(texts) > config.max_inputs:
+            raise ApiError(413, f"{len(texts)} inputs in one request, more than this server's limit of "
+                                f"{config.max_inputs}; split the request")
+        batches = [tokenize_batch(tokenizer, texts[start:start + config.encode_batch], model.config.pad_token_id)
+                   for start in range(0, len(texts), config.encode_batch)]
+        lengths = [length for batch in batches for length in batch["attention_mask"].sum(1).tolist()]
+        for i, length in enumerate(lengths):
             if length == 0:
                 raise ApiError(400, f"input {i} is empty after tokenization; send at least one token")
             if length > context:
                 raise ApiError(400, f"input {i} has {length} tokens, more than the model's context of {context} "
                                     "tokens; shorten it")
-        return batch
+        if sum(lengths) > config.max_request_tokens:
+            raise ApiError(413, f"the inputs have {sum(lengths)} tokens in all, more than this server's limit of "
+                                f"{config.max_request_tokens} per request; split the request")
+        return batches
 
     return app
 
@@ -428,7 +569,7 @@ class Reply:
             return ApiError(504, "the request ran past the server's time limit; lower max_tokens or retry",
                             "timeout_error")
         if "cancelled" in reasons:
-            return ApiError(503, "the server is shutting down; retry elsewhere or later", "server_error")
+            return ApiError(503, SHUTDOWN_MESSAGE, "server_error")
         return None
 
     def _chunk(self, index, text, finish_reason):
@@ -492,9 +633,27 @@ def _thread_safe_put(loop, channel, index, metrics):
     return emit
 
 
-def _describe(error) -> str:
+UNION_MISMATCH = ("string_type", "list_type")  # "not this member of a union": said only when nothing else is
+
+
+def _validation_message(errors) -> str:
+    """pydantic's errors -> one line, one complaint per field: for a field that is one text or a list
+    of texts, what is wrong with the member the value was meant as."""
+    by_field = {}
+    for error in errors:
+        by_field.setdefault(_field(error).split(".")[0], []).append(error)
+    chosen = [min(found, key=lambda e: e["type"] in UNION_MISMATCH) for found in by_field.values()]
+    return "; ".join(_describe(_field(error), error) for error in chosen)
+
+
+def _field(error) -> str:
+    """The error's field path without 'body' and without union member tags ('list[constrained-str]')."""
+    parts = [str(part) for part in error["loc"] if part != "body"]
+    return ".".join(part for part in parts if part.isidentifier() or part.isdigit()) or "body"
+
+
+def _describe(where, error) -> str:
     """One pydantic error -> 'field: what is wrong'."""
-    where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown field; remove it"
     if error["type"] == "json_invalid":

@@ -3,11 +3,13 @@ a traceback, and leaves a watched run directory byte-identical. Each row is run 
 the CLI; a new refusal adds a row."""
 
 import hashlib
+import json
 import pickle
 import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from attnlab.checkpoint import load_checkpoint, save_checkpoint
@@ -117,3 +119,26 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, message, files, 
     assert err.count("\n") == 1 and err.endswith("\n"), err
     assert err.startswith(f"attnlab {argv[0]}: error: ") and message in err, err
     assert digest(watched) == before
+
+
+def test_under_torchrun_only_rank_0_prints_a_user_error(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")
+    assert main(["generate", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["generate", "/nonexistent"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_search_rebuilds_an_index_whose_key_matches_but_shapes_do_not(tmp_path, capsys):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("bread and butter\nthe football match\n")
+    assert main(["search", str(doc), "butter on bread", "--json"]) == 0
+    index = tmp_path / "doc.txt.attnlab-index.npz"
+    with np.load(index) as data:
+        meta = data["meta"].copy()
+    np.savez(index, vectors=np.zeros((2, 7), np.float32), meta=meta)  # same key, vectors of another width
+    capsys.readouterr()
+    assert main(["search", str(doc), "butter on bread", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "built index" in err and json.loads(out)["results"][0]["passage"] == "bread and butter"

@@ -6,7 +6,10 @@ import hashlib
 import json
 import pickle
 import shutil
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +145,18 @@ def test_search_rebuilds_an_index_whose_key_matches_but_shapes_do_not(tmp_path, 
     assert main(["search", str(doc), "butter on bread", "--json"]) == 0
     out, err = capsys.readouterr()
     assert "built index" in err and json.loads(out)["results"][0]["passage"] == "bread and butter"
+
+
+def test_a_user_error_under_two_ranks_is_one_line_from_rank_0(tmp_path):
+    """Rank 0 fails inside main_first (no data); the other rank, waiting there, exits 2 quietly."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    procs = [subprocess.Popen([sys.executable, "-m", "attnlab.cli", "train", "--out", str(tmp_path / "run"), *TINY],
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert errs[0].count("\n") == 1 and errs[0].startswith("attnlab train: error: ") and errs[1] == "", errs

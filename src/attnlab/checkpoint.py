@@ -9,6 +9,7 @@ one, never a half-written mix. Nothing is unpickled except trainer.pt, with weig
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -135,9 +136,12 @@ def load_trainer_state(directory):
     if not path.is_file():
         raise UserError(f"{directory} has no {TRAINER_FILE}: it cannot be resumed from")
     try:
-        return torch.load(path, weights_only=True)
-    except Exception as err:  # torch raises several types for a damaged file
-        raise UserError(f"{path} cannot be read ({err}); the checkpoint is corrupt") from None
+        with warnings.catch_warnings():  # torch warns about a foreign pickle before refusing it; the refusal says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, weights_only=True)
+    except Exception:  # torch raises several types for a damaged file; its advice to unpickle it is not ours
+        raise UserError(f"{path} is not a plain tensor file (damaged, or holding other objects); it will not be "
+                        "loaded: resume from another checkpoint or start a new run") from None
 
 
 def _swap_in(tmp: Path, final: Path):

@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
     try:
         args.run(args)
     except UserError as err:
-        print(f"attnlab {args.verb}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 says so once
+            print(f"attnlab {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -2,6 +2,7 @@
 that may name a run directory, and the one place a verb learns what a checkpoint is."""
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -24,12 +25,19 @@ def load_run_config(path=None, overrides=()) -> dict:
         try:
             run = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise UserError(f"config file {path} is not valid YAML/JSON: {err}") from None
+            raise UserError(f"config file {path} is not valid YAML/JSON: {yaml_problem(err)}") from None
         if not isinstance(run, dict):
             raise UserError(f"config file {path} must hold a mapping of sections (model, data, train, ...)")
     for item in overrides:
         apply_override(run, item)
     return run
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint and where, on one line."""
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return str(err).replace("\n", " ")
+    return f"{err.problem} at line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}"
 
 
 def apply_override(run: dict, item: str):
@@ -47,6 +55,17 @@ def apply_override(run: dict, item: str):
         if not isinstance(node, dict):
             raise UserError(f"override {item!r}: {part} is not a section")
     node[leaf] = value
+
+
+def output_dir(path) -> Path:
+    """An --out path as a Path, or one line when no directory can be written there."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot write to {path}: {existing} is a file, not a directory; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {path}: {existing} is not writable; choose another path")
+    return path
 
 
 def resolve_checkpoint(path) -> Path:

@@ -14,6 +14,7 @@ from ..compression.report import disk_bytes, interleaved_latency, weight_count, 
 from ..data.classification import LabelSet
 from ..training.finetune import evaluate
 from .classify import CLASSIFY_FILE, load_classifier
+from .common import output_dir
 from .finetune import data_options, finetune_config, task_data, train_options
 
 
@@ -32,6 +33,7 @@ def register(sub):
 
 
 def compress(args):
+    output_dir(args.out)  # refused before the work, not after it
     stages = parse_pipeline(args.pipeline)
     config = finetune_config(args)
     model, tokenizer, names, _ = load_classifier("compress", args.checkpoint)

@@ -7,7 +7,7 @@ from ..checkpoint import load_checkpoint, read_config, save_checkpoint
 from ..errors import UserError
 from ..interop import export_hf, import_hf, minilm_path
 from ..interop.registry import HF_SPECS, hf_spec_for
-from .common import print_json, resolve_checkpoint
+from .common import output_dir, print_json, resolve_checkpoint
 
 
 def register(sub):
@@ -19,7 +19,7 @@ def register(sub):
 
 
 def convert(args):
-    out = Path(args.out)
+    out = output_dir(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty; choose a new output directory")
     if args.direction == "import":

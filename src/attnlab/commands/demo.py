@@ -5,14 +5,13 @@ it and measures its perplexity on held-out text."""
 import shutil
 import sys
 import time
-from pathlib import Path
 
 from ..checkpoint import load_checkpoint
 from ..evaluation import perplexity
 from ..inference import Sampling, generate_text
 from ..training import Trainer
 from ..training.tasks import resolve_run, setup_task
-from .common import print_json
+from .common import output_dir, print_json
 
 PROMPTS = ["The \"for\" statement", "A function definition", "Exceptions are"]
 
@@ -32,7 +31,7 @@ def python_docs_text() -> str:
 
 
 def demo(args):
-    run_dir = Path(args.out)
+    run_dir = output_dir(args.out)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)

@@ -13,7 +13,7 @@ from ..evaluation import format_confusion
 from ..models.base import ENCODER
 from ..training.finetune import FinetuneConfig, fit
 from .classify import CLASSIFY_FILE
-from .common import for_kind, print_json
+from .common import for_kind, output_dir, print_json
 
 BUNDLED = ("minilm", "all-MiniLM-L6-v2")
 
@@ -105,6 +105,7 @@ def task_data(args, tokenizer, label_set=None, val_required=False):
 
 
 def finetune(args):
+    output_dir(args.out)  # refused before the training, not after it
     config = finetune_config(args)
     encoder, tokenizer = load_base(args.base)
     label_set, train, val = task_data(args, tokenizer)

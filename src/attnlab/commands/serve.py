@@ -1,5 +1,6 @@
 """serve: an HTTP server (FastAPI + uvicorn) with OpenAI-shaped endpoints for a checkpoint."""
 
+import socket
 import sys
 
 from ..checkpoint import load_checkpoint
@@ -37,6 +38,19 @@ def serve(args):
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.grace)
 
 
+def check_bindable(host: str, port: int):
+    """One line, before any loading, when the server could not listen on host:port."""
+    if port > 65535:
+        raise UserError(f"--port must be at most 65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+            probe.bind((host, port))
+    except OSError as err:
+        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host") from None
+
+
 def server_app(args):
     """The checks and the loading `serve` does before it listens -> the app (also for tests)."""
     import torch
@@ -48,6 +62,7 @@ def server_app(args):
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.timeout <= 0 or args.grace < 0:
         raise UserError("--timeout must be > 0 and --grace >= 0")
+    check_bindable(args.host, args.port)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -3,13 +3,12 @@ the kind of model, comes from the config (models/base.py DEFAULT_TASKS)."""
 
 import json
 import sys
-from pathlib import Path
 
 from ..errors import UserError
 from ..models.base import family_spec
 from ..training import Trainer, distributed
 from ..training.tasks import resolve_run, setup_task
-from .common import load_run_config, print_json
+from .common import load_run_config, output_dir, print_json
 
 RUN_FILE = "run.json"
 
@@ -26,7 +25,7 @@ def register(sub):
 
 
 def train(args):
-    run_dir = Path(args.out)
+    run_dir = output_dir(args.out)
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.path={args.data}")

@@ -68,8 +68,11 @@ def open_memmap(path, vocab_size: int) -> np.memmap:
 
 
 def split_ids(ids: np.ndarray, val_fraction: float):
-    """First (1 - val_fraction) for training, the rest for validation."""
+    """First (1 - val_fraction) for training, the rest for validation; neither may be empty."""
     cut = int(len(ids) * (1 - val_fraction))
+    if not 0 < cut < len(ids):
+        raise UserError(f"the data has {len(ids)} token(s), too few to split into training and validation "
+                        f"(val_fraction {val_fraction}); use more text")
     return ids[:cut], ids[cut:]
 
 

@@ -51,6 +51,10 @@ class SearchIndex:
             raise UserError("the file has no text to index")
         return cls(encoder.encode([p for _, p in passages]), passages, key)
 
+    def fits(self, dim: int) -> bool:
+        """Whether the vectors are one of `dim` per passage (a damaged or edited index is not)."""
+        return tuple(self.vectors.shape) == (len(self.passages), dim)
+
     def search(self, query_vectors: torch.Tensor, top_k: int) -> list:
         """(Q, C) unit vectors -> per query [(cosine score, line number, passage)], best first."""
         scores = query_vectors @ self.vectors.T  # (Q, N)
@@ -87,7 +91,7 @@ def open_index(text_path: Path, index_path: Path, unit: str, encoder, model_id: 
     raw = Path(text_path).read_bytes()
     key = index_key(raw, unit, model_id, encoder.max_length)
     index = SearchIndex.load(index_path) if Path(index_path).exists() else None
-    if index is not None and index.key == key:
+    if index is not None and index.key == key and index.fits(encoder.dim):
         return index, False
     try:
         text = raw.decode("utf-8")

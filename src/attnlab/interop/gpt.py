@@ -34,11 +34,20 @@ def config_from_hf(hf: dict, head: str, keys) -> GPTConfig:
                      tie_weights=hf.get("tie_word_embeddings", True))
 
 
+def gpt2_misfits(c: GPTConfig) -> list:
+    """What keeps this GPT from GPT-2's shape, one phrase per failed requirement."""
+    checks = [(c.position == "learned", f"positions are {c.position}, GPT-2 needs learned ones"),
+              (c.norm == "layernorm", f"norm is {c.norm}, GPT-2 needs layernorm"),
+              (c.bias, "it has no biases, GPT-2 needs them"),
+              (c.activation in ACT_TO_HF, f"activation is {c.activation}, GPT-2 needs one of {', '.join(ACT_TO_HF)}"),
+              ((c.n_kv_head or c.n_head) == c.n_head, "it uses grouped-query attention, GPT-2 does not")]
+    return [problem for ok, problem in checks if not ok]
+
+
 def config_to_hf(c: GPTConfig) -> dict:
-    shape = (c.position, c.norm, c.bias, c.n_kv_head or c.n_head)
-    if shape != ("learned", "layernorm", True, c.n_head) or c.activation not in ACT_TO_HF:
-        raise UserError("only a GPT-2-shaped GPT exports (learned positions, LayerNorm, biases, plain GELU/ReLU "
-                        "feed-forward, no grouped-query attention)")
+    misfits = gpt2_misfits(c)
+    if misfits:
+        raise UserError(f"only a GPT-2-shaped GPT exports: {'; '.join(misfits)}")
     return {"model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.max_seq_len, "n_embd": c.d_model,
             "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.ffn_hidden,
             "activation_function": activation_to_hf(c.activation), "resid_pdrop": c.dropout, "embd_pdrop": c.dropout,

@@ -121,12 +121,25 @@ class DataParallel(SingleProcess):
 
     @contextlib.contextmanager
     def main_first(self):
-        """Rank 0 runs the block first (e.g. writes a data cache), the others after it."""
+        """Rank 0 runs the block first (e.g. writes a data cache), the others after it; a user
+        error on rank 0 stops every rank (with exit 2, and only rank 0 prints it)."""
         if not self.is_main:
-            dist.barrier()
-        yield
-        if self.is_main:
-            dist.barrier()
+            if not self._main_succeeded(True):
+                raise UserError("rank 0 stopped with an error")
+            yield
+            return
+        try:
+            yield
+        except UserError:
+            self._main_succeeded(False)
+            raise
+        self._main_succeeded(True)
+
+    def _main_succeeded(self, ok: bool) -> bool:
+        """Rank 0 sends whether its block succeeded; every rank returns that."""
+        flag = torch.tensor([int(ok)], device=self._comm_device())
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     # -- full state for checkpoints (collective calls: every rank takes part) --------------------
     def full_model(self, model):

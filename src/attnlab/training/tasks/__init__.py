@@ -58,7 +58,12 @@ def resolve_run(run: dict) -> Run:
 def setup_task(run: Run, run_dir: Path, resume: bool):
     """-> (model, tokenizer, batch source) for `run`, in `run_dir` (resume: from its last/)."""
     torch.manual_seed(run.train.seed)  # same seed, same initial weights
-    return run.task.setup(run, Path(run_dir), resume)
+    model, tokenizer, batches = run.task.setup(run, Path(run_dir), resume)
+    family = model_family(run.model, run.task.family)
+    if resume and model.config.family != family:
+        raise UserError(f"{Path(run_dir) / 'last'} holds a {model.config.family} model, but the run trains a {family} "
+                        "model; --resume continues only the run's own checkpoint")
+    return model, tokenizer, batches
 
 
 def _mapping(run: dict, section: str) -> dict:

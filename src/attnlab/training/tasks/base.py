@@ -17,14 +17,15 @@ from ..trainer import TrainConfig
 class Task:
     """A training objective: the kind of model it trains (models/base.py KINDS), its typed `data`
     and `tokenizer` sections, and `setup(run, run_dir, resume) -> (model, tokenizer, batch source)`.
-    `batch_size` is the task's default for train.batch_size, used when the run does not set it
-    (None: TrainConfig's)."""
+    `family` is the one it builds when the `model` section names none. `batch_size` is the task's
+    default for train.batch_size, used when the run does not set it (None: TrainConfig's)."""
 
     name: str
     kind: str
     setup: Callable
     data: type
     tokenizer: type
+    family: str
     batch_size: int | None = None
 
 

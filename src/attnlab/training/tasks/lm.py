@@ -41,4 +41,4 @@ def causal_lm(run: Run, run_dir: Path, resume: bool):
     return model, tokenizer, LMBlocks(splits, model.config.max_seq_len, run.train.batch_size)
 
 
-LM = Task("lm", CAUSAL_LM, causal_lm, data=LMData, tokenizer=TextTokenizer)
+LM = Task("lm", CAUSAL_LM, causal_lm, data=LMData, tokenizer=TextTokenizer, family="gpt")

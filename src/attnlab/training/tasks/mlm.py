@@ -85,4 +85,4 @@ def _model_config(section: dict, tokenizer, nsp: bool):
     return model_config(section, ENCODER, **fields)
 
 
-MLM = Task("mlm", ENCODER, masked_lm, data=MLMData, tokenizer=MLMTokenizer)
+MLM = Task("mlm", ENCODER, masked_lm, data=MLMData, tokenizer=MLMTokenizer, family="bert")

@@ -151,6 +151,7 @@ def t5_span_corruption(run: Run, run_dir: Path, resume: bool):
     return model, tokenizers, batches
 
 
-SEQ2SEQ = Task("seq2seq", SEQ2SEQ_KIND, seq2seq, data=Seq2SeqData, tokenizer=Seq2SeqTokenizer, batch_size=SEQ2SEQ_BATCH_SIZE)
-SPAN_CORRUPTION = Task("span_corruption", SEQ2SEQ_KIND, t5_span_corruption, data=SpanCorruptionData, tokenizer=Seq2SeqTextTokenizer,
+SEQ2SEQ = Task("seq2seq", SEQ2SEQ_KIND, seq2seq, data=Seq2SeqData, tokenizer=Seq2SeqTokenizer, family="transformer",
+               batch_size=SEQ2SEQ_BATCH_SIZE)
+SPAN_CORRUPTION = Task("span_corruption", SEQ2SEQ_KIND, t5_span_corruption, data=SpanCorruptionData, tokenizer=Seq2SeqTextTokenizer, family="t5",
                        batch_size=SEQ2SEQ_BATCH_SIZE)

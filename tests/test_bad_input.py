@@ -97,7 +97,7 @@ CASES = [
     (["serve", "{run}", "--port", "99999"], "--port must be at most 65535"),
     (["serve", "{run}", "--port", "{busy}"], "cannot listen on 127.0.0.1:"),
     (["train", "--config", "{yaml}", "--out", "{new}"], "at line 2, column 6"),
-    (["convert", "export", "{llama}", "{new}"], "positions are rotary"),
+    (["convert", "export", "{llama}", "{new}-hf"], "positions are rotary"),
     # a sample of the refusals other tests hold, aimed at the watched run where they can be
     (["train", "--data", "{text}", "--out", "{run}", *TINY], "already holds a run"),
     (["convert", "export", "{run}", "{run}"], "already exists and is not empty"),

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import math
+import socket
 
 import pytest
 import torch
@@ -268,7 +269,7 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
     assert all(math.isfinite(v) for v in scores.values() if isinstance(v, float))
     exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
     assert exported == (0 if hf_spec_for(spec.name) else 2)
-    args = build_parser().parse_args(["serve", str(run), "--threads", "1"])
+    args = build_parser().parse_args(["serve", str(run), "--threads", "1", "--port", str(free_port())])
     with TestClient(server_app(args)) as client:
         assert client.get("/health").json()["family"] == spec.name
 
@@ -280,3 +281,10 @@ def test_an_encoder_serves_its_whole_context_and_refuses_more_in_one_line(spec):
         assert client.post("/v1/embeddings", json={"input": "a" * context}).status_code == 200
         reply = client.post("/v1/embeddings", json={"input": "a" * (context + 1)})
         assert reply.status_code == 400 and f"context of {context} tokens" in reply.json()["error"]["message"]
+
+
+def free_port() -> int:
+    """A port nothing listens on (serve checks it can bind before it loads anything)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

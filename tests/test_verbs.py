@@ -3,6 +3,7 @@ one line with exit code 2, and runs on the kinds it serves. Registering a family
 
 import argparse
 import json
+import socket
 
 import pytest
 import torch
@@ -120,7 +121,7 @@ def test_a_verb_runs_on_the_kinds_it_serves(verb, spec, files, tmp_path, capsys)
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_serve_loads_every_kind(spec, files):
-    app = server_app(build_parser().parse_args(["serve", str(files / spec.name)]))
+    app = server_app(build_parser().parse_args(["serve", str(files / spec.name), "--port", str(free_port())]))
     assert app.title
 
 
@@ -172,3 +173,10 @@ def test_every_verb_module_registers_exactly_one_verb():
         verbs += list(sub.choices)
     assert sorted(verbs) == ["classify", "compress", "convert", "demo", "embed", "eval", "finetune", "generate",
                              "search", "serve", "train"]
+
+
+def free_port() -> int:
+    """A port nothing listens on (serve checks it can bind before it loads anything)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -47,7 +47,7 @@ def save_checkpoint(directory, model, tokenizer=None, trainer_state=None, extra_
     for name, data in (extra_json or {}).items():
         (tmp / name).write_text(json.dumps(data, indent=2))
     _fsync_tree(tmp)
-    _swap_in(tmp, final)
+    swap_in(tmp, final)
 
 
 def weights_for_saving(model) -> dict:
@@ -144,7 +144,8 @@ def load_trainer_state(directory):
                         "loaded: resume from another checkpoint or start a new run") from None
 
 
-def _swap_in(tmp: Path, final: Path):
+def swap_in(tmp: Path, final: Path):
+    """Put directory `tmp` where `final` is, replacing it whole (an interrupted swap is undone by _recover)."""
     old = final.with_name(final.name + ".old")
     if old.exists():
         shutil.rmtree(old)

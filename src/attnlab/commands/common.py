@@ -1,13 +1,16 @@
 """What the verbs share: run configs from YAML/JSON with key=value overrides, checkpoint paths
-that may name a run directory, and the one place a verb learns what a checkpoint is."""
+that may name a run directory, the one place a verb learns what a checkpoint is, and the one
+check of an output directory before a verb writes into it."""
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import yaml
 
-from ..checkpoint import CONFIG_FILE, read_config
+from ..checkpoint import CONFIG_FILE, read_config, swap_in
 from ..errors import UserError
 from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
 
@@ -99,6 +102,60 @@ def refuse_bidirectional(verb, checkpoint, model):
     if not model.generates:
         raise UserError(f"{verb} needs a model that predicts the next token; {checkpoint} holds a "
                         f"{model.config.family} model configured bidirectional (causal=false)")
+
+
+# Written into every output directory a verb creates, so that the verb knows its own earlier output.
+OUTPUT_MARKER = "attnlab-output.json"
+FORCE_HELP = ("replace --out even when it holds files attnlab did not write there (the whole directory is "
+              "replaced, atomically, once the new output is complete)")
+
+
+def claim_output(out, verb: str, force: bool = False) -> bool:
+    """May `verb` write into directory `out`? Yes when it is absent or empty (-> False), or holds
+    `verb`'s own earlier output or `force` is given (-> True: it has contents to replace); else
+    one line naming --force and another path. Nothing is written."""
+    out = output_dir(out)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if force or output_verb(out) == verb:
+        return True
+    raise UserError(f"--out {out} is not empty and is not an earlier `attnlab {verb}` output; choose another "
+                    f"path, or pass --force to replace it")
+
+
+def output_verb(out: Path):
+    """The verb whose marker `out` holds, or None."""
+    try:
+        return json.loads((out / OUTPUT_MARKER).read_text()).get("verb")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def mark_output(out, verb: str):
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUTPUT_MARKER).write_text(json.dumps({"verb": verb}) + "\n")
+
+
+@contextlib.contextmanager
+def fresh_output(out, verb: str, force: bool = False):
+    """Yields the directory to write `verb`'s output into: `out` itself when it is absent or
+    empty; when it holds earlier output (see claim_output), a new sibling directory that replaces
+    `out` as a whole only once the block has finished, so a failure leaves the earlier output
+    untouched (and removes only the sibling)."""
+    out = Path(out)
+    replacing = claim_output(out, verb, force)
+    work = out.with_name(f"{out.name}.tmp-{os.getpid()}") if replacing else out
+    mark_output(work, verb)  # output left part-way is still recognised as this verb's
+    try:
+        yield work
+    except BaseException:
+        if replacing:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    mark_output(work, verb)  # again: a checkpoint saved as `work` itself replaced the directory
+    if replacing:
+        swap_in(work, out)
 
 
 def print_json(data):

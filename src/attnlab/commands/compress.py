@@ -4,7 +4,6 @@ write a report."""
 import copy
 import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -14,7 +13,7 @@ from ..compression.report import disk_bytes, interleaved_latency, weight_count, 
 from ..data.classification import LabelSet
 from ..training.finetune import evaluate
 from .classify import CLASSIFY_FILE, load_classifier
-from .common import output_dir
+from .common import FORCE_HELP, claim_output, fresh_output
 from .finetune import data_options, finetune_config, task_data, train_options
 
 
@@ -25,7 +24,9 @@ def register(sub):
                    help="comma list of distill:LAYERS, prune:FRACTION, quantize:SCHEME")
     p.add_argument("--train", required=True, help="training file (for distillation and fine-tuning after pruning)")
     p.add_argument("--val", required=True, help="evaluation file")
-    p.add_argument("--out", required=True, help="output directory: model/, report.md, report.png")
+    p.add_argument("--out", required=True, help="output directory: model/, report.md, report.png (an earlier "
+                   "compress's is replaced once the new one is complete; any other non-empty directory is refused)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     data_options(p)
     train_options(p)
     p.add_argument("--repeats", type=int, default=20, help="latency repeats")
@@ -33,7 +34,7 @@ def register(sub):
 
 
 def compress(args):
-    output_dir(args.out)  # refused before the work, not after it
+    claim_output(args.out, "compress", args.force)  # refuse before the long work, and again before writing
     stages = parse_pipeline(args.pipeline)
     config = finetune_config(args)
     model, tokenizer, names, _ = load_classifier("compress", args.checkpoint)
@@ -52,11 +53,11 @@ def compress(args):
     latency = interleaved_latency(models, tokenizer, probe, config.max_length, args.repeats, max(2, args.repeats // 4))
     rows = {name: {"parameters": weight_count(m), "disk_mb": disk_bytes(m) / 1e6, **latency[name],
                    "accuracy": accuracy[name]} for name, m in models.items()}
-    out = Path(args.out)
-    save_checkpoint(out / "model", model, tokenizer, extra_json={CLASSIFY_FILE: {"max_length": config.max_length}})
     notes = [f"start: {args.checkpoint}; pipeline {args.pipeline}; {len(train)} training, {len(val)} evaluation "
              "examples", f"latency: CPU wall clock of one forward pass, {torch.get_num_threads()} thread(s), all "
              f"models measured in turns; batch 1 over {args.repeats} single texts, batch 32 over the first 32"]
-    report = write_report(rows, "start", out, title=f"Compression report: {args.pipeline}", notes=notes)
-    (out / "stages.json").write_text(json.dumps(details, indent=2, default=str))
-    print(report.read_text())
+    with fresh_output(args.out, "compress", args.force) as out:
+        save_checkpoint(out / "model", model, tokenizer, extra_json={CLASSIFY_FILE: {"max_length": config.max_length}})
+        report = write_report(rows, "start", out, title=f"Compression report: {args.pipeline}", notes=notes).read_text()
+        (out / "stages.json").write_text(json.dumps(details, indent=2, default=str))
+    print(report)

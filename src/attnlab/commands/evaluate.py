@@ -24,6 +24,8 @@ def register(sub):
 
 
 def evaluate(args):
+    if args.stride is not None and args.stride < 1:
+        raise UserError(f"--stride must be a positive number of tokens, got {args.stride}")
     run, path = for_kind("eval", args.checkpoint, {CAUSAL_LM: lm_perplexity, SEQ2SEQ: text_scores,
                                                   ENCODER: masked_lm_perplexity})
     model, processor = load_checkpoint(path)

@@ -13,7 +13,7 @@ from ..evaluation import format_confusion
 from ..models.base import ENCODER
 from ..training.finetune import FinetuneConfig, fit
 from .classify import CLASSIFY_FILE
-from .common import for_kind, output_dir, print_json
+from .common import FORCE_HELP, claim_output, for_kind, fresh_output, print_json
 
 BUNDLED = ("minilm", "all-MiniLM-L6-v2")
 
@@ -24,7 +24,9 @@ def register(sub):
                    "or a Hugging Face checkpoint directory")
     p.add_argument("--train", required=True, help="training file with a text and a label column")
     p.add_argument("--val", help="validation file (default: a stratified 10%% of --train)")
-    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--out", required=True, help="output checkpoint directory (an earlier finetune's is replaced once "
+                   "the new one is complete; any other non-empty directory is refused)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--pooling", choices=("cls", "mean"),
                    help="what the classifier reads: the [CLS] state or the mean of the tokens, which suits "
                         "sentence-embedding bases such as all-MiniLM-L6-v2 (default: the base's own, else cls)")
@@ -105,7 +107,7 @@ def task_data(args, tokenizer, label_set=None, val_required=False):
 
 
 def finetune(args):
-    output_dir(args.out)  # refused before the training, not after it
+    claim_output(args.out, "finetune", args.force)  # refuse before the long work, and again before writing
     config = finetune_config(args)
     encoder, tokenizer = load_base(args.base)
     label_set, train, val = task_data(args, tokenizer)
@@ -120,10 +122,11 @@ def finetune(args):
     result = fit(model, train, val, label_set.names, config, log=log)
     report = {"validation": result["best"], "steps": result["steps"], "train_seconds": result["seconds"],
               "trainable_parameters": trainable, "parameters": total, "history": result["history"]}
-    save_checkpoint(args.out, model, tokenizer, extra_json={
-        CLASSIFY_FILE: {"max_length": config.max_length}, "finetune_report.json": report})
-    if args.lora_rank:
-        save_lora(model, Path(args.out) / "adapter.safetensors")
+    with fresh_output(args.out, "finetune", args.force) as out:
+        save_checkpoint(out, model, tokenizer, extra_json={
+            CLASSIFY_FILE: {"max_length": config.max_length}, "finetune_report.json": report})
+        if args.lora_rank:
+            save_lora(model, out / "adapter.safetensors")
     log(format_confusion(result["best"]))
     print_json({"out": args.out, "accuracy": result["best"]["accuracy"], "macro_f1": result["best"]["macro_f1"],
                 "f1": result["best"]["f1"], "confusion_matrix": result["best"]["confusion_matrix"],

@@ -3,14 +3,17 @@ the kind of model, comes from the config (models/base.py DEFAULT_TASKS)."""
 
 import json
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 from ..models.base import family_spec
 from ..training import Trainer, distributed
 from ..training.tasks import resolve_run, setup_task
-from .common import load_run_config, output_dir, print_json
+from .common import claim_output, load_run_config, mark_output, output_dir, print_json
 
 RUN_FILE = "run.json"
+# What a resumed run keeps: overrides may change only the train section.
+FIXED_ON_RESUME = ("task", "model", "tokenizer", "data")
 
 
 def register(sub):
@@ -19,7 +22,8 @@ def register(sub):
     p.add_argument("--config", help="YAML or JSON run config (sections: task, model, tokenizer, data, train)")
     p.add_argument("--data", help="text file or folder (sets data.path); for task seq2seq the training pairs file")
     p.add_argument("--preset", help="model preset (sets model.preset)")
-    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train)")
+    p.add_argument("--out", default="runs/train", help="run directory (default: runs/train); a non-empty one that "
+                   "is not an earlier train's is refused")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(run=train)
 
@@ -32,24 +36,24 @@ def train(args):
     if args.preset:
         overrides.append(f"model.preset={args.preset}")
     if args.resume:
-        if not (run_dir / RUN_FILE).exists():
-            raise UserError(f"{run_dir} has no run to resume ({RUN_FILE} is missing)")
-        run = load_run_config(run_dir / RUN_FILE, overrides)
+        run = resumed_run(run_dir, overrides)
     else:
         if (run_dir / "last").exists():
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+        claim_output(run_dir, "train")
         run = load_run_config(args.config, overrides)
     resolved = resolve_run(run)
     parallel = distributed.from_env(resolved.train.distributed, resolved.train.device)  # one process unless torchrun
     try:
         with parallel.main_first():  # rank 0 writes the data cache, the others then read it
+            if parallel.is_main:
+                mark_output(run_dir, "train")
             model, tokenizer, batches = setup_task(resolved, run_dir, args.resume)
         trainer = Trainer(model, resolved.train, batches, run_dir, tokenizer, parallel=parallel,
                           block_class=family_spec(model).sharding_unit)
         if args.resume:
             trainer.resume(run_dir / "last")
         if parallel.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
             print(f"{model.config.family} model, {model.num_parameters():,} parameters, training on {trainer.device}"
                   f"{f' x {parallel.world_size} processes' if parallel.world_size > 1 else ''}; run directory {run_dir}",
@@ -57,9 +61,29 @@ def train(args):
         try:
             last = trainer.train()
         except KeyboardInterrupt:
-            raise UserError(f"interrupted at step {trainer.step}; the last checkpoint in {run_dir / 'last'} is intact, "
-                            "continue with --resume") from None
+            raise UserError(interrupted(run_dir, trainer.step)) from None
     finally:
         parallel.close()
     if parallel.is_main:
         print_json({"run_dir": str(run_dir), "best_val_loss": trainer.best_val, **last})
+
+
+def resumed_run(run_dir: Path, overrides: list) -> dict:
+    """The run in `run_dir` with `overrides` applied; one that would change what the checkpoint
+    was trained as (model, tokenizer, data, task) is refused."""
+    if not (run_dir / RUN_FILE).exists():
+        raise UserError(f"{run_dir} has no run to resume ({RUN_FILE} is missing)")
+    saved = load_run_config(run_dir / RUN_FILE)
+    run = load_run_config(run_dir / RUN_FILE, overrides)
+    changed = [section for section in FIXED_ON_RESUME if run.get(section) != saved.get(section)]
+    if changed:
+        raise UserError(f"--resume continues the run as it was trained; only train.* settings may change, but the "
+                        f"overrides change its {' and '.join(changed)} (start a new run with another --out instead)")
+    return run
+
+
+def interrupted(run_dir: Path, step: int) -> str:
+    if (run_dir / "last").exists():
+        return f"interrupted at step {step}; the last checkpoint in {run_dir / 'last'} is intact, continue with --resume"
+    return (f"interrupted at step {step}, before the first checkpoint: nothing to resume; run the same command "
+            "again to start over")

@@ -28,6 +28,7 @@ from .optim import SCHEDULES, lr_at, make_optimizer
 from .plot import plot_metrics
 
 PRECISIONS = ("fp32", "bf16")
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclasses.dataclass
@@ -113,6 +114,8 @@ class Trainer:
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.data_generator.set_state(state["data_rng"])
+        if self.parallel.is_main:
+            drop_metrics_after(self.run_dir / METRICS_FILE, self.step)
 
     def save(self, name: str, with_state: bool):
         """Every rank calls this (gathering sharded state is collective); rank 0 writes."""
@@ -170,7 +173,7 @@ class Trainer:
         c = self.config
         end = min(c.max_steps, stop_at or c.max_steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path = self.run_dir / METRICS_FILE
         bar = tqdm(total=end, initial=self.step, disable=not (c.progress and self.parallel.is_main),
                    dynamic_ncols=True, unit="step")
         window_tokens, window_start, last = 0, time.perf_counter(), {}
@@ -208,3 +211,25 @@ class Trainer:
         if self.parallel.is_main:
             with open(path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def drop_metrics_after(path: Path, step: int):
+    """Rewrite the metrics file (atomically) without the records past `step`: those of a run
+    killed after its last checkpoint, which the resumed run logs again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _logged_by(line, step)]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def _logged_by(line: str, step: int) -> bool:
+    """Whether the record `line` was logged at or before `step` (a torn last line was not)."""
+    try:
+        return json.loads(line)["step"] <= step
+    except (ValueError, KeyError, TypeError):
+        return False

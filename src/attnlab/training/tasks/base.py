@@ -2,6 +2,9 @@
 section, and helpers for the model section and the cached token splits."""
 
 import dataclasses
+import hashlib
+import json
+import tempfile
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -84,13 +87,28 @@ def model_config(section: dict, kind: str, **fixed):
 
 def cached_splits(cache_dir: Path, path: str | None, tokenizer, val_fraction: float, encode=encode_text) -> dict:
     """{"train", "val"} -> token ids of the text at `path`, the last val_fraction held out; cached
-    as memmaps in `cache_dir` on the first call (a resumed run reads the cache)."""
+    as memmaps in `cache_dir`, with the digest of what they came from (text, tokenizer, split,
+    encoding) beside them: a cache of anything else is rebuilt."""
+    text = read_text(require_path(path))
     paths = {split: cache_dir / f"{split}.bin" for split in ("train", "val")}
-    if not all(p.exists() for p in paths.values()):
-        ids = encode(tokenizer, read_text(require_path(path)))
+    key_file, key = cache_dir / "source.json", {"digest": source_digest(text, tokenizer, val_fraction, encode)}
+    if not all(p.exists() for p in paths.values()) or not key_file.exists() or json.loads(key_file.read_text()) != key:
+        key_file.unlink(missing_ok=True)  # first: a cache cut short by a kill is never taken for a good one
+        ids = encode(tokenizer, text)
         for split, part in zip(paths, split_ids(ids, val_fraction)):
             write_memmap(part, paths[split], tokenizer.vocab_size)
+        key_file.write_text(json.dumps(key))
     return {split: open_memmap(p, tokenizer.vocab_size) for split, p in paths.items()}
+
+
+def source_digest(text: str, tokenizer, val_fraction: float, encode) -> str:
+    digest = hashlib.sha256(f"{encode.__module__}.{encode.__qualname__} {val_fraction!r}\n".encode())
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    with tempfile.TemporaryDirectory() as saved:
+        tokenizer.save(Path(saved))
+        for file in sorted(Path(saved).iterdir()):
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 def require_path(path: str | None) -> str:

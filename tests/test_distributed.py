@@ -167,3 +167,18 @@ def test_fsdp_shards_each_familys_own_block(corpus, tmp_path, preset):
     run(2, train_args(corpus, tmp_path / "fsdp", 4, 4, *EQUIVALENCE, "--preset", preset, "train.distributed=fsdp",
                       eval_interval=4))
     assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "fsdp")) <= 1e-6
+
+
+def test_the_readme_torchrun_command_runs_as_written(tmp_path):
+    """The README's one-machine command, on 2 CPU processes for 2 steps instead of 4 GPUs for 2000."""
+    readme = (REPO / "README.md").read_text()
+    command = readme.split("torchrun --standalone", 1)[1].split("\n```", 1)[0].replace("\\\n", " ").split()
+    args = command[command.index("train"):]
+    args[args.index("--out") + 1] = str(tmp_path / "gpt")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "attnlab.cli"]
+    done = subprocess.run(torchrun + args + ["train.max_steps=2", "train.eval_interval=2", "train.eval_batches=1",
+                                             "train.device=cpu", "train.progress=false"],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "gpt" / "last" / "model.safetensors").is_file()

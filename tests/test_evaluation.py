@@ -98,3 +98,12 @@ def test_english_scores_are_rouge_scores_default(hypothesis, reference):
     scores = text_metrics([hypothesis], [reference])
     assert all(scores[name] == 100 * default[name].fmeasure for name in ROUGE)
     assert 0 < scores["rouge1"] < 100
+
+
+def test_scoring_shows_a_progress_bar_of_the_tokens_when_asked_and_none_off_a_terminal(model_and_tokenizer, capsys):
+    model, tok = model_and_tokenizer
+    perplexity(model, tok, TEXT, progress=True)
+    bar = capsys.readouterr().err
+    assert "scoring" in bar and f"{len(TEXT) - 1}/{len(TEXT) - 1}" in bar
+    perplexity(model, tok, TEXT)  # stderr is not a terminal here: plain output stays clean
+    assert capsys.readouterr().err == ""

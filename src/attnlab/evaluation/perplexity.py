@@ -4,30 +4,35 @@ import math
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..data.corpus import encode_text
 from ..errors import UserError
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8) -> dict:
+def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8, progress: bool = None) -> dict:
     """Score every token after the first with up to max_seq_len tokens of context.
 
     Windows of max_seq_len tokens advance by `stride` (default: half a window, at most
     max_seq_len - 1 so that windows overlap); each token is scored once, in the first window
     that holds it, which is the one that gives it the most context. A model whose decode
     state is recurrent (Transformer-XL's memory) instead reads the whole text once, max_seq_len
-    tokens at a time, through that state; `stride` does not apply there.
+    tokens at a time, through that state; `stride` does not apply there. `progress`: a bar of
+    the tokens scored on stderr (None: only when stderr is a terminal).
     """
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
     model.eval()
     state = model.init_state(1, model.config.max_seq_len)
-    if state.recurrent:
-        total_nll, total_tokens = _recurrent_nll(model, ids, state)
-    else:
-        total_nll, total_tokens = _windowed_nll(model, ids, stride, batch_size)
+    bar = tqdm(total=len(ids) - 1, unit="tok", desc="scoring", disable=None if progress is None else not progress,
+               dynamic_ncols=True)
+    with bar:
+        if state.recurrent:
+            total_nll, total_tokens = _recurrent_nll(model, ids, state, bar)
+        else:
+            total_nll, total_tokens = _windowed_nll(model, ids, stride, batch_size, bar)
     mean = total_nll / total_tokens
     scored_chars = len(text) - len(tokenizer.decode(ids[:1].tolist()))
     return {
@@ -39,7 +44,7 @@ def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int 
     }
 
 
-def _recurrent_nll(model, ids, state):
+def _recurrent_nll(model, ids, state, bar):
     """-> (summed NLL, tokens scored): block by block, the state carried from one to the next."""
     device = next(model.parameters()).device
     block, total_nll = model.config.max_seq_len, 0.0
@@ -47,10 +52,11 @@ def _recurrent_nll(model, ids, state):
         piece = ids[start:start + block + 1].to(device)
         logits = model(piece[None, :-1], state=state).logits[0]  # (T, V)
         total_nll += F.cross_entropy(logits.float(), piece[1:], reduction="sum").item()
+        bar.update(len(piece) - 1)
     return total_nll, len(ids) - 1
 
 
-def _windowed_nll(model, ids, stride, batch_size):
+def _windowed_nll(model, ids, stride, batch_size, bar):
     """-> (summed NLL, tokens scored) over windows of max_seq_len that overlap."""
     length = min(model.config.max_seq_len, len(ids))
     stride = min(stride or max(1, length // 2), length - 1)
@@ -72,4 +78,5 @@ def _windowed_nll(model, ids, stride, batch_size):
         for row, (_, first) in enumerate(chunk):
             total_nll += nll[row, first - 1:].sum().item()
             total_tokens += length - first
+            bar.update(length - first)
     return total_nll, total_tokens

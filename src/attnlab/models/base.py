@@ -2,7 +2,8 @@
 
 Each family registers one `FamilySpec` (at the bottom of its models/<family>.py) that declares
 what it is: its config and model classes, its kind, the block class that is the unit of FSDP
-sharding, distillation and compression, a tiny preset, an example batch and its processor.
+sharding (unless `fsdp_unit` names another), distillation and compression, a tiny preset, an
+example batch and its processor.
 Everything outside models/ learns what a model can do from its spec (`family_spec`), never by
 probing the model. A model is built from its config; `model(**batch)` returns a `ModelOutput`
 whose `loss` is set when the batch holds targets.
@@ -40,7 +41,7 @@ class FamilySpec:
     block_class: type  # the repeated block: FSDP unit, distillation and compression scope
     tiny_preset: str  # a preset small enough for tests, trainable by the kind's default task
     example_batch: Callable  # (config, generator) -> a batch (dict of tensors) with targets
-    processor: type  # turns raw input into model input; `load(directory)` / `exists(directory)`, instances `save(directory)`
+    processor: type  # raw input -> model input: `load(directory)`, `exists(directory)`; instances `save(directory)`
     modality: str = "text"
     fsdp_unit: type = None  # the module FSDP shards as one unit when it is not the block (None: the block)
 

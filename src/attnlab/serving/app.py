@@ -29,16 +29,16 @@ from typing import Annotated, Optional, Union
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import UserError
 from ..data.seq2seq import decode_target, encode_source
+from ..errors import UserError
 from ..inference import Sampling, seq2seq_generate
 from ..inference.generate import cut_at_stop
-from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
 from ..layers import mean_pool
+from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .metrics import Counter, Gauge, Histogram, Registry
 

@@ -134,7 +134,7 @@ def test_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(corpus, tmp
     procs = launch(2, train_args(corpus, tmp_path / "killed", 4, steps, option))
     log = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while not (log.exists() and any(json.loads(l)["step"] >= kill_at for l in log.read_text().splitlines())):
+    while not (log.exists() and any(json.loads(line)["step"] >= kill_at for line in log.read_text().splitlines())):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
         time.sleep(0.01)
     for p in procs:

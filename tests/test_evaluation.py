@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.errors import UserError
-from attnlab.evaluation import perplexity, text_metrics
+from attnlab.evaluation import classification_metrics, format_confusion, perplexity, text_metrics
 from attnlab.evaluation.seq2seq import UnicodeWords
 from attnlab.models import GPTConfig, build_model
 from attnlab.tokenizers import CharTokenizer
@@ -107,3 +107,15 @@ def test_scoring_shows_a_progress_bar_of_the_tokens_when_asked_and_none_off_a_te
     assert "scoring" in bar and f"{len(TEXT) - 1}/{len(TEXT) - 1}" in bar
     perplexity(model, tok, TEXT)  # stderr is not a terminal here: plain output stays clean
     assert capsys.readouterr().err == ""
+
+
+def test_the_confusion_matrix_keeps_long_labels_apart_and_aligned():
+    names = ["World", "Sci/Tech", "a very long label name"]
+    lines = format_confusion(classification_metrics([0, 1, 2, 2], [0, 1, 2, 1], names)).splitlines()
+    header = lines[0]
+    assert len({len(line) for line in lines}) == 1  # one width: every column lines up
+    for name in names:  # each label stands apart from its neighbours in the header
+        assert f"  {name}" in header
+    ends = [header.index(name) + len(name) for name in names]
+    for line in lines[1:]:  # counts end where their column's label ends
+        assert all(line[end - 1].isdigit() for end in ends)

@@ -260,3 +260,17 @@ def test_a_family_without_heads_to_fine_tune_refuses_in_one_line():
     with pytest.raises(UserError) as err:
         build_model(preset("gpt-tiny")).classifier_for(["neg", "pos"])
     assert "gpt models have no sequence-classification head" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_classify_on_a_labelled_file_scores_each_text_once(classifier, tmp_path, capsys):
+    model_class = type(load_checkpoint(classifier)[0])
+    rows = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, kwargs, output: rows.append(len(kwargs["input_ids"])) if isinstance(module, model_class)
+        else None, with_kwargs=True)
+    try:
+        assert main(["classify", str(classifier), "--input", str(write_tsv(tmp_path / "data.tsv", n=6))]) == 0
+    finally:
+        hook.remove()
+    assert sum(rows) == 6
+    assert "accuracy" in capsys.readouterr().err

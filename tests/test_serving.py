@@ -337,7 +337,7 @@ def test_client_disconnect_cancels_generation(tokenizer, stream):
         _wait_for(lambda: engine.running == 0, timeout=3)
         assert engine.steps - started < 30  # stopped well before its 60 tokens
         metrics = server.get("/metrics").text
-        generated = float(next(l for l in metrics.splitlines() if l.startswith("attnlab_generated_tokens_total"))
+        generated = float(next(line for line in metrics.splitlines() if line.startswith("attnlab_generated_tokens_total"))
                           .split()[1])
         assert generated < 60
 

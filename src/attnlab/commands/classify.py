@@ -7,9 +7,9 @@ from pathlib import Path
 from ..checkpoint import CONFIG_FILE, LEGACY_LABELS_FILE, load_checkpoint, read_json
 from ..data.classification import ClassificationData, LabelSet, read_labelled
 from ..errors import UserError
-from ..evaluation import format_confusion
+from ..evaluation import classification_metrics, format_confusion
 from ..models.base import ENCODER
-from ..training.finetune import evaluate, predict
+from ..training.finetune import predict
 from .common import for_kind
 
 CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"max_length": ...}
@@ -62,6 +62,6 @@ def classify(args):
         print(json.dumps({"text": text, "label": names[best], "score": round(float(probs[best]), 4)},
                          ensure_ascii=False))
     if gold:
-        metrics = evaluate(model, data, names, args.batch_size)
+        metrics = classification_metrics(probabilities.argmax(dim=-1).tolist(), data.label_ids, names)
         print(format_confusion(metrics), file=sys.stderr)
         print(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}", file=sys.stderr)

@@ -20,10 +20,11 @@ def classification_metrics(predicted, gold, names) -> dict:
 
 
 def format_confusion(metrics) -> str:
-    """The confusion matrix as aligned text: rows gold, columns predicted."""
+    """The confusion matrix as aligned text: rows gold, columns predicted, every column as wide as
+    its widest entry (label or count) and two spaces apart."""
     names = metrics["labels"]
-    width = max(6, *(len(n) for n in names))
-    lines = ["gold \\ pred".ljust(width + 2) + " ".join(n.rjust(width) for n in names)]
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        lines.append(name.ljust(width + 2) + " ".join(str(v).rjust(width) for v in row))
-    return "\n".join(lines)
+    corner = "gold \\ pred"
+    rows = [[corner, *names]] + [[name, *map(str, row)] for name, row in zip(names, metrics["confusion_matrix"])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])
+                     for row in rows)

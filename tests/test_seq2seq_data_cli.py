@@ -57,6 +57,21 @@ def test_bad_pairs_files_are_user_errors(tmp_path, name, content, message):
         read_pairs(tmp_path / name)
 
 
+
+def test_lines_that_are_not_pairs_are_counted_and_named_or_skipped_on_request(tmp_path):
+    lines = [f"quelle {i}\tziel {i}" for i in range(20)]
+    for number in (3, 8, 12, 15, 17, 19, 20):  # a stray tab in seven lines
+        lines[number - 1] += "\tstray"
+    (tmp_path / "p.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"7 of 20 lines are not pairs \(lines 3, 8, 12, 15, 17, \.\.\.; line 3: "
+                                        r"expected 2 tab-separated columns .* found 3\).*data.bad_lines=skip"):
+        read_pairs(tmp_path / "p.tsv")
+    said = []
+    pairs = read_pairs(tmp_path / "p.tsv", bad_lines="skip", log=said.append)
+    assert [n for n, _, _ in pairs] == [n for n in range(1, 21) if n not in (3, 8, 12, 15, 17, 19, 20)]
+    assert pairs[0] == (1, "quelle 0", "ziel 0")
+    assert len(said) == 1 and said[0].startswith("skipped ") and "7 of 20 lines" in said[0]
+
 def test_batches_are_padded_to_their_longest_pair():
     pairs = [([5] * n + [1], [6] * (n % 4 + 1) + [1]) for n in range(1, 60)]
     batch = collate(pairs[:3])
@@ -257,3 +272,17 @@ def test_t5_span_corruption_pretraining_on_the_command_line(tmp_path, capsys):
     assert json.loads(out)["best_val_loss"] < 10  # stdout holds the JSON alone
     config = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
     assert config["family"] == "t5" and config["vocab_size"] == 3 + len(set(text.read_text())) + 8
+
+
+def test_training_skips_bad_lines_when_told_and_says_how_many(tmp_path, capsys):
+    data = write_pairs(tmp_path / "rev.tsv")
+    with data.open("a") as f:
+        f.write("one\ttoo\tmany\n")
+    base = ["train", "task=seq2seq", f"data.train={data}", *TINY_TRANSFORMER, "train.max_steps=1",
+            "train.eval_interval=1", "train.eval_batches=1", "train.batch_size=8", "train.progress=false"]
+    assert main([*base, "--out", str(tmp_path / "strict")]) == 2
+    assert "1 of" in capsys.readouterr().err and not (tmp_path / "strict" / "best").exists()
+    assert main([*base, "data.bad_lines=skip", "--out", str(tmp_path / "lenient")]) == 0
+    assert "skipped" in capsys.readouterr().err and (tmp_path / "lenient" / "best").exists()
+    assert main([*base, "data.bad_lines=maybe", "--out", str(tmp_path / "typo")]) == 2
+    assert "bad_lines" in capsys.readouterr().err

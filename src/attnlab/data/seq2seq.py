@@ -6,6 +6,7 @@ every tokenizer made here. Sources and targets both end with </s>.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,10 +21,15 @@ PAD_ID, EOS_ID, START_ID = 0, 1, 2
 
 
 # -- reading -----------------------------------------------------------------------------------
-def read_pairs(path) -> list:
+BAD_LINES = ("error", "skip")  # what reading does with a line that is not a pair
+
+
+def read_pairs(path, bad_lines: str = "error", log=None) -> list:
     """A .tsv (source<TAB>target per line) or .jsonl ({"source": ..., "target": ...} per line)
     file -> [(line number, source, target)], the line numbers for error messages. Blank lines
-    are skipped; a UTF-8 byte order mark at the start of the file is not data."""
+    are skipped; a UTF-8 byte order mark at the start of the file is not data. Lines that are not
+    pairs are an error naming how many and where, or with bad_lines="skip" are left out and
+    reported through `log` (stderr by default)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pairs file {path} does not exist")
@@ -32,26 +38,46 @@ def read_pairs(path) -> list:
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
     parse = _json_pair if path.suffix in (".jsonl", ".json") else _tsv_pair
-    pairs = [(n, *parse(line, f"{path} line {n}")) for n, line in enumerate(lines, 1) if line.strip()]
+    pairs, bad = [], []  # bad: (line number, what is wrong)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        pair = parse(line)
+        if isinstance(pair, str):
+            bad.append((number, pair))
+        else:
+            pairs.append((number, *pair))
+    if bad:
+        numbers = ", ".join(str(n) for n, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        summary = (f"{path}: {len(bad)} of {len(bad) + len(pairs)} lines are not pairs (lines {numbers}; "
+                   f"line {bad[0][0]}: {bad[0][1]})")
+        if bad_lines != "skip":
+            raise UserError(f"{summary}; fix them, or leave them out with data.bad_lines=skip")
+        (log or _stderr)(f"skipped {summary}")
     if not pairs:
         raise UserError(f"pairs file {path} holds no pairs: write one source<TAB>target (or JSON) per line")
     return pairs
 
 
-def _tsv_pair(line, where):
+def _stderr(message: str):
+    print(message, file=sys.stderr)
+
+
+def _tsv_pair(line):
+    """(source, target), or what is wrong with the line."""
     columns = line.split("\t")
     if len(columns) != 2:
-        raise UserError(f"{where}: expected 2 tab-separated columns (source, target), found {len(columns)}")
+        return f"expected 2 tab-separated columns (source, target), found {len(columns)}"
     return columns[0], columns[1]
 
 
-def _json_pair(line, where):
+def _json_pair(line):
     try:
         record = json.loads(line)
     except ValueError as err:
-        raise UserError(f"{where}: not valid JSON ({err})") from None
+        return f"not valid JSON ({err})"
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("source", "target")):
-        raise UserError(f'{where}: expected an object with string fields "source" and "target"')
+        return 'expected an object with string fields "source" and "target"'
     return record["source"], record["target"]
 
 

@@ -6,7 +6,8 @@ the `span_corruption` task: T5 pretraining on plain text. Both default to 32 exa
     tokenizer: kind: char | bpe, vocab_size (bpe), shared: true (one tokenizer for both sides);
                with shared: false, target_kind and target_vocab_size may differ from the source's
     data:      train (or path, as `--data` sets it): pairs file (.tsv or .jsonl); val: pairs file,
-               or val_fraction of train (0.1), held out by a shuffle seeded with train.seed
+               or val_fraction of train (0.1), held out by a shuffle seeded with train.seed;
+               bad_lines: error (default: name the lines that are not pairs) or skip (count them)
 
     task: span_corruption
     model:     t5 fields (vocab_size is the tokenizer's plus the sentinels)
@@ -20,8 +21,8 @@ from pathlib import Path
 from ...checkpoint import load_checkpoint
 from ...config import Config
 from ...data.corpus import read_text
-from ...data.seq2seq import (EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, check_lengths, encode_pairs, holdout, read_pairs,
-                             train_seq2seq_tokenizer)
+from ...data.seq2seq import (BAD_LINES, EOS_ID, PAD_ID, START_ID, Seq2SeqBatches, check_lengths, encode_pairs, holdout,
+                             read_pairs, train_seq2seq_tokenizer)
 from ...data.span_corruption import SpanCorruptionBatches
 from ...errors import UserError
 from ...models.base import SEQ2SEQ as SEQ2SEQ_KIND
@@ -39,9 +40,11 @@ class Seq2SeqData(Config):
     path: str = None
     val: str = None  # pairs file; None: hold out val_fraction of train
     val_fraction: float = 0.1
+    bad_lines: str = "error"  # a line that is not a pair: error (naming them) or skip (counting them)
 
     def validate(self):
         require_val_fraction(self)
+        self.require_choice("bad_lines", BAD_LINES)
 
 
 @dataclasses.dataclass
@@ -84,7 +87,7 @@ def seq2seq(run: Run, run_dir: Path, resume: bool):
     if train_path is None:
         raise UserError("data.train is missing: point it at a pairs file (source<TAB>target per line, or JSONL), "
                         "or pass --data")
-    numbered = read_pairs(train_path)
+    numbered = read_pairs(train_path, data.bad_lines)
     pairs = [(source, target) for _, source, target in numbered]
     if resume:
         model, _ = load_checkpoint(run_dir / "last", with_tokenizer=False)
@@ -101,7 +104,7 @@ def seq2seq(run: Run, run_dir: Path, resume: bool):
 
     train_ids = encoded(numbered, train_path)
     if data.val is not None:
-        splits = {"train": train_ids, "val": encoded(read_pairs(data.val), data.val)}
+        splits = {"train": train_ids, "val": encoded(read_pairs(data.val, data.bad_lines), data.val)}
     else:
         train_split, val_split = holdout(train_ids, data.val_fraction, run.train.seed)
         if not val_split:

@@ -45,6 +45,38 @@ def test_tsv_csv_and_jsonl_read_the_same(tmp_path):
         assert read_labelled(tmp_path / name) == (["good, really", "bad"], ["1", "0"])
 
 
+
+def test_a_file_without_a_header_row_is_recognised_and_read_by_position(tmp_path):
+    (tmp_path / "sst.tsv").write_text("a great film\t1\na dull mess\t0\ni loved it\t1\n")  # text, label
+    (tmp_path / "news.csv").write_text('3,"Stocks up",Markets rallied.\n1,Rain,"Wet, cold."\n')  # label, title, text
+    for name in ("sst.tsv", "news.csv"):
+        with pytest.raises(UserError, match=f"{name} seems to have no header row.*--no-header"):
+            read_labelled(tmp_path / name)
+    assert read_labelled(tmp_path / "sst.tsv", header=False) == (["a great film", "a dull mess", "i loved it"],
+                                                                 ["1", "0", "1"])
+    assert read_labelled(tmp_path / "news.csv", "3", "1", header=False) == (["Markets rallied.", "Wet, cold."],
+                                                                            ["3", "1"])
+    with pytest.raises(UserError, match="--text-column must be a column position"):
+        read_labelled(tmp_path / "sst.tsv", "text", header=False)
+    (tmp_path / "named.tsv").write_text("review\tscore\nfine\t5\n")  # a header that names other columns
+    with pytest.raises(UserError, match="no text column .*review, score.*--text-column"):
+        read_labelled(tmp_path / "named.tsv")
+
+
+def test_finetune_and_classify_read_headerless_files_with_no_header(base, tmp_path, capsys):
+    data = tmp_path / "train.tsv"
+    data.write_text("".join(line + "\n" for line in write_tsv(tmp_path / "h.tsv", n=20).read_text().splitlines()[1:]))
+    out = tmp_path / "clf"
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no header row" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), "--epochs", "1",
+                 "--max-length", "16", "--no-header"]) == 0
+    capsys.readouterr()
+    assert main(["classify", str(out), "--input", str(data), "--no-header"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 20 and "accuracy" in captured.err
+
 def test_bad_data_files_get_clear_errors(tmp_path):
     (tmp_path / "empty.tsv").write_text("")
     with pytest.raises(UserError, match="no examples"):

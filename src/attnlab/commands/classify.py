@@ -19,8 +19,11 @@ def register(sub):
     p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--input", help="TSV/CSV/JSONL file (default: one text per line on stdin)")
-    p.add_argument("--text-column", help="text column of --input (default: sentence or text)")
-    p.add_argument("--label-column", default="label", help="if --input has it, accuracy/F1 are reported too")
+    p.add_argument("--text-column", help="text column of --input (default: sentence or text; with --no-header: 1)")
+    p.add_argument("--label-column",
+                   help="if --input has it, accuracy/F1 are reported too (default: label; with --no-header: 2)")
+    p.add_argument("--no-header", action="store_true",
+                   help="--input is a TSV/CSV without a header row: give the columns by position, from 1")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(run=classify)
 
@@ -49,7 +52,8 @@ def classify(args):
     model, tokenizer, names, max_length = load_classifier("classify", args.checkpoint)
     gold = None
     if args.input:
-        texts, gold = read_labelled(args.input, args.text_column, args.label_column, require_labels=False)
+        texts, gold = read_labelled(args.input, args.text_column, args.label_column, require_labels=False,
+                                   header=not args.no_header)
     else:
         texts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not texts:

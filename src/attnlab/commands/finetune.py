@@ -41,8 +41,10 @@ def register(sub):
 
 
 def data_options(p):
-    p.add_argument("--text-column", help="default: sentence or text")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--text-column", help="default: sentence or text (with --no-header: 1)")
+    p.add_argument("--label-column", help="default: label (with --no-header: 2)")
+    p.add_argument("--no-header", action="store_true",
+                   help="the TSV/CSV files have no header row: give the columns by position, from 1")
     p.add_argument("--max-train", type=int, help="use at most this many training examples (stratified sample)")
     p.add_argument("--max-val", type=int, help="use at most this many validation examples (stratified sample)")
 
@@ -88,11 +90,11 @@ def _subsample(texts, labels, limit, seed=0):
 
 def task_data(args, tokenizer, label_set=None, val_required=False):
     """-> (label set, train data, val data) from --train / --val (or a stratified split)."""
-    texts, labels = read_labelled(args.train, args.text_column, args.label_column)
+    texts, labels = read_labelled(args.train, args.text_column, args.label_column, header=not args.no_header)
     texts, labels = _subsample(texts, labels, args.max_train)
     label_set = label_set or LabelSet.from_labels(labels)
     if args.val:
-        val_texts, val_labels = read_labelled(args.val, args.text_column, args.label_column)
+        val_texts, val_labels = read_labelled(args.val, args.text_column, args.label_column, header=not args.no_header)
     elif val_required:
         raise UserError("--val is required")
     else:

@@ -1,7 +1,8 @@
 """Labelled text for sequence classification: TSV / CSV / JSONL in, padded batches out.
 
 A file has a text column and a label column (names chosen by the user; defaults "sentence"
-or "text", and "label"). The label set is read from the training data, sorted, and saved
+or "text", and "label"). A TSV/CSV without a header row names them by position instead (1 and 2
+unless told), and a file whose first line reads as an example is recognised as one. The label set is read from the training data, sorted, and saved
 with the model so predictions map back to the user's own label strings.
 """
 
@@ -18,8 +19,9 @@ TEXT_COLUMNS = ("sentence", "text")
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
 
-def read_rows(path) -> list:
-    """A TSV/CSV (with a header row) or JSONL file -> list of dicts."""
+def read_rows(path, header: bool = True) -> list:
+    """A TSV/CSV or JSONL file -> list of dicts; a TSV/CSV without a header row (header=False)
+    gives each row's columns under their positions "1", "2", ..."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file {path} does not exist")
@@ -30,6 +32,8 @@ def read_rows(path) -> list:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"{path} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
+    if kind == "jsonl" and not header:
+        raise UserError(f"{path} is JSONL, whose fields have names: --no-header applies to TSV/CSV files")
     if kind == "jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -45,22 +49,35 @@ def read_rows(path) -> list:
     else:
         delimiter = "\t" if kind == "tsv" else ","
         quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL  # SST-2 TSVs hold bare quotes
-        rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter, quoting=quoting))
+        lines = text.splitlines()
+        if header:
+            rows = list(csv.DictReader(lines, delimiter=delimiter, quoting=quoting))
+        else:
+            rows = [{str(i): value for i, value in enumerate(row, 1)}
+                    for row in csv.reader(lines, delimiter=delimiter, quoting=quoting) if row]
     if not rows:
         raise UserError(f"{path} holds no examples (an empty file, or only a header)")
     return rows
 
 
-def read_labelled(path, text_column=None, label_column="label", require_labels=True):
-    """-> (texts, label strings or None). Missing columns name the columns the file has."""
-    rows = read_rows(path)
+def read_labelled(path, text_column=None, label_column=None, require_labels=True, header=True):
+    """-> (texts, label strings or None). Columns are names, or positions from 1 when the file has
+    no header row; a missing column names the columns the file has."""
+    rows = read_rows(path, header)
+    if header:
+        text_column = text_column or next((c for c in TEXT_COLUMNS if c in rows[0]), None)
+        label_column = label_column or "label"
+    else:
+        text_column = _position(text_column or "1", "--text-column")
+        label_column = _position(label_column or "2", "--label-column")
     columns = list(rows[0])
-    text_column = text_column or next((c for c in TEXT_COLUMNS if c in rows[0]), None)
     if text_column is None or text_column not in rows[0]:
+        _no_header_hint(path, rows, header)
         raise UserError(f"{path} has no text column {text_column or ' or '.join(TEXT_COLUMNS)!r}; its columns are "
                         f"{', '.join(map(str, columns))}; choose one with --text-column")
     if label_column not in rows[0]:
         if require_labels:
+            _no_header_hint(path, rows, header)
             raise UserError(f"{path} has no label column {label_column!r}; its columns are "
                             f"{', '.join(map(str, columns))}; choose one with --label-column")
         return [str(r.get(text_column) or "") for r in rows], None
@@ -72,6 +89,32 @@ def read_labelled(path, text_column=None, label_column="label", require_labels=T
         texts.append(str(text).strip())
         labels.append(str(label).strip())
     return texts, labels
+
+
+def _position(column: str, flag: str) -> str:
+    if not str(column).isdigit() or int(column) < 1:
+        raise UserError(f"{flag} must be a column position (1, 2, ...) with --no-header, not {column!r}")
+    return str(int(column))
+
+
+def _no_header_hint(path, rows, header: bool):
+    """Refuse, saying so, a TSV/CSV whose 'header' is an example: one of its cells is a number, or
+    comes back as a value of its column further down (a label, typically)."""
+    if not header or Path(path).suffix.lower() == ".jsonl":
+        return
+    names = [name for name in rows[0] if name is not None]  # None keys extra cells of a long row
+    if any(_is_number(name) or any(row.get(name) == name for row in rows[1:]) for name in names):
+        first = "\t".join(names)
+        raise UserError(f"{path} seems to have no header row: its first line ({first[:60]!r}) reads as an example; "
+                        "pass --no-header and give the columns by position, e.g. --text-column 1 --label-column 2")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class LabelSet:

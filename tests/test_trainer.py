@@ -129,3 +129,100 @@ def test_the_trainer_takes_any_batch_and_counts_its_real_tokens(tmp_path):
     losses = [trainer.train_step() for _ in range(40)]
     assert all(tokens == 2 * 6 for _, tokens in losses)
     assert trainer.evaluate() < first / 10
+
+
+def scripted(trainer, losses_and_tokens, on_step=None):
+    """Make `trainer` take steps that report the given (loss, tokens), calling on_step(step) after each."""
+    script = iter(losses_and_tokens)
+
+    def step():
+        trainer.step += 1
+        if on_step:
+            on_step(trainer.step)
+        return next(script)
+
+    trainer.train_step = step
+
+
+def test_the_logged_loss_is_the_token_weighted_mean_of_the_interval(tiny_text, tmp_path):
+    trainer = make_trainer(run_config(tiny_text, max_steps=4, log_interval=2, eval_interval=100), tmp_path)
+    scripted(trainer, [(1.0, 10), (3.0, 30), (5.0, 1), (7.0, 3)])
+    trainer.train()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in logged if "train_loss" in r] == [2.5, 6.5]
+
+
+def test_checkpoints_between_evaluations_at_the_checkpoint_interval(tiny_text, tmp_path):
+    trainer = make_trainer(run_config(tiny_text, max_steps=7, eval_interval=100, checkpoint_interval=3), tmp_path)
+    saved = []
+    trainer.save = lambda name, with_state: saved.append((trainer.step, name, with_state))
+    scripted(trainer, [(1.0, 1)] * 7)
+    trainer.train()
+    assert saved == [(3, "last", True), (6, "last", True), (7, "best", False), (7, "last", True)]
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_the_step_it_stopped_at_and_the_run_resumes_from_it(tiny_text, tmp_path, name):
+    import os
+    import signal
+
+    from attnlab.training.trainer import Stopped
+
+    run = run_config(tiny_text, eval_interval=100)
+    trainer = make_trainer(run, tmp_path)
+    real_step = trainer.train_step
+
+    def step_then_signal():
+        result = real_step()
+        if trainer.step == 5:
+            os.kill(os.getpid(), getattr(signal, name))
+        return result
+
+    trainer.train_step = step_then_signal
+    with pytest.raises(Stopped, match=f"stopped by {name} at step 5"):
+        trainer.train()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+    resumed = make_trainer(run, tmp_path, resume=True)
+    resumed.resume(tmp_path / "last")
+    assert resumed.step == 5
+    assert resumed.train()["step"] == 12
+
+
+def test_a_time_budget_ends_the_run_with_its_schedule_decayed_and_a_checkpoint(tiny_text, tmp_path, monkeypatch):
+    import types
+
+    import attnlab.training.trainer as trainer_module
+
+    now = [0.0]
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    run = run_config(tiny_text, max_steps=1000, eval_interval=1000, warmup_steps=0, max_minutes=1.0, lr=1e-3,
+                     min_lr=1e-4)
+    trainer = make_trainer(run, tmp_path)
+    real_step, lrs = trainer.train_step, []
+
+    def timed_step():  # each step takes 6 s of the 60 s budget: 10 steps
+        result = real_step()
+        now[0] += 6.0
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        return result
+
+    trainer.train_step = timed_step
+    last = trainer.train()
+    assert last["step"] == 10 and "val_loss" in last and (tmp_path / "last" / "trainer.pt").exists()
+    # decayed for the budget (step k starts at k/10 of it), not for max_steps
+    assert lrs == pytest.approx([1e-4 + 0.5 * (1 + math.cos(math.pi * k / 10)) * 9e-4 for k in range(10)])
+    resumed = make_trainer(run, tmp_path, resume=True)
+    resumed.resume(tmp_path / "last")
+    assert resumed.seconds == pytest.approx(60.0) and resumed.budget_spent() >= 1
+
+
+def test_train_takes_a_time_budget_on_the_command_line_and_refuses_a_negative_one(tiny_text, tmp_path, capsys):
+    from attnlab.cli import main
+
+    base = ["train", "--data", str(tiny_text), "model.n_layer=1", "model.d_model=16", "model.n_head=2",
+            "model.max_seq_len=16", "train.max_steps=100000", "train.eval_batches=1", "train.progress=false"]
+    assert main([*base, "--max-minutes", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "max_minutes" in capsys.readouterr().err
+    assert main([*base, "--max-minutes", "0.05", "--out", str(tmp_path / "run")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < result["step"] < 100000 and "val_loss" in result and (tmp_path / "run" / "last").exists()

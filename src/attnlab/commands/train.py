@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..models.base import family_spec
 from ..training import Trainer, distributed
+from ..training.trainer import Stopped
 from ..training.tasks import resolve_run, setup_task
 from .common import claim_output, load_run_config, mark_output, output_dir, print_json
 
@@ -25,6 +26,8 @@ def register(sub):
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train); a non-empty one that "
                    "is not an earlier train's is refused")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget (sets train.max_minutes): the schedule "
+                   "decays to fit it, and the run ends with an evaluation and a checkpoint")
     p.set_defaults(run=train)
 
 
@@ -35,6 +38,8 @@ def train(args):
         overrides.append(f"data.path={args.data}")
     if args.preset:
         overrides.append(f"model.preset={args.preset}")
+    if args.max_minutes is not None:
+        overrides.append(f"train.max_minutes={args.max_minutes}")
     if args.resume:
         run = resumed_run(run_dir, overrides)
     else:
@@ -60,6 +65,8 @@ def train(args):
                   file=sys.stderr)
         try:
             last = trainer.train()
+        except Stopped as stop:
+            raise UserError(f"{stop}; saved {run_dir / 'last'}, continue with --resume") from None
         except KeyboardInterrupt:
             raise UserError(interrupted(run_dir, trainer.step)) from None
     finally:

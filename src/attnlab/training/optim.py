@@ -25,10 +25,12 @@ def make_optimizer(model, lr, weight_decay, betas, fused=False):
                              **({"fused": True} if fused else {}))
 
 
-def lr_at(step: int, schedule: str, lr: float, min_lr: float, warmup: int, max_steps: int) -> float:
-    """Learning rate for `step` (0-based).
+def lr_at(step: int, schedule: str, lr: float, min_lr: float, warmup: int, max_steps: int,
+          done: float = 0.0) -> float:
+    """Learning rate for `step` (0-based); `done` is the fraction of a time budget spent, so that a
+    budgeted run's decay ends when its time does (whichever end comes first).
 
-    cosine: linear warmup to lr, then cosine decay to min_lr at max_steps.
+    cosine: linear warmup to lr, then cosine decay to min_lr at max_steps (or the budget's end).
     constant: linear warmup, then lr.
     inverse_sqrt: Vaswani et al. — lr * min((s+1)^-0.5, (s+1) * warmup^-1.5), normalised so the
     peak (at the end of warmup) equals lr.
@@ -40,5 +42,5 @@ def lr_at(step: int, schedule: str, lr: float, min_lr: float, warmup: int, max_s
         return lr * (step + 1) / warmup
     if schedule == "constant":
         return lr
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, max_steps - warmup), done))
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)

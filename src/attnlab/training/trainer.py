@@ -14,7 +14,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,7 +49,9 @@ class TrainConfig(Config):
     grad_clip: float = 1.0  # 0 disables clipping
     eval_interval: int = 200
     eval_batches: int = 20
-    log_interval: int = 10
+    log_interval: int = 10  # steps; the logged train_loss is the token-weighted mean over them
+    checkpoint_interval: int = 0  # steps between saves of last/ besides evaluations; 0: at evaluations only
+    max_minutes: float = 0  # wall-clock budget; the schedule decays to fit it; 0: none (max_steps only)
     precision: str = "fp32"
     compile: bool = False
     fused_optimizer: bool = False
@@ -58,6 +62,8 @@ class TrainConfig(Config):
 
     def validate(self):
         self.require_positive("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval")
+        if self.checkpoint_interval < 0 or self.max_minutes < 0:
+            raise self.invalid("checkpoint_interval and max_minutes must be >= 0 (0: off)")
         if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise self.invalid("warmup_steps, min_lr, weight_decay and grad_clip must be >= 0 and lr > 0")
         self.require_choice("schedule", SCHEDULES)
@@ -88,6 +94,8 @@ class Trainer:
                                         fused=config.fused_optimizer)
         self.step = 0
         self.best_val = math.inf
+        self.seconds = 0.0  # wall-clock time in the training loop so far, over resumes: what max_minutes budgets
+        self.stop_signal = None  # the signal that asked the run to stop after its current step
         self.data_generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         self.forward = torch.compile(wrapped) if config.compile else wrapped
@@ -97,6 +105,7 @@ class Trainer:
         return {
             "step": self.step,
             "best_val": self.best_val,
+            "seconds": self.seconds,
             "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -109,7 +118,7 @@ class Trainer:
         state = load_trainer_state(checkpoint_dir)
         self.parallel.load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
         self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        self.step, self.best_val = state["step"], state["best_val"]
+        self.step, self.best_val, self.seconds = state["step"], state["best_val"], state.get("seconds", 0.0)
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -134,7 +143,7 @@ class Trainer:
     def train_step(self):
         """One optimiser step over grad_accum micro-batches -> (mean loss, tokens seen)."""
         c = self.config
-        lr = lr_at(self.step, c.schedule, c.lr, c.min_lr, c.warmup_steps, c.max_steps)
+        lr = lr_at(self.step, c.schedule, c.lr, c.min_lr, c.warmup_steps, c.max_steps, done=self.budget_spent())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -167,50 +176,126 @@ class Trainer:
         self.model.train()
         return self.parallel.mean(sum(losses) / len(losses))
 
+    def budget_spent(self) -> float:
+        """The fraction of train.max_minutes used (0 without a budget)."""
+        return self.seconds / (60 * self.config.max_minutes) if self.config.max_minutes else 0.0
+
     def train(self, stop_at=None) -> dict:
-        """Run to max_steps (or stop_at); returns the last metrics. Ctrl-C stops cleanly with
-        the last checkpoint intact."""
+        """Run to max_steps (or stop_at, or the end of the time budget, with an evaluation and a
+        checkpoint at the end); returns the last metrics. SIGINT or SIGTERM ends the current step,
+        saves last/ and raises `Stopped`; a second Ctrl-C aborts at once, the last checkpoint intact."""
         c = self.config
         end = min(c.max_steps, stop_at or c.max_steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / METRICS_FILE
         bar = tqdm(total=end, initial=self.step, disable=not (c.progress and self.parallel.is_main),
                    dynamic_ncols=True, unit="step")
-        window_tokens, window_start, last = 0, time.perf_counter(), {}
+        window, last = LossWindow(), {}
+        clock = time.perf_counter()
         try:
-            while self.step < end:
-                loss, tokens = self.train_step()
-                window_tokens += tokens
-                if self.step % c.log_interval == 0 or self.step == end:
-                    elapsed = time.perf_counter() - window_start
-                    last = {"step": self.step, "train_loss": self.parallel.mean(loss),
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            "tokens_per_s": window_tokens * self.parallel.world_size / max(elapsed, 1e-9)}
-                    self._log(metrics_path, last)
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{last['tokens_per_s']:.0f}")
-                    window_tokens, window_start = 0, time.perf_counter()
-                bar.update(1)
-                if self.step % c.eval_interval == 0 or self.step == end:
-                    val = self.evaluate()
-                    last = {**last, "step": self.step, "val_loss": val}
-                    self._log(metrics_path, {"step": self.step, "val_loss": val})
-                    if val < self.best_val:
-                        self.best_val = val
-                        self.save("best", with_state=False)
-                    self.save("last", with_state=True)
-                    if self.parallel.is_main:
-                        plot_metrics(metrics_path, self.run_dir / "loss.png")
-                        bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})",
-                                  file=sys.stderr)  # stdout is for the command's JSON
-                    window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
+            with self.stop_on_signals():
+                while self.step < end:
+                    loss, tokens = self.train_step()
+                    window.add(loss, tokens)
+                    now = time.perf_counter()
+                    self.seconds, clock = self.seconds + now - clock, now
+                    stopping = self.parallel.mean(float(self.stop_signal is not None)) > 0  # every rank stops alike
+                    finishing = self.step == end or self.budget_spent() >= 1
+                    if self.step % c.log_interval == 0 or finishing or stopping:
+                        last = self._log_window(window, metrics_path, bar)
+                        window = LossWindow()
+                    bar.update(1)
+                    if stopping:
+                        self.save("last", with_state=True)
+                        raise Stopped(self.step, self.stop_signal or "a signal to another process")
+                    if self.step % c.eval_interval == 0 or finishing:
+                        last = {**last, **self._evaluate_and_save(metrics_path, bar)}
+                        window.restart()  # tokens/s counts training only
+                    elif c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
+                        self.save("last", with_state=True)
+                    if finishing:
+                        break
         finally:
             bar.close()
         return last
+
+    def _log_window(self, window: "LossWindow", metrics_path, bar) -> dict:
+        record = {"step": self.step, "train_loss": self.parallel.mean(window.mean()),
+                  "lr": self.optimizer.param_groups[0]["lr"],
+                  "tokens_per_s": window.tokens_per_s() * self.parallel.world_size}
+        self._log(metrics_path, record)
+        bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        return record
+
+    def _evaluate_and_save(self, metrics_path, bar) -> dict:
+        val = self.evaluate()
+        self._log(metrics_path, {"step": self.step, "val_loss": val})
+        if val < self.best_val:
+            self.best_val = val
+            self.save("best", with_state=False)
+        self.save("last", with_state=True)
+        if self.parallel.is_main:
+            plot_metrics(metrics_path, self.run_dir / "loss.png")
+            bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})",
+                      file=sys.stderr)  # stdout is for the command's JSON
+        return {"step": self.step, "val_loss": val}
+
+    @contextlib.contextmanager
+    def stop_on_signals(self):
+        """While training: SIGINT/SIGTERM ask for a stop after the current step; a second SIGINT
+        interrupts at once. Outside the main thread (where handlers cannot be set) nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(number, frame):
+            if self.stop_signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signal.Signals(number).name
+
+        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def _log(self, path, record):
         if self.parallel.is_main:
             with open(path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+class Stopped(Exception):
+    """Training stopped on a signal, after saving last/ at `step`."""
+
+    def __init__(self, step: int, signal_name: str):
+        super().__init__(f"stopped by {signal_name} at step {step}")
+        self.step, self.signal_name = step, signal_name
+
+
+class LossWindow:
+    """The training loss over a logging interval, weighted by each step's tokens (one batch's loss
+    swings with its lengths), and the training tokens per second since the last restart."""
+
+    def __init__(self):
+        self.weighted, self.tokens = 0.0, 0
+        self.restart()
+
+    def add(self, loss: float, tokens: int):
+        self.weighted += loss * tokens
+        self.tokens += tokens
+        self.timed_tokens += tokens
+
+    def mean(self) -> float:
+        return self.weighted / max(self.tokens, 1)
+
+    def restart(self):
+        """Count tokens/s from now on, e.g. after an evaluation."""
+        self.started, self.timed_tokens = time.perf_counter(), 0
+
+    def tokens_per_s(self) -> float:
+        return self.timed_tokens / max(time.perf_counter() - self.started, 1e-9)
 
 
 def drop_metrics_after(path: Path, step: int):

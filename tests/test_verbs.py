@@ -180,3 +180,32 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def verb_parsers() -> dict:
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def minimal_argv(verb) -> list:
+    """The verb with a placeholder for each argument it requires, so that parsing succeeds."""
+    actions = verb_parsers()[verb]._actions
+    positional = [a for a in actions if not a.option_strings and a.nargs not in ("*", "?")]
+    options = [a.option_strings[0] for a in actions if a.option_strings and a.required]
+    return [verb, *[a.choices[0] if a.choices else "x" for a in positional],
+            *[x for option in options for x in (option, "x")]]
+
+
+@pytest.mark.parametrize("verb", sorted(verb_parsers()))
+def test_every_verb_takes_threads_and_refuses_a_non_positive_count(verb, capsys):
+    assert "--threads" in verb_parsers()[verb].format_help()
+    assert main([*minimal_argv(verb), "--threads", "0"]) == 2
+    assert "--threads must be a positive integer" in capsys.readouterr().err
+
+
+def test_threads_set_torchs_thread_count_before_the_verb_runs(tmp_path, capsys):
+    previous = torch.get_num_threads()
+    try:
+        assert main(["embed", str(tmp_path / "missing"), "--threads", "2"]) == 2  # no checkpoint: after the threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

@@ -16,13 +16,30 @@ def verb_modules() -> list:
     return [importlib.import_module(f"attnlab.commands.{name}") for name in names]
 
 
+THREADS_HELP = ("CPU threads for the model (default: OMP_NUM_THREADS if set, else one per core); on a machine "
+                "other jobs share, 1 is often fastest")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnlab", description="Transformers from shared layers: "
                                      "train, generate, evaluate, convert, compress and serve.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for module in verb_modules():
         module.register(sub)
+    for verb_parser in sub.choices.values():
+        verb_parser.add_argument("--threads", type=int, help=THREADS_HELP)
     return parser
+
+
+def use_threads(threads):
+    """--threads for every verb: torch's intra-op threads (torch itself reads OMP_NUM_THREADS)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise UserError(f"--threads must be a positive integer, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main(argv=None) -> int:
@@ -33,6 +50,7 @@ def main(argv=None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     try:
+        use_threads(args.threads)
         args.run(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 says so once

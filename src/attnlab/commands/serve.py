@@ -25,8 +25,6 @@ def register(sub):
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get to finish on shutdown")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: torch's choice; 1 is often "
-                                                 "fastest for small models on a busy machine)")
     p.add_argument("--name", help="model name reported in responses (default: the checkpoint path)")
     p.set_defaults(run=serve)
 
@@ -57,14 +55,12 @@ def server_app(args):
 
     from ..serving.app import ServeConfig, create_app
 
-    for name in ("max_batch", "max_queue", "max_inputs", "max_request_tokens", "encode_batch", "port", "threads"):
+    for name in ("max_batch", "max_queue", "max_inputs", "max_request_tokens", "encode_batch", "port"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.timeout <= 0 or args.grace < 0:
         raise UserError("--timeout must be > 0 and --grace >= 0")
     check_bindable(args.host, args.port)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     path = resolve_checkpoint(args.checkpoint)
     model, processor = load_checkpoint(path, device=device)

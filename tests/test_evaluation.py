@@ -100,12 +100,17 @@ def test_english_scores_are_rouge_scores_default(hypothesis, reference):
     assert 0 < scores["rouge1"] < 100
 
 
-def test_scoring_shows_a_progress_bar_of_the_tokens_when_asked_and_none_off_a_terminal(model_and_tokenizer, capsys):
+def test_scoring_reports_its_progress_off_a_terminal_in_plain_lines_and_is_silent_when_quiet(
+        model_and_tokenizer, capsys, monkeypatch):
+    import attnlab.progress
+
+    monkeypatch.setattr(attnlab.progress, "LINE_EVERY_S", 0.0)
     model, tok = model_and_tokenizer
-    perplexity(model, tok, TEXT, progress=True)
-    bar = capsys.readouterr().err
-    assert "scoring" in bar and f"{len(TEXT) - 1}/{len(TEXT) - 1}" in bar
-    perplexity(model, tok, TEXT)  # stderr is not a terminal here: plain output stays clean
+    perplexity(model, tok, TEXT)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and lines[-1].startswith(f"scoring: {len(TEXT) - 1}/{len(TEXT) - 1} tok (100%)")
+    assert "\r" not in "".join(lines)  # no bar redrawn in a log file
+    perplexity(model, tok, TEXT, quiet=True)
     assert capsys.readouterr().err == ""
 
 

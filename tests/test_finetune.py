@@ -306,3 +306,20 @@ def test_classify_on_a_labelled_file_scores_each_text_once(classifier, tmp_path,
         hook.remove()
     assert sum(rows) == 6
     assert "accuracy" in capsys.readouterr().err
+
+
+def test_finetune_stops_at_max_steps_and_shows_its_steps_between_evaluations(base, tmp_path, capsys, monkeypatch):
+    import attnlab.progress
+
+    monkeypatch.setattr(attnlab.progress, "LINE_EVERY_S", 0.0)
+    data = write_tsv(tmp_path / "train.tsv", n=40)
+    out = tmp_path / "clf"
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(out), "--epochs", "5",
+                 "--batch-size", "4", "--max-length", "16", "--max-steps", "3", "--eval-every", "100"]) == 0
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if line.startswith("fine-tuning:")]
+    assert [line.split()[1] for line in steps] == ["1/3", "2/3", "3/3"]
+    assert "step 3/3: loss" in err and "step 4" not in err
+    assert main(["finetune", "--base", str(base), "--train", str(data), "--out", str(tmp_path / "x"),
+                 "--max-steps", "-1"]) == 2
+    assert "max_steps" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import os
 import pkgutil
 import sys
 
-from . import commands
+from . import commands, progress
 from .errors import UserError
 
 
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for verb_parser in sub.choices.values():
         verb_parser.add_argument("--threads", type=int, help=THREADS_HELP)
+        verb_parser.add_argument("--quiet", action="store_true",
+                                 help="no progress bars or progress lines (off a terminal they are plain lines)")
     return parser
 
 
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
         args.overrides += extra
     try:
         use_threads(args.threads)
-        args.run(args)
+        with progress.silenced(args.quiet):
+            args.run(args)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 says so once
             print(f"attnlab {args.verb}: error: {err}", file=sys.stderr)

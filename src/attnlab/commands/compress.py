@@ -3,7 +3,6 @@ write a report."""
 
 import copy
 import json
-import sys
 
 import torch
 
@@ -11,6 +10,7 @@ from ..checkpoint import save_checkpoint
 from ..compression.pipeline import parse_pipeline, run_stage
 from ..compression.report import disk_bytes, interleaved_latency, weight_count, write_report
 from ..data.classification import LabelSet
+from ..progress import say
 from ..training.finetune import evaluate
 from .classify import CLASSIFY_FILE, load_classifier
 from .common import FORCE_HELP, claim_output, fresh_output
@@ -39,7 +39,7 @@ def compress(args):
     config = finetune_config(args)
     model, tokenizer, names, _ = load_classifier("compress", args.checkpoint)
     _, train, val = task_data(args, tokenizer, LabelSet(names), val_required=True)
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    log = say
     torch.manual_seed(config.seed)
     probe = val.texts[:max(32, args.repeats)]
     models, accuracy, details, done = {"start": model}, {"start": evaluate(model, val, names)["accuracy"]}, {}, []

@@ -81,7 +81,7 @@ def embed(args):
         raise UserError(f"--out {out} must end in .npy or .jsonl")
     texts = _read_texts(args.input)
     encoder, _ = sentence_encoder(args)
-    vectors = encoder.encode(texts).numpy().astype(np.float32)
+    vectors = encoder.encode(texts, quiet=False).numpy().astype(np.float32)
     if out is not None and out.suffix == ".npy":
         np.save(out, vectors)
     else:

@@ -49,5 +49,5 @@ def text_scores(args, model, tokenizers) -> dict:
     for line, source, _ in numbered:  # a source too long for the model is an error that names its line
         check_length(encode_source(tokenizers, source, model.config.eos_id), model.config.max_seq_len, "source",
                      f"{args.data} line {line}", "shorten or split it")
-    outputs = translate(model, tokenizers, [source for _, source, _ in numbered], strategy)
+    outputs = translate(model, tokenizers, [source for _, source, _ in numbered], strategy, quiet=False)
     return text_metrics([row[0][0] for row in outputs], [target for _, _, target in numbered])

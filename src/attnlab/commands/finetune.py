@@ -2,13 +2,13 @@
 labelled-data and training options that compress shares."""
 
 import dataclasses
-import sys
 from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, load_checkpoint, read_json, save_checkpoint
 from ..compression import inject_lora, save_lora
 from ..data.classification import ClassificationData, LabelSet, read_labelled, stratified_split
 from ..errors import UserError
+from ..progress import say
 from ..evaluation import format_confusion
 from ..models.base import ENCODER
 from ..training.finetune import FinetuneConfig, fit
@@ -118,7 +118,7 @@ def finetune(args):
         inject_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_targets,
                     train_also=("classifier", "pooler"), train_biases=args.lora_biases)
     trainable, total = model.num_parameters(trainable_only=True), model.num_parameters()
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    log = say
     log(f"{len(train)} training / {len(val)} validation examples, labels {label_set.names}; "
         f"training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
     result = fit(model, train, val, label_set.names, config, log=log)

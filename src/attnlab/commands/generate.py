@@ -89,7 +89,7 @@ def translate_sources(args, model, tokenizers):
     sources = args.prompt or [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not sources:
         raise UserError("no input: pass --prompt TEXT or write source lines to stdin")
-    outputs = translate(model, tokenizers, sources, decoding(args, model))
+    outputs = translate(model, tokenizers, sources, decoding(args, model), quiet=False)
     for source, row in zip(sources, outputs):
         if args.json or args.n_best > 1:
             print(json.dumps({"source": source, "outputs": [{"text": t, "score": s} for t, s in row]},

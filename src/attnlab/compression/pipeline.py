@@ -44,7 +44,7 @@ def parse_pipeline(text: str) -> list:
     return stages
 
 
-def run_stage(model, stage, train, val, names, config, log=print, temperature=2.0, alpha=0.5, prune_epochs=1):
+def run_stage(model, stage, train, val, names, config, log=None, temperature=2.0, alpha=0.5, prune_epochs=1):
     """Apply one stage to `model` -> (new model, details dict)."""
     name, value = stage
     if name == "distill":

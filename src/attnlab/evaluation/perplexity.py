@@ -4,31 +4,29 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..data.corpus import encode_text
 from ..errors import UserError
+from ..progress import Progress
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8, progress: bool = None) -> dict:
+def perplexity(model, tokenizer, text: str, stride: int = None, batch_size: int = 8, quiet: bool = False) -> dict:
     """Score every token after the first with up to max_seq_len tokens of context.
 
     Windows of max_seq_len tokens advance by `stride` (default: half a window, at most
     max_seq_len - 1 so that windows overlap); each token is scored once, in the first window
     that holds it, which is the one that gives it the most context. A model whose decode
     state is recurrent (Transformer-XL's memory) instead reads the whole text once, max_seq_len
-    tokens at a time, through that state; `stride` does not apply there. `progress`: a bar of
-    the tokens scored on stderr (None: only when stderr is a terminal).
+    tokens at a time, through that state; `stride` does not apply there. The tokens scored show
+    on stderr (attnlab.progress) unless `quiet`.
     """
     ids = torch.from_numpy(encode_text(tokenizer, text))
     if len(ids) < 2:
         raise UserError("the text is too short to evaluate: it needs at least two tokens")
     model.eval()
     state = model.init_state(1, model.config.max_seq_len)
-    bar = tqdm(total=len(ids) - 1, unit="tok", desc="scoring", disable=None if progress is None else not progress,
-               dynamic_ncols=True)
-    with bar:
+    with Progress(len(ids) - 1, "tok", "scoring", quiet) as bar:
         if state.recurrent:
             total_nll, total_tokens = _recurrent_nll(model, ids, state, bar)
         else:

@@ -49,7 +49,7 @@ class SearchIndex:
         passages = split_passages(text, unit)
         if not passages:
             raise UserError("the file has no text to index")
-        return cls(encoder.encode([p for _, p in passages]), passages, key)
+        return cls(encoder.encode([p for _, p in passages], quiet=False), passages, key)
 
     def fits(self, dim: int) -> bool:
         """Whether the vectors are one of `dim` per passage (a damaged or edited index is not)."""

@@ -14,6 +14,7 @@ import torch
 from ..data.seq2seq import decode_target, encode_source
 from ..errors import UserError
 from ..layers import KVCache
+from ..progress import Progress
 from .beam import BeamSearch, search, until_eos
 from .generate import Sampling, next_token
 
@@ -96,17 +97,21 @@ def beam_search(model, sources, options: BeamSearch, stop_at_eos: bool = True) -
     return search(steps, ids.size(0), options, model.config.eos_id if stop_at_eos else None, device)
 
 
-def translate(model, tokenizers, texts, decoding, batch_size: int = 32) -> list:
+def translate(model, tokenizers, texts, decoding, batch_size: int = 32, quiet: bool = True) -> list:
     """Texts -> for each, a list of (text, score) outputs, best first. `decoding` is a Sampling
-    (greedy or sampled: one output, score None) or a BeamSearch (its num_return outputs)."""
+    (greedy or sampled: one output, score None) or a BeamSearch (its num_return outputs). The
+    texts done show on stderr (attnlab.progress) unless `quiet`."""
     c = model.config
     special = {c.pad_id, c.eos_id, c.decoder_start_id}
     outputs = []
-    for start in range(0, len(texts), batch_size):
-        sources = [encode_source(tokenizers, text, c.eos_id) for text in texts[start:start + batch_size]]
-        if isinstance(decoding, BeamSearch):
-            results = [[(h.tokens, h.score) for h in hyps] for hyps in beam_search(model, sources, decoding)]
-        else:
-            results = [[(tokens, None)] for tokens in seq2seq_generate(model, sources, decoding)]
-        outputs += [[(decode_target(tokenizers, tokens, special), score) for tokens, score in row] for row in results]
+    with Progress(len(texts), "text", "decoding", quiet) as bar:
+        for start in range(0, len(texts), batch_size):
+            sources = [encode_source(tokenizers, text, c.eos_id) for text in texts[start:start + batch_size]]
+            if isinstance(decoding, BeamSearch):
+                results = [[(h.tokens, h.score) for h in hyps] for hyps in beam_search(model, sources, decoding)]
+            else:
+                results = [[(tokens, None)] for tokens in seq2seq_generate(model, sources, decoding)]
+            outputs += [[(decode_target(tokenizers, tokens, special), score) for tokens, score in row]
+                        for row in results]
+            bar.update(len(sources))
     return outputs

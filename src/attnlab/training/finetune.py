@@ -8,6 +8,7 @@ improved for `patience` evaluations. `loss_fn(model, batch)` lets distillation r
 
 import copy
 import dataclasses
+import itertools
 import math
 import time
 
@@ -16,6 +17,7 @@ import torch
 from ..config import Config
 from ..errors import UserError
 from ..evaluation.classification import classification_metrics
+from ..progress import Progress
 from .optim import lr_at, make_optimizer
 
 METRICS = ("accuracy", "macro_f1")
@@ -25,6 +27,7 @@ METRICS = ("accuracy", "macro_f1")
 class FinetuneConfig(Config):
     section = "finetune"
     epochs: int = 3
+    max_steps: int = 0  # optimiser steps at most, the schedule fitted to them; 0: as many as the epochs take
     batch_size: int = 32
     lr: float = 5e-5
     warmup_fraction: float = 0.06
@@ -38,6 +41,8 @@ class FinetuneConfig(Config):
 
     def validate(self):
         self.require_positive("epochs", "batch_size", "max_length")
+        if self.max_steps < 0:
+            raise self.invalid("max_steps must be >= 0 (0: no cap)")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.eval_every < 0 or self.patience < 0:
             raise self.invalid("lr must be > 0; weight_decay, grad_clip, eval_every and patience >= 0")
         self.require_fraction("warmup_fraction")
@@ -45,25 +50,29 @@ class FinetuneConfig(Config):
 
 
 @torch.no_grad()
-def predict(model, data, batch_size=64) -> torch.Tensor:
-    """Class probabilities (N, C) in the data's original order."""
+def predict(model, data, batch_size=64, quiet=False) -> torch.Tensor:
+    """Class probabilities (N, C) in the data's original order; the texts done show on stderr
+    (attnlab.progress) unless `quiet`."""
     model.eval()
     probabilities = [None] * len(data)
-    for indices, batch in data.ordered_batches(batch_size):
-        batch.pop("labels", None)
-        probs = model(**batch).logits.float().softmax(dim=-1)
-        for i, row in zip(indices, probs):
-            probabilities[i] = row
+    with Progress(len(data), "text", "classifying", quiet) as bar:
+        for indices, batch in data.ordered_batches(batch_size):
+            batch.pop("labels", None)
+            probs = model(**batch).logits.float().softmax(dim=-1)
+            for i, row in zip(indices, probs):
+                probabilities[i] = row
+            bar.update(len(indices))
     return torch.stack(probabilities)
 
 
 def evaluate(model, data, names, batch_size=64) -> dict:
-    predicted = predict(model, data, batch_size).argmax(dim=-1).tolist()
+    predicted = predict(model, data, batch_size, quiet=True).argmax(dim=-1).tolist()
     return classification_metrics(predicted, data.label_ids, names)
 
 
-def fit(model, train, val, names, config: FinetuneConfig, loss_fn=None, log=print) -> dict:
-    """Train `model` in place on `train`, evaluating on `val`; ends holding the best weights.
+def fit(model, train, val, names, config: FinetuneConfig, loss_fn=None, log=None) -> dict:
+    """Train `model` in place on `train`, evaluating on `val`; ends holding the best weights. With
+    a `log` (e.g. attnlab.progress.say) it reports each evaluation and shows its steps as they go.
 
     -> {"best": metrics at the best evaluation, "history": [...], "steps", "seconds"}."""
     loss_fn = loss_fn or (lambda m, batch: m(**batch).loss)
@@ -72,33 +81,38 @@ def fit(model, train, val, names, config: FinetuneConfig, loss_fn=None, log=prin
         raise UserError("the model has no trainable parameters")
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
     warmup = int(config.warmup_fraction * total_steps)
     eval_every = config.eval_every or steps_per_epoch
     torch.manual_seed(config.seed)
     best, best_state, history, stale, step = None, None, [], 0, 0
     start = time.perf_counter()
-    for epoch in range(config.epochs):
-        for batch in train.shuffled_batches(config.batch_size, seed=config.seed + epoch):
-            loss = _train_step(model, optimizer, loss_fn, batch, lr_at(step, "cosine", config.lr, 0.0, warmup,
-                                                                       total_steps), config.grad_clip)
-            step += 1
-            if step % eval_every and step != total_steps:
-                continue
-            metrics = evaluate(model, val, names)
-            history.append({"step": step, "epoch": epoch + 1, "train_loss": loss, "accuracy": metrics["accuracy"],
-                            "macro_f1": metrics["macro_f1"], "seconds": time.perf_counter() - start})
-            log(f"step {step}/{total_steps}: loss {loss:.4f}, val accuracy {metrics['accuracy']:.4f}, "
-                f"macro F1 {metrics['macro_f1']:.4f}")
-            if best is None or metrics[config.metric] > best[config.metric]:
-                best, best_state, stale = metrics, copy.deepcopy(model.state_dict()), 0
-            else:
-                stale += 1
-            if config.patience and stale >= config.patience:
-                log(f"early stop: no {config.metric} gain in {stale} evaluations")
-                break
-        else:
+    bar = Progress(total_steps, "step", "fine-tuning", quiet=log is None)
+    log = log or (lambda message: None)
+    epochs_of_batches = ((epoch, batch) for epoch in range(config.epochs)
+                         for batch in train.shuffled_batches(config.batch_size, seed=config.seed + epoch))
+    for epoch, batch in itertools.islice(epochs_of_batches, total_steps):
+        loss = _train_step(model, optimizer, loss_fn, batch, lr_at(step, "cosine", config.lr, 0.0, warmup, total_steps),
+                           config.grad_clip)
+        step += 1
+        bar.update()
+        bar.note(loss=f"{loss:.4f}")
+        if step % eval_every and step != total_steps:
             continue
-        break
+        metrics = evaluate(model, val, names)
+        history.append({"step": step, "epoch": epoch + 1, "train_loss": loss, "accuracy": metrics["accuracy"],
+                        "macro_f1": metrics["macro_f1"], "seconds": time.perf_counter() - start})
+        log(f"step {step}/{total_steps}: loss {loss:.4f}, val accuracy {metrics['accuracy']:.4f}, "
+            f"macro F1 {metrics['macro_f1']:.4f}")
+        if best is None or metrics[config.metric] > best[config.metric]:
+            best, best_state, stale = metrics, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        if config.patience and stale >= config.patience:
+            log(f"early stop: no {config.metric} gain in {stale} evaluations")
+            break
+    bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     return {"best": best, "history": history, "steps": step, "seconds": time.perf_counter() - start}

@@ -15,16 +15,15 @@ import dataclasses
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..checkpoint import load_trainer_state, save_checkpoint, WEIGHTS_FILE
 from ..config import Config
+from ..progress import Progress
 from .distributed import STRATEGIES, SingleProcess
 from .optim import SCHEDULES, lr_at, make_optimizer
 from .plot import plot_metrics
@@ -57,7 +56,7 @@ class TrainConfig(Config):
     fused_optimizer: bool = False
     device: str = "auto"
     seed: int = 1337
-    progress: bool = True
+    progress: bool = True  # a bar on a terminal, a line every half minute elsewhere (--quiet: neither)
     distributed: str = "ddp"  # under torchrun: "ddp", or "fsdp" to shard a model too big for one device
 
     def validate(self):
@@ -188,8 +187,7 @@ class Trainer:
         end = min(c.max_steps, stop_at or c.max_steps)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / METRICS_FILE
-        bar = tqdm(total=end, initial=self.step, disable=not (c.progress and self.parallel.is_main),
-                   dynamic_ncols=True, unit="step")
+        bar = Progress(end, "step", "training", quiet=not (c.progress and self.parallel.is_main), initial=self.step)
         window, last = LossWindow(), {}
         clock = time.perf_counter()
         try:
@@ -224,7 +222,7 @@ class Trainer:
                   "lr": self.optimizer.param_groups[0]["lr"],
                   "tokens_per_s": window.tokens_per_s() * self.parallel.world_size}
         self._log(metrics_path, record)
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        bar.note(loss=f"{record['train_loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
         return record
 
     def _evaluate_and_save(self, metrics_path, bar) -> dict:
@@ -236,8 +234,7 @@ class Trainer:
         self.save("last", with_state=True)
         if self.parallel.is_main:
             plot_metrics(metrics_path, self.run_dir / "loss.png")
-            bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})",
-                      file=sys.stderr)  # stdout is for the command's JSON
+            bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})")  # stderr: stdout is the JSON's
         return {"step": self.step, "val_loss": val}
 
     @contextlib.contextmanager

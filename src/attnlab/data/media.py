@@ -4,7 +4,8 @@ A labelled set is either
 
     a folder with one subfolder per class    root/<label>/<file>, each file read by the processor
     an .npz of arrays                        x (N, ...) raw items, y (N,) labels (ids or names),
-                                             optional label_names (C,) naming the ids of y
+                                             optional label_names (C,) naming the ids of y; x may
+                                             be called images, audio or video, y labels
 
 The label names are sorted folder names, `label_names`, or the sorted distinct values of y.
 """
@@ -17,6 +18,8 @@ import torch
 
 from ..errors import UserError
 from .batch import Batch
+
+ITEM_ARRAYS, LABEL_ARRAYS = ("x", "images", "audio", "video"), ("y", "labels")  # the names an .npz may use
 
 
 @dataclasses.dataclass
@@ -79,9 +82,12 @@ def _read_npz(path: Path, processor) -> LabelledMedia:
             found = {name: arrays[name] for name in arrays.files}
     except (ValueError, OSError) as err:
         raise UserError(f"{path} is not a readable .npz of plain arrays ({err})") from None
-    if "x" not in found or "y" not in found:
-        raise UserError(f"{path} must hold arrays x (N, ...) and y (N,); it holds {', '.join(sorted(found)) or 'none'}")
-    x, y = found["x"], found["y"]
+    x_name = next((name for name in ITEM_ARRAYS if name in found), None)
+    y_name = next((name for name in LABEL_ARRAYS if name in found), None)
+    if x_name is None or y_name is None:
+        raise UserError(f"{path} must hold arrays x (N, ...) and y (N,) (or {'/'.join(ITEM_ARRAYS[1:])} and "
+                        f"labels); it holds {', '.join(sorted(found)) or 'none'}")
+    x, y = found[x_name], found[y_name]
     if y.ndim != 1 or len(x) != len(y) or len(y) == 0:
         raise UserError(f"{path}: x {x.shape} and y {y.shape} must have the same number N > 0 of rows, one label "
                         "each in y")

@@ -145,8 +145,8 @@ PRESETS.update({
     "vit-tiny": ViTConfig(image_size=16, patch_size=4, n_layer=2, n_head=2, d_model=32, ffn_hidden=64, n_labels=3),
     "vit-base-patch16-224": ViTConfig(),
     # MNIST-sized digits (28 x 28, one channel): 7 x 7 patches of 4 x 4 pixels
-    "vit-mnist": ViTConfig(image_size=28, patch_size=4, n_channels=1, n_layer=6, n_head=4, d_model=128,
-                           ffn_hidden=256, dropout=0.1, n_labels=10),
+    "vit-mnist": ViTConfig(image_size=28, patch_size=4, n_channels=1, n_layer=4, n_head=4, d_model=64,
+                           ffn_hidden=128, n_labels=10),
 })
 
 register(FamilySpec(ViTConfig, ViT, kind=CLASSIFIER, modality="image", block_class=TransformerBlock,

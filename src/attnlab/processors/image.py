@@ -87,7 +87,7 @@ class ImageProcessor(MediaProcessor):
     def pixels(self, item: np.ndarray) -> torch.Tensor:
         """One image (H, W[, C]) -> (channels, S, S) floats in 0..1."""
         item = self.check_item(item, "image")
-        x = torch.from_numpy(np.ascontiguousarray(item)).float()
+        x = torch.from_numpy(np.array(item, dtype=np.float32))  # a copy: decoded images are read-only
         if item.dtype.kind in "ui":
             x = x / 255.0
         x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)[:3]  # (C, H, W), alpha dropped

@@ -5,11 +5,14 @@ import json
 import sys
 
 from ..checkpoint import load_checkpoint
+from ..tokenizers import TOKENIZER_FILE
 from ..errors import UserError
 from ..inference import BeamSearch, Sampling, causal_beam_search, stream_text
+from ..inference.generate import cut_at_stop
 from ..inference.seq2seq import translate
+from ..inference.speculative import LookupDrafter, ModelDrafter, speculative_generate
 from ..models.base import CAUSAL_LM, SEQ2SEQ
-from .common import for_kind, refuse_bidirectional
+from .common import for_kind, refuse_bidirectional, resolve_checkpoint
 
 EARLY_STOPPING = {"true": True, "false": False, "never": "never"}  # --early-stopping -> BeamSearch.early_stopping
 
@@ -26,6 +29,11 @@ def register(sub):
     p.add_argument("--seed", type=int)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt instead of streaming")
+    p.add_argument("--draft", help="speculative decoding: a small causal LM checkpoint with the same tokenizer "
+                   "drafts tokens that the model checks in one pass (the output is distributed as without it)")
+    p.add_argument("--prompt-lookup", action="store_true",
+                   help="speculative decoding with drafts copied from earlier text (no draft model)")
+    p.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per round (default 4)")
     decoding_arguments(p)
     p.set_defaults(run=generate)
 
@@ -56,6 +64,8 @@ def continue_prompts(args, model, tokenizer):
     args.temperature = 0.8 if args.temperature is None else args.temperature
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+    if args.draft or args.prompt_lookup:
+        return _speculate(args, model, tokenizer, prompts, sampling)
     pieces = stream_text(model, tokenizer, prompts, sampling, stop=args.stop)
     if args.json or len(prompts) > 1:
         completions = [""] * len(prompts)
@@ -69,6 +79,45 @@ def continue_prompts(args, model, tokenizer):
         sys.stdout.write(step[0])
         sys.stdout.flush()
     sys.stdout.write("\n")
+
+
+def _speculate(args, model, tokenizer, prompts, sampling):
+    """Speculative decoding: the completions (JSON lines for --json or a batch), then the rounds and
+    the acceptance rate on stderr."""
+    if args.draft and args.prompt_lookup:
+        raise UserError("choose one drafter: --draft CKPT or --prompt-lookup")
+    if args.draft_tokens < 1:
+        raise UserError(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
+    if args.no_cache:
+        raise UserError("speculative decoding checks drafts through the decode state: drop --no-cache")
+    drafter = LookupDrafter(model.config.vocab_size, args.draft_tokens)
+    if args.draft:
+        drafter = ModelDrafter(load_draft(args.draft, args.checkpoint, model), args.draft_tokens)
+    encoded = [tokenizer.encode(p) for p in prompts]
+    outputs, stats = speculative_generate(model, drafter, encoded, sampling, tokenizer.eos_id)
+    completions = [cut_at_stop(tokenizer.decode(tokens), args.stop)[0] for tokens in outputs]
+    for prompt, completion in zip(prompts, completions):
+        if args.json or len(prompts) > 1:
+            print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
+        else:
+            print(prompt + completion)
+    print(f"speculative decoding: {stats.rounds} rounds of {args.draft_tokens} drafted tokens, "
+          f"{stats.acceptance_rate:.1%} accepted", file=sys.stderr)
+
+
+def load_draft(draft, checkpoint, model):
+    """The draft checkpoint's model: a causal LM whose tokenizer is the target's (the same file)."""
+    _, draft_path = for_kind("generate --draft", draft, {CAUSAL_LM: None})
+    tokenizers = [path / TOKENIZER_FILE for path in (draft_path, resolve_checkpoint(checkpoint))]
+    if not tokenizers[0].is_file() or tokenizers[0].read_bytes() != tokenizers[1].read_bytes():
+        raise UserError(f"the draft {draft} has another tokenizer than {checkpoint}; a draft must share the "
+                        "target's tokenizer (train it on the same text, or use --prompt-lookup)")
+    draft_model, _ = load_checkpoint(draft_path, device=next(model.parameters()).device)
+    refuse_bidirectional("generate --draft", draft, draft_model)
+    if draft_model.config.vocab_size != model.config.vocab_size:
+        raise UserError(f"the draft's vocabulary ({draft_model.config.vocab_size} ids) differs from the target's "
+                        f"({model.config.vocab_size}); give both models the same vocab_size")
+    return draft_model
 
 
 def _beam_search(args, model, tokenizer, prompts):

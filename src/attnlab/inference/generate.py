@@ -39,12 +39,20 @@ def next_token(logits, sampling: Sampling, generator=None):
     """logits (B, V) -> token ids (B,)."""
     if sampling.temperature == 0:
         return logits.argmax(dim=-1)
+    return torch.multinomial(warped_probabilities(logits, sampling), 1, generator=generator).squeeze(-1)
+
+
+def warped_probabilities(logits, sampling: Sampling) -> torch.Tensor:
+    """logits (..., V) -> the probabilities (..., V, float64) that sampling draws from: temperature,
+    then top-k, then top-p; greedy (temperature 0) puts all the mass on the argmax."""
+    if sampling.temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).double()
     # in float64, where any positive temperature is non-zero; the best logit becomes 0, so a tiny temperature
     # sends the others to -inf, never to inf (inf - inf = NaN)
     logits = logits.double()
     logits = (logits - logits.amax(-1, keepdim=True)) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.size(-1):
-        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if sampling.top_p is not None and sampling.top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
@@ -52,8 +60,7 @@ def next_token(logits, sampling: Sampling, generator=None):
         drop_sorted = cumulative - sorted_logits.softmax(-1) >= sampling.top_p  # mass before this token
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return logits.softmax(dim=-1)
 
 
 def left_pad(prompts, pad_id=0, device="cpu"):

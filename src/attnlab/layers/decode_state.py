@@ -9,7 +9,9 @@ let one loop serve sampling, beam search and continuous batching:
 - `select(rows)`: keep and reorder rows (beams, finished requests);
 - `extend(other)`: append another state's rows below these, right-aligning both to the
   longer length (a newly prefilled request joins the batch);
-- `trim()`: drop leading columns that are padding in every row.
+- `trim()`: drop leading columns that are padding in every row;
+- `truncate(length)`: forget the columns from `length` on (speculative decoding takes back the
+  drafted tokens the target rejected); a recurrent state cannot, and is copied and re-fed instead.
 
 `recurrent` is True for a state of fixed size (a memory, not a growing history), which
 generation never has to restart however long it runs.
@@ -60,6 +62,9 @@ class DecodeState:
 
     def trim(self) -> None:
         raise NotImplementedError
+
+    def truncate(self, length: int) -> None:
+        raise NotImplementedError(f"a {type(self).__name__} cannot forget what it has seen")
 
 
 class KVCache(DecodeState):
@@ -172,6 +177,9 @@ class KVCache(DecodeState):
                 t[:, :, :length - drop] = t[:, :, drop:length].clone()
         self.mask = self.mask[:, drop:]
 
+    def truncate(self, length: int) -> None:
+        self.mask = self.mask[:, :length]  # the buffers' later columns are overwritten by the next append
+
 
 class HiddenMemory(DecodeState):
     """Transformer-XL's memory: per layer the inputs (B, M, C) it saw for the last M <= mem_len
@@ -235,3 +243,6 @@ class RecomputeState(DecodeState):
     def trim(self) -> None:
         drop = leading_padding(self.mask)
         self.ids, self.mask = self.ids[:, drop:], self.mask[:, drop:]
+
+    def truncate(self, length: int) -> None:
+        self.ids, self.mask = self.ids[:, :length], self.mask[:, :length]

@@ -1,0 +1,118 @@
+"""Speculative decoding: exactly the target's distribution, token for token the target's greedy
+output, for every causal family through its own decode state, in batches."""
+
+import pytest
+import torch
+
+from attnlab.errors import UserError
+from attnlab.inference import Sampling, generate
+from attnlab.inference.speculative import LookupDrafter, ModelDrafter, accept, speculative_generate
+from attnlab.models.base import CAUSAL_LM, FAMILIES, build_model, preset
+
+CAUSAL = [spec for name, spec in sorted(FAMILIES.items()) if spec.kind == CAUSAL_LM]
+PROMPTS = [[5, 6, 7, 8, 9], [3], [4, 4, 2, 9, 1, 1, 7, 3]]
+
+
+def tiny(spec, seed):
+    torch.manual_seed(seed)
+    return build_model(preset(spec.tiny_preset)).eval()
+
+
+def test_the_emitted_tokens_follow_the_target_and_acceptance_is_the_overlap():
+    """Vocabulary 8, k = 4, 200,000 rounds at once: p_j and q_j differ at each position j."""
+    torch.manual_seed(0)
+    rows, k, vocab = 200_000, 4, 8
+    p = torch.rand(k + 1, vocab).double().pow(3)
+    p = p / p.sum(-1, keepdim=True)
+    q = torch.rand(k, vocab).double().pow(3)
+    q = q / q.sum(-1, keepdim=True)
+    generator = torch.Generator().manual_seed(1)
+    drafted = torch.stack([torch.multinomial(q[j], rows, replacement=True, generator=generator) for j in range(k)], 1)
+    accepted, bonus = accept(p.expand(rows, -1, -1), q.expand(rows, -1, -1), drafted, generator)
+    emitted = torch.cat([drafted, bonus[:, None]], dim=1)
+    emitted[torch.arange(rows), accepted] = bonus  # a row's tokens: its accepted drafts, then the bonus
+    for j in range(k + 1):  # the j-th token of every row that emits one follows p_j
+        tokens = emitted[accepted >= j, j]
+        frequencies = torch.bincount(tokens, minlength=vocab).double() / len(tokens)
+        assert 0.5 * (frequencies - p[j]).abs().sum() < 0.01, j
+    first_kept = (accepted >= 1).double().mean()
+    assert abs(first_kept - torch.minimum(p[0], q[0]).sum()) < 0.01
+
+
+@pytest.mark.parametrize("spec", CAUSAL, ids=[s.name for s in CAUSAL])
+def test_greedy_output_is_the_targets_token_for_token_in_a_batch(spec):
+    target, draft = tiny(spec, 0), tiny(spec, 1)
+    greedy = Sampling(max_new_tokens=12, temperature=0)
+    expected = generate(target, PROMPTS, greedy)
+    for drafter in (ModelDrafter(draft, 3), LookupDrafter(target.config.vocab_size, 3)):
+        assert speculative_generate(target, drafter, PROMPTS, greedy)[0] == expected
+
+
+@pytest.mark.parametrize("spec", CAUSAL, ids=[s.name for s in CAUSAL])
+def test_a_drafter_equal_to_the_target_has_every_sampled_token_accepted(spec):
+    """Same model on both sides: p == q at every drafted position, unless the two states disagree."""
+    target = tiny(spec, 0)
+    sampling = Sampling(max_new_tokens=10, temperature=1.0, top_k=20, seed=3)
+    outputs, stats = speculative_generate(target, ModelDrafter(tiny(spec, 0), 4), PROMPTS, sampling)
+    assert stats.acceptance_rate == 1.0 and [len(o) for o in outputs] == [10, 10, 10]
+
+
+def test_eos_ends_a_row_and_the_others_go_on():
+    spec = next(s for s in CAUSAL if s.name == "gpt")
+    target = tiny(spec, 0)
+    greedy = Sampling(max_new_tokens=12, temperature=0)
+    plain = generate(target, PROMPTS, greedy)
+    eos = plain[0][3]  # the fourth token of the first row ends it there
+    expected = generate(target, PROMPTS, greedy, eos_id=eos)
+    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1), 3), PROMPTS, greedy, eos_id=eos)
+    assert got == expected and len(got[0]) <= 3
+
+
+def test_generation_runs_past_the_context_window_matching_the_target_until_a_restart():
+    spec = next(s for s in CAUSAL if s.name == "gpt")
+    target = tiny(spec, 0)
+    greedy = Sampling(max_new_tokens=target.config.max_seq_len + 10, temperature=0)
+    expected = generate(target, PROMPTS[:1], greedy)
+    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1), 3), PROMPTS[:1], greedy)
+    assert len(got[0]) == len(expected[0])
+    exact = target.config.max_seq_len - len(PROMPTS[0]) - 3  # the rounds before speculation restarts its states
+    assert got[0][:exact] == expected[0][:exact]
+
+
+def test_prompt_lookup_proposes_what_followed_the_last_ngram():
+    drafter = LookupDrafter(vocab_size=10, k=3)
+    assert drafter.continuation([1, 2, 3, 4, 1, 2]) == [3, 4, 1]
+    assert drafter.continuation([1, 2, 3, 9, 2]) == [3, 9, 2]  # the last 1-gram
+    assert drafter.continuation([7, 8]) == [8, 8, 8]  # no earlier occurrence
+
+
+def test_an_empty_prompt_is_refused():
+    spec = next(s for s in CAUSAL if s.name == "gpt")
+    with pytest.raises(UserError, match="at least one token"):
+        speculative_generate(tiny(spec, 0), LookupDrafter(10, 2), [[1], []], Sampling())
+
+
+def test_generate_speculates_with_a_draft_checkpoint_or_prompt_lookup(tmp_path, capsys):
+    from attnlab.checkpoint import save_checkpoint
+    from attnlab.cli import main
+    from attnlab.processors import TextProcessor
+
+    spec = next(s for s in CAUSAL if s.name == "gpt")
+    target, draft = tiny(spec, 0), tiny(spec, 1)
+    tokenizer = TextProcessor.example(target.config)
+    save_checkpoint(tmp_path / "target", target, tokenizer)
+    save_checkpoint(tmp_path / "draft", draft, tokenizer)
+    base = ["generate", str(tmp_path / "target"), "--prompt", "to be or", "--prompt", "not",
+            "--temperature", "0", "--max-new-tokens", "15"]
+    assert main(base) == 0
+    plain = capsys.readouterr().out
+    for extra in (["--draft", str(tmp_path / "draft"), "--draft-tokens", "3"], ["--prompt-lookup"]):
+        assert main([*base, *extra]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == plain and "accepted" in captured.err
+    other = TextProcessor.example(target.config.replace(vocab_size=target.config.vocab_size - 1))
+    save_checkpoint(tmp_path / "stranger", draft, other)
+    assert main([*base, "--draft", str(tmp_path / "stranger")]) == 2
+    assert "another tokenizer" in capsys.readouterr().err
+    assert main([*base, "--prompt-lookup", "--draft-tokens", "0"]) == 2
+    assert "--draft-tokens" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""Speculative decoding speed: a target GPT alone against the same target checked by a small draft
+model or by prompt lookup, at batch 1 and 4, greedy and sampled, tokens/s as medians of
+interleaved rounds, with the acceptance rate; Hugging Face `generate(assistant_model=...)` on the
+same weights beside it (batch 1, greedy: HF refuses larger batches).
+
+Train the two models on the same text first, so that they share the character tokenizer:
+
+    D=../shared/data/tinyshakespeare.txt
+    attnlab train --config configs/shakespeare_char.yaml --data $D --out runs/spec_target \\
+        model.n_layer=6 model.d_model=256 model.n_head=8 model.max_seq_len=256 train.max_steps=3000
+    attnlab train --config configs/shakespeare_char.yaml --data $D --out runs/spec_draft \\
+        model.n_layer=1 model.d_model=96 model.n_head=4 model.max_seq_len=256 train.max_steps=3000
+    OMP_NUM_THREADS=1 python benchmarks/bench_speculative.py runs/spec_target runs/spec_draft --data $D
+
+`--smoke` runs the same code on two small random models (checks the script, measures nothing).
+"""
+
+import argparse
+import tempfile
+
+import torch
+
+from attnlab.checkpoint import load_checkpoint
+from attnlab.commands.common import resolve_checkpoint
+from attnlab.inference import Sampling, generate
+from attnlab.inference.speculative import LookupDrafter, ModelDrafter, speculative_generate
+from attnlab.interop import export_hf
+from attnlab.models.base import build_model, preset
+from attnlab.tokenizers import CharTokenizer
+from common import interleaved_ratios, machine
+
+
+def trained(target_dir, draft_dir):
+    target, tokenizer = load_checkpoint(resolve_checkpoint(target_dir))
+    draft, _ = load_checkpoint(resolve_checkpoint(draft_dir))
+    return target.eval(), draft.eval(), tokenizer
+
+
+def smoke(text: str):
+    tokenizer = CharTokenizer(sorted(set(text)))
+    torch.manual_seed(0)
+    sizes = {"vocab_size": tokenizer.vocab_size, "max_seq_len": 256}
+    target = build_model(preset("gpt-tiny", n_layer=4, d_model=128, n_head=4, **sizes)).eval()
+    draft = build_model(preset("gpt-tiny", n_layer=1, d_model=32, n_head=2, **sizes)).eval()
+    return target, draft, tokenizer
+
+
+def prompts_from(text: str, batch: int, length: int, copy_heavy: bool) -> list:
+    """Prompts of `length` characters from the text; copy-heavy ones hold a passage twice and end
+    a third time part-way into it, so that the continuation repeats it."""
+    out = []
+    for row in range(batch):
+        start = 1000 + 5000 * row
+        if copy_heavy:
+            passage = text[start:start + length // 3]
+            out.append(passage + passage + passage[:len(passage) // 4])
+        else:
+            out.append(text[start:start + length])
+    return out
+
+
+def tokens_per_s(run, count_tokens):
+    import time
+
+    started = time.perf_counter()
+    outputs = run()
+    return count_tokens(outputs) / (time.perf_counter() - started)
+
+
+def measure(target, draft, tokenizer, text, args):
+    rows = []
+    settings = [("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
+                ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))]
+    for batch in (1, 4):
+        for copy_heavy in (False, True):
+            prompts = [tokenizer.encode(p) for p in prompts_from(text, batch, args.prompt_chars, copy_heavy)]
+            for name, sampling in settings:
+                stats = {}
+
+                def speculate(drafter, key):
+                    def run():
+                        outputs, stats[key] = speculative_generate(target, drafter, prompts, sampling)
+                        return outputs
+                    return run
+
+                count = lambda outputs: sum(len(o) for o in outputs)  # noqa: E731
+                runners = {
+                    "target alone": lambda: tokens_per_s(lambda: generate(target, prompts, sampling), count),
+                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft, args.k), "draft"), count),
+                    f"lookup k={args.k}": lambda: tokens_per_s(
+                        speculate(LookupDrafter(target.config.vocab_size, args.k), "lookup"), count),
+                }
+                ratios = interleaved_ratios(runners, "target alone", args.rounds)
+                for runner, (rate, ratio, low, high) in ratios.items():
+                    accepted = stats.get(runner.split()[0])
+                    rows.append((batch, "copy-heavy" if copy_heavy else "free text", name, runner, rate, ratio, low,
+                                 high, accepted.acceptance_rate if accepted else None))
+    return rows
+
+
+def hf_assisted(target, draft, tokenizer, text, args):
+    """Batch 1, greedy: HF generate alone and with the draft as assistant_model, same weights."""
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as directory:
+        export_hf(target, f"{directory}/target")
+        export_hf(draft, f"{directory}/draft")
+        hf_target = AutoModelForCausalLM.from_pretrained(f"{directory}/target").eval()
+        hf_draft = AutoModelForCausalLM.from_pretrained(f"{directory}/draft").eval()
+    prompt = torch.tensor([tokenizer.encode(prompts_from(text, 1, args.prompt_chars, False)[0])])
+    n = args.new_tokens
+
+    def hf_run(assistant=None):
+        with torch.inference_mode():
+            out = hf_target.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                                     min_new_tokens=n, do_sample=False, pad_token_id=0, assistant_model=assistant)
+        return [out[0, prompt.size(1):].tolist()]
+
+    count = lambda outputs: len(outputs[0])  # noqa: E731
+    return interleaved_ratios({
+        "HF generate": lambda: tokens_per_s(hf_run, count),
+        "HF assistant_model": lambda: tokens_per_s(lambda: hf_run(hf_draft), count),
+        "attnlab target alone": lambda: tokens_per_s(
+            lambda: generate(target, prompt.tolist(), Sampling(max_new_tokens=n, temperature=0)), count),
+        f"attnlab draft k={args.k}": lambda: tokens_per_s(lambda: speculative_generate(
+            target, ModelDrafter(draft, args.k), prompt.tolist(), Sampling(max_new_tokens=n, temperature=0))[0],
+            count),
+    }, "HF generate", args.rounds)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("target", nargs="?")
+    parser.add_argument("draft", nargs="?")
+    parser.add_argument("--data", default="../shared/data/tinyshakespeare.txt")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-chars", type=int, default=96)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    text = open(args.data).read()
+    target, draft, tokenizer = smoke(text) if args.smoke else trained(args.target, args.draft)
+    print(f"machine: {machine()}")
+    print("| batch | prompts | decoding | method | tokens/s | x target | min | max | accepted |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch, kind, name, runner, rate, ratio, low, high, accepted in measure(target, draft, tokenizer, text, args):
+        shown = "" if accepted is None else f"{accepted:.1%}"
+        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |")
+    print("\n| batch 1, greedy, free text | tokens/s | x HF generate | min | max |\n|---|---|---|---|---|")
+    for runner, (rate, ratio, low, high) in hf_assisted(target, draft, tokenizer, text, args).items():
+        print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

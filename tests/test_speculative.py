@@ -83,7 +83,12 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram():
     drafter = LookupDrafter(vocab_size=10, k=3)
     assert drafter.continuation([1, 2, 3, 4, 1, 2]) == [3, 4, 1]
     assert drafter.continuation([1, 2, 3, 9, 2]) == [3, 9, 2]  # the last 1-gram
-    assert drafter.continuation([7, 8]) == [8, 8, 8]  # no earlier occurrence
+    assert drafter.continuation([5, 6, 5]) == [6, 5]  # what there is to copy
+    assert drafter.continuation([7, 8]) == []  # no earlier occurrence
+    drafted, q = drafter.propose(torch.tensor([2, 8]), [[1, 2, 3, 4, 1, 2], [5, 6, 5]], Sampling(), None)
+    assert drafted.tolist() == [[3, 4, 1], [6, 5, 5]] and q.shape == (2, 3, 10)
+    drafted, _ = drafter.propose(torch.tensor([8]), [[7, 8]], Sampling(), None)
+    assert drafted.shape == (1, 0)  # nothing to copy: a plain step
 
 
 def test_an_empty_prompt_is_refused():

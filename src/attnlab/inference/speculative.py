@@ -132,8 +132,10 @@ class ModelDrafter:
 
 
 class LookupDrafter:
-    """Prompt lookup: propose the k tokens that followed the latest earlier occurrence of the last
-    n tokens (n from `max_ngram` down to 1), each with probability one; with no match, the last token."""
+    """Prompt lookup: propose the (up to k) tokens that followed the latest earlier occurrence of
+    the last n tokens (n from `max_ngram` down to 1), each with probability one. A row with a shorter
+    match repeats its last proposal; when no row matches, the round drafts nothing and is a plain
+    decoding step, so text with nothing to copy costs (almost) nothing extra."""
 
     window = float("inf")
 
@@ -144,17 +146,21 @@ class LookupDrafter:
         pass
 
     def propose(self, last: torch.Tensor, histories: list, sampling: Sampling, generator) -> tuple:
-        drafted = torch.tensor([self.continuation(tokens) for tokens in histories], device=last.device)
+        found = [self.continuation(tokens) for tokens in histories]
+        width = max(map(len, found))  # 0: no row has anything to copy
+        rows = [match or tokens[-1:] for match, tokens in zip(found, histories)]
+        rows = [row + row[-1:] * (width - len(row)) for row in rows]  # each padded with its last token
+        drafted = torch.tensor(rows, dtype=torch.long, device=last.device)[:, :width]  # (B, width)
         return drafted, torch.nn.functional.one_hot(drafted, self.vocab_size).double()
 
     def continuation(self, tokens: list) -> list:
+        """What followed the latest earlier occurrence of the longest matching tail ([] if none)."""
         for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
             tail = tokens[-n:]
             for start in range(len(tokens) - n - 1, -1, -1):
                 if tokens[start:start + n] == tail:
-                    follow = tokens[start + n:start + n + self.k]
-                    return follow + [follow[-1]] * (self.k - len(follow))
-        return [tokens[-1]] * self.k
+                    return tokens[start + n:start + n + self.k]
+        return []
 
     def rewind(self, count: int):
         pass

@@ -275,3 +275,37 @@ def test_a_tiny_vit_learns_bars_through_the_command_line(tmp_path, capsys):
     assert main(["eval", str(run), "--data", str(tmp_path / "bars.npz")]) == 0
     scores = __import__("json").loads(capsys.readouterr().out)
     assert scores["labels"] == ["h", "v"] and scores["accuracy"] >= 0.9, scores
+
+
+# -- attention rollout --------------------------------------------------------------------------
+
+def test_attention_rollout_is_a_distribution_over_patches_and_uniform_when_attention_is():
+    from attnlab.inference.attention_maps import attention_rollout
+
+    torch.manual_seed(0)
+    model = build_model(preset("vit-tiny")).eval()
+    heat = attention_rollout(model, pixels())
+    assert heat.shape == (3, 4, 4) and (heat >= 0).all()
+    torch.testing.assert_close(heat.sum((1, 2)), torch.ones(3))
+    assert heat.std() > 0
+    with torch.no_grad():
+        for block in model.blocks:  # q = k = 0: every query attends evenly
+            for linear in (block.self_attn.q_proj, block.self_attn.k_proj):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    torch.testing.assert_close(attention_rollout(model, pixels()), torch.full((3, 4, 4), 1 / 16))
+
+
+def test_classify_draws_the_attention_over_each_image(tmp_path, capsys):
+    torch.manual_seed(0)
+    from attnlab.checkpoint import save_checkpoint
+
+    model = build_model(preset("vit-tiny", n_channels=1)).eval()
+    save_checkpoint(tmp_path / "ckpt", model, ImageProcessor.example(model.config))
+    x, _ = bars(2)
+    files = [tmp_path / f"bar{i}.png" for i in range(2)]
+    for image, path in zip(x, files):
+        Image.fromarray(image).save(path)
+    assert main(["classify", str(tmp_path / "ckpt"), *map(str, files), "--attention-out", str(tmp_path / "maps")]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["0-bar0.png", "1-bar1.png"]
+    assert len(capsys.readouterr().out.splitlines()) == 2

@@ -64,12 +64,13 @@ def run(args, out: Path):
     if code:
         sys.exit(code)
     last = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()][-1]
-    report = {"stage": args.stage, "train_examples": int(len(np.load(train_path)["y"])), "train_seconds": round(seconds),
-              "val_accuracy_last": last.get("val_accuracy")}
-    if args.stage == "final":
+    report = {"stage": args.stage, "train_examples": int(len(np.load(train_path)["y"])),
+              "train_seconds": round(seconds), "val_accuracy_last": last.get("val_accuracy")}
+    if args.stage == "final":  # the test half, once: eval prints its accuracy, macro F1 and confusion matrix
         test_path = save(out / "test.npz", *test)
-        code = attnlab(["eval", str(out / "run" / "last"), "--data", str(test_path), "--plot",
-                        str(out / "test_confusion.png")])
+        if attnlab(["eval", str(out / "run" / "last"), "--data", str(test_path), "--plot",
+                    str(out / "test_confusion.png")]):
+            sys.exit(2)
         report["svm_test_accuracy"] = svm_accuracy(train, test)
     print(json.dumps(report), file=sys.stderr)
 

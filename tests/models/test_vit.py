@@ -309,3 +309,17 @@ def test_classify_draws_the_attention_over_each_image(tmp_path, capsys):
     assert main(["classify", str(tmp_path / "ckpt"), *map(str, files), "--attention-out", str(tmp_path / "maps")]) == 0
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["0-bar0.png", "1-bar1.png"]
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_an_imported_checkpoint_brings_hugging_faces_normalisation(tmp_path):
+    hf_model(transformers.ViTForImageClassification, tmp_path, num_labels=3)
+    hf_processor = transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6],
+                                                  image_std=[0.2, 0.3, 0.4])
+    hf_processor.save_pretrained(tmp_path / "hf")
+    _, processor = import_hf(tmp_path / "hf")
+    assert processor.mean == [0.4, 0.5, 0.6] and processor.std == [0.2, 0.3, 0.4] and processor.image_size == 16
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    expected = torch.as_tensor(hf_processor(images=[image], return_tensors="np")["pixel_values"])
+    torch.testing.assert_close(processor([image])["pixel_values"], expected, rtol=0, atol=1e-5)
+    (tmp_path / "hf" / "preprocessor_config.json").unlink()
+    assert import_hf(tmp_path / "hf")[1].mean == [0.5, 0.5, 0.5]  # ViTImageProcessor's defaults

@@ -65,6 +65,8 @@ def classify_media(args, path):
     """One JSON line per file or labelled item: its name, label and score; with labels, the
     confusion matrix, accuracy and macro F1 on stderr."""
     model, processor = load_checkpoint(path)
+    if processor is None:
+        raise UserError(f"{path} has no processor.json; classify needs the checkpoint's processor")
     names = model_names(model)
     if bool(args.files) == bool(args.input):
         raise UserError("give the files to classify, or --input with a labelled folder or .npz, not both")

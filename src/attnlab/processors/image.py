@@ -76,7 +76,7 @@ class ImageProcessor(MediaProcessor):
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return np.asarray(image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
             raise UserError(f"{name} is not a readable PNG or JPEG image ({err})") from None
 
     def check_item(self, item: np.ndarray, name: str) -> np.ndarray:

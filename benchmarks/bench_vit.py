@@ -17,12 +17,12 @@ import transformers
 from attnlab.interop import import_hf
 from common import interleaved_ratios, machine, rate
 
-MNIST = dict(image_size=28, patch_size=7, num_channels=1, hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
-             intermediate_size=256, num_labels=10)  # the vit-mnist preset
+MNIST = dict(image_size=28, patch_size=7, num_channels=1, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
+             intermediate_size=192, num_labels=10)  # the vit-mnist preset
 SMALL = dict(image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=12, num_attention_heads=6,
              intermediate_size=1536, num_labels=1000)  # ViT-S/16
 # name -> (Hugging Face config fields, batch)
-CASES = {"vit-mnist (28 px, patch 7, 6 x 128)": (MNIST, 64), "vit-mnist, one image": (MNIST, 1),
+CASES = {"vit-mnist (28 px, patch 7, 4 x 96)": (MNIST, 64), "vit-mnist, one image": (MNIST, 1),
          "ViT-S/16 (224 px, 12 x 384)": (SMALL, 8), "ViT-S/16, one image": (SMALL, 1)}
 
 

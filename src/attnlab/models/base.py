@@ -20,11 +20,12 @@ from ..config import ModelConfig
 from ..errors import UserError
 
 # What a model is for, and so which verbs and endpoints apply (see DESIGN.md, "What each kind answers").
-CAUSAL_LM, SEQ2SEQ, ENCODER = "causal_lm", "seq2seq", "encoder"
+CAUSAL_LM, SEQ2SEQ, ENCODER, CLASSIFIER = "causal_lm", "seq2seq", "encoder", "classifier"
 KINDS = {
     CAUSAL_LM: "a causal language model",
     SEQ2SEQ: "an encoder-decoder (sequence to sequence) model",
     ENCODER: "a bidirectional encoder",
+    CLASSIFIER: "an image, audio or video classifier",
 }
 # The objective `attnlab train` uses for a kind when the run config names no task.
 DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm"}

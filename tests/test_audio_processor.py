@@ -11,7 +11,8 @@ from transformers import ASTFeatureExtractor
 from transformers.models.audio_spectrogram_transformer import feature_extraction_audio_spectrogram_transformer
 
 from attnlab.errors import UserError
-from attnlab.processors.audio import AudioFeatures, AudioProcessor, read_wav, resample
+from attnlab.processors.audio import AudioProcessor, read_wav, resample
+from attnlab.processors.media import PROCESSOR_FILE, npy_bytes
 
 
 def wav_bytes(samples: np.ndarray, rate: int, width: int = 2) -> bytes:
@@ -30,7 +31,7 @@ def test_features_equal_hugging_face_on_real_recordings(data_dir):
     # Hugging Face computes these in numpy when torchaudio is absent: that is the path compared here
     assert not feature_extraction_audio_spectrogram_transformer.is_speech_available()
     files = sorted((data_dir / "fsdd" / "train").glob("*.wav"))[::150]  # 18 clips, every speaker
-    processor = AudioProcessor(AudioFeatures(max_length=60))  # trims the longest clips, pads the rest
+    processor = AudioProcessor(num_mel_bins=128, max_length=60)  # trims the longest clips, pads the rest
     clips = [processor.read(path) for path in files]
     assert min(len(c) for c in clips) < 60 * 160 < max(len(c) for c in clips)
     ours = processor(clips)["input_values"]  # (B, 60, 128)
@@ -69,6 +70,9 @@ def test_decode_equals_read_and_resamples(tmp_path):
     processor = AudioProcessor()
     decoded = processor.decode(data)
     assert len(decoded) == 8000 and np.array_equal(decoded, processor.read(tmp_path / "a.wav"))
+    # an .npy holds a waveform at the processor's rate: floats as they are, integer PCM scaled
+    assert np.allclose(processor.decode(npy_bytes(np.array([16384, -32768], dtype=np.int16))), [0.5, -1])
+    assert np.array_equal(processor.decode(npy_bytes(decoded)), decoded)
 
 
 def test_bad_audio_is_one_line(tmp_path):
@@ -84,33 +88,34 @@ def test_bad_audio_is_one_line(tmp_path):
     with pytest.raises(UserError, match="not a readable PCM WAV"):
         processor.decode(b"RIFF\x00\x00")
     with pytest.raises(UserError, match="window"):
-        AudioFeatures(window="rectangular")
+        AudioProcessor(window="rectangular")
+    with pytest.raises(UserError, match="1-D array"):
+        processor.check_item(np.zeros((2, 3)), "x")
 
 
 def test_a_clip_shorter_than_one_frame_is_all_padding():
-    processor = AudioProcessor(AudioFeatures(max_length=8))
+    processor = AudioProcessor(num_mel_bins=128, max_length=8)
     values = processor([np.zeros(100, dtype=np.float32)])["input_values"]
-    f = processor.features
-    assert torch.allclose(values, torch.full((1, 8, 128), -f.mean / (2 * f.std)))
+    assert torch.allclose(values, torch.full((1, 8, 128), -processor.mean / (2 * processor.std)))
 
 
 def test_augment_masks_rolls_and_adds_noise_reproducibly():
-    f = AudioFeatures(max_length=50, num_mel_bins=40, time_mask=10, freq_mask=8, n_masks=2, shift=5, noise=0.1)
+    settings = dict(max_length=50, num_mel_bins=40, time_mask=10, freq_mask=8, n_masks=2, shift=5, noise=0.1)
     batch = {"input_values": torch.randn(6, 50, 40) + 3, "labels": torch.arange(6)}
-    augmented = AudioProcessor(f).augment(batch, torch.Generator().manual_seed(1))
-    again = AudioProcessor(f).augment(batch, torch.Generator().manual_seed(1))
+    augmented = AudioProcessor(**settings).augment(batch, torch.Generator().manual_seed(1))
+    again = AudioProcessor(**settings).augment(batch, torch.Generator().manual_seed(1))
     assert torch.equal(augmented["input_values"], again["input_values"])
     assert augmented["labels"] is batch["labels"] and augmented["input_values"].shape == (6, 50, 40)
     near_zero = augmented["input_values"].abs() < 0.6  # masked cells hold noise only; the rest is near 3
     assert near_zero.any() and near_zero.float().mean() < 0.6
-    plain = AudioProcessor(AudioFeatures(max_length=50, num_mel_bins=40))
+    plain = AudioProcessor(max_length=50, num_mel_bins=40)
     assert torch.equal(plain.augment(batch, torch.Generator())["input_values"], batch["input_values"])
 
 
 def test_settings_round_trip(tmp_path):
-    processor = AudioProcessor(AudioFeatures(max_length=100, num_mel_bins=64, time_mask=12))
+    processor = AudioProcessor(max_length=100, num_mel_bins=64, time_mask=12)
     processor.save(tmp_path)
-    assert AudioProcessor.exists(tmp_path) and AudioProcessor.load(tmp_path).features == processor.features
-    (tmp_path / AudioProcessor.FILE).write_text("{")
-    with pytest.raises(UserError, match="cannot be read as JSON"):
+    assert AudioProcessor.exists(tmp_path) and AudioProcessor.load(tmp_path) == processor
+    (tmp_path / PROCESSOR_FILE).write_text("{")
+    with pytest.raises(UserError, match="not readable JSON"):
         AudioProcessor.load(tmp_path)

@@ -21,7 +21,7 @@ from ..layers import FFN_KINDS, TransformerBlock
 from ..layers.attention import BACKENDS
 from ..layers.patches import PatchEmbedding, grid_size
 from ..processors.audio import AudioProcessor
-from .base import CLASSIFIER, PRESETS, FamilySpec, Model, ModelOutput, register
+from .base import CLASSIFIER, PRESETS, FamilySpec, Model, ModelOutput, classifier_batch, register
 
 HEADS = ("none", "classification")
 N_SPECIAL = 2  # CLS and distillation tokens
@@ -140,7 +140,7 @@ class AST(Model):
 def audio_batch(config: ASTConfig, generator: torch.Generator, batch: int = 2) -> dict:
     """Normalised-looking spectrograms (B, max_length, num_mel_bins) and class labels (B,)."""
     values = torch.randn(batch, config.max_length, config.num_mel_bins, generator=generator) * 0.5
-    return {"input_values": values, "labels": torch.randint(config.n_labels, (batch,), generator=generator)}
+    return classifier_batch({"input_values": values}, config.n_labels, generator)
 
 
 def _ast(n_layer, n_head, d_model, **fields):

@@ -11,73 +11,26 @@
 This is `torchaudio.compliance.kaldi.fbank` as AST calls it (window_type="hanning", dither 0), which
 Hugging Face's ASTFeatureExtractor reproduces in numpy when torchaudio is absent; tests hold the two
 to 1e-4 on real recordings. Kaldi's default window is Povey's (`window="povey"`); AST's is Hann.
+
+An item (what `read` and `decode` return, and what an .npy holds) is a 1-D waveform at the
+processor's sampling rate: floats in [-1, 1], or integer PCM (scaled as in a WAV file).
 """
 
 import dataclasses
+import functools
 import io
-import json
 import math
 import wave
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import Config
 from ..errors import UserError
+from .media import MediaProcessor, require_numeric
 
 WINDOWS = ("hanning", "povey")
 MEL_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi's log floor
 PCM_TYPES = {1: np.uint8, 2: np.int16, 4: np.int32}  # sample width in bytes -> stored type
-
-
-@dataclasses.dataclass
-class AudioFeatures(Config):
-    """The front end's settings, saved with the model (audio_processor.json)."""
-
-    section = "audio processor"
-    sampling_rate: int = 16000
-    num_mel_bins: int = 128
-    max_length: int = 1024  # frames after padding or trimming (10 ms each)
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    window: str = "hanning"
-    preemphasis: float = 0.97
-    low_freq: float = 20.0  # Hz; the top filter ends at the Nyquist frequency
-    mean: float = -4.2677393  # AudioSet's log-mel statistics, AST's normalisation
-    std: float = 4.5689974
-    # training-time augmentation (`augment`), off at 0: SpecAugment masks, a random roll, noise
-    time_mask: int = 0  # widest time mask, in frames
-    freq_mask: int = 0  # widest frequency mask, in mel bins
-    n_masks: int = 1  # masks of each kind per example
-    shift: int = 0  # largest roll along time, in frames, either way
-    noise: float = 0.0  # standard deviation of Gaussian noise added to the normalised features
-
-    def validate(self):
-        self.require_positive("sampling_rate", "num_mel_bins", "max_length", "n_masks")
-        self.require_choice("window", WINDOWS)
-        for name in ("time_mask", "freq_mask", "shift"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise self.invalid(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not 0 < self.frame_shift_ms <= self.frame_length_ms:
-            raise self.invalid("frame_shift_ms must be > 0 and at most frame_length_ms")
-        if not 0 <= self.low_freq < self.sampling_rate / 2:
-            raise self.invalid(f"low_freq must be in [0, {self.sampling_rate / 2}) Hz, got {self.low_freq}")
-        if self.std <= 0 or self.noise < 0:
-            raise self.invalid("std must be > 0 and noise >= 0")
-        self.require_fraction("preemphasis")
-
-    @property
-    def frame_length(self) -> int:
-        return round(self.sampling_rate * self.frame_length_ms / 1000)  # 400 samples at 16 kHz
-
-    @property
-    def frame_shift(self) -> int:
-        return round(self.sampling_rate * self.frame_shift_ms / 1000)  # 160
-
-    @property
-    def n_fft(self) -> int:
-        return 2 ** math.ceil(math.log2(self.frame_length))  # 512
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -98,9 +51,7 @@ def read_wav(source, name: str) -> tuple:
     samples = np.frombuffer(data[:len(data) - len(data) % frame_bytes], dtype=PCM_TYPES[width])
     if samples.size == 0:
         raise UserError(f"{name} holds no audio samples")
-    scaled = samples.astype(np.float64)
-    scaled = (scaled - 128) / 128 if width == 1 else scaled / 2.0 ** (8 * width - 1)  # 8-bit WAV is unsigned
-    return scaled.reshape(-1, channels).mean(axis=1).astype(np.float32), rate
+    return pcm_to_float(samples).reshape(-1, channels).mean(axis=1), rate
 
 
 # -- resampling ---------------------------------------------------------------------------------
@@ -147,7 +98,7 @@ def kaldi_mel(hz):
     return 1127.0 * np.log(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
 
 
-def mel_filters(f: AudioFeatures) -> np.ndarray:
+def mel_filters(f: "AudioProcessor") -> np.ndarray:
     """(n_fft // 2 + 1, num_mel_bins) triangles, equally spaced and linear on Kaldi's mel scale."""
     edges = np.linspace(kaldi_mel(f.low_freq), kaldi_mel(f.sampling_rate / 2), f.num_mel_bins + 2)
     bins = kaldi_mel(np.arange(f.n_fft // 2 + 1) * f.sampling_rate / f.n_fft)[:, None]  # (K, 1)
@@ -156,12 +107,12 @@ def mel_filters(f: AudioFeatures) -> np.ndarray:
     return np.maximum(0.0, np.minimum(rising, falling))
 
 
-def frame_window(f: AudioFeatures) -> np.ndarray:
+def frame_window(f: "AudioProcessor") -> np.ndarray:
     hann = np.hanning(f.frame_length)  # symmetric, as Kaldi's
     return hann if f.window == "hanning" else hann ** 0.85
 
 
-def log_mel(samples: np.ndarray, f: AudioFeatures, filters: np.ndarray, window: np.ndarray) -> np.ndarray:
+def log_mel(samples: np.ndarray, f: "AudioProcessor") -> np.ndarray:
     """(N,) samples at f.sampling_rate -> (frames, num_mel_bins) float32 log mel energies, one frame
     of f.frame_length every f.frame_shift samples (none for a clip shorter than one frame)."""
     if len(samples) < f.frame_length:
@@ -170,8 +121,8 @@ def log_mel(samples: np.ndarray, f: AudioFeatures, filters: np.ndarray, window: 
     frames = frames - frames.mean(axis=1, keepdims=True)  # (T, L)
     frames = np.concatenate([frames[:, :1] * (1 - f.preemphasis),
                              frames[:, 1:] - f.preemphasis * frames[:, :-1]], axis=1)
-    power = np.abs(np.fft.rfft(frames * window, n=f.n_fft)) ** 2  # (T, n_fft // 2 + 1)
-    return np.log(np.maximum(power @ filters, MEL_FLOOR)).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames * f.taper, n=f.n_fft)) ** 2  # (T, n_fft // 2 + 1)
+    return np.log(np.maximum(power @ f.filters, MEL_FLOOR)).astype(np.float32)
 
 
 def fit_length(features: np.ndarray, length: int) -> np.ndarray:
@@ -179,60 +130,104 @@ def fit_length(features: np.ndarray, length: int) -> np.ndarray:
     return np.pad(features[:length], ((0, max(0, length - len(features))), (0, 0)))
 
 
+def pcm_to_float(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM samples -> float32 in [-1, 1] (8-bit PCM is unsigned, wider is signed)."""
+    scaled = samples.astype(np.float64)
+    if samples.dtype == np.uint8:
+        return ((scaled - 128) / 128).astype(np.float32)
+    return (scaled / 2.0 ** (8 * samples.dtype.itemsize - 1)).astype(np.float32)
+
+
 # -- the processor ----------------------------------------------------------------------------
 
-class AudioProcessor:
-    """Turns WAV files or bytes into AST's input_values (B, max_length, num_mel_bins); saved with
-    the model as audio_processor.json."""
+@dataclasses.dataclass
+class AudioProcessor(MediaProcessor):
+    """WAV files or waveforms -> AST's input_values (B, max_length, num_mel_bins). Its fields are
+    the run config's tokenizer section of audio_classification (processor.json in a checkpoint)."""
 
-    FILE = "audio_processor.json"
+    modality = "audio"
+    suffixes = (".wav",)
+    num_mel_bins: int = None  # None in a run config: the model's
+    max_length: int = None  # frames after padding or trimming (10 ms each); None: the model's
+    sampling_rate: int = 16000
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    window: str = "hanning"
+    preemphasis: float = 0.97
+    low_freq: float = 20.0  # Hz; the top filter ends at the Nyquist frequency
+    mean: float = -4.2677393  # AudioSet's log-mel statistics, AST's normalisation
+    std: float = 4.5689974
+    # training-time augmentation (`augment`), off at 0: SpecAugment masks, a random roll, noise
+    time_mask: int = 0  # widest time mask, in frames
+    freq_mask: int = 0  # widest frequency mask, in mel bins
+    n_masks: int = 1  # masks of each kind per example
+    shift: int = 0  # largest roll along time, in frames, either way
+    noise: float = 0.0  # standard deviation of Gaussian noise added to the normalised features
 
-    def __init__(self, features: AudioFeatures | None = None):
-        self.features = features or AudioFeatures()
-        self.filters = mel_filters(self.features)
-        self.window = frame_window(self.features)
+    def validate(self):
+        self.require_positive("sampling_rate", "n_masks")
+        for name in ("num_mel_bins", "max_length"):
+            if getattr(self, name) is not None:
+                self.require_positive(name)
+        self.require_choice("window", WINDOWS)
+        for name in ("time_mask", "freq_mask", "shift"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise self.invalid(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.frame_shift_ms <= self.frame_length_ms:
+            raise self.invalid("frame_shift_ms must be > 0 and at most frame_length_ms")
+        if not 0 <= self.low_freq < self.sampling_rate / 2:
+            raise self.invalid(f"low_freq must be in [0, {self.sampling_rate / 2}) Hz, got {self.low_freq}")
+        if self.std <= 0 or self.noise < 0:
+            raise self.invalid("std must be > 0 and noise >= 0")
+        self.require_fraction("preemphasis")
 
-    # saved with the checkpoint
+    @property
+    def frame_length(self) -> int:
+        return round(self.sampling_rate * self.frame_length_ms / 1000)  # 400 samples at 16 kHz
+
+    @property
+    def frame_shift(self) -> int:
+        return round(self.sampling_rate * self.frame_shift_ms / 1000)  # 160
+
+    @property
+    def n_fft(self) -> int:
+        return 2 ** math.ceil(math.log2(self.frame_length))  # 512
+
     @classmethod
-    def exists(cls, directory) -> bool:
-        return (Path(directory) / cls.FILE).is_file()
+    def model_settings(cls, config) -> dict:
+        return {"num_mel_bins": config.num_mel_bins, "max_length": config.max_length}
 
-    @classmethod
-    def load(cls, directory) -> "AudioProcessor":
-        path = Path(directory) / cls.FILE
-        try:
-            values = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise UserError(f"{path} cannot be read as JSON ({err})") from None
-        if not isinstance(values, dict):
-            raise UserError(f"{path} must hold a JSON object of audio processor settings")
-        return cls(AudioFeatures.from_dict(values))
+    @functools.cached_property
+    def filters(self) -> np.ndarray:
+        return mel_filters(self)
 
-    def save(self, directory):
-        self.features.save(Path(directory) / self.FILE)
-
-    @classmethod
-    def example(cls, config) -> "AudioProcessor":
-        """The processor whose output fits a model config's spectrogram (num_mel_bins x max_length)."""
-        return cls(AudioFeatures(num_mel_bins=config.num_mel_bins, max_length=config.max_length))
+    @functools.cached_property
+    def taper(self) -> np.ndarray:
+        """(frame_length,) the window function's values."""
+        return frame_window(self)
 
     # raw input -> samples at the processor's rate
-    def read(self, path) -> np.ndarray:
-        """One WAV file -> (N,) float32 samples at the processor's sampling rate."""
-        samples, rate = read_wav(str(path), str(path))
-        return resample(samples, rate, self.features.sampling_rate)
+    def decode_file(self, data: bytes, name: str) -> np.ndarray:
+        """The bytes of a WAV file -> (N,) float32 samples at the processor's sampling rate."""
+        samples, rate = read_wav(io.BytesIO(data), name)
+        return resample(samples, rate, self.sampling_rate)
 
-    def decode(self, data: bytes) -> np.ndarray:
-        """The bytes of a WAV file (a server payload, base64-decoded) -> samples, as `read`."""
-        samples, rate = read_wav(io.BytesIO(data), "the posted audio")
-        return resample(samples, rate, self.features.sampling_rate)
+    def check_item(self, item: np.ndarray, name: str) -> np.ndarray:
+        item = require_numeric(item, name, "waveform")
+        if item.ndim != 1:
+            raise UserError(f"{name}: a waveform must be a 1-D array of samples, got shape {item.shape}")
+        return pcm_to_float(item) if item.dtype.kind in "ui" else item.astype(np.float32)
+
+    def example_items(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Random waveforms (N, samples) just long enough for max_length frames."""
+        samples = self.frame_shift * (self.max_length - 1) + self.frame_length
+        return rng.normal(0, 0.1, size=(count, samples)).astype(np.float32)
 
     # samples -> model input
     def features_of(self, samples: np.ndarray) -> np.ndarray:
         """(N,) samples -> (max_length, num_mel_bins) normalised log mel features."""
-        f = self.features
-        fbank = fit_length(log_mel(samples, f, self.filters, self.window), f.max_length)
-        return (fbank - f.mean) / (2 * f.std)
+        fbank = fit_length(log_mel(samples, self), self.max_length)
+        return (fbank - self.mean) / (2 * self.std)
 
     def __call__(self, items: list) -> dict:
         """A list of (N_i,) sample arrays -> {"input_values": (B, max_length, num_mel_bins)}."""
@@ -242,17 +237,16 @@ class AudioProcessor:
         """Training only: per example, `n_masks` time and frequency masks (set to 0, the mean after
         normalisation) of random width up to time_mask / freq_mask, a roll along time of up to
         `shift` frames, and Gaussian noise of std `noise`."""
-        f = self.features
         x = batch["input_values"]  # (B, T, F)
         rows, frames, bins = x.shape
-        if f.shift:
-            rolls = torch.randint(-f.shift, f.shift + 1, (rows,), generator=generator).tolist()
+        if self.shift:
+            rolls = torch.randint(-self.shift, self.shift + 1, (rows,), generator=generator).tolist()
             x = torch.stack([row.roll(r, dims=0) for row, r in zip(x, rolls)])
-        time = _masks(rows, frames, f.time_mask, f.n_masks, generator)[:, :, None]  # (B, T, 1)
-        freq = _masks(rows, bins, f.freq_mask, f.n_masks, generator)[:, None, :]  # (B, 1, F)
+        time = _masks(rows, frames, self.time_mask, self.n_masks, generator)[:, :, None]  # (B, T, 1)
+        freq = _masks(rows, bins, self.freq_mask, self.n_masks, generator)[:, None, :]  # (B, 1, F)
         x = x.masked_fill(time | freq, 0.0)
-        if f.noise:
-            x = x + f.noise * torch.randn(x.shape, generator=generator)
+        if self.noise:
+            x = x + self.noise * torch.randn(x.shape, generator=generator)
         return {**batch, "input_values": x}
 
 

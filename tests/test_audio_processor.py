@@ -119,3 +119,15 @@ def test_settings_round_trip(tmp_path):
     (tmp_path / PROCESSOR_FILE).write_text("{")
     with pytest.raises(UserError, match="not readable JSON"):
         AudioProcessor.load(tmp_path)
+
+
+def test_utterance_normalisation_removes_loudness_and_pads_with_the_mean():
+    clip = np.random.default_rng(0).normal(0, 0.1, 4000).astype(np.float32)  # every mel bin well above the floor
+    processor = AudioProcessor(sampling_rate=8000, num_mel_bins=32, max_length=60, normalize="utterance")
+    loud, quiet = processor([clip, clip / 20])["input_values"]
+    frames = (len(clip) - processor.frame_length) // processor.frame_shift + 1  # 48 real frames
+    assert torch.allclose(loud, quiet, atol=1e-4)  # a gain is a constant in log-mel space
+    assert torch.allclose(loud[:frames].mean(0), torch.zeros(32), atol=1e-5)
+    assert torch.equal(loud[frames:], torch.zeros(60 - frames, 32))
+    with pytest.raises(UserError, match="normalize"):
+        AudioProcessor(normalize="peak")

@@ -29,6 +29,7 @@ from ..errors import UserError
 from .media import MediaProcessor, require_numeric
 
 WINDOWS = ("hanning", "povey")
+NORMALISATIONS = ("global", "utterance")
 MEL_FLOOR = float(np.finfo(np.float32).eps)  # Kaldi's log floor
 PCM_TYPES = {1: np.uint8, 2: np.int16, 4: np.int32}  # sample width in bytes -> stored type
 
@@ -155,6 +156,7 @@ class AudioProcessor(MediaProcessor):
     window: str = "hanning"
     preemphasis: float = 0.97
     low_freq: float = 20.0  # Hz; the top filter ends at the Nyquist frequency
+    normalize: str = "global"  # (x - mean) / (2 * std); "utterance": each clip's own mean per bin and std
     mean: float = -4.2677393  # AudioSet's log-mel statistics, AST's normalisation
     std: float = 4.5689974
     # training-time augmentation (`augment`), off at 0: SpecAugment masks, a random roll, noise
@@ -170,6 +172,7 @@ class AudioProcessor(MediaProcessor):
             if getattr(self, name) is not None:
                 self.require_positive(name)
         self.require_choice("window", WINDOWS)
+        self.require_choice("normalize", NORMALISATIONS)
         for name in ("time_mask", "freq_mask", "shift"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise self.invalid(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
@@ -225,9 +228,15 @@ class AudioProcessor(MediaProcessor):
 
     # samples -> model input
     def features_of(self, samples: np.ndarray) -> np.ndarray:
-        """(N,) samples -> (max_length, num_mel_bins) normalised log mel features."""
-        fbank = fit_length(log_mel(samples, self), self.max_length)
-        return (fbank - self.mean) / (2 * self.std)
+        """(N,) samples -> (max_length, num_mel_bins) normalised log mel features. Global
+        normalisation pads first (AST's order); per-utterance normalisation uses the clip's own
+        frames, then pads with zeros (its mean)."""
+        fbank = log_mel(samples, self)[:self.max_length]  # (T, F)
+        if self.normalize == "global":
+            return (fit_length(fbank, self.max_length) - self.mean) / (2 * self.std)
+        if len(fbank):
+            fbank = (fbank - fbank.mean(axis=0)) / (2 * fbank.std() + 1e-5)
+        return fit_length(fbank, self.max_length)
 
     def __call__(self, items: list) -> dict:
         """A list of (N_i,) sample arrays -> {"input_values": (B, max_length, num_mel_bins)}."""

@@ -108,6 +108,11 @@ def test_augment_masks_rolls_and_adds_noise_reproducibly():
     assert augmented["labels"] is batch["labels"] and augmented["input_values"].shape == (6, 50, 40)
     near_zero = augmented["input_values"].abs() < 0.6  # masked cells hold noise only; the rest is near 3
     assert near_zero.any() and near_zero.float().mean() < 0.6
+    ramp = {"input_values": torch.arange(40.0).expand(3, 50, 40)}  # each frame: bin f holds f
+    warped = AudioProcessor(max_length=50, num_mel_bins=40, freq_shift=3).augment(ramp, torch.Generator())
+    moves = warped["input_values"][:, 0, 20] - 20  # the shift of each example, the same for all its frames
+    assert moves.abs().max() <= 3 and torch.equal(warped["input_values"][:, :, 20:30] - 20 - moves[:, None, None],
+                                                  ramp["input_values"][:, :, :10])
     plain = AudioProcessor(max_length=50, num_mel_bins=40)
     assert torch.equal(plain.augment(batch, torch.Generator())["input_values"], batch["input_values"])
 

@@ -164,6 +164,7 @@ class AudioProcessor(MediaProcessor):
     freq_mask: int = 0  # widest frequency mask, in mel bins
     n_masks: int = 1  # masks of each kind per example
     shift: int = 0  # largest roll along time, in frames, either way
+    freq_shift: int = 0  # largest shift along the mel bins, either way, edges repeated (a crude vocal-tract warp)
     noise: float = 0.0  # standard deviation of Gaussian noise added to the normalised features
 
     def validate(self):
@@ -173,7 +174,7 @@ class AudioProcessor(MediaProcessor):
                 self.require_positive(name)
         self.require_choice("window", WINDOWS)
         self.require_choice("normalize", NORMALISATIONS)
-        for name in ("time_mask", "freq_mask", "shift"):
+        for name in ("time_mask", "freq_mask", "shift", "freq_shift"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise self.invalid(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if not 0 < self.frame_shift_ms <= self.frame_length_ms:
@@ -245,12 +246,16 @@ class AudioProcessor(MediaProcessor):
     def augment(self, batch: dict, generator: torch.Generator) -> dict:
         """Training only: per example, `n_masks` time and frequency masks (set to 0, the mean after
         normalisation) of random width up to time_mask / freq_mask, a roll along time of up to
-        `shift` frames, and Gaussian noise of std `noise`."""
+        `shift` frames, a shift along the mel bins of up to `freq_shift`, and Gaussian noise of std `noise`."""
         x = batch["input_values"]  # (B, T, F)
         rows, frames, bins = x.shape
         if self.shift:
             rolls = torch.randint(-self.shift, self.shift + 1, (rows,), generator=generator).tolist()
             x = torch.stack([row.roll(r, dims=0) for row, r in zip(x, rolls)])
+        if self.freq_shift:
+            moves = torch.randint(-self.freq_shift, self.freq_shift + 1, (rows, 1), generator=generator)
+            source = (torch.arange(bins) - moves).clamp(0, bins - 1)  # (B, F): bin f reads bin f - move
+            x = x.gather(2, source[:, None, :].expand(rows, frames, bins))
         time = _masks(rows, frames, self.time_mask, self.n_masks, generator)[:, :, None]  # (B, T, 1)
         freq = _masks(rows, bins, self.freq_mask, self.n_masks, generator)[:, None, :]  # (B, 1, F)
         x = x.masked_fill(time | freq, 0.0)

@@ -14,7 +14,7 @@ from attnlab.models import FAMILIES, preset
 
 CONVERTING = {"gpt": {"gpt2"}, "bert": {"bert", "roberta", "distilbert"}, "t5": {"t5"}, "transformer": {"marian"},
               "reformer": {"reformer"}, "longformer": {"longformer"}, "bigbird": {"big_bird"},
-              "vit": {"vit"}}
+              "vit": {"vit"}, "ast": {"audio-spectrogram-transformer"}}
 
 
 def test_every_interop_module_registers_itself_on_importing_the_package():
@@ -43,11 +43,11 @@ def test_bert_exports_as_the_model_type_its_config_calls_for():
 
 
 def test_unknown_names_are_one_line_errors_listing_the_registry():
-    with pytest.raises(UserError, match="attnlab imports bert, big_bird, distilbert, gpt2") as err:
+    with pytest.raises(UserError, match=f"attnlab imports {', '.join(sorted(HF_MODEL_TYPES))}$") as err:
         hf_model_type("llama")
     assert "\n" not in str(err.value)
     xl = FAMILIES["transformer_xl"].config_class()
-    with pytest.raises(UserError, match="no Hugging Face export; attnlab exports bert, bigbird, gpt"):
+    with pytest.raises(UserError, match=f"no Hugging Face export; attnlab exports {', '.join(sorted(HF_SPECS))}$"):
         model_type_for_export(xl)
 
 

@@ -2,7 +2,8 @@
 and learned grid positions that resample to another grid.
 
 A patch is a linear map of a (channels x kernel) window; a strided convolution computes all of
-them at once. A stride below the kernel overlaps the patches (AST: 16x16 windows every 10 bins).
+them at once. A stride below the kernel overlaps the patches (AST: 16x16 windows every 10 bins);
+a (rows, columns) pair strides each axis differently (AST's frequency and time strides).
 """
 
 import torch
@@ -18,14 +19,15 @@ def grid_size(size: int, kernel: int, stride: int) -> int:
 class PatchEmbedding(nn.Module):
     """(B, C, H, W) -> (B, h * w, dim), row-major over the (h, w) grid of patches."""
 
-    def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int | None = None):
+    def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int | tuple | None = None):
         super().__init__()
         self.patch_size = patch_size
         self.stride = stride or patch_size
         self.proj = nn.Conv2d(in_channels, dim, patch_size, self.stride)
 
     def grid(self, height: int, width: int) -> tuple:
-        return grid_size(height, self.patch_size, self.stride), grid_size(width, self.patch_size, self.stride)
+        rows, columns = self.proj.stride
+        return grid_size(height, self.patch_size, rows), grid_size(width, self.patch_size, columns)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.proj(pixels).flatten(2).transpose(1, 2)

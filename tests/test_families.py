@@ -3,12 +3,14 @@
 tiny preset is built, trained, saved, converted, decoded, compressed and served through the same
 code a user's command runs."""
 
+import base64
 import copy
 import dataclasses
 import json
 import math
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,13 +27,14 @@ from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.interop import export_hf, import_hf
 from attnlab.interop.registry import hf_spec_for
-from attnlab.models.base import CAUSAL_LM, ENCODER, FAMILIES, SEQ2SEQ, build_model, preset
+from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, KINDS, SEQ2SEQ, build_model, preset
+from attnlab.processors.media import npy_bytes
 from attnlab.serving.app import ENDPOINTS, ServeConfig, create_app
 from attnlab.training import TrainConfig, Trainer
 
 SPECS = [FAMILIES[name] for name in sorted(FAMILIES)]
 NAMES = [spec.name for spec in SPECS]
-of_kind = {kind: [s for s in SPECS if s.kind == kind] for kind in (CAUSAL_LM, SEQ2SEQ, ENCODER)}
+of_kind = {kind: [s for s in SPECS if s.kind == kind] for kind in KINDS}
 
 
 def every(specs):
@@ -65,8 +68,8 @@ class FixedBatches:
     """The same batch for every split and step: training must lower its loss."""
 
     def __init__(self, inputs):
-        rows, length = inputs["input_ids"].shape
-        self.batch = Batch(inputs, torch.full((rows,), length))
+        rows = len(next(iter(inputs.values())))
+        self.batch = Batch(inputs, torch.ones(rows, dtype=torch.long))
 
     def sample(self, split, generator):
         return self.batch
@@ -91,7 +94,7 @@ def test_trainer_lowers_the_loss_on_a_fixed_batch(spec, tmp_path):
 @every(SPECS)
 def test_save_and_load_give_identical_outputs(spec, tmp_path):
     model = tiny_model(spec).eval()
-    processor = spec.processor.example(model.config.vocab_size)
+    processor = spec.processor.example(model.config)
     batch = example(spec, model)
     save_checkpoint(tmp_path / "ckpt", model, processor)
     loaded, loaded_processor = load_checkpoint(tmp_path / "ckpt")
@@ -108,10 +111,16 @@ REQUESTS = {"/v1/completions": {"prompt": "the cat", "max_tokens": 5, "temperatu
             "/v1/classify": {"input": "the cat"}}
 
 
-def client_for(spec):
+def client_for(spec, **settings):
     model = tiny_model(spec).eval()
-    app = create_app(model, spec.processor.example(model.config.vocab_size), ServeConfig(max_batch=4, timeout_s=30))
+    app = create_app(model, spec.processor.example(model.config), ServeConfig(max_batch=4, timeout_s=30, **settings))
     return TestClient(app)
+
+
+def media_files(spec, count: int) -> list:
+    """The .npy bytes of `count` random raw items a classifier's tiny model reads (every modality reads .npy)."""
+    processor = spec.processor.example(preset(spec.tiny_preset))
+    return [npy_bytes(item) for item in processor.example_items(count, np.random.default_rng(0))]
 
 
 @every(SPECS)
@@ -128,6 +137,8 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
                 assert reply.status_code == 200, reply.text
                 choice = reply.json()["choices"][0]
                 assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
+            elif path == "/v1/classify" and spec.kind == CLASSIFIER:  # it reads files, not text: below
+                assert reply.status_code == 400 and "\n" not in reply.json()["error"]["message"]
             elif path == "/v1/classify":  # the tiny encoders carry a masked-LM head, not a classifier
                 message = reply.json()["error"]["message"]
                 assert reply.status_code == 400 and "not a sequence classifier" in message and "\n" not in message
@@ -136,6 +147,25 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
                 vectors = torch.tensor([row["embedding"] for row in reply.json()["data"]])
                 assert vectors.shape == (2, preset(spec.tiny_preset).d_model)
                 torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(2))
+
+
+@every(of_kind[CLASSIFIER])
+def test_a_classifier_serves_base64_files_and_refuses_bad_ones_with_a_4xx(spec):
+    files = media_files(spec, 3)
+    with client_for(spec, max_input_bytes=max(map(len, files))) as client:
+        reply = client.post("/v1/classify", json={"input": [base64.b64encode(f).decode() for f in files]})
+        assert reply.status_code == 200, reply.text
+        data = reply.json()["data"]
+        n_labels = preset(spec.tiny_preset).n_labels
+        assert len(data) == 3 and all(len(row["scores"]) == n_labels for row in data)
+        assert all(row["score"] == max(row["scores"].values()) == row["scores"][row["label"]] for row in data)
+        bad = {"not base64": "%%%", "not a file of the modality": base64.b64encode(b"hello, not a file").decode(),
+               "over the byte limit": base64.b64encode(files[0] + b"\0" * 8).decode()}
+        for problem, body in bad.items():
+            reply = client.post("/v1/classify", json={"input": [base64.b64encode(files[0]).decode(), body]})
+            message = reply.json()["error"]["message"]
+            expected = 413 if problem == "over the byte limit" else 400
+            assert reply.status_code == expected and "input 1" in message and "\n" not in message, (problem, message)
 
 
 @every(of_kind[CAUSAL_LM] + of_kind[SEQ2SEQ])
@@ -240,7 +270,13 @@ def test_compression_reaches_the_projections_of_every_block(spec):
 # -- the command line on a tiny checkpoint of every family ---------------------------------------
 
 def corpus_for(spec, directory):
-    """A small training file of the kind's task: text, or source<TAB>target pairs."""
+    """A small training file of the kind's task: text, source<TAB>target pairs, or for a classifier
+    an .npz of random raw items x of its modality and labels y."""
+    if spec.kind == CLASSIFIER:
+        processor = spec.processor.example(preset(spec.tiny_preset))
+        path = directory / "labelled.npz"
+        np.savez(path, x=processor.example_items(12, np.random.default_rng(0)), y=np.array(["cat", "dog", "owl"] * 4))
+        return path
     lines = [f"the {a} sat on the {b} number {i % 10}." for i, (a, b) in
              enumerate([("cat", "mat"), ("dog", "log"), ("bird", "wire")] * 100)]
     path = directory / ("pairs.tsv" if spec.kind == SEQ2SEQ else "text.txt")
@@ -257,7 +293,7 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
                  "train.eval_interval=2", "train.eval_batches=1", "train.batch_size=2", "train.progress=false",
                  "train.device=cpu"]) == 0
     capsys.readouterr()
-    if spec.kind != ENCODER:
+    if spec.kind in (CAUSAL_LM, SEQ2SEQ):
         assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "3", "--temperature", "0"]) == 0
         assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "3", "--beams", "2",
                      "--n-best", "2"]) == 0
@@ -267,11 +303,36 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
                 else ["eval", str(run), "--data", str(data)]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert all(math.isfinite(v) for v in scores.values() if isinstance(v, float))
+    if spec.kind == CLASSIFIER:
+        classifier_verbs(spec, data, run, tmp_path, capsys)
     exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
     assert exported == (0 if hf_spec_for(spec.name) else 2)
     args = build_parser().parse_args(["serve", str(run), "--threads", "1", "--port", str(free_port())])
     with TestClient(server_app(args)) as client:
         assert client.get("/health").json()["family"] == spec.name
+
+
+def classifier_verbs(spec, data, run, tmp_path, capsys):
+    """eval's scores and confusion PNG; classify of a labelled set and of single files."""
+    assert main(["eval", str(run), "--data", str(data), "--plot", str(tmp_path / "confusion.png")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["examples"] == 12 and sorted(scores["labels"]) == ["cat", "dog", "owl"]
+    assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["macro_f1"] <= 1 and (tmp_path / "confusion.png").is_file()
+    assert main(["classify", str(run), "--input", str(data)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 12 and "accuracy" in err and "macro F1" in err
+    files = []
+    for i, content in enumerate(media_files(spec, 2)):
+        files.append(tmp_path / f"item{i}.npy")
+        files[-1].write_bytes(content)
+    assert main(["classify", str(run), *map(str, files)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["input"] for row in rows] == list(map(str, files))
+    assert all(row["label"] in scores["labels"] for row in rows)
+    missing = tmp_path / "missing.npy"
+    assert main(["classify", str(run), str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(missing) in err
 
 
 @every(of_kind[ENCODER])

@@ -110,7 +110,7 @@ def test_a_family_defined_outside_the_library_goes_through_every_verb(decay_fami
     short = dataclasses.replace(greedy, max_new_tokens=6)
     assert generate(model, prompts, short) == generate(model, prompts, dataclasses.replace(short, use_cache=False))
 
-    tokenizer = TextProcessor.example(64)
+    tokenizer = TextProcessor.example(DecayConfig())
     save_checkpoint(tmp_path / "ckpt", model, tokenizer)
     loaded, _ = load_checkpoint(tmp_path / "ckpt")
     assert type(loaded) is DecayLM and generate(loaded, prompts, short) == generate(model, prompts, short)

@@ -5,6 +5,7 @@ import argparse
 import json
 import socket
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,14 +13,14 @@ from attnlab.checkpoint import save_checkpoint
 from attnlab.cli import build_parser, main, verb_modules
 from attnlab.commands.serve import server_app
 from attnlab.interop.registry import HF_SPECS
-from attnlab.models.base import CAUSAL_LM, ENCODER, FAMILIES, KINDS, SEQ2SEQ, build_model, preset
+from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, KINDS, SEQ2SEQ, build_model, preset
 from attnlab.tokenizers import SubwordTokenizer
 
 SPECS = [FAMILIES[name] for name in sorted(FAMILIES)]
 EVERY_KIND = set(KINDS)
 # The kinds of checkpoint each verb that takes one serves (convert: the families with a Hugging Face spec).
 SERVES = {"generate": {CAUSAL_LM, SEQ2SEQ}, "eval": EVERY_KIND, "embed": {ENCODER}, "search": {ENCODER},
-          "classify": {ENCODER}, "finetune": {ENCODER}, "compress": {ENCODER}, "serve": EVERY_KIND}
+          "classify": {ENCODER, CLASSIFIER}, "finetune": {ENCODER}, "compress": {ENCODER}, "serve": EVERY_KIND}
 # Settings a tiny preset needs to export: Marian computes its sinusoids in halves, post-LN.
 EXPORTABLE = {"transformer": {"position_layout": "halves", "prenorm": False}}
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "we like to read books",
@@ -33,14 +34,19 @@ def applies(verb, spec) -> bool:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny checkpoint of every family (encoders with a WordPiece tokenizer, which embedding and
-    masked-LM scoring need), a text file, a pairs file and a labelled file."""
+    masked-LM scoring need), a text file, a pairs file, a labelled file, and per classifier a labelled
+    .npz of raw items its processor reads."""
     root = tmp_path_factory.mktemp("verbs")
     wordpiece = SubwordTokenizer.train_wordpiece("\n".join(SENTENCES * 20), vocab_size=64)
     for spec in SPECS:
         torch.manual_seed(0)
         model = build_model(preset(spec.tiny_preset, **EXPORTABLE.get(spec.name, {})))
-        processor = wordpiece if spec.kind == ENCODER else spec.processor.example(model.config.vocab_size)
+        processor = wordpiece if spec.kind == ENCODER else spec.processor.example(model.config)
         save_checkpoint(root / spec.name, model, processor)
+        if spec.kind == CLASSIFIER:
+            items = processor.example_items(4, np.random.default_rng(0))
+            names = [f"LABEL_{i}" for i in range(model.config.n_labels)]  # a model without id2label's names
+            np.savez(root / f"{spec.name}.npz", x=items, y=np.arange(len(items)) % len(names), label_names=names)
     (root / "text.txt").write_text("\n".join(SENTENCES * 4) + "\n")
     (root / "pairs.tsv").write_text("".join(f"{s}\t{s[::-1]}\n" for s in SENTENCES))
     (root / "labelled.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in
@@ -51,14 +57,14 @@ def files(tmp_path_factory):
 def argv(verb, spec, root, out, ckpt=None) -> list:
     """A small run of `verb` on the family's checkpoint (or `ckpt`), writing under `out`."""
     ckpt, text = ckpt or root / spec.name, root / "text.txt"
-    data = root / ("pairs.tsv" if spec.kind == SEQ2SEQ else "text.txt")
+    data = root / {SEQ2SEQ: "pairs.tsv", CLASSIFIER: f"{spec.name}.npz"}.get(spec.kind, "text.txt")
     runs = {
         "generate": ["generate", ckpt, "--prompt", "the cat", "--max-new-tokens", 3, "--temperature", 0,
                      "--json"],
         "eval": ["eval", ckpt, "--data", data, "--max-new-tokens", 3],
         "embed": ["embed", text, "--model", ckpt, "--out", out / "vectors.npy"],
         "search": ["search", text, "a dog", "--model", ckpt, "--index", out / "index.npz", "--top-k", 2],
-        "classify": ["classify", ckpt, "--input", root / "labelled.tsv"],
+        "classify": ["classify", ckpt, "--input", data if spec.kind == CLASSIFIER else root / "labelled.tsv"],
         "finetune": ["finetune", "--base", ckpt, "--train", root / "labelled.tsv", "--out", out / "classifier",
                      "--epochs", 1, "--batch-size", 8, "--max-length", 16],
         "compress": ["compress", ckpt, "--pipeline", "quantize:dynamic_int8", "--train", root / "labelled.tsv",
@@ -101,8 +107,8 @@ def test_convert_names_the_families_that_convert(files, tmp_path, capsys):
         assert code == 2 and ", ".join(sorted(HF_SPECS)) in err
 
 
-ACCEPTED = [(verb, spec) for verb in ("generate", "eval", "embed", "search", "convert") for spec in SPECS
-            if applies(verb, spec)]
+ACCEPTED = [(verb, spec) for verb in ("generate", "eval", "embed", "search", "convert", "classify") for spec in SPECS
+            if applies(verb, spec) and (verb, spec.kind) != ("classify", ENCODER)]  # encoders: finetune first
 
 
 @pytest.mark.parametrize("verb,spec", ACCEPTED, ids=[f"{v}-{s.name}" for v, s in ACCEPTED])
@@ -111,6 +117,8 @@ def test_a_verb_runs_on_the_kinds_it_serves(verb, spec, files, tmp_path, capsys)
     assert code == 0, err
     if verb in ("generate", "eval"):
         assert isinstance(json.loads(out), dict)
+    if verb == "classify":
+        assert len(out.splitlines()) == 4 and "accuracy" in err
     if verb == "search":
         assert out.startswith("query: a dog")
     if verb == "embed":
@@ -152,7 +160,7 @@ def test_a_bidirectional_reformer_neither_generates_nor_scores_perplexity(verb, 
     config = preset(FAMILIES["reformer"].tiny_preset, causal=False)
     model = build_model(config)
     assert not model.generates
-    save_checkpoint(tmp_path / "reformer", model, FAMILIES["reformer"].processor.example(config.vocab_size))
+    save_checkpoint(tmp_path / "reformer", model, FAMILIES["reformer"].processor.example(config))
     code, out, err = run(capsys, [verb, str(tmp_path / "reformer"), "--prompt" if verb == "generate" else "--data",
                                   "the cat" if verb == "generate" else str(files / "text.txt")])
     assert code == 2 and out == "" and len(err.splitlines()) == 1
@@ -160,8 +168,8 @@ def test_a_bidirectional_reformer_neither_generates_nor_scores_perplexity(verb, 
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
-def test_a_model_generates_unless_it_is_an_encoder(spec):
-    assert build_model(preset(spec.tiny_preset)).generates == (spec.kind != ENCODER)
+def test_a_model_generates_unless_it_is_an_encoder_or_a_classifier(spec):
+    assert build_model(preset(spec.tiny_preset)).generates == (spec.kind in (CAUSAL_LM, SEQ2SEQ))
 
 
 def test_every_verb_module_registers_exactly_one_verb():

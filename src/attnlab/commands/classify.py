@@ -1,4 +1,5 @@
-"""classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`)."""
+"""classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`), or
+image, audio or video files with a classifier of that modality (a checkpoint from `attnlab train`)."""
 
 import json
 import sys
@@ -6,19 +7,24 @@ from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, LEGACY_LABELS_FILE, load_checkpoint, read_json
 from ..data.classification import ClassificationData, LabelSet, read_labelled
+from ..data.media import predict_media, read_labelled_media
 from ..errors import UserError
-from ..evaluation import format_confusion
-from ..models.base import ENCODER
+from ..evaluation import classification_metrics, format_confusion
+from ..models.base import CLASSIFIER, ENCODER
 from ..training.finetune import evaluate, predict
+from ..training.tasks.media import model_names
 from .common import for_kind
 
 CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"max_length": ...}
 
 
 def register(sub):
-    p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint")
+    p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint, or image/audio/video files "
+                                        "with a classifier")
     p.add_argument("checkpoint")
-    p.add_argument("--input", help="TSV/CSV/JSONL file (default: one text per line on stdin)")
+    p.add_argument("files", nargs="*", help="classifiers: files of the model's modality (PNG, WAV, .npy, ...)")
+    p.add_argument("--input", help="TSV/CSV/JSONL file (default: one text per line on stdin); for a classifier a "
+                   "folder with one subfolder per class, or an .npz with x and y: accuracy and F1 are reported too")
     p.add_argument("--text-column", help="text column of --input (default: sentence or text)")
     p.add_argument("--label-column", default="label", help="if --input has it, accuracy/F1 are reported too")
     p.add_argument("--batch-size", type=int, default=64)
@@ -46,7 +52,42 @@ def _max_length(path: Path) -> int:
 
 
 def classify(args):
-    model, tokenizer, names, max_length = load_classifier("classify", args.checkpoint)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    run, path = for_kind("classify", args.checkpoint, {ENCODER: classify_texts, CLASSIFIER: classify_media})
+    run(args, path)
+
+
+def classify_media(args, path):
+    """One JSON line per file or labelled item: its name, label and score; with labels, the
+    confusion matrix, accuracy and macro F1 on stderr."""
+    model, processor = load_checkpoint(path)
+    names = model_names(model)
+    if bool(args.files) == bool(args.input):
+        raise UserError("give the files to classify, or --input with a labelled folder or .npz, not both")
+    if args.input:
+        data = read_labelled_media(args.input, processor, names)
+        items, sources, gold = data.items, [f"{args.input}[{i}]" for i in range(len(data))], data.labels.tolist()
+    else:
+        items, sources, gold = [processor.read(f) for f in args.files], list(args.files), None
+    probabilities = predict_media(model, processor, items, args.batch_size)
+    for source, probs in zip(sources, probabilities):
+        best = int(probs.argmax())
+        print(json.dumps({"input": source, "label": names[best], "score": round(float(probs[best]), 4)},
+                         ensure_ascii=False))
+    if gold is not None:
+        report(classification_metrics(probabilities.argmax(-1).tolist(), gold, names))
+
+
+def report(metrics):
+    print(format_confusion(metrics), file=sys.stderr)
+    print(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}", file=sys.stderr)
+
+
+def classify_texts(args, path):
+    if args.files:
+        raise UserError("file arguments are for image, audio or video classifiers; give texts with --input or stdin")
+    model, tokenizer, names, max_length = load_classifier("classify", path)
     gold = None
     if args.input:
         texts, gold = read_labelled(args.input, args.text_column, args.label_column, require_labels=False)
@@ -62,6 +103,4 @@ def classify(args):
         print(json.dumps({"text": text, "label": names[best], "score": round(float(probs[best]), 4)},
                          ensure_ascii=False))
     if gold:
-        metrics = evaluate(model, data, names, args.batch_size)
-        print(format_confusion(metrics), file=sys.stderr)
-        print(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}", file=sys.stderr)
+        report(evaluate(model, data, names, args.batch_size))

@@ -1,22 +1,32 @@
-"""eval: perplexity of a causal LM, masked-LM perplexity and accuracy of an encoder, or
-BLEU/chrF/ROUGE of an encoder-decoder. (The module is not eval.py, which would shadow a builtin.)"""
+"""eval: perplexity of a causal LM, masked-LM perplexity and accuracy of an encoder,
+BLEU/chrF/ROUGE of an encoder-decoder, or accuracy, macro F1 and the confusion matrix of an image,
+audio or video classifier. (The module is not eval.py, which would shadow a builtin.)"""
+
+import sys
 
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
+from ..data.media import predict_media, read_labelled_media
 from ..data.seq2seq import check_length, encode_source, read_pairs
 from ..errors import UserError
-from ..evaluation import masked_lm_scores, perplexity, text_metrics
+from ..evaluation import (classification_metrics, format_confusion, masked_lm_scores, perplexity, plot_confusion,
+                          text_metrics)
 from ..inference.seq2seq import translate
-from ..models.base import CAUSAL_LM, ENCODER, SEQ2SEQ
-from .common import for_kind, print_json, refuse_bidirectional
+from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ
+from ..training.tasks.media import model_names
+from .common import for_kind, output_dir, print_json, refuse_bidirectional
 from .generate import decoding, decoding_arguments
 
 
 def register(sub):
     p = sub.add_parser("eval", help="perplexity of a causal LM on a text file, masked-LM perplexity and accuracy "
-                       "of an encoder, or BLEU/chrF/ROUGE of a seq2seq model on a pairs file")
+                       "of an encoder, BLEU/chrF/ROUGE of a seq2seq model on a pairs file, or accuracy, macro F1 "
+                       "and confusion matrix of an image/audio/video classifier on a labelled set")
     p.add_argument("checkpoint")
-    p.add_argument("--data", required=True, help="text file or folder; for seq2seq a .tsv or .jsonl pairs file")
+    p.add_argument("--data", required=True, help="text file or folder; for seq2seq a .tsv or .jsonl pairs file; for "
+                   "a classifier a folder with one subfolder per class, or an .npz with x and y")
+    p.add_argument("--plot", help="classifiers: also draw the confusion matrix into this PNG file")
+    p.add_argument("--batch-size", type=int, default=64, help="classifiers: inputs run at once")
     p.add_argument("--stride", type=int, help="window step in tokens (default: half the context)")
     p.add_argument("--max-new-tokens", type=int, help="seq2seq: longest output (default: what the model allows, <= 256)")
     decoding_arguments(p)
@@ -26,11 +36,13 @@ def register(sub):
 def evaluate(args):
     if args.stride is not None and args.stride < 1:
         raise UserError(f"--stride must be a positive number of tokens, got {args.stride}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     run, path = for_kind("eval", args.checkpoint, {CAUSAL_LM: lm_perplexity, SEQ2SEQ: text_scores,
-                                                  ENCODER: masked_lm_perplexity})
+                                                  ENCODER: masked_lm_perplexity, CLASSIFIER: media_scores})
     model, processor = load_checkpoint(path)
     if processor is None:
-        raise UserError(f"{args.checkpoint} has no tokenizer.json; eval needs the checkpoint's tokenizer")
+        raise UserError(f"{args.checkpoint} has no saved processor (tokenizer.json or processor.json); eval needs it")
     print_json(run(args, model, processor))
 
 
@@ -51,3 +63,19 @@ def text_scores(args, model, tokenizers) -> dict:
                      f"{args.data} line {line}", "shorten or split it")
     outputs = translate(model, tokenizers, [source for _, source, _ in numbered], strategy)
     return text_metrics([row[0][0] for row in outputs], [target for _, _, target in numbered])
+
+
+def media_scores(args, model, processor) -> dict:
+    """Accuracy, macro F1, per-class F1 and the confusion matrix (also as text on stderr, and as a
+    PNG with --plot) of a classifier on a labelled folder or .npz."""
+    plot = output_dir(args.plot) if args.plot else None
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UserError(f"--plot {plot} must end in .png")
+    names = model_names(model)
+    data = read_labelled_media(args.data, processor, names)
+    predicted = predict_media(model, processor, data.items, args.batch_size).argmax(-1).tolist()
+    metrics = classification_metrics(predicted, data.labels.tolist(), names)
+    print(format_confusion(metrics), file=sys.stderr)
+    if plot is not None:
+        plot_confusion(metrics, plot)
+    return metrics

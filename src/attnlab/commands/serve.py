@@ -10,7 +10,8 @@ from .common import resolve_checkpoint
 
 def register(sub):
     p = sub.add_parser("serve", help="serve a checkpoint over HTTP: /v1/completions (causal LMs), "
-                                     "/v1/embeddings and /v1/classify (encoders), /health, /metrics")
+                                     "/v1/embeddings and /v1/classify (encoders), /v1/classify (image, audio and video "
+                                     "classifiers), /health, /metrics")
     p.add_argument("checkpoint", help="checkpoint directory or run directory")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -20,6 +21,8 @@ def register(sub):
                    help="inputs per /v1/embeddings or /v1/classify request; more get HTTP 413")
     p.add_argument("--max-request-tokens", type=int, default=32768,
                    help="tokens per encoder request, all inputs together; more get HTTP 413")
+    p.add_argument("--max-input-bytes", type=int, default=8 * 2 ** 20,
+                   help="bytes per file sent to an image, audio or video classifier; more get HTTP 413")
     p.add_argument("--encode-batch", type=int, default=32,
                    help="inputs the encoder runs at once (a request's time limit is checked between batches)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request, queueing included")
@@ -57,7 +60,8 @@ def server_app(args):
 
     from ..serving.app import ServeConfig, create_app
 
-    for name in ("max_batch", "max_queue", "max_inputs", "max_request_tokens", "encode_batch", "port", "threads"):
+    for name in ("max_batch", "max_queue", "max_inputs", "max_request_tokens", "max_input_bytes", "encode_batch",
+                 "port", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.timeout <= 0 or args.grace < 0:
@@ -69,10 +73,12 @@ def server_app(args):
     path = resolve_checkpoint(args.checkpoint)
     model, processor = load_checkpoint(path, device=device)
     if processor is None:
-        raise UserError(f"{path} has no tokenizer.json; the server needs one to read text")
+        raise UserError(f"{path} has no saved processor (tokenizer.json, or processor.json for an image, audio or "
+                        "video classifier); the server needs it to read inputs")
     config = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.timeout,
                          model_name=args.name or str(args.checkpoint), max_inputs=args.max_inputs,
-                         max_request_tokens=args.max_request_tokens, encode_batch=args.encode_batch)
+                         max_request_tokens=args.max_request_tokens, encode_batch=args.encode_batch,
+                         max_input_bytes=args.max_input_bytes)
     print(f"serving {model.config.family} model from {path} on http://{args.host}:{args.port} ({device})",
           file=sys.stderr)
     return create_app(model, processor, config)

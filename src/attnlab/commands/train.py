@@ -1,5 +1,5 @@
 """train: train a model from a run config (YAML/JSON) with key=value overrides; the task, and so
-the kind of model, comes from the config (models/base.py DEFAULT_TASKS)."""
+the kind of model, comes from the config (models/base.py default_task)."""
 
 import json
 import sys
@@ -49,8 +49,10 @@ def train(args):
             if parallel.is_main:
                 mark_output(run_dir, "train")
             model, tokenizer, batches = setup_task(resolved, run_dir, args.resume)
+        scores = resolved.task.val_scores
         trainer = Trainer(model, resolved.train, batches, run_dir, tokenizer, parallel=parallel,
-                          block_class=family_spec(model).sharding_unit)
+                          block_class=family_spec(model).sharding_unit,
+                          val_scores=scores and (lambda m: scores(batches, m)))
         if args.resume:
             trainer.resume(run_dir / "last")
         if parallel.is_main:

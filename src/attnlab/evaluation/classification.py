@@ -27,3 +27,31 @@ def format_confusion(metrics) -> str:
     for name, row in zip(names, metrics["confusion_matrix"]):
         lines.append(name.ljust(width + 2) + " ".join(str(v).rjust(width) for v in row))
     return "\n".join(lines)
+
+
+def plot_confusion(metrics, png_path):
+    """The confusion matrix as a PNG heat map with counts, rows gold, columns predicted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, counts = metrics["labels"], metrics["confusion_matrix"]
+    size = 2 + 0.45 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90 if max(map(len, names)) > 3 else 0)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    ax.set_title(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}")
+    peak = max(max(row) for row in counts) or 1
+    for i, row in enumerate(counts):
+        for j, value in enumerate(row):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > peak / 2 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import weights_for_saving
 from ..errors import UserError
-from ..models.base import ENCODER, build_model, family_spec
+from ..models.base import CLASSIFIER, ENCODER, build_model, family_spec
 from ..tokenizers import SubwordTokenizer, load_hf_tokenizer
 from .common import prefix_in
 from .registry import hf_model_type, model_type_for_export
@@ -121,7 +121,7 @@ def export_hf(model, directory, tokenizer=None):
     if final.exists() and any(final.iterdir()):
         raise UserError(f"{final} already exists and is not empty; choose a new output directory")
     model_type = model_type_for_export(model.config)
-    head = model.config.head if family_spec(model).kind == ENCODER else "lm"
+    head = model.config.head if family_spec(model).kind in (ENCODER, CLASSIFIER) else "lm"
     architecture = model_type.architecture(head)
     prefix = "" if architecture == model_type.class_prefix + "Model" else model_type.base_prefix
     hf = {"architectures": [architecture], **model_type.config_to_hf(model.config), "torch_dtype": "float32"}

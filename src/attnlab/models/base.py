@@ -20,13 +20,16 @@ from ..config import ModelConfig
 from ..errors import UserError
 
 # What a model is for, and so which verbs and endpoints apply (see DESIGN.md, "What each kind answers").
-CAUSAL_LM, SEQ2SEQ, ENCODER = "causal_lm", "seq2seq", "encoder"
+CAUSAL_LM, SEQ2SEQ, ENCODER, CLASSIFIER = "causal_lm", "seq2seq", "encoder", "classifier"
 KINDS = {
     CAUSAL_LM: "a causal language model",
     SEQ2SEQ: "an encoder-decoder (sequence to sequence) model",
     ENCODER: "a bidirectional encoder",
+    CLASSIFIER: "a classifier of images, audio or video",
 }
-# The objective `attnlab train` uses for a kind when the run config names no task.
+# What a classifier reads (FamilySpec.modality); its processor reads files of that modality.
+MEDIA_MODALITIES = ("image", "audio", "video")
+# The objective `attnlab train` uses for a text kind when the run config names no task (see default_task).
 DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm"}
 
 
@@ -41,13 +44,17 @@ class FamilySpec:
     block_class: type  # the repeated block: FSDP unit, distillation and compression scope
     tiny_preset: str  # a preset small enough for tests, trainable by the kind's default task
     example_batch: Callable  # (config, generator) -> a batch (dict of tensors) with targets
-    processor: type  # raw input -> model input: `load(directory)`, `exists(directory)`; instances `save(directory)`
-    modality: str = "text"
+    processor: type  # raw input -> model input: `load(directory)`, `exists(directory)`, `example(config)`;
+    # instances `save(directory)`. A classifier's is a processors/media.py MediaProcessor.
+    modality: str = "text"  # "text", or for a classifier what it reads: one of MEDIA_MODALITIES
     fsdp_unit: type = None  # the module FSDP shards as one unit when it is not the block (None: the block)
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"{self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if (self.kind == CLASSIFIER) != (self.modality in MEDIA_MODALITIES):
+            raise ValueError(f"{self.name}: a classifier reads one of {', '.join(MEDIA_MODALITIES)} and only a "
+                             f"classifier does; got kind {self.kind!r} with modality {self.modality!r}")
 
     @property
     def name(self) -> str:
@@ -79,6 +86,14 @@ def family_spec(family_or_model) -> FamilySpec:
     if name not in FAMILIES:
         raise UserError(f"unknown model family {name!r}; known families: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]
+
+
+def default_task(spec: FamilySpec) -> str:
+    """The objective `attnlab train` uses for a family when the run config names no task: its
+    kind's, and for a classifier its modality's (image_classification, audio_classification, ...)."""
+    if spec.kind == CLASSIFIER:
+        return f"{spec.modality}_classification"
+    return DEFAULT_TASKS[spec.kind]
 
 
 def families_of_kind(kind: str) -> list:
@@ -128,7 +143,7 @@ class Model(nn.Module):
         """Whether the model predicts the next token, so that generate and perplexity apply: every
         causal LM and seq2seq model by its kind; a family whose config can make it bidirectional
         answers from that setting."""
-        return family_spec(self).kind != ENCODER
+        return family_spec(self).kind not in (ENCODER, CLASSIFIER)
 
 
 def init_gpt_style(model: nn.Module, n_layer: int, std: float = 0.02):
@@ -177,3 +192,9 @@ def mlm_batch(config, generator: torch.Generator, batch: int = 2, length: int = 
     predicted[:, 1] = True
     labels = torch.randint(config.pad_token_id + 1, config.vocab_size, (batch, length), generator=generator)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels.masked_fill(~predicted, -100)}
+
+
+def classifier_batch(inputs: dict, n_labels: int, generator: torch.Generator) -> dict:
+    """A classifier's example batch: its processor's `inputs` (B, ...) and a label (B,) per row."""
+    rows = len(next(iter(inputs.values())))
+    return {**inputs, "labels": torch.randint(n_labels, (rows,), generator=generator)}

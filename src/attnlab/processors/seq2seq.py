@@ -41,10 +41,10 @@ class Seq2SeqTokenizers:
         return cls(source)
 
     @classmethod
-    def example(cls, vocab_size: int) -> "Seq2SeqTokenizers":
-        """One shared character tokenizer of exactly `vocab_size` ids, <pad>, </s>, <s> first, for
-        tests and examples."""
-        return cls(CharTokenizer(list(SPECIAL_TOKENS) + example_characters(vocab_size - len(SPECIAL_TOKENS))))
+    def example(cls, config) -> "Seq2SeqTokenizers":
+        """One shared character tokenizer of exactly the model config's `vocab_size` ids, <pad>, </s>,
+        <s> first, for tests and examples."""
+        return cls(CharTokenizer(list(SPECIAL_TOKENS) + example_characters(config.vocab_size - len(SPECIAL_TOKENS))))
 
     @classmethod
     def exists(cls, directory) -> bool:

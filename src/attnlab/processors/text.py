@@ -19,10 +19,10 @@ class TextProcessor:
         return load_tokenizer(Path(directory))
 
     @staticmethod
-    def example(vocab_size: int) -> CharTokenizer:
-        """A character tokenizer of exactly `vocab_size` ids (a plain alphabet, then other letters),
-        so that any id a model of that size emits decodes: for tests and examples."""
-        return CharTokenizer(example_characters(vocab_size))
+    def example(config) -> CharTokenizer:
+        """A character tokenizer of exactly the model config's `vocab_size` ids (a plain alphabet,
+        then other letters), so that any id a model of that size emits decodes: for tests and examples."""
+        return CharTokenizer(example_characters(config.vocab_size))
 
 
 def example_characters(count: int) -> list:

@@ -3,19 +3,23 @@
     POST /v1/completions   causal LMs and seq2seq models (prompt = source): prompt, max_tokens,
                            temperature, top_p, stop, n, seed, stream (SSE)
     POST /v1/embeddings    encoders: mean-pooled, L2-normalised last hidden states
-    POST /v1/classify      classifiers: label probabilities
+    POST /v1/classify      classifiers: label probabilities; for an image, audio or video
+                           classifier each input is a base64 file (PNG, WAV, .npy, ...)
     GET  /health           liveness and what is loaded
     GET  /metrics          Prometheus text: requests, tokens, queue depth, latency histograms
 
 Every error, ours or the framework's, is one message in OpenAI's shape `{"error": {"message", "type"}}`:
 422 for a body outside the schema (every numeric field has a documented range), 400 for a request
-the model cannot serve, 413 for an encoder request past the server's input or token limits, 429
+the model cannot serve or a file it cannot read, 413 for a request past the server's input, token or
+byte limits, 429
 with Retry-After when the queue is full, 504 past the request's time limit, 503 at shutdown (a
 stream cut off past the grace gets a final error event and [DONE]). A client that disconnects has
 its work cancelled at the next decoding step or encoder batch.
 """
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -38,7 +42,7 @@ from ..errors import UserError
 from ..inference import Sampling, seq2seq_generate
 from ..inference.generate import cut_at_stop
 from ..layers import mean_pool
-from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
+from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, KINDS, SEQ2SEQ, family_spec
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .metrics import Counter, Gauge, Histogram, Registry
 
@@ -55,6 +59,7 @@ class ServeConfig:
     max_inputs: int = 256  # inputs per /v1/embeddings or /v1/classify request; more get 413
     max_request_tokens: int = 32768  # tokens per encoder request, all inputs together; more get 413
     encode_batch: int = 32  # inputs the encoder runs at once; a request's time limit is checked between batches
+    max_input_bytes: int = 8 * 2 ** 20  # per decoded file sent to an image/audio/video classifier; more get 413
 
 
 class ApiError(Exception):
@@ -89,8 +94,9 @@ class CompletionRequest(_Body):
 
 
 class EncodeRequest(_Body):
-    input: Texts = Field(description="one text or a non-empty list of texts, none of them empty; the server "
-                                     "bounds the number of inputs and their total tokens (413)")
+    input: Texts = Field(description="one text or a non-empty list of texts, none of them empty; for an image, "
+                                     "audio or video classifier each one a base64-encoded file; the server "
+                                     "bounds the number of inputs, their total tokens and each file's bytes (413)")
     model: Optional[str] = None
 
 
@@ -110,8 +116,9 @@ def _documented(*statuses) -> dict:
 
 ERROR_STATUSES = {
     400: "the request is well-formed but cannot be served (wrong endpoint for the model, too long for its context, "
-         "text the tokenizer cannot read)",
-    413: "too many inputs or tokens in one request (limits: `attnlab serve --max-inputs --max-request-tokens`)",
+         "text the tokenizer cannot read, a file that is not base64 or not of the model's modality)",
+    413: "too many inputs, tokens or bytes in one request (limits: `attnlab serve --max-inputs "
+         "--max-request-tokens --max-input-bytes`)",
     422: "the body does not match the schema (unknown field, wrong type, value out of range, invalid JSON)",
     429: "the server's queue is full; retry after the Retry-After header's seconds",
     503: "the server is shutting down",
@@ -121,7 +128,7 @@ ERROR_STATUSES = {
 
 # The endpoints each kind of model answers (models/base.py KINDS); the others are refused with a 400.
 ENDPOINTS = {CAUSAL_LM: ("/v1/completions",), SEQ2SEQ: ("/v1/completions",),
-             ENCODER: ("/v1/embeddings", "/v1/classify")}
+             ENCODER: ("/v1/embeddings", "/v1/classify"), CLASSIFIER: ("/v1/classify",)}
 
 
 class ServerMetrics:
@@ -450,7 +457,8 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     @app.post("/v1/classify", responses=_documented(400, 413, 422, 429, 503, 504))
     async def classify_texts(body: EncodeRequest, request: Request):
         need("/v1/classify")
-        probabilities = await worker.run(functools.partial(classify, model), _encoder_batches(body), request)
+        batches = _media_batches(body) if kind == CLASSIFIER else _encoder_batches(body)
+        probabilities = await worker.run(functools.partial(classify, model), batches, request)
         names = label_names(model.config, len(probabilities[0]))
         data = []
         for i, probs in enumerate(probabilities):
@@ -474,12 +482,35 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                                      headers={"Cache-Control": "no-cache"})
         return reply.body()
 
-    def _encoder_batches(body) -> list:
-        """The inputs, tokenized in batches of config.encode_batch; 413 past the request's limits."""
+    def _inputs(body) -> list:
         texts = [body.input] if isinstance(body.input, str) else body.input
         if len(texts) > config.max_inputs:
             raise ApiError(413, f"{len(texts)} inputs in one request, more than this server's limit of "
                                 f"{config.max_inputs}; split the request")
+        return texts
+
+    def _media_batches(body) -> list:
+        """Base64 files -> the processor's inputs in batches of config.encode_batch; 413 for a file
+        over the byte limit, 400 for one that is not base64 or not readable by the processor."""
+        items = [tokenizer.decode(_file_bytes(i, text), f"input {i}") for i, text in enumerate(_inputs(body))]
+        step = config.encode_batch
+        return [tokenizer(items[start:start + step]) for start in range(0, len(items), step)]
+
+    def _file_bytes(index: int, text: str) -> bytes:
+        limit = config.max_input_bytes
+        if len(text) > 4 * (limit // 3 + 1):  # base64 is 4 characters per 3 bytes: over the limit undecoded
+            raise ApiError(413, f"input {index} is over this server's limit of {limit} bytes per file")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"input {index} is not base64; send each file base64-encoded") from None
+        if len(data) > limit:
+            raise ApiError(413, f"input {index} has {len(data)} bytes, over this server's limit of {limit} per file")
+        return data
+
+    def _encoder_batches(body) -> list:
+        """The inputs, tokenized in batches of config.encode_batch; 413 past the request's limits."""
+        texts = _inputs(body)
         batches = [tokenize_batch(tokenizer, texts[start:start + config.encode_batch], model.config.pad_token_id)
                    for start in range(0, len(texts), config.encode_batch)]
         lengths = [length for batch in batches for length in batch["attention_mask"].sum(1).tolist()]

@@ -72,9 +72,10 @@ class TrainConfig(Config):
 
 class Trainer:
     def __init__(self, model, config: TrainConfig, batches, run_dir, tokenizer=None, extra_json=None,
-                 parallel=None, block_class: type = None):
+                 parallel=None, block_class: type = None, val_scores=None):
         """`parallel` (training/distributed.py) spreads the run over processes; by default one.
-        `block_class`: the model's repeated block, FSDP's unit of sharding (None: one unit)."""
+        `block_class`: the model's repeated block, FSDP's unit of sharding (None: one unit).
+        `val_scores(model) -> dict`: scores logged beside each evaluation's val_loss (e.g. accuracy)."""
         self.config = config
         self.parallel = parallel or SingleProcess()
         self.device = self.parallel.device or config.resolved_device()
@@ -83,6 +84,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.tokenizer = tokenizer
         self.extra_json = extra_json or {}
+        self.val_scores = val_scores
         wrapped = self.parallel.wrap(self.model, block_class)  # before the optimiser: FSDP replaces the parameters
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                         fused=config.fused_optimizer)
@@ -192,15 +194,17 @@ class Trainer:
                 bar.update(1)
                 if self.step % c.eval_interval == 0 or self.step == end:
                     val = self.evaluate()
-                    last = {**last, "step": self.step, "val_loss": val}
-                    self._log(metrics_path, {"step": self.step, "val_loss": val})
+                    scores = self.val_scores(self.forward) if self.val_scores else {}
+                    last = {**last, "step": self.step, "val_loss": val, **scores}
+                    self._log(metrics_path, {"step": self.step, "val_loss": val, **scores})
                     if val < self.best_val:
                         self.best_val = val
                         self.save("best", with_state=False)
                     self.save("last", with_state=True)
                     if self.parallel.is_main:
                         plot_metrics(metrics_path, self.run_dir / "loss.png")
-                        bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})",
+                        shown = "".join(f", {name} {value:.4f}" for name, value in scores.items())
+                        bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f}){shown}",
                                   file=sys.stderr)  # stdout is for the command's JSON
                     window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
         finally:

@@ -2,8 +2,10 @@
 
 A run config (configs/*.yaml, plus key=value overrides) has the sections
 
-    task:       the objective: lm, mlm, seq2seq or span_corruption (default: the one for the model's
-                kind, models/base.py DEFAULT_TASKS: lm for a causal LM, mlm for an encoder, ...)
+    task:       the objective: lm, mlm, seq2seq, span_corruption, or image_, audio_ or
+                video_classification (default: the one for the model's kind, models/base.py
+                default_task: lm for a causal LM, mlm for an encoder, image_classification for
+                an image classifier, ...)
     model:      preset: NAME plus overrides, or family: NAME plus fields, checked by the family's config
     tokenizer:  the task's tokenizer section, e.g. {kind: char}
     data:       the task's data section, e.g. {path: corpus.txt, val_fraction: 0.1}
@@ -25,14 +27,15 @@ from pathlib import Path
 import torch
 
 from ...errors import UserError
-from ...models.base import DEFAULT_TASKS, family_spec
+from ...models.base import default_task, family_spec
 from ..trainer import TrainConfig
 from .base import Run, Task, cached_splits, model_config, model_family
 from .lm import LM
+from .media import MEDIA_TASKS
 from .mlm import MLM
 from .seq2seq import SEQ2SEQ, SPAN_CORRUPTION
 
-TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION)}
+TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION, *MEDIA_TASKS)}
 SECTIONS = ("task", "model", "tokenizer", "data", "train")
 
 __all__ = ["SECTIONS", "TASKS", "Run", "Task", "cached_splits", "model_config", "resolve_run", "setup_task"]
@@ -45,7 +48,7 @@ def resolve_run(run: dict) -> Run:
         raise UserError(f"run config: unknown section(s) {', '.join(unknown)}; known sections are "
                         f"{', '.join(SECTIONS)}")
     model, tokenizer, data, train = (_mapping(run, section) for section in SECTIONS[1:])
-    name = run.get("task") or DEFAULT_TASKS[family_spec(model_family(model)).kind]
+    name = run.get("task") or default_task(family_spec(model_family(model)))
     if name not in TASKS:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
     task = TASKS[name]

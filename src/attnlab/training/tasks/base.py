@@ -11,7 +11,7 @@ from typing import Callable, ClassVar
 from ...config import Config
 from ...data.corpus import encode_text, open_memmap, read_text, split_ids, write_memmap
 from ...errors import UserError
-from ...models.base import DEFAULT_TASKS, KINDS, config_from_dict, families_of_kind, family_spec, preset
+from ...models.base import KINDS, config_from_dict, default_task, families_of_kind, family_spec, preset
 from ...tokenizers import TOKENIZER_KINDS
 from ..trainer import TrainConfig
 
@@ -21,7 +21,8 @@ class Task:
     """A training objective: the kind of model it trains (models/base.py KINDS), its typed `data`
     and `tokenizer` sections, and `setup(run, run_dir, resume) -> (model, tokenizer, batch source)`.
     `family` is the one it builds when the `model` section names none. `batch_size` is the task's
-    default for train.batch_size, used when the run does not set it (None: TrainConfig's)."""
+    default for train.batch_size, used when the run does not set it (None: TrainConfig's).
+    `val_scores(batches, model) -> dict`, when set, adds scores to each evaluation (e.g. val_accuracy)."""
 
     name: str
     kind: str
@@ -30,6 +31,7 @@ class Task:
     tokenizer: type
     family: str
     batch_size: int | None = None
+    val_scores: Callable | None = None
 
 
 @dataclasses.dataclass
@@ -76,7 +78,7 @@ def model_config(section: dict, kind: str, **fixed):
     found = family_spec(family).kind
     if found != kind:
         raise UserError(f"this task trains {KINDS[kind]}, but the {family} model is {KINDS[found]}; "
-                        f"train it with task={DEFAULT_TASKS[found]}, or choose a model of the task's kind "
+                        f"train it with task={default_task(family_spec(family))}, or choose a model of the task's kind "
                         f"({', '.join(families_of_kind(kind))})")
     section = {**section, **fixed}
     if "preset" in section:

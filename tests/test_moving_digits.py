@@ -59,6 +59,6 @@ def test_splits_are_written_from_disjoint_digits(tmp_path, data_dir):
                          frames=8)
     with np.load(paths["train"]) as train, np.load(paths["val"]) as val:
         assert train["x"].shape == (20, 8, 32, 32) and val["x"].shape == (10, 8, 32, 32)
-        assert list(train["names"]) == direction_names(8)
+        assert list(train["label_names"]) == direction_names(8)
     with pytest.raises(UserError):
         moving_digits(np.zeros((3, 16, 16), np.uint8), 2, frames=4)

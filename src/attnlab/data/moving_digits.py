@@ -11,7 +11,7 @@ Splits draw digits from disjoint ranges of the MNIST file (train 0-5999, validat
 test 7000-7999 by default), so no digit image is in two splits.
 
     python -m attnlab.data.moving_digits --mnist ../shared/data/mnist/mnist_t10k_first8000.npz --out data/moving
-writes train.npz, val.npz and test.npz, each with x (N, T, H, W) uint8, y (N,) and names (the directions).
+writes train.npz, val.npz and test.npz, each with x (N, T, H, W) uint8, y (N,) and label_names (the directions).
 """
 
 import argparse
@@ -65,7 +65,7 @@ def moving_digits(digits: np.ndarray, count: int, frames: int = 8, canvas: int =
 
 
 def write_splits(mnist: Path, out: Path, counts: dict, digit_size: int = 16, seed: int = 0, **clip) -> dict:
-    """One .npz per split (x, y, names) from the MNIST file's disjoint index ranges; -> split -> path."""
+    """One .npz per split (x, y, label_names) from the MNIST file's disjoint index ranges; -> split -> path."""
     try:
         with np.load(mnist, allow_pickle=False) as data:
             images = data["images"]
@@ -78,7 +78,7 @@ def write_splits(mnist: Path, out: Path, counts: dict, digit_size: int = 16, see
         low, high = SPLITS[split]
         x, y = moving_digits(shrink(images[low:high], digit_size), count, seed=seed + offset, **clip)
         paths[split] = out / f"{split}.npz"
-        np.savez_compressed(paths[split], x=x, y=y, names=names)
+        np.savez_compressed(paths[split], x=x, y=y, label_names=names)
     return paths
 
 

@@ -35,9 +35,11 @@ from ..config import ModelConfig
 from ..layers import FFN_KINDS, MultiHeadAttention, TransformerBlock
 from ..layers.attention import BACKENDS
 from ..layers.patches import TubeletEmbedding
-from .base import PRESETS, Model, ModelOutput
+from ..processors.video import VideoProcessor
+from .base import CLASSIFIER, PRESETS, FamilySpec, Model, ModelOutput, classifier_batch, register
 
 ATTENTIONS = ("joint", "divided")
+HEADS = ("classifier", "none")  # none: the bare encoder (Hugging Face VivitModel / TimesformerModel)
 
 
 @dataclasses.dataclass
@@ -45,7 +47,7 @@ class VivitConfig(ModelConfig):
     family = "vivit"
     image_size: int = 224  # frames are square, image_size x image_size pixels
     n_frames: int = 32
-    in_channels: int = 3
+    n_channels: int = 3
     patch_size: int = 16  # a tubelet is tubelet_frames x patch_size x patch_size pixels
     tubelet_frames: int = 2
     n_layer: int = 12
@@ -57,12 +59,13 @@ class VivitConfig(ModelConfig):
     dropout: float = 0.0
     attn_dropout: float = 0.0
     attention: str = "joint"  # "joint" (ViViT model 1) or "divided" (TimeSformer divided space-time)
+    head: str = "classifier"
     n_labels: int = 400
     id2label: dict = None  # str(class index) -> label name; None: LABEL_0, LABEL_1, ...
     attn_backend: str = "sdpa"
 
     def validate(self):
-        self.require_positive("image_size", "n_frames", "in_channels", "patch_size", "tubelet_frames", "n_layer",
+        self.require_positive("image_size", "n_frames", "n_channels", "patch_size", "tubelet_frames", "n_layer",
                               "n_head", "d_model", "n_labels")
         self.require_divisible("d_model", "n_head")
         self.require_divisible("image_size", "patch_size")
@@ -73,6 +76,7 @@ class VivitConfig(ModelConfig):
         self.require_fraction("dropout", "attn_dropout")
         self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
         self.require_choice("attention", ATTENTIONS)
+        self.require_choice("head", HEADS)
         self.require_choice("attn_backend", BACKENDS)
 
     @property
@@ -100,7 +104,7 @@ class VideoEmbedding(nn.Module):
         super().__init__()
         self.c = c
         steps, patches = c.grid
-        self.tubelets = TubeletEmbedding(c.in_channels, c.d_model, c.tubelet_frames, c.patch_size)
+        self.tubelets = TubeletEmbedding(c.n_channels, c.d_model, c.tubelet_frames, c.patch_size)
         self.cls_token = _learned(c.d_model)
         if c.attention == "joint":
             self.positions = _learned(1 + steps * patches, c.d_model)
@@ -111,7 +115,7 @@ class VideoEmbedding(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         b, frames, channels, height, width = pixel_values.shape
-        want = (self.c.n_frames, self.c.in_channels, self.c.image_size, self.c.image_size)
+        want = (self.c.n_frames, self.c.n_channels, self.c.image_size, self.c.image_size)
         if (frames, channels, height, width) != want:
             raise ValueError(f"pixel_values of {(frames, channels, height, width)} (T, C, H, W); this model "
                              f"takes {want}")
@@ -171,7 +175,7 @@ class Vivit(Model):
         self.embedding = VideoEmbedding(c)
         self.blocks = nn.ModuleList(_block(c) for _ in range(c.n_layer))
         self.norm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
-        self.classifier = nn.Linear(c.d_model, c.n_labels)
+        self.classifier = nn.Linear(c.d_model, c.n_labels) if c.head == "classifier" else None
         self.apply(_init_weights)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -182,11 +186,14 @@ class Vivit(Model):
         return self.norm(x)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        """-> ModelOutput(logits (B, n_labels), loss (cross-entropy, when labels (B,) are given),
-        hidden_states (B, 1 + t*h*w, d))."""
+        """pixel_values (B, T, C, H, W), labels (B,) -> ModelOutput(logits (B, n_labels) from the CLS
+        state (none for head="none"), cross-entropy loss when labels are given, hidden_states
+        (B, 1 + t*h*w, d))."""
         hidden = self.encode(pixel_values)
+        if self.classifier is None:
+            return ModelOutput(hidden_states=hidden)
         logits = self.classifier(hidden[:, 0])
-        loss = None if labels is None else F.cross_entropy(logits, labels)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
 
 
@@ -208,10 +215,9 @@ def _init_weights(module: nn.Module, std: float = 0.02):
 
 
 def video_batch(config: VivitConfig, generator: torch.Generator, batch: int = 2) -> dict:
-    """pixel_values (B, T, C, H, W) of normalised-looking noise and class labels (B,)."""
-    shape = (batch, config.n_frames, config.in_channels, config.image_size, config.image_size)
-    return {"pixel_values": torch.randn(shape, generator=generator),
-            "labels": torch.randint(config.n_labels, (batch,), generator=generator)}
+    """Random pixel_values (B, T, C, S, S) as the video processor makes them, and labels (B,)."""
+    shape = (batch, config.n_frames, config.n_channels, config.image_size, config.image_size)
+    return classifier_batch({"pixel_values": torch.randn(shape, generator=generator)}, config.n_labels, generator)
 
 
 _TINY = {"image_size": 16, "n_frames": 4, "patch_size": 4, "n_layer": 2, "n_head": 2, "d_model": 32, "ffn_hidden": 64,
@@ -223,3 +229,6 @@ PRESETS.update({
     "vivit-b-16x2": VivitConfig(),  # google/vivit-b-16x2-kinetics400's shape
     "timesformer-base": VivitConfig(n_frames=8, tubelet_frames=1, attention="divided", activation="gelu"),
 })
+
+register(FamilySpec(VivitConfig, Vivit, kind=CLASSIFIER, modality="video", block_class=TransformerBlock,
+                    tiny_preset="vivit-tiny", example_batch=video_batch, processor=VideoProcessor))

@@ -226,6 +226,9 @@ _TINY = {"image_size": 16, "n_frames": 4, "patch_size": 4, "n_layer": 2, "n_head
 PRESETS.update({
     "vivit-tiny": VivitConfig(tubelet_frames=2, **_TINY),
     "vivit-divided-tiny": VivitConfig(tubelet_frames=1, attention="divided", **_TINY),
+    # moving digits (data/moving_digits.py): 8 grey 32 x 32 frames, tubelets of 2 x 8 x 8, 8 directions
+    "vivit-moving-digits": VivitConfig(image_size=32, n_frames=8, n_channels=1, patch_size=8, n_layer=4, n_head=4,
+                                       d_model=64, ffn_hidden=128, n_labels=8),
     "vivit-b-16x2": VivitConfig(),  # google/vivit-b-16x2-kinetics400's shape
     "timesformer-base": VivitConfig(n_frames=8, tubelet_frames=1, attention="divided", activation="gelu"),
 })

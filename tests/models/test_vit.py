@@ -275,3 +275,51 @@ def test_a_tiny_vit_learns_bars_through_the_command_line(tmp_path, capsys):
     assert main(["eval", str(run), "--data", str(tmp_path / "bars.npz")]) == 0
     scores = __import__("json").loads(capsys.readouterr().out)
     assert scores["labels"] == ["h", "v"] and scores["accuracy"] >= 0.9, scores
+
+
+# -- attention rollout --------------------------------------------------------------------------
+
+def test_attention_rollout_is_a_distribution_over_patches_and_uniform_when_attention_is():
+    from attnlab.inference.attention_maps import attention_rollout
+
+    torch.manual_seed(0)
+    model = build_model(preset("vit-tiny")).eval()
+    heat = attention_rollout(model, pixels())
+    assert heat.shape == (3, 4, 4) and (heat >= 0).all()
+    torch.testing.assert_close(heat.sum((1, 2)), torch.ones(3))
+    assert heat.std() > 0
+    with torch.no_grad():
+        for block in model.blocks:  # q = k = 0: every query attends evenly
+            for linear in (block.self_attn.q_proj, block.self_attn.k_proj):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    torch.testing.assert_close(attention_rollout(model, pixels()), torch.full((3, 4, 4), 1 / 16))
+
+
+def test_classify_draws_the_attention_over_each_image(tmp_path, capsys):
+    torch.manual_seed(0)
+    from attnlab.checkpoint import save_checkpoint
+
+    model = build_model(preset("vit-tiny", n_channels=1)).eval()
+    save_checkpoint(tmp_path / "ckpt", model, ImageProcessor.example(model.config))
+    x, _ = bars(2)
+    files = [tmp_path / f"bar{i}.png" for i in range(2)]
+    for image, path in zip(x, files):
+        Image.fromarray(image).save(path)
+    assert main(["classify", str(tmp_path / "ckpt"), *map(str, files), "--attention-out", str(tmp_path / "maps")]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["0-bar0.png", "1-bar1.png"]
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_an_imported_checkpoint_brings_hugging_faces_normalisation(tmp_path):
+    hf_model(transformers.ViTForImageClassification, tmp_path, num_labels=3)
+    hf_processor = transformers.ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=[0.4, 0.5, 0.6],
+                                                  image_std=[0.2, 0.3, 0.4])
+    hf_processor.save_pretrained(tmp_path / "hf")
+    _, processor = import_hf(tmp_path / "hf")
+    assert processor.mean == [0.4, 0.5, 0.6] and processor.std == [0.2, 0.3, 0.4] and processor.image_size == 16
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    expected = torch.as_tensor(hf_processor(images=[image], return_tensors="np")["pixel_values"])
+    torch.testing.assert_close(processor([image])["pixel_values"], expected, rtol=0, atol=1e-5)
+    (tmp_path / "hf" / "preprocessor_config.json").unlink()
+    assert import_hf(tmp_path / "hf")[1].mean == [0.5, 0.5, 0.5]  # ViTImageProcessor's defaults

@@ -10,10 +10,11 @@ from ..data.classification import ClassificationData, LabelSet, read_labelled
 from ..data.media import predict_media, read_labelled_media
 from ..errors import UserError
 from ..evaluation import classification_metrics, format_confusion
-from ..models.base import CLASSIFIER, ENCODER
+from ..inference.attention_maps import attention_rollout, save_overlay
+from ..models.base import CLASSIFIER, ENCODER, family_spec
 from ..training.finetune import evaluate, predict
 from ..training.tasks.media import model_names
-from .common import for_kind
+from .common import for_kind, output_dir
 
 CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"max_length": ...}
 
@@ -28,6 +29,8 @@ def register(sub):
     p.add_argument("--text-column", help="text column of --input (default: sentence or text)")
     p.add_argument("--label-column", default="label", help="if --input has it, accuracy/F1 are reported too")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--attention-out", help="image classifiers: draw each image's attention rollout ([CLS] to "
+                   "patches) over it as DIR/<n>-<name>.png")
     p.set_defaults(run=classify)
 
 
@@ -62,6 +65,8 @@ def classify_media(args, path):
     """One JSON line per file or labelled item: its name, label and score; with labels, the
     confusion matrix, accuracy and macro F1 on stderr."""
     model, processor = load_checkpoint(path)
+    if processor is None:
+        raise UserError(f"{path} has no processor.json; classify needs the checkpoint's processor")
     names = model_names(model)
     if bool(args.files) == bool(args.input):
         raise UserError("give the files to classify, or --input with a labelled folder or .npz, not both")
@@ -70,13 +75,27 @@ def classify_media(args, path):
         items, sources, gold = data.items, [f"{args.input}[{i}]" for i in range(len(data))], data.labels.tolist()
     else:
         items, sources, gold = [processor.read(f) for f in args.files], list(args.files), None
+    out = attention_dir(args.attention_out, model) if args.attention_out else None
     probabilities = predict_media(model, processor, items, args.batch_size)
-    for source, probs in zip(sources, probabilities):
+    for index, (source, probs) in enumerate(zip(sources, probabilities)):
         best = int(probs.argmax())
         print(json.dumps({"input": source, "label": names[best], "score": round(float(probs[best]), 4)},
                          ensure_ascii=False))
+        if out is not None:
+            heat = attention_rollout(model, processor([items[index]])["pixel_values"])[0]
+            save_overlay(items[index], heat, out / f"{index}-{Path(source).stem}.png",
+                         f"{names[best]} ({float(probs[best]):.2f})")
     if gold is not None:
         report(classification_metrics(probabilities.argmax(-1).tolist(), gold, names))
+
+
+def attention_dir(path, model) -> Path:
+    spec = family_spec(model)
+    if spec.modality != "image":
+        raise UserError(f"--attention-out draws attention over images; the {spec.name} model reads {spec.modality}")
+    out = output_dir(path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def report(metrics):

@@ -86,7 +86,7 @@ def import_hf(directory, device="cpu", with_tokenizer=True):
     except KeyError as missing:
         raise UserError(f"{directory / 'config.json'} lacks {missing} for a {model_type.model_type} model") from None
     model = load_hf_state(build_model(config), model_type.model_type, theirs, source=str(directory))
-    tokenizer = _hf_tokenizer(directory) if with_tokenizer else None
+    tokenizer = _hf_processor(directory, model) if with_tokenizer else None
     return model.to(device).eval(), tokenizer
 
 
@@ -105,6 +105,12 @@ def load_hf_state(model, model_type: str, theirs: dict, source="the Hugging Face
 
 def _tied_names(keymap):
     return {name for rule in keymap.rules if rule.optional for name in rule.ours}
+
+
+def _hf_processor(directory: Path, model):
+    """A classifier's processor from preprocessor_config.json (or Hugging Face's defaults), else the tokenizer."""
+    spec = family_spec(model)
+    return spec.processor.from_hf(directory, model.config) if spec.kind == CLASSIFIER else _hf_tokenizer(directory)
 
 
 def _hf_tokenizer(directory: Path):

@@ -144,9 +144,12 @@ def vit_batch(config: ViTConfig, generator: torch.Generator, batch: int = 2) -> 
 PRESETS.update({
     "vit-tiny": ViTConfig(image_size=16, patch_size=4, n_layer=2, n_head=2, d_model=32, ffn_hidden=64, n_labels=3),
     "vit-base-patch16-224": ViTConfig(),
-    # MNIST-sized digits (28 x 28, one channel): 7 x 7 patches of 4 x 4 pixels
-    "vit-mnist": ViTConfig(image_size=28, patch_size=4, n_channels=1, n_layer=4, n_head=4, d_model=64,
-                           ffn_hidden=128, n_labels=10),
+    # MNIST-sized digits (28 x 28, one channel): 4 x 4 patches of 7 x 7 pixels, 4 blocks of width 96
+    "vit-mnist": ViTConfig(image_size=28, patch_size=7, n_channels=1, n_layer=4, n_head=4, d_model=96,
+                           ffn_hidden=192, n_labels=10),
+    # scikit-learn's 8 x 8 digits: 4 x 4 patches of 2 x 2 pixels
+    "vit-digits": ViTConfig(image_size=8, patch_size=2, n_channels=1, n_layer=4, n_head=4, d_model=64,
+                            ffn_hidden=128, n_labels=10),
 })
 
 register(FamilySpec(ViTConfig, ViT, kind=CLASSIFIER, modality="image", block_class=TransformerBlock,

@@ -58,6 +58,15 @@ class ImageProcessor(MediaProcessor):
         return {"image_size": config.image_size, "channels": config.n_channels}
 
     @classmethod
+    def hf_settings(cls, values: dict, config) -> dict:
+        """ViTImageProcessor's normalisation (its defaults: mean and std 0.5 per channel; none when
+        do_normalize is false). Its resize is ours: to the model's size."""
+        normalise = values.get("do_normalize", True)
+        mean, std = (values.get("image_mean", 0.5), values.get("image_std", 0.5)) if normalise else (0.0, 1.0)
+        return {name: [float(v) for v in value] if isinstance(value, list) else [float(value)] * config.n_channels
+                for name, value in (("mean", mean), ("std", std))}
+
+    @classmethod
     def example(cls, config) -> "ImageProcessor":
         return cls.for_model(config, cls(mean=[0.5] * config.n_channels, std=[0.5] * config.n_channels))
 
@@ -67,7 +76,7 @@ class ImageProcessor(MediaProcessor):
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return np.asarray(image if image.mode in ("L", "RGB", "RGBA") else image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
             raise UserError(f"{name} is not a readable PNG or JPEG image ({err})") from None
 
     def check_item(self, item: np.ndarray, name: str) -> np.ndarray:

@@ -35,6 +35,7 @@ from ..config import Config
 from ..errors import UserError
 
 PROCESSOR_FILE = "processor.json"
+HF_PREPROCESSOR_FILE = "preprocessor_config.json"
 NPY_MAGIC = b"\x93NUMPY"
 MEDIA_PROCESSORS = {}  # modality -> its processor class
 
@@ -89,6 +90,22 @@ class MediaProcessor(Config):
     def example(cls, config) -> "MediaProcessor":
         """A processor for a (tiny) model's config with default settings: for tests and examples."""
         return cls.for_model(config)
+
+    @classmethod
+    def from_hf(cls, directory, config) -> "MediaProcessor":
+        """The processor of a Hugging Face checkpoint directory: its preprocessor_config.json
+        translated by `hf_settings` (the defaults of Hugging Face's processor where it has none)."""
+        path = Path(directory) / HF_PREPROCESSOR_FILE
+        try:
+            values = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path} is not readable JSON ({err})") from None
+        return cls.for_model(config, cls.from_dict(cls.hf_settings(values if isinstance(values, dict) else {}, config)))
+
+    @classmethod
+    def hf_settings(cls, values: dict, config) -> dict:
+        """Our settings from a Hugging Face preprocessor_config.json (values: {} when there is none)."""
+        return {}
 
     @classmethod
     def model_settings(cls, config) -> dict:

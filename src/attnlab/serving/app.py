@@ -10,11 +10,10 @@
 
 Every error, ours or the framework's, is one message in OpenAI's shape `{"error": {"message", "type"}}`:
 422 for a body outside the schema (every numeric field has a documented range), 400 for a request
-the model cannot serve or a file it cannot read, 413 for a request past the server's input, token or
-byte limits, 429
-with Retry-After when the queue is full, 504 past the request's time limit, 503 at shutdown (a
-stream cut off past the grace gets a final error event and [DONE]). A client that disconnects has
-its work cancelled at the next decoding step or encoder batch.
+the model cannot serve or a file it cannot read, 413 for a request past the server's input, token
+or byte limits, 429 with Retry-After when the queue is full, 504 past the request's time limit, 503
+at shutdown (a stream cut off past the grace gets a final error event and [DONE]). A client that
+disconnects has its work cancelled at the next decoding step or encoder batch.
 """
 
 import asyncio

@@ -3,12 +3,14 @@ boilerplate lines, Gopher and C4 rules, language, blocklist); the output directo
 `attnlab train --data` reads, with report.md and report.json beside it."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 from ..data.curation import DEFAULT_PIPELINE, curate, make_engine, parse_pipeline
 from ..data.curation.pipeline import check_resumable, is_complete
 from ..data.curation.reader import input_fingerprint
+from ..errors import UserError
 from .common import FORCE_HELP, claim_output, fresh_output, mark_output, print_json
 
 VERB = "curate"
@@ -41,12 +43,24 @@ def run(args):
     if args.force and claim_output(out, VERB, force=True):
         with fresh_output(out, VERB, force=True) as work:
             result = run_in(args, work, pipeline, fingerprint)
-    else:
-        claim_output(out, VERB)
-        mark_output(out, VERB)
+    elif claim_output(out, VERB):  # an earlier curation here: continue it (or refuse other settings)
         result = run_in(args, out, pipeline, fingerprint)
+    else:
+        result = run_new(args, out, pipeline, fingerprint)
     print_json({"out": str(out), "docs_in": result["docs_in"], "docs_out": result["docs_out"],
                 "removed": {row["stage"]: row["removed"] for row in result["stages"]}})
+
+
+def run_new(args, out: Path, pipeline, fingerprint: str) -> dict:
+    """A curation into an absent or empty `out`: a user error (bad input) leaves it as it was."""
+    existed = out.exists()
+    mark_output(out, VERB)
+    try:
+        return run_in(args, out, pipeline, fingerprint)
+    except UserError:
+        for path in out.iterdir() if existed else [out]:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
 
 
 def run_in(args, out: Path, pipeline, fingerprint: str) -> dict:

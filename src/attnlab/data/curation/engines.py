@@ -3,6 +3,7 @@
 so nothing downstream depends on the engine or on which task finished first. Workers read and
 write the work directory themselves: on a cluster it must be on a shared filesystem."""
 
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -22,6 +23,11 @@ class Engine:
         pass
 
 
+def start_method() -> str:
+    """fork where there is one: spawned workers would import the command line (and torch) again."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def progress(items, desc: str, total: int | None = None):
     return tqdm(items, desc=desc, total=total, unit="shard", disable=None, leave=False)
 
@@ -29,9 +35,7 @@ def progress(items, desc: str, total: int | None = None):
 class ProcessEngine(Engine):
     def __init__(self, workers: int):
         self.workers = workers
-        # fork where there is one: spawned workers would import the command line (and torch) again
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        self.pool = multiprocessing.get_context(method).Pool(workers)
+        self.pool = multiprocessing.get_context(start_method()).Pool(workers)
 
     def map(self, fn: Callable, tasks: Sequence, desc: str) -> list:
         return list(progress(self.pool.imap(fn, tasks), desc, total=len(tasks)))
@@ -49,8 +53,11 @@ class DaskEngine(Engine):
             raise UserError("--engine dask needs dask.distributed: pip install 'attnlab[curate]'") from None
         self.cluster = None
         if scheduler is None:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs="error")
+            import dask
+
+            with dask.config.set({"distributed.worker.multiprocessing-method": start_method()}):
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None, silence_logs=logging.ERROR)
         try:
             self.client = Client(self.cluster or scheduler, timeout="30s")
         except OSError as err:

@@ -55,9 +55,8 @@ def curate(source, out, pipeline: Pipeline, engine: Engine, log=None) -> Result:
     for sub in ("shards", "hash", "filter"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     (out / "data").mkdir(exist_ok=True)
-    log(f"pipeline: {pipeline.describe()}")
     shards, docs = split(source, work, pipeline)
-    log(f"{docs} documents in {shards} shards; {engine.workers} worker(s)")
+    log(f"{docs} documents in {shards} shards, {engine.workers} worker(s); pipeline: {pipeline.describe()}")
     tasks = [ShardTask(str(work), i, pipeline) for i in range(shards)]
     if {"exact", "lines"} & set(pipeline.stages):
         engine.map(hash_shard, tasks, "hash")

@@ -14,6 +14,7 @@ from attnlab.data.corpus import read_text
 from attnlab.data.curation import curate, jaccard, make_engine, parse_pipeline, shingle_hashes
 from attnlab.data.curation import pipeline as curation_pipeline
 from attnlab.data.curation.synthetic import near_duplicate_corpus
+from attnlab.errors import UserError
 
 from .test_cli import TINY
 from .test_safe_outputs import refused, snapshot
@@ -166,3 +167,11 @@ def test_train_reads_the_curated_output_directly(serial, tmp_path):
     assert text == "\n".join(r["text"] for r in output_records(out)) and "Curation report" not in text
     assert main(["train", "--data", str(out), "--out", str(tmp_path / "run"), *TINY, "train.max_steps=2",
                  "train.eval_interval=2"]) == 0
+
+
+def test_the_corpus_reader_takes_jsonl_gzip_and_a_manifest(corpus, tmp_path):
+    docs = [json.loads(line) for line in gzip.open(corpus, "rt", encoding="utf-8")]
+    assert read_text(corpus) == "\n".join(d["text"] for d in docs)
+    (tmp_path / "corpus.json").write_text('{"files": "not a list of files"')
+    with pytest.raises(UserError, match="not a corpus manifest"):
+        read_text(tmp_path)

@@ -13,7 +13,7 @@ from attnlab.data.curation import MinHasher, UnionFind, band_keys, candidate_pai
 from attnlab.data.curation import parse_pipeline, shingle_hashes
 from attnlab.data.curation.blocklist import BlocklistFilter, BlocklistSettings
 from attnlab.data.curation.filters import C4Filter, C4Settings, GopherFilter, GopherSettings
-from attnlab.data.curation.synthetic import edit_words, word_blocks
+from attnlab.data.curation.synthetic import NEWLINE, edit_words, join_words, word_blocks
 from attnlab.errors import UserError
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -23,11 +23,11 @@ def edited_pairs(count: int, seed: int = 0):
     """(text, edited text) pairs of about 1 kB with 2 % to 40 % of the words edited."""
     rng = random.Random(seed)
     blocks = word_blocks(SHAKESPEARE.read_text(), 170)
-    vocabulary = sorted({w for b in blocks[:500] for w in b})
+    vocabulary = sorted({w for b in blocks[:500] for w in b} - {NEWLINE})
     pairs = []
     for i in range(count):
         words = blocks[rng.randrange(len(blocks))]
-        pairs.append((" ".join(words), " ".join(edit_words(words, 0.02 + 0.38 * i / count, rng, vocabulary))))
+        pairs.append((join_words(words), join_words(edit_words(words, 0.02 + 0.38 * i / count, rng, vocabulary))))
     return pairs
 
 

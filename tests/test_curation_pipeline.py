@@ -90,15 +90,17 @@ def test_near_duplicates_match_brute_force(corpus, tmp_path):
         assert max(j for a, b, j in similar if doc in (a, b)) >= threshold
 
 
-def test_each_stage_reports_what_it_removed(serial):
+def test_each_stage_reports_what_it_removed(corpus, serial):
     out, result = serial
+    texts = [json.loads(line)["text"] for line in gzip.open(corpus, "rt", encoding="utf-8")]
+    distinct = {" ".join(t.lower().split()) for t in texts}  # the texts are ASCII: no Unicode forms to fold
     stages = {row["stage"]: row for row in result.report["stages"]}
-    assert stages["exact"]["removed"] == 1 and stages["exact"]["examples"][0]["id"] == "copy"
-    assert stages["lines"]["chars_trimmed"] > 0  # the newsletter line stays only in the first document with it
-    assert stages["gopher"]["rules"] == {"too_few_words": 1}
-    assert stages["langid"]["rules"] == {"language_fr": 1}
+    assert stages["exact"]["removed"] == len(texts) - len(distinct) > 0
+    assert stages["lines"]["chars_trimmed"] > 0  # lines shared by documents stay only in the first one
+    assert sum("Subscribe to our newsletter" in r["text"] for r in output_records(out)) == 1
+    assert stages["langid"]["rules"]["language_fr"] == 1 and "too_few_words" in stages["gopher"]["rules"]
     assert sum(row["removed"] for row in result.report["stages"]) == result.docs_in - result.docs_out
-    assert sum("Subscribe to our newsletter" in r["text"] for r in output_records(out)) <= 1
+    assert all(sum(row["rules"].values()) == row["removed"] for row in result.report["stages"])
     assert "minhash(5-gram shingles, 112 permutations, 14 bands x 8 rows: LSH threshold ~0.719" in \
         (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text())["docs_out"] == result.docs_out

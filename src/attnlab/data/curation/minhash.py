@@ -6,6 +6,8 @@ one entry with probability equal to the Jaccard similarity of their shingle sets
 signature into `bands` bands of `rows` entries; documents that agree on a whole band become
 candidate pairs, which happens with probability 1 - (1 - s^rows)^bands for similarity s."""
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .text import mix64
@@ -97,3 +99,22 @@ class UnionFind:
             return False
         self.parent[max(rx, ry)] = min(rx, ry)
         return True
+
+
+def verified_clusters(pairs: np.ndarray, n: int, similarity: Callable[[int, int], float],
+                      threshold: float) -> tuple[np.ndarray, list[tuple[int, int, float]], int]:
+    """Union-find over the candidate `pairs` (sorted (i, j) rows over 0..n-1) whose `similarity`
+    reaches `threshold`; a pair already in one cluster is not compared again (it would change
+    nothing). -> (root of each item, the smallest index of its cluster; the verified pairs with
+    their similarity; the number of pairs rejected)."""
+    clusters, verified, rejected = UnionFind(n), [], 0
+    for i, j in pairs.tolist():
+        if clusters.find(i) == clusters.find(j):
+            continue
+        value = similarity(i, j)
+        if value >= threshold:
+            clusters.union(i, j)
+            verified.append((i, j, value))
+        else:
+            rejected += 1
+    return np.array([clusters.find(i) for i in range(n)], dtype=np.int64), verified, rejected

@@ -22,7 +22,7 @@ import numpy as np
 from ...errors import UserError
 from .config import Pipeline
 from .engines import Engine
-from .minhash import UnionFind, candidate_pairs
+from .minhash import candidate_pairs, verified_clusters
 from .reader import iter_documents
 from .report import write_report
 from .stages import (
@@ -148,23 +148,14 @@ def near_duplicates(work: Path, shards: int, pipeline: Pipeline) -> dict:
     keys = np.concatenate([p["keys"] for p in parts])
     with_shingles = np.flatnonzero(sizes > 0)  # a document without words has nothing to compare
     pairs = with_shingles[candidate_pairs(keys[with_shingles])] if len(with_shingles) else np.empty((0, 2), int)
-    clusters, verified, rejected, examples = UnionFind(len(ordinals)), 0, 0, []
-    for i, j in pairs.tolist():
-        if clusters.find(i) == clusters.find(j):
-            continue
-        similarity = jaccard(shingle_set(i), shingle_set(j))
-        if similarity >= settings.threshold:
-            clusters.union(i, j)
-            verified += 1
-            if len(examples) < 5:
-                examples.append({"kept": int(ordinals[i]), "removed": int(ordinals[j]), "jaccard": round(similarity, 4)})
-        else:
-            rejected += 1
-    roots = np.array([clusters.find(i) for i in range(len(ordinals))], dtype=np.int64)
-    drop = np.sort(ordinals[roots != np.arange(len(ordinals))])
-    summary = {"candidate_pairs": len(pairs), "verified_pairs": verified, "rejected_pairs": rejected,
-               "clusters": len(np.unique(roots[roots != np.arange(len(ordinals))])), "removed": len(drop),
-               "examples": examples}
+    roots, verified, rejected = verified_clusters(pairs, len(ordinals),
+                                                  lambda i, j: jaccard(shingle_set(i), shingle_set(j)), settings.threshold)
+    duplicate = roots != np.arange(len(ordinals))
+    drop = np.sort(ordinals[duplicate])
+    examples = [{"kept": int(ordinals[i]), "removed": int(ordinals[j]), "jaccard": round(value, 4)}
+                for i, j, value in verified[:5]]
+    summary = {"candidate_pairs": len(pairs), "verified_pairs": len(verified), "rejected_pairs": rejected,
+               "clusters": len(np.unique(roots[duplicate])), "removed": len(drop), "examples": examples}
     save_json(summary_file, summary)
     save_npz(target, drop=drop)
     return summary

@@ -24,10 +24,25 @@ def edit_words(words: list[str], fraction: float, rng: random.Random, vocabulary
     return out
 
 
+NEWLINE = "\n"
+
+
 def word_blocks(text: str, words_per_block: int) -> list[list[str]]:
-    """Consecutive blocks of `words_per_block` whitespace-separated words (the last partial one dropped)."""
-    words = text.split()
-    return [words[i:i + words_per_block] for i in range(0, len(words) - words_per_block + 1, words_per_block)]
+    """Consecutive blocks of about `words_per_block` words (the last partial one dropped); a line
+    break is a word of its own, NEWLINE, so a block keeps its lines."""
+    words = text.replace(NEWLINE, f" {NEWLINE} ").split(" ")
+    words = [w for w in words if w]
+    blocks, start, count = [], 0, 0
+    for i, word in enumerate(words):
+        count += word != NEWLINE
+        if count == words_per_block:
+            blocks.append(words[start:i + 1])
+            start, count = i + 1, 0
+    return blocks
+
+
+def join_words(words: list[str]) -> str:
+    return " ".join(words).replace(f" {NEWLINE} ", NEWLINE).replace(NEWLINE + " ", NEWLINE).strip()
 
 
 def near_duplicate_corpus(text: str, bases: int, fractions: tuple[float, ...], seed: int = 0,
@@ -39,12 +54,12 @@ def near_duplicate_corpus(text: str, bases: int, fractions: tuple[float, ...], s
     if len(blocks) < bases:
         raise ValueError(f"the text gives {len(blocks)} blocks of {words_per_doc} words, fewer than {bases}")
     chosen = rng.sample(range(len(blocks)), bases)
-    vocabulary = sorted({w for block in blocks for w in block})
+    vocabulary = sorted({w for block in blocks for w in block} - {NEWLINE})
     docs = []
     for base in chosen:
-        docs.append({"base": base, "edit": 0.0, "text": " ".join(blocks[base])})
+        docs.append({"base": base, "edit": 0.0, "text": join_words(blocks[base])})
         for fraction in fractions:
             docs.append({"base": base, "edit": fraction,
-                         "text": " ".join(edit_words(blocks[base], fraction, rng, vocabulary))})
+                         "text": join_words(edit_words(blocks[base], fraction, rng, vocabulary))})
     rng.shuffle(docs)
     return [{"id": f"doc{i:06d}", **doc} for i, doc in enumerate(docs)]

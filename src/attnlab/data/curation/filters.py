@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from .text import WORD
 
-LETTER = re.compile(r"[^\W\d_]")
+SYMBOLS = re.compile(r"[^\w\s]+")  # a run of punctuation is a token of its own, as a word tokenizer makes it
+NUMBER = re.compile(r"(?<!\w)[\d_]+(?!\w)")  # a word without a letter
 SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 TERMINAL = (".", "?", "!", '"', "'")
@@ -31,8 +32,9 @@ class GopherSettings:
 
 
 class GopherFilter:
-    """Words are runs of word characters (counts, lengths, stop words); the alphabetic ratio is over
-    whitespace-separated tokens, so punctuation attached to a word does not count against it."""
+    """Words are runs of word characters (counts, lengths, stop words); ratios are over tokens, the
+    words and the runs of punctuation between them, as in datatrove's version of these rules (a
+    comma is a token without a letter)."""
 
     def __init__(self, settings: GopherSettings):
         self.s = settings
@@ -43,6 +45,7 @@ class GopherFilter:
     def rule(self, text: str) -> str | None:
         s = self.s
         words = WORD.findall(text)
+        tokens = len(words) + len(SYMBOLS.findall(text))
         if not words or len(words) < s.min_words:
             return "too_few_words"
         if len(words) > s.max_words:
@@ -52,17 +55,16 @@ class GopherFilter:
             return "mean_word_too_short"
         if mean > s.max_mean_word_length:
             return "mean_word_too_long"
-        if text.count("#") / len(words) > s.max_symbol_word_ratio:
+        if text.count("#") / tokens > s.max_symbol_word_ratio:
             return "too_many_hashes"
-        if (text.count("...") + text.count("…")) / len(words) > s.max_symbol_word_ratio:
+        if (text.count("...") + text.count("…")) / tokens > s.max_symbol_word_ratio:
             return "too_many_ellipses"
         lines = text.splitlines() or [""]
-        if sum(line.lstrip().startswith(("•", "-", "*")) for line in lines) / len(lines) > s.max_bullet_lines_ratio:
+        if sum(line.lstrip().startswith(("•", "-")) for line in lines) / len(lines) > s.max_bullet_lines_ratio:
             return "too_many_bullet_lines"
         if sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines) > s.max_ellipsis_lines_ratio:
             return "too_many_ellipsis_lines"
-        tokens = text.split()
-        if sum(1 for t in tokens if LETTER.search(t)) / len(tokens) < s.min_alpha_words_ratio:
+        if (len(words) - len(NUMBER.findall(text))) / tokens < s.min_alpha_words_ratio:
             return "too_few_alphabetic_words"
         if len(set(GOPHER_STOP_WORDS).intersection(w.lower() for w in words)) < s.min_stop_words:
             return "too_few_stop_words"

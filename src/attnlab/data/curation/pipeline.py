@@ -63,8 +63,10 @@ def curate(source, out, pipeline: Pipeline, engine: Engine, log=None) -> Result:
         dedup(work, shards, pipeline)
     engine.map(filter_shard, tasks, "filter")
     near = near_duplicates(work, shards, pipeline) if "minhash" in pipeline.stages else None
-    kept = sum(engine.map(write_shard, tasks, "write"))
-    save_json(out / CORPUS_FILE, {"files": [f"data/{shard_name(i)}.jsonl" for i in range(shards)], "text_field": "text"})
+    counts = engine.map(write_shard, tasks, "write")
+    files = [f"data/{shard_name(i)}.jsonl" for i, count in enumerate(counts) if count]
+    save_json(out / CORPUS_FILE, {"files": files, "text_field": "text"})
+    kept = sum(counts)
     report = write_report(out, work, shards, docs, kept, pipeline, near)
     shutil.rmtree(work)
     return Result(docs, kept, report)

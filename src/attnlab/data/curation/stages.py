@@ -126,7 +126,7 @@ def filter_shard(task: ShardTask) -> int:
         return 0
     dedup = np.load(work / "dedup.npz") if (work / "dedup.npz").exists() else None
     exact_drop = set(dedup["exact_drop"].tolist()) if dedup is not None else set()
-    boiler = (dedup["boiler_hashes"], dedup["boiler_first"]) if dedup is not None else None
+    boiler = dict(zip(dedup["boiler_hashes"].tolist(), dedup["boiler_first"].tolist())) if dedup is not None else {}
     filters = [(stage, FILTER_CLASSES[stage](pipeline.settings[stage])) for stage in pipeline.stages if stage in FILTERS]
     removed, kept = Removed(), []
     for ordinal, source, text in read_records(work / "shards" / f"{name}.jsonl"):
@@ -153,17 +153,11 @@ def filter_shard(task: ShardTask) -> int:
     return len(kept)
 
 
-def strip_boilerplate(text: str, ordinal: int, boiler, settings) -> str:
-    """`text` without the lines (paragraphs) that are boilerplate first seen in another document."""
-    hashes, firsts = boiler
-    kept = []
-    for unit in split_units(text, settings.unit):
-        h = unit_hash(unit, settings.min_chars)
-        if h is not None:
-            at = np.searchsorted(hashes, np.uint64(h))
-            if at < len(hashes) and hashes[at] == h and firsts[at] != ordinal:
-                continue
-        kept.append(unit)
+def strip_boilerplate(text: str, ordinal: int, boiler: dict, settings) -> str:
+    """`text` without the lines (paragraphs) that are boilerplate ({hash: first document}) first
+    seen in another document."""
+    kept = [unit for unit in split_units(text, settings.unit)
+            if boiler.get(unit_hash(unit, settings.min_chars), ordinal) == ordinal]
     return join_units(kept, settings.unit)
 
 

@@ -177,3 +177,17 @@ def test_the_corpus_reader_takes_jsonl_gzip_and_a_manifest(corpus, tmp_path):
     (tmp_path / "corpus.json").write_text('{"files": "not a list of files"')
     with pytest.raises(UserError, match="not a corpus manifest"):
         read_text(tmp_path)
+
+
+@pytest.mark.parametrize("min_docs, copies_left", [(3, 1), (4, 3)])
+def test_boilerplate_paragraphs_stay_only_in_the_first_document(tmp_path, min_docs, copies_left):
+    shared = "Subscribe to our newsletter,\nand never miss a story again!"
+    docs = [f"Story {i} begins here and is long enough to count.\n\n{shared}\n\nStory {i} ends." for i in range(3)]
+    source = tmp_path / "docs.jsonl"
+    source.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
+    run_curate(source, tmp_path / "out", spec="lines", shard_docs=2,
+               overrides=["lines.unit=paragraph", f"lines.min_docs={min_docs}"])
+    kept = output_records(tmp_path / "out")
+    assert [r["id"] for r in kept] == ["d0", "d1", "d2"]
+    assert sum(shared in r["text"] for r in kept) == copies_left and shared in kept[0]["text"]
+    assert all(f"Story {i} ends." in r["text"] for i, r in enumerate(kept))

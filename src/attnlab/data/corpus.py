@@ -1,5 +1,7 @@
 """Text corpora: a file or a folder of files -> token ids -> memmap on disk -> random blocks."""
 
+import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +11,66 @@ from ..errors import UserError
 from .batch import Batch
 
 
+# A folder holding this file is read as the files it lists ({"files": [relative paths], "text_field"}),
+# not as every file in it: how `attnlab curate` output, with its reports beside the data, is read.
+CORPUS_MANIFEST = "corpus.json"
+
+
 def read_text(path) -> str:
-    """The UTF-8 text of a file, or of every file under a folder (sorted, joined by newlines)."""
+    """The UTF-8 text of a file, or of every file under a folder (sorted, joined by newlines); a
+    JSONL file gives the text field of each line, a .gz file is decompressed, and a folder with a
+    corpus.json manifest gives the files it lists."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"data path {path} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    files, text_field = corpus_files(path)
     if not files:
         raise UserError(f"data folder {path} has no files")
-    parts = []
-    for file in files:
-        raw = file.read_bytes()
-        try:
-            parts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise UserError(f"{file} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
-    text = "\n".join(parts)
+    text = "\n".join(file_text(file, text_field) for file in files)
     if not text.strip():
         raise UserError(f"data path {path} holds no text")
     return text
+
+
+def corpus_files(path: Path) -> tuple[list[Path], str]:
+    """The files to read under `path`, and the JSONL field that holds their text."""
+    if not path.is_dir():
+        return [path], "text"
+    manifest = path / CORPUS_MANIFEST
+    if manifest.is_file():
+        try:
+            listed = json.loads(manifest.read_text())
+            return [path / name for name in listed["files"]], listed.get("text_field", "text")
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{manifest} is not a corpus manifest ({{\"files\": [...]}})") from None
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")), "text"
+
+
+def file_text(file: Path, text_field: str) -> str:
+    raw = file.read_bytes()
+    if file.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise UserError(f"{file} is not a readable gzip file ({err})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{file} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
+    if not file.name.removesuffix(".gz").endswith(".jsonl"):
+        return text
+    return "\n".join(jsonl_text(line, file, number, text_field)
+                     for number, line in enumerate(text.splitlines(), 1) if line.strip())
+
+
+def jsonl_text(line: str, file: Path, number: int, text_field: str) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise UserError(f"{file} line {number} is not valid JSON") from None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise UserError(f"{file} line {number} has no string field {text_field!r}")
+    return record[text_field]
 
 
 def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 16) -> np.ndarray:

@@ -30,6 +30,7 @@ SAMPLED_BATCHES = 24  # batches drawn by the loader probes (shuffle, overlap)
 DEAD_FRACTION = 0.9
 COLLAPSED_ENTROPY = 0.2  # mean attention entropy over ln(keys seen) below which a layer has collapsed
 LAYER_RATIO = 1e3  # first-to-last layer gradient norm ratio beyond which gradients explode or vanish
+RELATIVE_GRADIENT = 1e3  # gradient norm over weight norm beyond which one step at lr 1e-3 replaces the weight
 
 
 @dataclasses.dataclass
@@ -288,22 +289,38 @@ def layer_stacks(model: nn.Module) -> list:
 
 @probe
 def grad_norms(setup, model, batch):
-    """The gradient norm per layer stays within a factor LAYER_RATIO from the first layer to the last."""
+    """Gradients are finite, no weight's gradient is RELATIVE_GRADIENT times the weight, and the
+    gradient norm per layer stays within LAYER_RATIO from the first layer of a stack to the last."""
     backward(setup, model, batch)
     if not all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None):
         return (ERROR, "the gradients hold inf or NaN at the first step",
                 "look for log(0), division by zero or overflow in the forward pass and loss; clip gradients")
-    for name, layers in layer_stacks(model):
-        first, last = gradient_norm(layers[0]), gradient_norm(layers[-1])
-        if first > LAYER_RATIO * last:
-            return (WARNING, f"gradients explode toward the input in {name}: layer 0 {first:.2g} vs layer "
-                    f"{len(layers) - 1} {last:.2g}", "scale the initialisation down, add normalisation and "
-                    "residual connections, or clip gradients")
-        if last > LAYER_RATIO * first:
-            return (WARNING, f"gradients vanish toward the input in {name}: layer 0 {first:.2g} vs layer "
-                    f"{len(layers) - 1} {last:.2g}", "use residual connections and normalisation, a non-saturating "
-                    "activation (GELU, ReLU) and a variance-preserving initialisation")
-    return OK, f"gradient norms per layer stay within {LAYER_RATIO:.0f}x across {len(layer_stacks(model))} stack(s)", ""
+    relative = {name: (p.grad.norm() / p.norm()).item() for name, p in model.named_parameters()
+                if p.grad is not None and p.dim() >= 2 and p.norm() > 0}
+    largest = max(relative, key=relative.get, default=None)
+    if largest is not None and relative[largest] > RELATIVE_GRADIENT:
+        return (WARNING, f"gradients explode: the gradient of {largest} is {relative[largest]:.2g}x its weight",
+                EXPLODING_FIX)
+    stacks = layer_stacks(model)
+    return next(filter(None, map(layer_ratio, stacks)),
+                (OK, f"gradient norms per layer stay within {LAYER_RATIO:.0f}x across {len(stacks)} stack(s)", ""))
+
+
+EXPLODING_FIX = ("scale the initialisation down (variance 1 / fan_in, output layer small), normalise activations, "
+                 "or clip gradients")
+
+
+def layer_ratio(stack: tuple) -> tuple | None:
+    """A finding when the gradient norms of a stack's first and last layers are LAYER_RATIO apart."""
+    name, layers = stack
+    first, last = gradient_norm(layers[0]), gradient_norm(layers[-1])
+    where = f"in {name}: layer 0 {first:.2g} vs layer {len(layers) - 1} {last:.2g}"
+    if first > LAYER_RATIO * last:
+        return WARNING, f"gradients explode toward the input {where}", EXPLODING_FIX
+    if last > LAYER_RATIO * first:
+        return (WARNING, f"gradients vanish toward the input {where}", "use residual connections and normalisation, "
+                "a non-saturating activation (GELU, ReLU) and a variance-preserving initialisation")
+    return None
 
 
 # -- activations, attention and probabilities -------------------------------------------------

@@ -11,6 +11,7 @@ flagged it, and the seconds the slowest probe took; then recall, false alarms an
 
 import argparse
 import dataclasses
+import gzip
 import json
 import tempfile
 import time
@@ -21,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, build_model, families_of_kind, preset
+from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, build_model, default_task, families_of_kind,
+                                 preset)
 from attnlab.training.doctor import PROBES, TrainingSetup, diagnose, output_logits, setup_from_run
 from attnlab.training.tasks import resolve_run
 
@@ -78,18 +80,31 @@ def finetuned_classifier() -> TrainingSetup:
     return TrainingSetup(model, Stream(batch), val_batches=Stream(batch, seed=1))
 
 
-def gpt_from_run_config() -> TrainingSetup:
-    """What `attnlab doctor --preset gpt-tiny --data tinyshakespeare.txt` diagnoses."""
-    run = resolve_run({"model": {"preset": "gpt-tiny", "dropout": 0.1}, "data": {"path": str(DATA / "tinyshakespeare.txt")},
+def real_data(folder: Path) -> dict:
+    """Default task -> a data file of real text, pairs or images for it (../shared/data), made in `folder`."""
+    text = folder / "shakespeare.txt"
+    text.write_text((DATA / "tinyshakespeare.txt").read_text()[:200_000])
+    with gzip.open(DATA / "multi30k" / "train.de.gz", "rt") as de, gzip.open(DATA / "multi30k" / "train.en.gz", "rt") as en:
+        pairs = [f"{s.strip()}\t{t.strip()}" for s, t in zip(de, en) if max(len(s), len(t)) <= 50][:3000]  # tiny contexts
+    (folder / "pairs.tsv").write_text("\n".join(pairs) + "\n")
+    return {"lm": text, "mlm": text, "seq2seq": folder / "pairs.tsv",
+            "image_classification": DATA / "mnist" / "mnist_t10k_first8000.npz"}
+
+
+def from_run_config(spec) -> TrainingSetup:
+    """What `attnlab doctor --preset <tiny> --data <real data>` diagnoses for `spec`'s family."""
+    folder = Path(tempfile.mkdtemp(prefix="doctor-zoo-"))
+    run = resolve_run({"model": {"preset": spec.tiny_preset}, "data": {"path": str(real_data(folder)[default_task(spec)])},
                        "train": {"batch_size": 8}})
-    return setup_from_run(run, Path(tempfile.mkdtemp(prefix="doctor-zoo-")))
+    return setup_from_run(run, folder)
 
 
 def healthy() -> list:
     cases = [Case(f"healthy {name}", None, lambda spec=spec: family_setup(spec)) for name, spec in sorted(FAMILIES.items())]
     cases.append(Case("healthy encoder fine-tune (classifier)", None, finetuned_classifier))
-    if (DATA / "tinyshakespeare.txt").exists():
-        cases.append(Case("healthy gpt from a run config (attnlab doctor's path)", None, gpt_from_run_config))
+    if DATA.exists():
+        cases += [Case(f"healthy {name} from a run config on real data", None, lambda spec=spec: from_run_config(spec))
+                  for name, spec in sorted(FAMILIES.items())]
     return cases
 
 

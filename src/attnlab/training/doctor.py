@@ -239,14 +239,28 @@ def named(names: list, limit: int = 3) -> str:
 
 @probe
 def no_gradient(setup, model, batch):
-    """Every trainable parameter gets a gradient; frozen ones are named."""
-    backward(setup, model, batch)
+    """Every trainable parameter gets a gradient: none is detached from the loss, unused by the
+    forward pass, or frozen by mistake."""
+    ran = set()
+    handles = [m.register_forward_hook(lambda module, *_: ran.add(module)) for m in model.modules()]
+    try:
+        backward(setup, model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    owners = {id(p): m for m in model.modules() for p in m.parameters(recurse=False)}
+    missing = [(name, p) for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    detached = [name for name, p in missing if owners[id(p)] in ran]
+    unused = [name for name, p in missing if owners[id(p)] not in ran]
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    detached = [name for name, p in model.named_parameters()
-                if p.requires_grad and (p.grad is None or not p.grad.any())]
     if detached:
-        return (ERROR, f"{len(detached)} parameter tensor(s) get no gradient: {named(detached)}",
-                "find the .detach(), .item(), torch.no_grad() or unused branch between them and the loss")
+        return (ERROR, f"{len(detached)} parameter tensor(s) take part in the forward pass but get no gradient: "
+                f"{named(detached)}", "find the .detach(), .item(), torch.no_grad() or argmax between them and the loss, or the "
+                "dead ReLUs before them (see dead_units)")
+    if unused:
+        return (WARNING, f"{len(unused)} parameter tensor(s) are never used in the forward pass, so never trained: "
+                f"{named(unused)}", "feed the inputs that use them, or remove them (DDP then needs no "
+                "find_unused_parameters)")
     if frozen:
         return (WARNING, f"{len(frozen)} parameter tensor(s) are frozen (requires_grad=False): {named(frozen)}",
                 "set requires_grad=True on them unless freezing them is intended")

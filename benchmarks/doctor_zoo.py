@@ -84,9 +84,10 @@ def real_data(folder: Path) -> dict:
     """Default task -> a data file of real text, pairs or images for it (../shared/data), made in `folder`."""
     text = folder / "shakespeare.txt"
     text.write_text((DATA / "tinyshakespeare.txt").read_text()[:200_000])
-    with gzip.open(DATA / "multi30k" / "train.de.gz", "rt") as de, gzip.open(DATA / "multi30k" / "train.en.gz", "rt") as en:
-        pairs = [f"{s.strip()}\t{t.strip()}" for s, t in zip(de, en) if max(len(s), len(t)) <= 50][:3000]  # tiny contexts
-    (folder / "pairs.tsv").write_text("\n".join(pairs) + "\n")
+    multi30k = DATA / "multi30k"
+    with gzip.open(multi30k / "train.de.gz", "rt") as de, gzip.open(multi30k / "train.en.gz", "rt") as en:
+        pairs = [f"{s.strip()}\t{t.strip()}" for s, t in zip(de, en) if max(len(s), len(t)) <= 50]  # tiny contexts
+    (folder / "pairs.tsv").write_text("\n".join(pairs[:3000]) + "\n")
     return {"lm": text, "mlm": text, "seq2seq": folder / "pairs.tsv",
             "image_classification": DATA / "mnist" / "mnist_t10k_first8000.npz"}
 
@@ -94,17 +95,19 @@ def real_data(folder: Path) -> dict:
 def from_run_config(spec) -> TrainingSetup:
     """What `attnlab doctor --preset <tiny> --data <real data>` diagnoses for `spec`'s family."""
     folder = Path(tempfile.mkdtemp(prefix="doctor-zoo-"))
-    run = resolve_run({"model": {"preset": spec.tiny_preset}, "data": {"path": str(real_data(folder)[default_task(spec)])},
+    data = real_data(folder)[default_task(spec)]
+    run = resolve_run({"model": {"preset": spec.tiny_preset}, "data": {"path": str(data)},
                        "train": {"batch_size": 8}})
     return setup_from_run(run, folder)
 
 
 def healthy() -> list:
-    cases = [Case(f"healthy {name}", None, lambda spec=spec: family_setup(spec)) for name, spec in sorted(FAMILIES.items())]
+    specs = [FAMILIES[name] for name in sorted(FAMILIES)]
+    cases = [Case(f"healthy {spec.name}", None, lambda spec=spec: family_setup(spec)) for spec in specs]
     cases.append(Case("healthy encoder fine-tune (classifier)", None, finetuned_classifier))
     if DATA.exists():
-        cases += [Case(f"healthy {name} from a run config on real data", None, lambda spec=spec: from_run_config(spec))
-                  for name, spec in sorted(FAMILIES.items())]
+        cases += [Case(f"healthy {spec.name} from a run config on real data", None,
+                       lambda spec=spec: from_run_config(spec)) for spec in specs]
     return cases
 
 
@@ -118,7 +121,8 @@ class Wrapped(nn.Module):
         self.inner, self.change = inner, change
 
     def forward(self, **batch):
-        return self.change(output_logits(self.inner(**{k: v for k, v in batch.items() if k not in ("labels", "targets")})))
+        inputs = {name: value for name, value in batch.items() if name not in ("labels", "targets")}
+        return self.change(output_logits(self.inner(**inputs)))
 
 
 def lm_loss(logits, batch):

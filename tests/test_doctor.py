@@ -55,7 +55,8 @@ def test_the_verb_passes_a_healthy_run_config(corpus, capsys):
 
 
 def test_the_verb_reports_a_finding_in_one_line_and_exits_1(corpus, capsys):
-    assert main(["doctor", "--preset", "gpt-tiny", "--data", str(corpus), "train.lr=1.0", "--probe", "learning_rate"]) == 1
+    argv = ["doctor", "--preset", "gpt-tiny", "--data", str(corpus), "train.lr=1.0", "--probe", "learning_rate"]
+    assert main(argv) == 1
     [line] = capsys.readouterr().out.splitlines()
     assert line.startswith("warning learning_rate: the loss rose") and "; " in line
 

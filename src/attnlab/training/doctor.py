@@ -181,9 +181,9 @@ def initial_loss(setup, model, batch):
     classes = setup.classes(output_logits(output))
     expected, found = math.log(classes), loss.item()
     if not math.isfinite(found) or abs(found - expected) > max(1.0, 0.5 * expected):
-        return (WARNING, f"the initial loss is {found:.3g}, far from ln({classes}) = {expected:.3g} that uniform guessing "
-                "gives", "initialise the output layer small (e.g. normal std 0.02, zero bias) and check the loss "
-                "reads logits against the right targets")
+        return (WARNING, f"the initial loss is {found:.3g}, far from ln({classes}) = {expected:.3g} that uniform "
+                "guessing gives", "initialise the output layer small (e.g. normal std 0.02, zero bias) and check "
+                "the loss reads logits against the right targets")
     return OK, f"initial loss {found:.3g} is near ln({classes}) = {expected:.3g}", ""
 
 
@@ -199,22 +199,28 @@ def train_losses(setup, model, batch, steps: int, seconds: float = math.inf, sto
     return losses
 
 
+def eval_loss(setup, model, batch) -> float:
+    model.eval()
+    with torch.no_grad():
+        return setup.forward(model, batch)[1].item()
+
+
 @probe
 def overfit(setup, model, batch):
     """A model and optimiser that learn at all memorise one batch quickly."""
-    first = setup.forward(model.eval(), batch)[1].item()
+    first = eval_loss(setup, model, batch)
     losses = train_losses(setup, model, batch, OVERFIT_STEPS, OVERFIT_SECONDS, stop_below=0.5 * first)
-    if not losses or not losses[-1] < 0.5 * first:
-        return (WARNING, f"cannot overfit one batch: the loss went from {first:.3g} to {losses[-1]:.3g} in {len(losses)} "
-                "steps", "check that the optimiser holds the model's parameters, the loss reaches the outputs and "
-                "the learning rate is neither tiny nor huge")
+    if not losses[-1] < 0.5 * first:
+        return (WARNING, f"cannot overfit one batch: the loss went from {first:.3g} to {losses[-1]:.3g} in "
+                f"{len(losses)} steps", "check that the optimiser holds the model's parameters, the loss reaches the "
+                "outputs and the learning rate is neither tiny nor huge")
     return OK, f"overfits one batch: loss {first:.3g} -> {losses[-1]:.3g} in {len(losses)} steps", ""
 
 
 @probe
 def learning_rate(setup, model, batch):
     """A few steps on one batch at a sane learning rate lower its loss; a rate far too high raises it."""
-    first = setup.forward(model.eval(), batch)[1].item()
+    first = eval_loss(setup, model, batch)
     losses = train_losses(setup, model, batch, LR_STEPS)
     worst = max(losses) if all(map(math.isfinite, losses)) else math.inf
     if worst > 2 * first or losses[-1] > first:
@@ -249,14 +255,15 @@ def no_gradient(setup, model, batch):
         for handle in handles:
             handle.remove()
     owners = {id(p): m for m in model.modules() for p in m.parameters(recurse=False)}
-    missing = [(name, p) for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    missing = [(name, p) for name, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.any())]
     detached = [name for name, p in missing if owners[id(p)] in ran]
     unused = [name for name, p in missing if owners[id(p)] not in ran]
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     if detached:
         return (ERROR, f"{len(detached)} parameter tensor(s) take part in the forward pass but get no gradient: "
-                f"{named(detached)}", "find the .detach(), .item(), torch.no_grad() or argmax between them and the loss, or the "
-                "dead ReLUs before them (see dead_units)")
+                f"{named(detached)}", "find the .detach(), .item(), torch.no_grad() or argmax between them and the "
+                "loss, or the dead ReLUs before them (see dead_units)")
     if unused:
         return (WARNING, f"{len(unused)} parameter tensor(s) are never used in the forward pass, so never trained: "
                 f"{named(unused)}", "feed the inputs that use them, or remove them (DDP then needs no "
@@ -391,7 +398,8 @@ class Recorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def sdpa_scores(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_) -> torch.Tensor:
+def sdpa_scores(query, key, value=None, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                **_) -> torch.Tensor:
     """The pre-softmax scores (B, H, Tq, Tk) of a scaled_dot_product_attention call, -inf where masked."""
     if key.size(1) != query.size(1):
         key = key.repeat_interleave(query.size(1) // key.size(1), dim=1)

@@ -8,7 +8,8 @@ import pytest
 
 from attnlab.cli import main
 from attnlab.training.doctor import PROBES, diagnose
-from benchmarks.doctor_zoo import CAUSAL_LM, broken, family_setup, finetuned_classifier, first
+from attnlab.models.base import FAMILIES
+from benchmarks.doctor_zoo import broken, family_setup, finetuned_classifier
 
 BROKEN = broken()
 
@@ -25,10 +26,14 @@ def test_the_probe_flags_its_broken_set_up(case):
     assert problem and fix and "\n" not in finding.line()
 
 
-@pytest.mark.parametrize("build", [lambda: family_setup(first(CAUSAL_LM)), finetuned_classifier],
-                         ids=["causal LM", "encoder fine-tune"])
-def test_every_probe_passes_a_healthy_set_up(build):
-    findings = diagnose(build())
+HEALTHY = {**{spec.name: lambda spec=spec: family_setup(spec) for spec in FAMILIES.values()},
+           "encoder fine-tune": finetuned_classifier}
+
+
+@pytest.mark.parametrize("name", sorted(HEALTHY))
+def test_every_probe_passes_a_healthy_set_up(name):
+    """Every registered family's tiny model on its example batches, and a fine-tuned classifier."""
+    findings = diagnose(HEALTHY[name]())
     assert [f.probe for f in findings] == list(PROBES)
     assert all(f.healthy for f in findings), [f.line() for f in findings if not f.healthy]
 

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from attnlab.cli import main
-from attnlab.training.doctor import PROBES, diagnose
 from attnlab.models.base import FAMILIES
+from attnlab.training.doctor import PROBES, diagnose
 from benchmarks.doctor_zoo import broken, family_setup, finetuned_classifier
 
 BROKEN = broken()

@@ -54,14 +54,14 @@ def main(argv=None) -> int:
     try:
         use_threads(args.threads)
         with progress.silenced(args.quiet):
-            args.run(args)
+            status = args.run(args)  # None, or the exit code a verb reports (doctor: 1 when it finds something)
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; rank 0 says so once
             print(f"attnlab {args.verb}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,16 @@ def load_run_config(path=None, overrides=()) -> dict:
     return run
 
 
+def run_overrides(args) -> list:
+    """The key=value overrides of a verb that reads a run config, with what --data and --preset set."""
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.preset:
+        overrides.append(f"model.preset={args.preset}")
+    return overrides
+
+
 def yaml_problem(err: yaml.YAMLError) -> str:
     """The parser's complaint and where, on one line."""
     if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:

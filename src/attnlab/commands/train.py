@@ -10,7 +10,7 @@ from ..models.base import family_spec
 from ..training import Trainer, distributed
 from ..training.trainer import Stopped
 from ..training.tasks import resolve_run, setup_task
-from .common import claim_output, load_run_config, mark_output, output_dir, print_json
+from .common import claim_output, load_run_config, mark_output, output_dir, print_json, run_overrides
 
 RUN_FILE = "run.json"
 # What a resumed run keeps: overrides may change only the train section.
@@ -33,11 +33,7 @@ def register(sub):
 
 def train(args):
     run_dir = output_dir(args.out)
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    if args.preset:
-        overrides.append(f"model.preset={args.preset}")
+    overrides = run_overrides(args)
     if args.max_minutes is not None:
         overrides.append(f"train.max_minutes={args.max_minutes}")
     if args.resume:

@@ -1,11 +1,18 @@
 """Mamba: Hugging Face parity (same weights in, same numbers out), the recurrent step against the
 full forward with left-padded batches, generation and serving state, hybrids, interop."""
 
+import copy
 import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from attnlab.checkpoint import load_checkpoint, save_checkpoint
+from attnlab.compression import inject_lora, prune_magnitude, prune_structured, quantize_model
+from attnlab.compression.lora import LoRALinear
+from attnlab.compression.quantize import QuantizedLinear
+from attnlab.compression.targets import find_linears
 from attnlab.errors import UserError
 from attnlab.inference import Sampling, generate
 from attnlab.interop import export_hf, import_hf, load_hf_state
@@ -178,3 +185,37 @@ def test_a_distillation_student_keeps_the_attention_layers_it_takes():
     config = MambaConfig(**{**SIZES, "n_layer": 4}, attn_layers=[1, 3], n_head=2)
     assert config.with_depth([0, 3]).attn_layers == [1]
     assert config.with_depth([0, 2]).attn_layers is None
+
+
+# -- compression reaches in_proj, x_proj, dt_proj and out_proj -----------------------------------
+
+PROJECTIONS = ("in_proj", "x_proj", "dt_proj", "out_proj")
+
+
+@pytest.mark.parametrize("scheme", ["dynamic_int8", "int8"])
+def test_quantisation_and_lora_reach_every_mixer_projection_and_reload(scheme, tmp_path):
+    model = tiny("mamba")
+    x = ids(2, 12)
+    with torch.no_grad():
+        before = model(x).logits
+    quantized = quantize_model(copy.deepcopy(model), scheme)
+    names = {n.rsplit(".", 1)[-1] for n, m in quantized.named_modules() if isinstance(m, QuantizedLinear)}
+    assert names == set(PROJECTIONS) and len(find_linears(quantized)) == 0
+    with torch.no_grad():
+        after = quantized(x).logits
+    assert F.cosine_similarity(after.flatten(), before.flatten(), dim=0) > 0.99
+    save_checkpoint(tmp_path / "q", quantized)
+    loaded, _ = load_checkpoint(tmp_path / "q")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, after, rtol=0, atol=1e-6)
+    inject_lora(model, rank=2, targets="in,ssm,o")
+    assert {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LoRALinear)} == set(PROJECTIONS)
+
+
+def test_magnitude_pruning_reaches_the_mixers_and_structured_pruning_refuses_in_one_line():
+    model = tiny("mamba")
+    masks = prune_magnitude(model, 0.5)
+    assert len(masks) == 3 * len(PROJECTIONS)
+    with pytest.raises(UserError, match="mamba family") as error:
+        prune_structured(model, 0.5)
+    assert "\n" not in str(error.value)

@@ -1,10 +1,10 @@
-"""The three scans of the selective SSM agree with the sequential reference in values and
-gradients (float64), and the layer's one-token step equals its full forward."""
+"""The parallel scans of the selective SSM (chunked, associative) agree with the sequential
+reference in values and gradients (float64), and the layer's one-token step equals its full forward."""
 
 import pytest
 import torch
 
-from attnlab.layers.selective_scan import SCAN_FUNCTIONS, SelectiveSSM, discretise, scan_chunked, scan_sequential
+from attnlab.layers.selective_scan import SCAN_FUNCTIONS, SelectiveSSM, scan_chunked, scan_sequential
 
 
 def scan_inputs(length, seed=0, b=2, d=3, n=4):
@@ -18,7 +18,7 @@ def scan_inputs(length, seed=0, b=2, d=3, n=4):
 
 
 def states_and_grads(scan, x, delta, A, B, h0):
-    states = scan(*discretise(x, delta, A, B), h0)
+    states = scan(x, delta, A, B, h0)
     weights = torch.linspace(-1, 1, states.numel(), dtype=torch.float64).view_as(states)
     grads = torch.autograd.grad((states * weights).sum(), (x, delta, A, B, h0))
     return states, grads
@@ -28,11 +28,18 @@ def states_and_grads(scan, x, delta, A, B, h0):
 @pytest.mark.parametrize("name", ["chunked", "associative"])
 def test_parallel_scans_equal_the_sequential_reference_in_values_and_gradients(name, length):
     inputs = scan_inputs(length)
-    expected, expected_grads = states_and_grads(scan_sequential, *inputs)
+    expected, expected_grads = states_and_grads(SCAN_FUNCTIONS["sequential"], *inputs)
     got, got_grads = states_and_grads(SCAN_FUNCTIONS[name], *inputs)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     for g, e in zip(got_grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_the_plain_reference_is_the_recurrence_as_written():
+    decay, inputs, h0 = torch.rand(1, 3, 2, 2), torch.randn(1, 3, 2, 2), torch.randn(1, 2, 2)
+    h1 = decay[:, 0] * h0 + inputs[:, 0]
+    h2 = decay[:, 1] * h1 + inputs[:, 1]
+    torch.testing.assert_close(scan_sequential(decay, inputs, h0)[:, :2], torch.stack([h1, h2], 1))
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 5, 40])

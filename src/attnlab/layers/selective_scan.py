@@ -17,10 +17,13 @@ to rounding (tests/layers/test_selective_scan.py, float64, values and gradients)
   overflows) -- about 2 sqrt(T) Python steps instead of T;
 - `scan_associative`: Hillis-Steele doubling over the associative operator
   (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2), log2 T steps of O(T) work each.
-Which is fastest on a CPU is measured in benchmarks/mamba_scan.py (see RESULTS.md, issue 19).
+Which is fastest is measured in benchmarks/mamba_scan.py (RESULTS.md, issue 19): on this CPU the
+sequential loop, since each step is one small multiply-add and the parallel forms move more
+memory; it is the default, the others are a config choice (`scan`).
 
-`SelectiveSSM.step` is the one-token recurrence used for generation: it reads and writes the
-layer's conv window (B, D, K-1) and state (B, D, N), so memory per token is constant.
+Fed one token, `SelectiveSSM` takes the one-token recurrence (`_step`) used for generation: it
+reads and writes the layer's conv window (B, D, K-1) and state (B, D, N), so memory per token is
+constant.
 """
 
 import math
@@ -44,10 +47,15 @@ def discretise(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.T
 def scan_sequential(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """decay, inputs (B, T, D, N); h0 (B, D, N) -> states h_1..h_T (B, T, D, N)."""
     h, states = h0, []
-    for t in range(decay.size(1)):
-        h = decay[:, t] * h + inputs[:, t]
+    for a_t, b_t in zip(decay.unbind(1), inputs.unbind(1)):  # unbind: one backward op, not T slices
+        h = a_t * h + b_t
         states.append(h)
     return torch.stack(states, dim=1)
+
+
+def _discretised(scan):
+    """A scan over (decay, inputs) as one over (x, delta, A, B)."""
+    return lambda x, delta, A, B, h0: scan(*discretise(x, delta, A, B), h0)
 
 
 def scan_chunked(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor, chunk: int = None) -> torch.Tensor:
@@ -63,9 +71,9 @@ def scan_chunked(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor, ch
     local = _within_chunks(decay, inputs)
     prefix = torch.cumprod(decay, dim=2)  # (B, K, L, D, N): decay from the chunk's start to each token
     incoming, h = [], h0
-    for k in range(decay.size(1)):  # the state entering each chunk
+    for end_decay, end_state in zip(prefix[:, :, -1].unbind(1), local[:, :, -1].unbind(1)):  # state into each chunk
         incoming.append(h)
-        h = prefix[:, k, -1] * h + local[:, k, -1]
+        h = end_decay * h + end_state
     states = local + prefix * torch.stack(incoming, dim=1)[:, :, None]
     return states.view(b, -1, d, n)[:, :t]
 
@@ -73,8 +81,8 @@ def scan_chunked(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor, ch
 def _within_chunks(decay: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """(B, K, L, D, N) each -> the states of every chunk started from zero, (B, K, L, D, N)."""
     h, states = torch.zeros_like(inputs[:, :, 0]), []
-    for i in range(decay.size(2)):
-        h = decay[:, :, i] * h + inputs[:, :, i]
+    for a_t, b_t in zip(decay.unbind(2), inputs.unbind(2)):
+        h = a_t * h + b_t
         states.append(h)
     return torch.stack(states, dim=2)
 
@@ -90,7 +98,8 @@ def scan_associative(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor
     return b
 
 
-SCAN_FUNCTIONS = {"sequential": scan_sequential, "chunked": scan_chunked, "associative": scan_associative}
+SCAN_FUNCTIONS = {"sequential": _discretised(scan_sequential),
+                  "chunked": _discretised(scan_chunked), "associative": _discretised(scan_associative)}
 
 
 class SSMState(DecodeState):
@@ -144,7 +153,7 @@ class SelectiveSSM(nn.Module):
     projections = {"in": ("in_proj",), "ssm": ("x_proj", "dt_proj"), "o": ("out_proj",)}
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int = None,
-                 bias: bool = False, conv_bias: bool = True, scan: str = "chunked", selective: bool = True):
+                 bias: bool = False, conv_bias: bool = True, scan: str = "sequential", selective: bool = True):
         super().__init__()
         self.d_inner, self.d_state, self.d_conv = expand * d_model, d_state, d_conv
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
@@ -197,7 +206,7 @@ class SelectiveSSM(nn.Module):
             y, h = self._step(u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], ssm_state)
             y = y[:, None]
         else:
-            states = self.scan(*discretise(u, delta, A, B), ssm_state)  # (B, T, D, N)
+            states = self.scan(u, delta, A, B, ssm_state)  # (B, T, D, N)
             y, h = (states @ C[..., None]).squeeze(-1), states[:, -1]  # (B, T, D)
         y = (y + u * self.D) * F.silu(z)
         return self.out_proj(y), window[:, :, window.size(2) - (self.d_conv - 1):], h

@@ -8,7 +8,7 @@ A sequence of --length noise tokens holds --tokens data tokens at random positio
 answers are scored. Two models of the same shape train on the same batches: Mamba (delta, B, C
 computed from the input) and the ablation with input-independent delta, B, C
 (`selective=false`, a linear time-invariant SSM with the same conv and gate). Accuracy is per
-answer token on 1024 fixed validation sequences (a different seed from training).
+answer token on --validation fixed sequences (a different seed from training).
 """
 
 import argparse
@@ -84,20 +84,22 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layer", type=int, default=2)
+    parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation", type=int, default=512, help="validation sequences")
     parser.add_argument("--only", choices=["selective", "ablation"], help="run one of the two models")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    validation = batch(1024, args.length, args.tokens, args.vocab, torch.Generator().manual_seed(10_000 + args.seed))
+    validation = batch(args.validation, args.length, args.tokens, args.vocab, torch.Generator().manual_seed(10_000 + args.seed))
     print(machine(), json.dumps(vars(args)), flush=True)
     results = {}
     for selective in (True, False):
         if args.only and args.only != ("selective" if selective else "ablation"):
             continue
         config = MambaConfig(vocab_size=args.vocab, max_seq_len=args.length + args.tokens, n_layer=args.n_layer,
-                             d_model=args.d_model, selective=selective, scan="sequential")
+                             d_model=args.d_model, d_state=args.d_state, selective=selective, scan="sequential")
         results["Mamba (selective)" if selective else "ablation (input-independent delta, B, C)"] = \
             train(config, args, validation)
     print("| model | parameters | val accuracy at " + " / ".join(str(s) for s, *_ in next(iter(

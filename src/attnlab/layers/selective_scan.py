@@ -53,11 +53,6 @@ def scan_sequential(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor)
     return torch.stack(states, dim=1)
 
 
-def _discretised(scan):
-    """A scan over (decay, inputs) as one over (x, delta, A, B)."""
-    return lambda x, delta, A, B, h0: scan(*discretise(x, delta, A, B), h0)
-
-
 def scan_chunked(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor, chunk: int = None) -> torch.Tensor:
     """As scan_sequential, in chunks of `chunk` tokens (default ceil(sqrt(T)))."""
     b, t, d, n = decay.shape
@@ -98,6 +93,12 @@ def scan_associative(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor
     return b
 
 
+def _discretised(scan):
+    """A scan over (decay, inputs) as one over (x, delta, A, B)."""
+    return lambda x, delta, A, B, h0: scan(*discretise(x, delta, A, B), h0)
+
+
+# the layer's scans: (x, delta (B, T, D), A (D, N), B (B, T, N), h0 (B, D, N)) -> states (B, T, D, N)
 SCAN_FUNCTIONS = {"sequential": _discretised(scan_sequential),
                   "chunked": _discretised(scan_chunked), "associative": _discretised(scan_associative)}
 

@@ -13,7 +13,7 @@ from attnlab.interop.registry import HF_MODEL_TYPES, HF_SPECS, hf_model_type, mo
 from attnlab.models import FAMILIES, preset
 
 CONVERTING = {"gpt": {"gpt2"}, "bert": {"bert", "roberta", "distilbert"}, "t5": {"t5"}, "transformer": {"marian"},
-              "reformer": {"reformer"}, "longformer": {"longformer"}, "bigbird": {"big_bird"}}
+              "reformer": {"reformer"}, "longformer": {"longformer"}, "bigbird": {"big_bird"}, "mamba": {"mamba"}}
 
 
 def test_every_interop_module_registers_itself_on_importing_the_package():

@@ -240,9 +240,10 @@ def test_compression_reaches_the_projections_of_every_block(spec):
     model = tiny_model(spec).eval()
     blocks = [m for m in model.modules() if isinstance(m, spec.block_class)]
     assert blocks
-    for block in blocks:
-        for target in ALL_TARGETS:
-            assert find_linears(block, (target,)), f"no {target} projection in a {spec.block_class.__name__}"
+    for block in blocks:  # every linear of every block is some target's projection
+        reached = {id(linear) for *_, linear in find_linears(block)}
+        missed = [n for n, m in block.named_modules() if isinstance(m, torch.nn.Linear) and id(m) not in reached]
+        assert reached and not missed, f"compression misses {missed} in a {spec.block_class.__name__}"
     targeted = len(find_linears(model))
     batch = example(spec, model)
     with torch.no_grad():

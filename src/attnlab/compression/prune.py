@@ -135,7 +135,8 @@ def _layers(model):
     attentions = [m for n, m in model.named_modules() if isinstance(m, AttentionBase) and "cross" not in n]
     ffns = [m for m in model.modules() if isinstance(m, FeedForward)]
     if not attentions or len(attentions) != len(ffns):
-        raise UserError("structured pruning needs a model built from blocks of attention + feed-forward")
+        raise UserError(f"structured pruning needs a model built from blocks of attention + feed-forward, which the "
+                        f"{model.config.family} family is not; prune by magnitude or quantise instead")
     return list(zip(attentions, ffns))
 
 

@@ -1,8 +1,10 @@
 """Which linear layers compression acts on, chosen by short names.
 
 q, k, v, o and ffn name the projections of every attention layer (`AttentionBase`) and
-feed-forward layer (`FeedForward`). Each layer class declares its own in a `projections` table
-(target -> attribute names), so a new attention layer enrols itself: the plain q_proj, k_proj,
+feed-forward layer (`FeedForward`); in and ssm those of a state-space mixer (Mamba's in_proj, and
+its selection projections x_proj and dt_proj; its out_proj is an "o"). Each layer class declares
+its own in a `projections` table (target -> attribute names), and any module whose class has
+one is enrolled, so a new layer enrols itself by declaring it: the plain q_proj, k_proj,
 v_proj, out_proj; the Reformer's shared qk_proj under both q and k; Transformer-XL's distance
 projection r_proj under k (the paper's key projection of positions); Longformer's q_global,
 k_global, v_global under q, k, v. Heads outside the blocks (LM head, classifier, pooler) are left
@@ -12,11 +14,8 @@ alone: they are small, often tied, and sensitive.
 from torch import nn
 
 from ..errors import UserError
-from ..layers.attention import AttentionBase
-from ..layers.feedforward import FeedForward
 
-ALL_TARGETS = ("q", "k", "v", "o", "ffn")
-ENROLLED = (AttentionBase, FeedForward)  # the layer classes that declare `projections`
+ALL_TARGETS = ("q", "k", "v", "o", "ffn", "in", "ssm")
 
 
 def parse_targets(targets) -> tuple:
@@ -37,12 +36,17 @@ def projections_of(layer: nn.Module, targets=ALL_TARGETS) -> dict:
     return {name: child for name, child in layer.named_children() if name in wanted}
 
 
+def enrolled(module: nn.Module) -> bool:
+    """Whether the module's class declares a `projections` table."""
+    return isinstance(getattr(type(module), "projections", None), dict)
+
+
 def find_linears(model: nn.Module, targets=ALL_TARGETS, kind=nn.Linear) -> list:
     """[(qualified name, parent, attribute, linear)] for the targeted block projections."""
     targets = parse_targets(targets)
     found = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, ENROLLED):
+        if not enrolled(parent):
             continue
         for attribute, child in projections_of(parent, targets).items():
             if isinstance(child, kind):

@@ -16,8 +16,8 @@ probability one; no model at all).
 A batch advances by the same number of tokens in every row: the fewest any row accepted, plus
 one (the tokens a row accepted beyond that are a prefix of an exact sample, so dropping them
 keeps the output exact). Every decode state then moves back by the same count, with no holes in
-its history: a state with a history (KV cache, re-read window) is cut back (`truncate`), a
-recurrent state (a memory, an SSM state) is restored from a copy and re-fed.
+its history: a state with a history (KV cache, re-read window) is cut back (`truncate`); one that
+cannot forget (a memory, an SSM state) is restored from a copy and re-fed.
 """
 
 import copy
@@ -65,14 +65,14 @@ class Decoder:
         self.window = model.config.max_seq_len
         ids, mask = left_pad(histories, device=self.device)
         self.state = model.init_state(len(histories), min(self.window, ids.size(1) + extra))
-        self.recurrent = self.state.recurrent
+        self.recurrent, self.copies = self.state.recurrent, not self.state.truncatable
         if not self.recurrent and ids.size(1) > self.window:
             raise UserError(f"prompt of {ids.size(1)} tokens exceeds the model's context window of {self.window}")
         self.logits = model(ids, attention_mask=mask, state=self.state, only_last=True).logits[:, -1]  # (B, V)
 
     def mark(self):
         self.start, self.fed = self.state.length, []
-        self.snapshot = copy.deepcopy(self.state) if self.recurrent else None
+        self.snapshot = copy.deepcopy(self.state) if self.copies else None
 
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V)."""
@@ -83,7 +83,7 @@ class Decoder:
         fed = torch.cat(self.fed, dim=1)
         if count == fed.size(1):
             return
-        if self.recurrent:  # a memory cannot forget: redo the kept tokens from the copy
+        if self.copies:  # a memory cannot forget: redo the kept tokens from the copy
             self.state = self.snapshot
             if count:
                 self.model(fed[:, :count], state=self.state)

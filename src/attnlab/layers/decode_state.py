@@ -11,7 +11,8 @@ let one loop serve sampling, beam search and continuous batching:
   longer length (a newly prefilled request joins the batch);
 - `trim()`: drop leading columns that are padding in every row;
 - `truncate(length)`: forget the columns from `length` on (speculative decoding takes back the
-  drafted tokens the target rejected); a recurrent state cannot, and is copied and re-fed instead.
+  drafted tokens the target rejected), where `truncatable`; a state that cannot (a memory, an SSM
+  state) is copied and re-fed instead.
 
 `recurrent` is True for a state of fixed size (a memory, not a growing history), which
 generation never has to restart however long it runs.
@@ -48,6 +49,7 @@ class DecodeState:
     """The protocol; `mask` (B, L) long, set by each kind."""
 
     recurrent = False
+    truncatable = False  # whether `truncate` works: a history can forget its last columns, a memory cannot
     mask: torch.Tensor
 
     @property
@@ -77,6 +79,8 @@ class KVCache(DecodeState):
     has appended. A caller that never announces one (a seq2seq decoder) feeds only real tokens.
     batch=None: the rows are known at the first append.
     """
+
+    truncatable = True
 
     def __init__(self, n_layer: int, capacity: int = 256, batch: int = None, device=None):
         self.n_layer = n_layer

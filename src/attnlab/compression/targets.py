@@ -19,6 +19,12 @@ ALL_TARGETS = ("q", "k", "v", "o", "ffn")
 ENROLLED = (AttentionBase, FeedForward)  # the layer classes that declare `projections`
 
 
+def enrolled(layer: nn.Module) -> bool:
+    """Whether compression acts on `layer`: an ENROLLED class, or any other layer class that
+    declares its `projections` (the message-passing layers of layers/graph.py)."""
+    return isinstance(layer, ENROLLED) or isinstance(getattr(type(layer), "projections", None), dict)
+
+
 def parse_targets(targets) -> tuple:
     """"q,v" or ["q", "v"] -> ("q", "v"), checked against ALL_TARGETS."""
     if isinstance(targets, str):
@@ -42,7 +48,7 @@ def find_linears(model: nn.Module, targets=ALL_TARGETS, kind=nn.Linear) -> list:
     targets = parse_targets(targets)
     found = []
     for parent_name, parent in model.named_modules():
-        if not isinstance(parent, ENROLLED):
+        if not enrolled(parent):
             continue
         for attribute, child in projections_of(parent, targets).items():
             if isinstance(child, kind):

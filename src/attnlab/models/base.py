@@ -21,13 +21,15 @@ from ..errors import UserError
 
 # What a model is for, and so which verbs and endpoints apply (see DESIGN.md, "What each kind answers").
 CAUSAL_LM, SEQ2SEQ, ENCODER = "causal_lm", "seq2seq", "encoder"
+GRAPH = "graph"
 KINDS = {
     CAUSAL_LM: "a causal language model",
     SEQ2SEQ: "an encoder-decoder (sequence to sequence) model",
     ENCODER: "a bidirectional encoder",
+    GRAPH: "a graph neural network",
 }
 # The objective `attnlab train` uses for a kind when the run config names no task.
-DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm"}
+DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm", GRAPH: "node_classification"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ encoders, a source and a target tokenizer for encoder-decoders. An image, audio 
 processor takes the same place for its families.
 """
 
+from .graph import GraphProcessor
 from .seq2seq import Seq2SeqTokenizers
 from .text import TextProcessor
 
-__all__ = ["Seq2SeqTokenizers", "TextProcessor"]
+__all__ = ["GraphProcessor", "Seq2SeqTokenizers", "TextProcessor"]

@@ -55,11 +55,14 @@ class TrainConfig(Config):
     seed: int = 1337
     progress: bool = True
     distributed: str = "ddp"  # under torchrun: "ddp", or "fsdp" to shard a model too big for one device
+    patience: int = 0  # stop after this many evaluations without a lower validation loss (0: never)
 
     def validate(self):
         self.require_positive("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval")
         if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise self.invalid("warmup_steps, min_lr, weight_decay and grad_clip must be >= 0 and lr > 0")
+        if self.patience < 0:
+            raise self.invalid(f"patience must be >= 0 evaluations (0: never stop early), got {self.patience}")
         self.require_choice("schedule", SCHEDULES)
         self.require_choice("precision", PRECISIONS)
         self.require_choice("distributed", STRATEGIES)
@@ -88,6 +91,7 @@ class Trainer:
                                         fused=config.fused_optimizer)
         self.step = 0
         self.best_val = math.inf
+        self.evals_since_best = 0
         self.data_generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         self.forward = torch.compile(wrapped) if config.compile else wrapped
@@ -97,6 +101,7 @@ class Trainer:
         return {
             "step": self.step,
             "best_val": self.best_val,
+            "evals_since_best": self.evals_since_best,
             "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -110,6 +115,7 @@ class Trainer:
         self.parallel.load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
         self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step, self.best_val = state["step"], state["best_val"]
+        self.evals_since_best = state.get("evals_since_best", 0)  # absent from checkpoints before patience
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -194,8 +200,9 @@ class Trainer:
                     val = self.evaluate()
                     last = {**last, "step": self.step, "val_loss": val}
                     self._log(metrics_path, {"step": self.step, "val_loss": val})
+                    self.evals_since_best += 1
                     if val < self.best_val:
-                        self.best_val = val
+                        self.best_val, self.evals_since_best = val, 0
                         self.save("best", with_state=False)
                     self.save("last", with_state=True)
                     if self.parallel.is_main:
@@ -203,6 +210,10 @@ class Trainer:
                         bar.write(f"step {self.step}: val loss {val:.4f} (best {self.best_val:.4f})",
                                   file=sys.stderr)  # stdout is for the command's JSON
                     window_tokens, window_start = 0, time.perf_counter()  # tokens/s counts training only
+                    if c.patience and self.evals_since_best >= c.patience:
+                        bar.write(f"step {self.step}: no lower val loss in {c.patience} evaluations; stopping",
+                                  file=sys.stderr)
+                        break
         finally:
             bar.close()
         return last

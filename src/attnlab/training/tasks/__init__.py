@@ -2,7 +2,7 @@
 
 A run config (configs/*.yaml, plus key=value overrides) has the sections
 
-    task:       the objective: lm, mlm, seq2seq or span_corruption (default: the one for the model's
+    task:       the objective: lm, mlm, seq2seq, span_corruption or node_classification (default: the one for the model's
                 kind, models/base.py DEFAULT_TASKS: lm for a causal LM, mlm for an encoder, ...)
     model:      preset: NAME plus overrides, or family: NAME plus fields, checked by the family's config
     tokenizer:  the task's tokenizer section, e.g. {kind: char}
@@ -28,11 +28,12 @@ from ...errors import UserError
 from ...models.base import DEFAULT_TASKS, family_spec
 from ..trainer import TrainConfig
 from .base import Run, Task, cached_splits, model_config, model_family
+from .graph import NODE_CLASSIFICATION
 from .lm import LM
 from .mlm import MLM
 from .seq2seq import SEQ2SEQ, SPAN_CORRUPTION
 
-TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION)}
+TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION, NODE_CLASSIFICATION)}
 SECTIONS = ("task", "model", "tokenizer", "data", "train")
 
 __all__ = ["SECTIONS", "TASKS", "Run", "Task", "cached_splits", "model_config", "resolve_run", "setup_task"]
@@ -51,6 +52,7 @@ def resolve_run(run: dict) -> Run:
     task = TASKS[name]
     if task.batch_size is not None:
         train = {"batch_size": task.batch_size, **train}
+    train = {**(task.train_defaults or {}), **train}
     return Run(task, model, task.tokenizer.from_dict(tokenizer), task.data.from_dict(data),
                TrainConfig.from_dict(train))
 

@@ -21,7 +21,8 @@ class Task:
     """A training objective: the kind of model it trains (models/base.py KINDS), its typed `data`
     and `tokenizer` sections, and `setup(run, run_dir, resume) -> (model, tokenizer, batch source)`.
     `family` is the one it builds when the `model` section names none. `batch_size` is the task's
-    default for train.batch_size, used when the run does not set it (None: TrainConfig's)."""
+    default for train.batch_size, used when the run does not set it (None: TrainConfig's);
+    `train_defaults` the task's defaults for any other train settings the run does not set."""
 
     name: str
     kind: str
@@ -30,6 +31,7 @@ class Task:
     tokenizer: type
     family: str
     batch_size: int | None = None
+    train_defaults: dict = None
 
 
 @dataclasses.dataclass

@@ -12,8 +12,8 @@ from torch_geometric.nn import GCNConv as PygGCN
 from torch_geometric.nn import TransformerConv as PygTransformer
 
 from attnlab.layers.attention import MultiHeadAttention
-from attnlab.layers.graph import (EdgeAttention, GATConv, GCNConv, complete_graph, laplacian_pe, random_walk_pe,
-                                  segment_softmax)
+from attnlab.layers.graph import (EdgeAttention, GATConv, GCNConv, complete_graph, feature_dropout, laplacian_pe,
+                                  random_walk_pe, segment_softmax)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,12 @@ def test_positional_encodings_on_the_karate_club():
     assert pe.shape == (n, 4)
     torch.testing.assert_close(pe.T @ pe, torch.eye(4), atol=1e-5, rtol=0)
     assert laplacian_pe(edges[:, :0], 3, 4).shape == (3, 4)
+
+
+def test_feature_dropout_drops_with_probability_p_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(400, 500)
+    dropped = feature_dropout(x, 0.6, training=True)
+    assert abs((dropped == 0).float().mean().item() - 0.6) < 0.01
+    assert abs(dropped.mean().item() - 1.0) < 0.02 and set(dropped.unique().tolist()) == {0.0, 2.5}
+    assert feature_dropout(x, 0.6, training=False) is x

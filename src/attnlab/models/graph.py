@@ -25,7 +25,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers import FeedForward, MultiHeadAttention
 from ..layers.attention import BACKENDS
-from ..layers.graph import EdgeAttention, GATConv, GCNConv, aggregate, with_self_loops
+from ..layers.graph import EdgeAttention, GATConv, GCNConv, aggregate, feature_dropout, with_self_loops
 from ..processors.graph import GraphProcessor
 from .base import GRAPH, PRESETS, FamilySpec, Model, ModelOutput, register
 
@@ -98,7 +98,7 @@ class GraphBlock(nn.Module):
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, same_graph: torch.Tensor = None) -> torch.Tensor:
         """h (N, in) -> (N, out). same_graph: (N, N) bool, which nodes share a graph (None: all do)."""
         if self.kind != "transformer":
-            out = self.conv(F.dropout(h, self.dropout, self.training), edge_index)
+            out = self.conv(feature_dropout(h, self.dropout, self.training), edge_index)
             return out if self.last else (F.relu(out) if self.kind == "gcn" else F.elu(out))
         x = self.norm1(h)
         update = self.conv(x, with_self_loops(edge_index, h.size(0)))  # (N, C)
@@ -152,7 +152,7 @@ class GraphNetwork(Model):
     def _embed(self, x, pos):
         if self.config.layer != "transformer":
             return x
-        h = self.input_proj(F.dropout(x, self.config.dropout, self.training))  # (N, d_model)
+        h = self.input_proj(feature_dropout(x, self.config.dropout, self.training))  # (N, d_model)
         if pos is not None:
             if self.training:  # eigenvector signs are arbitrary: learn all of them
                 pos = pos * (torch.randint(0, 2, (1, pos.size(1)), device=pos.device) * 2 - 1)
@@ -171,14 +171,16 @@ def mean_by_graph(values: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
 
 def graph_batch(config: GraphConfig, generator: torch.Generator, nodes: int = 12, edges: int = 30) -> dict:
     """A random graph with symmetric edges, a few isolated nodes, and labels on half the nodes (-100
-    elsewhere); with readout=mean, three graphs and a label each."""
+    elsewhere); with readout=mean, three graphs (the edges between them dropped) and a label each."""
     x = torch.rand(nodes, config.in_features, generator=generator)
     pairs = torch.randint(nodes - 2, (2, edges // 2), generator=generator)  # the last two nodes are isolated
     batch = {"x": x, "edge_index": torch.cat([pairs, pairs.flip(0)], dim=1)}
     if config.pos_dim:
         batch["pos"] = torch.rand(nodes, config.pos_dim, generator=generator)
     if config.readout == "mean":
-        batch["batch"] = torch.arange(nodes) * 3 // nodes  # (N,) graphs 0, 1, 2
+        batch["batch"] = graph_of = torch.arange(nodes) * 3 // nodes  # (N,) graphs 0, 1, 2
+        source, target = batch["edge_index"]
+        batch["edge_index"] = batch["edge_index"][:, graph_of[source] == graph_of[target]]  # no edge between graphs
         batch["labels"] = torch.randint(config.num_classes, (3,), generator=generator)
     else:
         labels = torch.randint(config.num_classes, (nodes,), generator=generator)

@@ -65,6 +65,9 @@ class GraphProcessor:
     def to_batch(self, x, edge_index, max_nodes: int = None, max_edges: int = None, what: str = "the graph") -> dict:
         """Node features x (N, F) and edge_index (2, E) (tensors or nested lists) -> {"x", "edge_index"[, "pos"]}.
         One UserError for a malformed graph; GraphTooLarge past max_nodes or max_edges."""
+        _check_size(what, _length(x), max_nodes, "nodes")  # before any conversion: a huge graph is refused cheaply
+        if _length(edge_index) == 2:
+            _check_size(what, _length(edge_index[0]), max_edges, "edges")
         x = _tensor(x, torch.float32, f"{what}: x")
         edges = _tensor(edge_index, None, f"{what}: edge_index")
         if x.dim() != 2 or x.size(0) == 0:
@@ -81,10 +84,6 @@ class GraphProcessor:
             raise UserError(f"{what}: edge_index must hold integer node indices")
         edges = edges.long()
         n = x.size(0)
-        if max_nodes is not None and n > max_nodes:
-            raise GraphTooLarge(f"{what} has {n} nodes, more than the limit of {max_nodes}; split it")
-        if max_edges is not None and edges.size(1) > max_edges:
-            raise GraphTooLarge(f"{what} has {edges.size(1)} edges, more than the limit of {max_edges}; split it")
         if edges.numel() and (edges.min() < 0 or edges.max() >= n):
             bad = edges[(edges < 0) | (edges >= n)][0].item()
             raise UserError(f"{what}: edge_index names node {bad}, but the nodes are numbered 0..{n - 1}")
@@ -104,6 +103,19 @@ class GraphProcessor:
         if self.pos_encoding == "laplacian":
             return laplacian_pe(edge_index, num_nodes, self.pos_dim)
         return random_walk_pe(edge_index, num_nodes, self.pos_dim)
+
+
+def _length(value) -> int:
+    """len(value), or 0 for what has none (a number, a 0-d tensor): the checks after refuse it."""
+    try:
+        return len(value)
+    except TypeError:
+        return 0
+
+
+def _check_size(what: str, count: int, limit, unit: str):
+    if limit is not None and count > limit:
+        raise GraphTooLarge(f"{what} has {count} {unit}, more than the limit of {limit}; split it")
 
 
 def _tensor(value, dtype, what: str) -> torch.Tensor:

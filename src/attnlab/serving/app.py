@@ -3,7 +3,7 @@
     POST /v1/completions   causal LMs and seq2seq models (prompt = source): prompt, max_tokens,
                            temperature, top_p, stop, n, seed, stream (SSE)
     POST /v1/embeddings    encoders: mean-pooled, L2-normalised last hidden states
-    POST /v1/classify      classifiers: label probabilities
+    POST /v1/classify      classifiers: label probabilities; graph networks: a label per node of a posted graph
     GET  /health           liveness and what is loaded
     GET  /metrics          Prometheus text: requests, tokens, queue depth, latency histograms
 
@@ -38,8 +38,9 @@ from ..errors import UserError
 from ..inference import Sampling, seq2seq_generate
 from ..inference.generate import cut_at_stop
 from ..layers import mean_pool
-from ..models.base import CAUSAL_LM, ENCODER, KINDS, SEQ2SEQ, family_spec
+from ..models.base import CAUSAL_LM, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
 from .engine import Engine, EngineConfig, QueueFull, Sequence
+from .graph import add_graph_routes
 from .metrics import Counter, Gauge, Histogram, Registry
 
 MAX_STOP_STRINGS = 4
@@ -55,6 +56,8 @@ class ServeConfig:
     max_inputs: int = 256  # inputs per /v1/embeddings or /v1/classify request; more get 413
     max_request_tokens: int = 32768  # tokens per encoder request, all inputs together; more get 413
     encode_batch: int = 32  # inputs the encoder runs at once; a request's time limit is checked between batches
+    max_nodes: int = 50_000  # nodes of a graph posted to a graph network; more get 413
+    max_edges: int = 1_000_000  # edges of a posted graph; more get 413
 
 
 class ApiError(Exception):
@@ -121,7 +124,7 @@ ERROR_STATUSES = {
 
 # The endpoints each kind of model answers (models/base.py KINDS); the others are refused with a 400.
 ENDPOINTS = {CAUSAL_LM: ("/v1/completions",), SEQ2SEQ: ("/v1/completions",),
-             ENCODER: ("/v1/embeddings", "/v1/classify")}
+             ENCODER: ("/v1/embeddings", "/v1/classify"), GRAPH: ("/v1/classify",)}
 
 
 class ServerMetrics:
@@ -446,6 +449,9 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         return {"object": "list", "model": config.model_name,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    if kind == GRAPH:  # its /v1/classify takes a graph; registered first, it answers that path
+        add_graph_routes(app, model, tokenizer, config, worker, _documented(400, 413, 422, 429, 503, 504))
 
     @app.post("/v1/classify", responses=_documented(400, 413, 422, 429, 503, 504))
     async def classify_texts(body: EncodeRequest, request: Request):

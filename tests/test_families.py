@@ -9,6 +9,7 @@ import json
 import math
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,13 @@ from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.interop import export_hf, import_hf
 from attnlab.interop.registry import hf_spec_for
-from attnlab.models.base import CAUSAL_LM, ENCODER, FAMILIES, SEQ2SEQ, build_model, preset
+from attnlab.models.base import CAUSAL_LM, ENCODER, FAMILIES, GRAPH, SEQ2SEQ, build_model, preset
 from attnlab.serving.app import ENDPOINTS, ServeConfig, create_app
 from attnlab.training import TrainConfig, Trainer
 
 SPECS = [FAMILIES[name] for name in sorted(FAMILIES)]
 NAMES = [spec.name for spec in SPECS]
-of_kind = {kind: [s for s in SPECS if s.kind == kind] for kind in (CAUSAL_LM, SEQ2SEQ, ENCODER)}
+of_kind = {kind: [s for s in SPECS if s.kind == kind] for kind in (CAUSAL_LM, SEQ2SEQ, ENCODER, GRAPH)}
 
 
 def every(specs):
@@ -45,6 +46,12 @@ def tiny_model(spec, **overrides):
 
 def example(spec, model) -> dict:
     return spec.example_batch(model.config, torch.Generator().manual_seed(0))
+
+
+def example_processor(spec, model):
+    """A text family's example tokenizer has the model's vocabulary; other modalities' processors
+    are made from the model's config."""
+    return spec.processor.example(model.config.vocab_size if spec.modality == "text" else model.config)
 
 
 def test_every_kind_has_a_family():
@@ -65,8 +72,7 @@ class FixedBatches:
     """The same batch for every split and step: training must lower its loss."""
 
     def __init__(self, inputs):
-        rows, length = inputs["input_ids"].shape
-        self.batch = Batch(inputs, torch.full((rows,), length))
+        self.batch = Batch(inputs, torch.ones(1, dtype=torch.long))  # tokens/s is not checked here
 
     def sample(self, split, generator):
         return self.batch
@@ -91,7 +97,7 @@ def test_trainer_lowers_the_loss_on_a_fixed_batch(spec, tmp_path):
 @every(SPECS)
 def test_save_and_load_give_identical_outputs(spec, tmp_path):
     model = tiny_model(spec).eval()
-    processor = spec.processor.example(model.config.vocab_size)
+    processor = example_processor(spec, model)
     batch = example(spec, model)
     save_checkpoint(tmp_path / "ckpt", model, processor)
     loaded, loaded_processor = load_checkpoint(tmp_path / "ckpt")
@@ -108,9 +114,17 @@ REQUESTS = {"/v1/completions": {"prompt": "the cat", "max_tokens": 5, "temperatu
             "/v1/classify": {"input": "the cat"}}
 
 
+def requests_for(spec, model) -> dict:
+    """REQUESTS, with a graph network's /v1/classify body a graph (its example batch's)."""
+    if spec.kind != GRAPH:
+        return REQUESTS
+    batch = example(spec, model)
+    return {**REQUESTS, "/v1/classify": {"x": batch["x"].tolist(), "edge_index": batch["edge_index"].tolist()}}
+
+
 def client_for(spec):
     model = tiny_model(spec).eval()
-    app = create_app(model, spec.processor.example(model.config.vocab_size), ServeConfig(max_batch=4, timeout_s=30))
+    app = create_app(model, example_processor(spec, model), ServeConfig(max_batch=4, timeout_s=30))
     return TestClient(app)
 
 
@@ -119,7 +133,7 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
     with client_for(spec) as client:
         health = client.get("/health").json()
         assert health["kind"] == spec.kind and health["family"] == spec.name
-        for path, body in REQUESTS.items():
+        for path, body in requests_for(spec, tiny_model(spec)).items():
             reply = client.post(path, json=body)
             if path not in ENDPOINTS[spec.kind]:
                 message = reply.json()["error"]["message"]
@@ -128,6 +142,9 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
                 assert reply.status_code == 200, reply.text
                 choice = reply.json()["choices"][0]
                 assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
+            elif path == "/v1/classify" and spec.kind == GRAPH:  # a label for every node of the posted graph
+                assert reply.status_code == 200, reply.text
+                assert len(reply.json()["data"]) == len(body["x"])
             elif path == "/v1/classify":  # the tiny encoders carry a masked-LM head, not a classifier
                 message = reply.json()["error"]["message"]
                 assert reply.status_code == 400 and "not a sequence classifier" in message and "\n" not in message
@@ -240,7 +257,9 @@ def test_compression_reaches_the_projections_of_every_block(spec):
 # -- the command line on a tiny checkpoint of every family ---------------------------------------
 
 def corpus_for(spec, directory):
-    """A small training file of the kind's task: text, or source<TAB>target pairs."""
+    """A small training file of the kind's task: text, source<TAB>target pairs, or a graph."""
+    if spec.kind == GRAPH:
+        return graph_file(spec, directory / "graph.npz")
     lines = [f"the {a} sat on the {b} number {i % 10}." for i, (a, b) in
              enumerate([("cat", "mat"), ("dog", "log"), ("bird", "wire")] * 100)]
     path = directory / ("pairs.tsv" if spec.kind == SEQ2SEQ else "text.txt")
@@ -257,7 +276,7 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
                  "train.eval_interval=2", "train.eval_batches=1", "train.batch_size=2", "train.progress=false",
                  "train.device=cpu"]) == 0
     capsys.readouterr()
-    if spec.kind != ENCODER:
+    if spec.kind in (CAUSAL_LM, SEQ2SEQ):
         assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "3", "--temperature", "0"]) == 0
         assert main(["generate", str(run), "--prompt", "the cat", "--max-new-tokens", "3", "--beams", "2",
                      "--n-best", "2"]) == 0
@@ -281,6 +300,20 @@ def test_an_encoder_serves_its_whole_context_and_refuses_more_in_one_line(spec):
         assert client.post("/v1/embeddings", json={"input": "a" * context}).status_code == 200
         reply = client.post("/v1/embeddings", json={"input": "a" * (context + 1)})
         assert reply.status_code == 400 and f"context of {context} tokens" in reply.json()["error"]["message"]
+
+
+def graph_file(spec, path):
+    """The tiny model's example graph as an .npz graph file: its labelled nodes split for training
+    and validation, all of them for testing."""
+    config = preset(spec.tiny_preset)
+    batch = spec.example_batch(config, torch.Generator().manual_seed(0))
+    labelled = batch["labels"] != -100
+    train = labelled & (torch.arange(len(labelled)) % 4 == 0)
+    y = batch["labels"].clamp(min=0)
+    y[0] = config.num_classes - 1  # every class present: the task reads the class count from y
+    np.savez(path, x=batch["x"].numpy(), y=y.numpy(), edge_index=batch["edge_index"].numpy(),
+             train_mask=train.numpy(), val_mask=(labelled & ~train).numpy(), test_mask=labelled.numpy())
+    return path
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ EXAMPLES = 40  # per endpoint and family: a few seconds each
 def served(name):
     spec = FAMILIES[name]
     model = build_model(preset(spec.tiny_preset)).eval()
-    app = create_app(model, spec.processor.example(model.config.vocab_size),
+    app = create_app(model, spec.processor.example(model.config.vocab_size if spec.modality == "text" else model.config),
                      ServeConfig(max_batch=4, max_queue=16, timeout_s=10, max_inputs=8, max_request_tokens=64))
     return app, ENDPOINTS[spec.kind]
 

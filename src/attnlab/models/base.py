@@ -130,7 +130,7 @@ class Model(nn.Module):
         """Whether the model predicts the next token, so that generate and perplexity apply: every
         causal LM and seq2seq model by its kind; a family whose config can make it bidirectional
         answers from that setting."""
-        return family_spec(self).kind != ENCODER
+        return family_spec(self).kind in (CAUSAL_LM, SEQ2SEQ)
 
 
 def init_gpt_style(model: nn.Module, n_layer: int, std: float = 0.02):

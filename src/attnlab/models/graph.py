@@ -110,8 +110,6 @@ class GraphBlock(nn.Module):
 
 
 class GraphNetwork(Model):
-    generates = False  # no next token: generate and perplexity refuse
-
     def __init__(self, config: GraphConfig):
         super().__init__(config)
         c = config

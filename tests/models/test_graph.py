@@ -129,6 +129,8 @@ def test_the_processor_refuses_too_many_nodes_or_edges_and_round_trips(tmp_path)
         processor.to_batch([[1.0, 0, 0]] * 3, [[], []], max_nodes=2)
     with pytest.raises(GraphTooLarge, match="2 edges, more than the limit of 1"):
         processor.to_batch([[1.0, 0, 0]] * 3, [[0, 1], [1, 0]], max_edges=1)
+    with pytest.raises(GraphTooLarge, match="laplacian positional encodings has 20001 nodes"):
+        processor.positions(torch.zeros(2, 0, dtype=torch.long), 20_001)
     batch = processor.to_batch([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0]], [[0, 1], [1, 0]])
     torch.testing.assert_close(batch["x"], torch.tensor([[0.25, 0.75, 0.0], [0.0, 0.0, 0.0]]))
     assert batch["pos"].shape == (2, 2) and batch["edge_index"].dtype == torch.long

@@ -18,6 +18,7 @@ from ..layers.graph import laplacian_pe, random_walk_pe
 PROCESSOR_FILE = "graph_processor.json"
 NORMALIZATIONS = ("row", "none")
 POS_ENCODINGS = ("none", "laplacian", "random_walk")
+MAX_ENCODED_NODES = 20_000  # positional encodings are computed with dense (N, N) matrices
 
 
 class GraphTooLarge(UserError):
@@ -100,6 +101,7 @@ class GraphProcessor:
 
     def positions(self, edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
         """(N, pos_dim) positional encoding of the graph."""
+        _check_size(f"a graph with {self.pos_encoding} positional encodings", num_nodes, MAX_ENCODED_NODES, "nodes")
         if self.pos_encoding == "laplacian":
             return laplacian_pe(edge_index, num_nodes, self.pos_dim)
         return random_walk_pe(edge_index, num_nodes, self.pos_dim)

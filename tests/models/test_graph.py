@@ -191,7 +191,7 @@ def test_graph_verbs_refuse_in_one_line(tmp_path, capsys):
     assert main(["train", "task=node_classification", "--data", str(data), "--out", str(run), "train.max_steps=1",
                  "train.progress=false"]) == 0
     capsys.readouterr()
-    for argv in (["generate", str(run), "--prompt", "hi"], ["embed", str(run), "--input", str(data)],
+    for argv in (["generate", str(run), "--prompt", "hi"], ["embed", str(data), "--model", str(run), "--out", str(tmp_path / "v.npy")],
                  ["classify", str(run), "--input", str(tmp_path / "none.json")],
                  ["eval", str(run), "--data", str(tmp_path / "none.npz")],
                  ["train", "--data", str(data), "--out", str(tmp_path / "r2"), "model.preset=gpt-tiny"]):

@@ -15,11 +15,13 @@ from attnlab.cli import main
 from attnlab.compression import inject_lora, quantize_model
 from attnlab.compression.lora import lora_modules
 from attnlab.compression.targets import find_linears
+from attnlab.data.batch import Batch
 from attnlab.data.graph import read_graph
 from attnlab.errors import UserError
 from attnlab.models.base import build_model, family_spec, preset
 from attnlab.processors.graph import GraphProcessor, GraphTooLarge
 from attnlab.serving.app import ServeConfig, create_app
+from attnlab.training import TrainConfig, Trainer
 
 LAYERS = ["gcn", "gat", "transformer"]
 
@@ -230,3 +232,24 @@ def test_the_server_labels_each_node_of_a_posted_graph_and_refuses_bad_ones():
             reply = client.post("/v1/classify", json=body)
             error = reply.json()["error"]["message"]
             assert reply.status_code == status and message in error and "\n" not in error, (body.keys(), error)
+
+
+def test_patience_stops_the_trainer_once_the_val_loss_stops_falling(tmp_path):
+    model = model_of("gcn", dropout=0.0)
+    batch = batch_for(model)
+    labelled = batch["labels"] != -100
+    wrong = torch.where(labelled, (batch["labels"] + 1) % 3, -100)  # val labels that training moves away from
+
+    class Source:
+        batches = {"train": Batch(batch, torch.ones(1)), "val": Batch({**batch, "labels": wrong}, torch.ones(1))}
+
+        def sample(self, split, generator):
+            return self.batches[split]
+
+    config = TrainConfig(max_steps=40, lr=0.05, warmup_steps=0, schedule="constant", eval_interval=1, eval_batches=1,
+                         patience=3, progress=False, device="cpu")
+    trainer = Trainer(model, config, Source(), tmp_path / "run")
+    trainer.train()
+    assert trainer.step < 40 and trainer.evals_since_best == 3
+    with pytest.raises(UserError, match="patience must be >= 0"):
+        TrainConfig(patience=-1)

@@ -27,7 +27,7 @@ from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.interop import export_hf, import_hf
 from attnlab.interop.registry import hf_spec_for
-from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, KINDS, SEQ2SEQ, build_model, preset
+from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ, build_model, preset
 from attnlab.processors.media import npy_bytes
 from attnlab.serving.app import ENDPOINTS, ServeConfig, create_app
 from attnlab.training import TrainConfig, Trainer
@@ -111,6 +111,14 @@ REQUESTS = {"/v1/completions": {"prompt": "the cat", "max_tokens": 5, "temperatu
             "/v1/classify": {"input": "the cat"}}
 
 
+def requests_for(spec, model) -> dict:
+    """REQUESTS, with a graph network's /v1/classify body a graph (its example batch's)."""
+    if spec.kind != GRAPH:
+        return REQUESTS
+    batch = example(spec, model)
+    return {**REQUESTS, "/v1/classify": {"x": batch["x"].tolist(), "edge_index": batch["edge_index"].tolist()}}
+
+
 def client_for(spec, **settings):
     model = tiny_model(spec).eval()
     app = create_app(model, spec.processor.example(model.config), ServeConfig(max_batch=4, timeout_s=30, **settings))
@@ -128,7 +136,7 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
     with client_for(spec) as client:
         health = client.get("/health").json()
         assert health["kind"] == spec.kind and health["family"] == spec.name
-        for path, body in REQUESTS.items():
+        for path, body in requests_for(spec, tiny_model(spec)).items():
             reply = client.post(path, json=body)
             if path not in ENDPOINTS[spec.kind]:
                 message = reply.json()["error"]["message"]
@@ -139,6 +147,9 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
                 assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
             elif path == "/v1/classify" and spec.kind == CLASSIFIER:  # it reads files, not text: below
                 assert reply.status_code == 400 and "\n" not in reply.json()["error"]["message"]
+            elif path == "/v1/classify" and spec.kind == GRAPH:  # a label for every node of the posted graph
+                assert reply.status_code == 200, reply.text
+                assert len(reply.json()["data"]) == len(body["x"])
             elif path == "/v1/classify":  # the tiny encoders carry a masked-LM head, not a classifier
                 message = reply.json()["error"]["message"]
                 assert reply.status_code == 400 and "not a sequence classifier" in message and "\n" not in message
@@ -271,8 +282,10 @@ def test_compression_reaches_the_projections_of_every_block(spec):
 # -- the command line on a tiny checkpoint of every family ---------------------------------------
 
 def corpus_for(spec, directory):
-    """A small training file of the kind's task: text, source<TAB>target pairs, or for a classifier
-    an .npz of random raw items x of its modality and labels y."""
+    """A small training file of the kind's task: text, source<TAB>target pairs, a graph, or for a
+    classifier an .npz of random raw items x of its modality and labels y."""
+    if spec.kind == GRAPH:
+        return graph_file(spec, directory / "graph.npz")
     if spec.kind == CLASSIFIER:
         processor = spec.processor.example(preset(spec.tiny_preset))
         path = directory / "labelled.npz"
@@ -343,6 +356,20 @@ def test_an_encoder_serves_its_whole_context_and_refuses_more_in_one_line(spec):
         assert client.post("/v1/embeddings", json={"input": "a" * context}).status_code == 200
         reply = client.post("/v1/embeddings", json={"input": "a" * (context + 1)})
         assert reply.status_code == 400 and f"context of {context} tokens" in reply.json()["error"]["message"]
+
+
+def graph_file(spec, path):
+    """The tiny model's example graph as an .npz graph file: its labelled nodes split for training
+    and validation, all of them for testing."""
+    config = preset(spec.tiny_preset)
+    batch = spec.example_batch(config, torch.Generator().manual_seed(0))
+    labelled = batch["labels"] != -100
+    train = labelled & (torch.arange(len(labelled)) % 4 == 0)
+    y = batch["labels"].clamp(min=0)
+    y[0] = config.num_classes - 1  # every class present: the task reads the class count from y
+    np.savez(path, x=batch["x"].numpy(), y=y.numpy(), edge_index=batch["edge_index"].numpy(),
+             train_mask=train.numpy(), val_mask=(labelled & ~train).numpy(), test_mask=labelled.numpy())
+    return path
 
 
 def free_port() -> int:

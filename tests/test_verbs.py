@@ -13,14 +13,16 @@ from attnlab.checkpoint import save_checkpoint
 from attnlab.cli import build_parser, main, verb_modules
 from attnlab.commands.serve import server_app
 from attnlab.interop.registry import HF_SPECS
-from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, KINDS, SEQ2SEQ, build_model, preset
+from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ, build_model, preset
 from attnlab.tokenizers import SubwordTokenizer
+
+from .test_families import graph_file
 
 SPECS = [FAMILIES[name] for name in sorted(FAMILIES)]
 EVERY_KIND = set(KINDS)
 # The kinds of checkpoint each verb that takes one serves (convert: the families with a Hugging Face spec).
 SERVES = {"generate": {CAUSAL_LM, SEQ2SEQ}, "eval": EVERY_KIND, "embed": {ENCODER}, "search": {ENCODER},
-          "classify": {ENCODER, CLASSIFIER}, "finetune": {ENCODER}, "compress": {ENCODER}, "serve": EVERY_KIND}
+          "classify": {ENCODER, CLASSIFIER, GRAPH}, "finetune": {ENCODER}, "compress": {ENCODER}, "serve": EVERY_KIND}
 # Settings a tiny preset needs to export: Marian computes its sinusoids in halves, post-LN.
 EXPORTABLE = {"transformer": {"position_layout": "halves", "prenorm": False}}
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "we like to read books",
@@ -49,6 +51,8 @@ def files(tmp_path_factory):
             np.savez(root / f"{spec.name}.npz", x=items, y=np.arange(len(items)) % len(names), label_names=names)
     (root / "text.txt").write_text("\n".join(SENTENCES * 4) + "\n")
     (root / "pairs.tsv").write_text("".join(f"{s}\t{s[::-1]}\n" for s in SENTENCES))
+    for spec in [s for s in SPECS if s.kind == GRAPH][:1]:  # a graph file for the graph kinds' eval
+        graph_file(spec, root / "graph.npz")
     (root / "labelled.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in
                                                                    enumerate(SENTENCES * 4)))
     return root
@@ -57,14 +61,14 @@ def files(tmp_path_factory):
 def argv(verb, spec, root, out, ckpt=None) -> list:
     """A small run of `verb` on the family's checkpoint (or `ckpt`), writing under `out`."""
     ckpt, text = ckpt or root / spec.name, root / "text.txt"
-    data = root / {SEQ2SEQ: "pairs.tsv", CLASSIFIER: f"{spec.name}.npz"}.get(spec.kind, "text.txt")
+    data = root / {SEQ2SEQ: "pairs.tsv", CLASSIFIER: f"{spec.name}.npz", GRAPH: "graph.npz"}.get(spec.kind, "text.txt")
     runs = {
         "generate": ["generate", ckpt, "--prompt", "the cat", "--max-new-tokens", 3, "--temperature", 0,
                      "--json"],
         "eval": ["eval", ckpt, "--data", data, "--max-new-tokens", 3],
         "embed": ["embed", text, "--model", ckpt, "--out", out / "vectors.npy"],
         "search": ["search", text, "a dog", "--model", ckpt, "--index", out / "index.npz", "--top-k", 2],
-        "classify": ["classify", ckpt, "--input", data if spec.kind == CLASSIFIER else root / "labelled.tsv"],
+        "classify": ["classify", ckpt, "--input", data if spec.kind in (CLASSIFIER, GRAPH) else root / "labelled.tsv"],
         "finetune": ["finetune", "--base", ckpt, "--train", root / "labelled.tsv", "--out", out / "classifier",
                      "--epochs", 1, "--batch-size", 8, "--max-length", 16],
         "compress": ["compress", ckpt, "--pipeline", "quantize:dynamic_int8", "--train", root / "labelled.tsv",
@@ -117,8 +121,9 @@ def test_a_verb_runs_on_the_kinds_it_serves(verb, spec, files, tmp_path, capsys)
     assert code == 0, err
     if verb in ("generate", "eval"):
         assert isinstance(json.loads(out), dict)
-    if verb == "classify":
-        assert len(out.splitlines()) == 4 and "accuracy" in err
+    if verb == "classify":  # a line per input (per node of a graph), and the accuracy where labels are known
+        lines = len(np.load(files / "graph.npz")["y"]) if spec.kind == GRAPH else 4
+        assert len(out.splitlines()) == lines and "accuracy" in err
     if verb == "search":
         assert out.startswith("query: a dog")
     if verb == "embed":
@@ -168,7 +173,7 @@ def test_a_bidirectional_reformer_neither_generates_nor_scores_perplexity(verb, 
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
-def test_a_model_generates_unless_it_is_an_encoder_or_a_classifier(spec):
+def test_a_model_generates_only_when_it_is_a_causal_lm_or_seq2seq(spec):
     assert build_model(preset(spec.tiny_preset)).generates == (spec.kind in (CAUSAL_LM, SEQ2SEQ))
 
 

@@ -1,5 +1,6 @@
-"""classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`), or
-image, audio or video files with a classifier of that modality (a checkpoint from `attnlab train`)."""
+"""classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`), image,
+audio or video files with a classifier of that modality, or the nodes of a graph with a graph
+network (checkpoints from `attnlab train`)."""
 
 import json
 import sys
@@ -7,11 +8,13 @@ from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, LEGACY_LABELS_FILE, load_checkpoint, read_json
 from ..data.classification import ClassificationData, LabelSet, read_labelled
+from ..data.graph import read_graph
 from ..data.media import predict_media, read_labelled_media
 from ..errors import UserError
 from ..evaluation import classification_metrics, format_confusion
+from ..evaluation.graph import label_names, node_probabilities, node_scores
 from ..inference.attention_maps import attention_rollout, save_overlay
-from ..models.base import CLASSIFIER, ENCODER, family_spec
+from ..models.base import CLASSIFIER, ENCODER, GRAPH, family_spec
 from ..training.finetune import predict
 from ..training.tasks.media import model_names
 from .common import for_kind, output_dir
@@ -20,12 +23,13 @@ CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"ma
 
 
 def register(sub):
-    p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint, or image/audio/video files "
-                                        "with a classifier")
+    p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint, image/audio/video files "
+                                        "with a classifier, or a graph's nodes")
     p.add_argument("checkpoint")
     p.add_argument("files", nargs="*", help="classifiers: files of the model's modality (PNG, WAV, .npy, ...)")
     p.add_argument("--input", help="TSV/CSV/JSONL file (default: one text per line on stdin); for a classifier a "
-                   "folder with one subfolder per class, or an .npz with x and y: accuracy and F1 are reported too")
+                   "folder with one subfolder per class, or an .npz with x and y: accuracy and F1 are reported too; "
+                   "for a graph network an .npz graph (its test accuracy is reported too) or a JSON {x, edge_index}")
     p.add_argument("--text-column", help="text column of --input (default: sentence or text; with --no-header: 1)")
     p.add_argument("--label-column",
                    help="if --input has it, accuracy/F1 are reported too (default: label; with --no-header: 2)")
@@ -60,7 +64,8 @@ def _max_length(path: Path) -> int:
 def classify(args):
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    run, path = for_kind("classify", args.checkpoint, {ENCODER: classify_texts, CLASSIFIER: classify_media})
+    run, path = for_kind("classify", args.checkpoint, {ENCODER: classify_texts, CLASSIFIER: classify_media,
+                                                         GRAPH: classify_nodes})
     run(args, path)
 
 
@@ -90,6 +95,39 @@ def classify_media(args, path):
                          f"{names[best]} ({float(probs[best]):.2f})")
     if gold is not None:
         report(classification_metrics(probabilities.argmax(-1).tolist(), gold, names))
+
+
+def classify_nodes(args, path):
+    """One JSON line per node: its label and score; with an .npz graph, the accuracies on stderr."""
+    model, processor = load_checkpoint(path)
+    source = args.input or "stdin"
+    graph = read_graph(args.input) if args.input and args.input.endswith(".npz") else None
+    if graph is None:
+        posted = _read_json_graph(args.input)
+        batch = processor.to_batch(posted.get("x"), posted.get("edge_index"), what=source)
+    else:
+        batch = processor.to_batch(graph.x, graph.edge_index, what=source)
+    names = label_names(model.config)
+    for node, probs in enumerate(node_probabilities(model, batch)):
+        best = int(probs.argmax())
+        print(json.dumps({"node": node, "label": names[best], "score": round(float(probs[best]), 4)}))
+    if graph is not None:
+        scores = node_scores(model, processor, graph, source)
+        print(f"test accuracy {scores['test_accuracy']:.4f}, val accuracy {scores['val_accuracy']:.4f}",
+              file=sys.stderr)
+
+
+def _read_json_graph(path) -> dict:
+    if path and not Path(path).is_file():
+        raise UserError(f"--input {path} does not exist")
+    text = Path(path).read_text() if path else sys.stdin.read()
+    try:
+        graph = json.loads(text)
+    except ValueError:
+        raise UserError(f"{path or 'stdin'} is neither an .npz graph nor a JSON graph {{x, edge_index}}") from None
+    if not isinstance(graph, dict) or "x" not in graph or "edge_index" not in graph:
+        raise UserError(f"{path or 'stdin'}: a graph in JSON is an object with x (node features) and edge_index")
+    return graph
 
 
 def attention_dir(path, model) -> Path:

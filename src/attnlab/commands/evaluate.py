@@ -1,18 +1,21 @@
 """eval: perplexity of a causal LM, masked-LM perplexity and accuracy of an encoder,
-BLEU/chrF/ROUGE of an encoder-decoder, or accuracy, macro F1 and the confusion matrix of an image,
-audio or video classifier. (The module is not eval.py, which would shadow a builtin.)"""
+BLEU/chrF/ROUGE of an encoder-decoder, accuracy, macro F1 and the confusion matrix of an image,
+audio or video classifier, or the node accuracy of a graph network. (The module is not eval.py,
+which would shadow a builtin.)"""
 
 import sys
 
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
+from ..data.graph import read_graph
 from ..data.media import predict_media, read_labelled_media
 from ..data.seq2seq import check_length, encode_source, read_pairs
 from ..errors import UserError
 from ..evaluation import (classification_metrics, format_confusion, masked_lm_scores, perplexity, plot_confusion,
                           text_metrics)
+from ..evaluation.graph import node_scores
 from ..inference.seq2seq import translate
-from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ
+from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, GRAPH, SEQ2SEQ
 from ..training.tasks.media import model_names
 from .common import for_kind, output_dir, print_json, refuse_bidirectional
 from .generate import decoding, decoding_arguments
@@ -20,11 +23,13 @@ from .generate import decoding, decoding_arguments
 
 def register(sub):
     p = sub.add_parser("eval", help="perplexity of a causal LM on a text file, masked-LM perplexity and accuracy "
-                       "of an encoder, BLEU/chrF/ROUGE of a seq2seq model on a pairs file, or accuracy, macro F1 "
-                       "and confusion matrix of an image/audio/video classifier on a labelled set")
+                       "of an encoder, BLEU/chrF/ROUGE of a seq2seq model on a pairs file, accuracy, macro F1 "
+                       "and confusion matrix of an image/audio/video classifier on a labelled set, or a graph "
+                       "network's node accuracy on each split of an .npz graph")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="text file or folder; for seq2seq a .tsv or .jsonl pairs file; for "
-                   "a classifier a folder with one subfolder per class, or an .npz with x and y")
+                   "a classifier a folder with one subfolder per class, or an .npz with x and y; for a graph "
+                   "network an .npz graph with masks")
     p.add_argument("--plot", help="classifiers: also draw the confusion matrix into this PNG file")
     p.add_argument("--batch-size", type=int, default=64, help="classifiers: inputs run at once")
     p.add_argument("--stride", type=int, help="window step in tokens (default: half the context)")
@@ -39,10 +44,12 @@ def evaluate(args):
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     run, path = for_kind("eval", args.checkpoint, {CAUSAL_LM: lm_perplexity, SEQ2SEQ: text_scores,
-                                                  ENCODER: masked_lm_perplexity, CLASSIFIER: media_scores})
+                                                  ENCODER: masked_lm_perplexity, CLASSIFIER: media_scores,
+                                                  GRAPH: graph_accuracy})
     model, processor = load_checkpoint(path)
     if processor is None:
-        raise UserError(f"{args.checkpoint} has no saved processor (tokenizer.json or processor.json); eval needs it")
+        raise UserError(f"{args.checkpoint} has no saved processor (tokenizer.json, processor.json or "
+                        "graph_processor.json); eval needs it")
     print_json(run(args, model, processor))
 
 
@@ -53,6 +60,10 @@ def lm_perplexity(args, model, tokenizer) -> dict:
 
 def masked_lm_perplexity(args, model, tokenizer) -> dict:
     return masked_lm_scores(model, tokenizer, read_text(args.data))
+
+
+def graph_accuracy(args, model, processor) -> dict:
+    return node_scores(model, processor, read_graph(args.data), args.data)
 
 
 def text_scores(args, model, tokenizers) -> dict:

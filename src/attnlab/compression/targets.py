@@ -2,7 +2,8 @@
 
 q, k, v, o and ffn name the projections of every attention layer (`AttentionBase`) and
 feed-forward layer (`FeedForward`); in and ssm those of a state-space mixer (Mamba's in_proj, and
-its selection projections x_proj and dt_proj; its out_proj is an "o"). Each layer class declares
+its selection projections x_proj and dt_proj; its out_proj is an "o"); the message-passing layers
+of layers/graph.py use q, k, v and o too. Each layer class declares
 its own in a `projections` table (target -> attribute names), and any module whose class has
 one is enrolled, so a new layer enrols itself by declaring it: the plain q_proj, k_proj,
 v_proj, out_proj; the Reformer's shared qk_proj under both q and k; Transformer-XL's distance

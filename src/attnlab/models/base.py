@@ -20,17 +20,18 @@ from ..config import ModelConfig
 from ..errors import UserError
 
 # What a model is for, and so which verbs and endpoints apply (see DESIGN.md, "What each kind answers").
-CAUSAL_LM, SEQ2SEQ, ENCODER, CLASSIFIER = "causal_lm", "seq2seq", "encoder", "classifier"
+CAUSAL_LM, SEQ2SEQ, ENCODER, CLASSIFIER, GRAPH = "causal_lm", "seq2seq", "encoder", "classifier", "graph"
 KINDS = {
     CAUSAL_LM: "a causal language model",
     SEQ2SEQ: "an encoder-decoder (sequence to sequence) model",
     ENCODER: "a bidirectional encoder",
     CLASSIFIER: "a classifier of images, audio or video",
+    GRAPH: "a graph neural network",
 }
 # What a classifier reads (FamilySpec.modality); its processor reads files of that modality.
 MEDIA_MODALITIES = ("image", "audio", "video")
-# The objective `attnlab train` uses for a text kind when the run config names no task (see default_task).
-DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm"}
+# The objective `attnlab train` uses for a kind when the run config names no task (see default_task).
+DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm", GRAPH: "node_classification"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ class Model(nn.Module):
         """Whether the model predicts the next token, so that generate and perplexity apply: every
         causal LM and seq2seq model by its kind; a family whose config can make it bidirectional
         answers from that setting."""
-        return family_spec(self).kind not in (ENCODER, CLASSIFIER)
+        return family_spec(self).kind in (CAUSAL_LM, SEQ2SEQ)
 
 
 def init_gpt_style(model: nn.Module, n_layer: int, std: float = 0.02):

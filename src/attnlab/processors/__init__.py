@@ -11,12 +11,14 @@ tokenizer for encoder-decoders, and for a classifier of images, audio or video a
 import importlib
 import pkgutil
 
+from .graph import GraphProcessor
 from .image import ImageProcessor
 from .media import MEDIA_PROCESSORS, MediaProcessor
 from .seq2seq import Seq2SeqTokenizers
 from .text import TextProcessor
 
-__all__ = ["MEDIA_PROCESSORS", "ImageProcessor", "MediaProcessor", "Seq2SeqTokenizers", "TextProcessor"]
+__all__ = ["MEDIA_PROCESSORS", "GraphProcessor", "ImageProcessor", "MediaProcessor", "Seq2SeqTokenizers",
+           "TextProcessor"]
 
 for _module in pkgutil.iter_modules(__path__):  # each modality's processor registers itself by being defined
     importlib.import_module(f"{__name__}.{_module.name}")

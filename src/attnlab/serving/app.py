@@ -4,7 +4,8 @@
                            temperature, top_p, stop, n, seed, stream (SSE)
     POST /v1/embeddings    encoders: mean-pooled, L2-normalised last hidden states
     POST /v1/classify      classifiers: label probabilities; for an image, audio or video
-                           classifier each input is a base64 file (PNG, WAV, .npy, ...)
+                           classifier each input is a base64 file (PNG, WAV, .npy, ...);
+                           graph networks: a label per node of a posted graph
     GET  /health           liveness and what is loaded
     GET  /metrics          Prometheus text: requests, tokens, queue depth, latency histograms
 
@@ -41,8 +42,10 @@ from ..errors import UserError
 from ..inference import Sampling, seq2seq_generate
 from ..inference.generate import cut_at_stop
 from ..layers import mean_pool
-from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, KINDS, SEQ2SEQ, family_spec
+from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
 from .engine import Engine, EngineConfig, QueueFull, Sequence
+from .errors import ApiError
+from .graph import add_graph_routes
 from .metrics import Counter, Gauge, Histogram, Registry
 
 MAX_STOP_STRINGS = 4
@@ -59,12 +62,8 @@ class ServeConfig:
     max_request_tokens: int = 32768  # tokens per encoder request, all inputs together; more get 413
     encode_batch: int = 32  # inputs the encoder runs at once; a request's time limit is checked between batches
     max_input_bytes: int = 8 * 2 ** 20  # per decoded file sent to an image/audio/video classifier; more get 413
-
-
-class ApiError(Exception):
-    def __init__(self, status, message, kind="invalid_request_error", headers=None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.headers = status, message, kind, headers
+    max_nodes: int = 50_000  # nodes of a graph posted to a graph network; more get 413
+    max_edges: int = 1_000_000  # edges of a posted graph; more get 413
 
 
 # -- request bodies (unknown fields and wrong types are refused) -----------------------------
@@ -127,7 +126,7 @@ ERROR_STATUSES = {
 
 # The endpoints each kind of model answers (models/base.py KINDS); the others are refused with a 400.
 ENDPOINTS = {CAUSAL_LM: ("/v1/completions",), SEQ2SEQ: ("/v1/completions",),
-             ENCODER: ("/v1/embeddings", "/v1/classify"), CLASSIFIER: ("/v1/classify",)}
+             ENCODER: ("/v1/embeddings", "/v1/classify"), CLASSIFIER: ("/v1/classify",), GRAPH: ("/v1/classify",)}
 
 
 class ServerMetrics:
@@ -452,6 +451,9 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         return {"object": "list", "model": config.model_name,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    if kind == GRAPH:  # its /v1/classify takes a graph; registered first, it answers that path
+        add_graph_routes(app, model, tokenizer, config, worker, _documented(400, 413, 422, 429, 503, 504))
 
     @app.post("/v1/classify", responses=_documented(400, 413, 422, 429, 503, 504))
     async def classify_texts(body: EncodeRequest, request: Request):

@@ -58,6 +58,7 @@ class TrainConfig(Config):
     seed: int = 1337
     progress: bool = True  # a bar on a terminal, a line every half minute elsewhere (--quiet: neither)
     distributed: str = "ddp"  # under torchrun: "ddp", or "fsdp" to shard a model too big for one device
+    patience: int = 0  # stop after this many evaluations without a lower validation loss (0: never)
 
     def validate(self):
         self.require_positive("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval")
@@ -65,6 +66,8 @@ class TrainConfig(Config):
             raise self.invalid("checkpoint_interval and max_minutes must be >= 0 (0: off)")
         if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise self.invalid("warmup_steps, min_lr, weight_decay and grad_clip must be >= 0 and lr > 0")
+        if self.patience < 0:
+            raise self.invalid(f"patience must be >= 0 evaluations (0: never stop early), got {self.patience}")
         self.require_choice("schedule", SCHEDULES)
         self.require_choice("precision", PRECISIONS)
         self.require_choice("distributed", STRATEGIES)
@@ -97,6 +100,7 @@ class Trainer:
         self.best_val = math.inf
         self.seconds = 0.0  # wall-clock time in the training loop so far, over resumes: what max_minutes budgets
         self.stop_signal = None  # the signal that asked the run to stop after its current step
+        self.evals_since_best = 0
         self.data_generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         self.forward = torch.compile(wrapped) if config.compile else wrapped
@@ -107,6 +111,7 @@ class Trainer:
             "step": self.step,
             "best_val": self.best_val,
             "seconds": self.seconds,
+            "evals_since_best": self.evals_since_best,
             "optimizer": self.parallel.optimizer_state(self.model, self.optimizer),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -120,6 +125,7 @@ class Trainer:
         self.parallel.load_weights(self.model, Path(checkpoint_dir) / WEIGHTS_FILE)
         self.parallel.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.step, self.best_val, self.seconds = state["step"], state["best_val"], state.get("seconds", 0.0)
+        self.evals_since_best = state.get("evals_since_best", 0)  # absent from checkpoints before patience
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -211,6 +217,9 @@ class Trainer:
                     if self.step % c.eval_interval == 0 or finishing:
                         last = {**last, **self._evaluate_and_save(metrics_path, bar)}
                         window.restart()  # tokens/s counts training only
+                        if c.patience and self.evals_since_best >= c.patience:
+                            bar.write(f"step {self.step}: no lower val loss in {c.patience} evaluations; stopping")
+                            break
                     elif c.checkpoint_interval and self.step % c.checkpoint_interval == 0:
                         self.save("last", with_state=True)
                     if finishing:
@@ -232,8 +241,9 @@ class Trainer:
         scores = self.val_scores(self.forward) if self.val_scores else {}
         record = {"step": self.step, "val_loss": val, **scores}
         self._log(metrics_path, record)
+        self.evals_since_best += 1
         if val < self.best_val:
-            self.best_val = val
+            self.best_val, self.evals_since_best = val, 0
             self.save("best", with_state=False)
         self.save("last", with_state=True)
         if self.parallel.is_main:

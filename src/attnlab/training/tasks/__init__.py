@@ -2,10 +2,10 @@
 
 A run config (configs/*.yaml, plus key=value overrides) has the sections
 
-    task:       the objective: lm, mlm, seq2seq, span_corruption, or image_, audio_ or
-                video_classification (default: the one for the model's kind, models/base.py
-                default_task: lm for a causal LM, mlm for an encoder, image_classification for
-                an image classifier, ...)
+    task:       the objective: lm, mlm, seq2seq, span_corruption, node_classification, or image_,
+                audio_ or video_classification (default: the one for the model's kind, models/base.py
+                default_task: lm for a causal LM, mlm for an encoder, node_classification for a
+                graph network, image_classification for an image classifier, ...)
     model:      preset: NAME plus overrides, or family: NAME plus fields, checked by the family's config
     tokenizer:  the task's tokenizer section, e.g. {kind: char}
     data:       the task's data section, e.g. {path: corpus.txt, val_fraction: 0.1}
@@ -30,12 +30,13 @@ from ...errors import UserError
 from ...models.base import default_task, family_spec
 from ..trainer import TrainConfig
 from .base import Run, Task, cached_splits, model_config, model_family
+from .graph import NODE_CLASSIFICATION
 from .lm import LM
 from .media import MEDIA_TASKS
 from .mlm import MLM
 from .seq2seq import SEQ2SEQ, SPAN_CORRUPTION
 
-TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION, *MEDIA_TASKS)}
+TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION, NODE_CLASSIFICATION, *MEDIA_TASKS)}
 SECTIONS = ("task", "model", "tokenizer", "data", "train")
 
 __all__ = ["SECTIONS", "TASKS", "Run", "Task", "cached_splits", "model_config", "resolve_run", "setup_task"]
@@ -54,6 +55,7 @@ def resolve_run(run: dict) -> Run:
     task = TASKS[name]
     if task.batch_size is not None:
         train = {"batch_size": task.batch_size, **train}
+    train = {**(task.train_defaults or {}), **train}
     return Run(task, model, task.tokenizer.from_dict(tokenizer), task.data.from_dict(data),
                TrainConfig.from_dict(train))
 

@@ -21,7 +21,8 @@ class Task:
     """A training objective: the kind of model it trains (models/base.py KINDS), its typed `data`
     and `tokenizer` sections, and `setup(run, run_dir, resume) -> (model, tokenizer, batch source)`.
     `family` is the one it builds when the `model` section names none. `batch_size` is the task's
-    default for train.batch_size, used when the run does not set it (None: TrainConfig's).
+    default for train.batch_size, used when the run does not set it (None: TrainConfig's);
+    `train_defaults` the task's defaults for any other train settings the run does not set.
     `val_scores(batches, model) -> dict`, when set, adds scores to each evaluation (e.g. val_accuracy)."""
 
     name: str
@@ -32,6 +33,7 @@ class Task:
     family: str
     batch_size: int | None = None
     val_scores: Callable | None = None
+    train_defaults: dict = None
 
 
 @dataclasses.dataclass

@@ -1,0 +1,74 @@
+"""The `node_classification` task: a graph network trained full-batch on one graph (.npz with x,
+y, edge_index and train/val/test masks, as ../shared/data/planetoid): the loss on the train mask's
+nodes, the validation loss on the val mask's, which picks best/ and stops the run after
+train.patience evaluations without improvement.
+
+    task: node_classification
+    model: {preset: gcn-cora}      # gcn-cora, gat-cora, graph-transformer-cora, or family: graph plus fields
+    data:  {path: cora.npz, normalize: row, pos_encoding: none, pos_dim: 0}
+
+Each training step is one epoch. The defaults follow Kipf & Welling: 200 epochs at lr 0.01 with
+weight decay 5e-4 and a constant schedule; an evaluation (and checkpoint) every 10 epochs, and a
+patience of 10 evaluations (100 epochs, the GAT paper's).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from ...checkpoint import load_checkpoint
+from ...config import Config
+from ...data.graph import FullGraphBatches, read_graph
+from ...errors import UserError
+from ...models.base import GRAPH, build_model, families_of_kind
+from ...processors.graph import NORMALIZATIONS, POS_ENCODINGS, GraphProcessor
+from .base import Run, Task, model_config
+
+
+@dataclasses.dataclass
+class GraphData(Config):
+    section = "data"
+    path: str = None  # .npz graph file
+    normalize: str = "row"
+    pos_encoding: str = "none"  # laplacian | random_walk: the graph transformer's positional encoding
+    pos_dim: int = 0  # its width (eigenvectors or walk steps)
+
+    def validate(self):
+        self.require_choice("normalize", NORMALIZATIONS)
+        self.require_choice("pos_encoding", POS_ENCODINGS)
+        if (self.pos_encoding == "none") != (self.pos_dim == 0):
+            raise self.invalid("pos_dim must be positive with a pos_encoding and 0 without one")
+
+
+@dataclasses.dataclass
+class NoTokenizer(Config):
+    """A graph task reads no text: the tokenizer section must stay empty."""
+
+    section = "tokenizer"
+
+
+def node_classification(run: Run, run_dir: Path, resume: bool):
+    data = run.data
+    if data.path is None:
+        raise UserError("data.path is missing: point it at an .npz graph file (or pass --data)")
+    graph = read_graph(data.path)
+    if resume:
+        model, processor = load_checkpoint(run_dir / "last", families=families_of_kind(GRAPH))
+    else:
+        processor = GraphProcessor(graph.x.size(1), data.normalize, data.pos_encoding, data.pos_dim)
+        model = build_model(_model_config(run.model, graph, data))
+    inputs = processor.to_batch(graph.x, graph.edge_index, what=data.path)
+    return model, processor, FullGraphBatches(inputs, graph)
+
+
+def _model_config(section: dict, graph, data: GraphData):
+    if "preset" not in section and "family" not in section:
+        section = {"preset": "gcn-cora", **section}
+    return model_config(section, GRAPH, in_features=graph.x.size(1), num_classes=graph.num_classes,
+                        pos_dim=data.pos_dim)
+
+
+NODE_CLASSIFICATION = Task("node_classification", GRAPH, node_classification, data=GraphData, tokenizer=NoTokenizer,
+                           family="graph", train_defaults={"max_steps": 200, "lr": 0.01, "weight_decay": 5e-4,
+                                                           "warmup_steps": 0, "schedule": "constant", "grad_clip": 0.0,
+                                                           "eval_interval": 10, "eval_batches": 1, "patience": 10,
+                                                           "log_interval": 10})

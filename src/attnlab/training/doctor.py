@@ -522,7 +522,10 @@ def batch_independence(setup, model, batch):
     batch, the inputs of the others, nor the others' targets (broadcasting (B, 1) against (B,),
     statistics over the batch axis)."""
     model.eval()
-    size = len(next(iter(batch.values())))
+    sizes = {len(value) for value in batch.values()}
+    if len(sizes) > 1:  # e.g. a graph: nodes (N, F) and edges (2, E), whose nodes depend on each other by design
+        return OK, "skipped: the batch's tensors share no example axis to permute", ""
+    size = sizes.pop()
     if size < 2:
         return OK, "skipped: needs batches of two or more examples", ""
     loss, logits, grad = loss_gradient(setup, model, batch)

@@ -16,56 +16,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..layers import FFN_KINDS, TransformerBlock
-from ..layers.attention import BACKENDS
+from ..layers import TransformerBlock
 from ..layers.patches import PatchEmbedding, grid_size
 from ..processors.audio import AudioProcessor
 from .base import CLASSIFIER, PRESETS, FamilySpec, Model, ModelOutput, classifier_batch, register
+from .media_encoder import MediaEncoderConfig
 
 HEADS = ("none", "classification")
 N_SPECIAL = 2  # CLS and distillation tokens
 
 
 @dataclasses.dataclass
-class ASTConfig(ModelConfig):
+class ASTConfig(MediaEncoderConfig):
     family = "ast"
+    heads = HEADS
     num_mel_bins: int = 128
     max_length: int = 1024  # spectrogram frames the position table covers (10 ms each)
     patch_size: int = 16
     frequency_stride: int = 10
     time_stride: int = 10
-    n_layer: int = 12
-    n_head: int = 12
-    d_model: int = 768
-    ffn_hidden: int = None  # None: 4 * d_model
-    activation: str = "gelu"
-    norm_eps: float = 1e-12
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
     head: str = "classification"
     n_labels: int = 527  # AudioSet's classes
-    id2label: dict = None  # str(class index) -> label name; None: LABEL_0, LABEL_1, ...
-    attn_backend: str = "sdpa"
 
     def validate(self):
-        self.require_positive("num_mel_bins", "max_length", "patch_size", "frequency_stride", "time_stride",
-                              "n_layer", "n_head", "d_model", "n_labels")
-        self.require_divisible("d_model", "n_head")
-        self.require_index_names("id2label", self.n_labels)
-        if self.ffn_hidden is not None:
-            self.require_positive("ffn_hidden")
-        self.require_fraction("dropout", "attn_dropout")
-        self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
-        self.require_choice("head", HEADS)
-        self.require_choice("attn_backend", BACKENDS)
+        super().validate()
+        self.require_positive("num_mel_bins", "max_length", "patch_size", "frequency_stride", "time_stride")
         if min(self.num_mel_bins, self.max_length) < self.patch_size:
             raise self.invalid(f"num_mel_bins ({self.num_mel_bins}) and max_length ({self.max_length}) must be at "
                                f"least patch_size ({self.patch_size})")
-
-    @property
-    def ffn_size(self) -> int:
-        return self.ffn_hidden or 4 * self.d_model
 
     @property
     def grid(self) -> tuple:

@@ -18,51 +18,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..layers import FFN_KINDS, TransformerBlock
-from ..layers.attention import BACKENDS
+from ..layers import TransformerBlock
 from ..layers.patches import PatchEmbedding, resample_grid_positions
 from ..processors.image import ImageProcessor
 from .base import CLASSIFIER, PRESETS, FamilySpec, Model, ModelOutput, classifier_batch, register
+from .media_encoder import MediaEncoderConfig
 
 HEADS = ("classifier", "none")  # none: the bare encoder (hidden states and, with pooler, the pooled vector)
 
 
 @dataclasses.dataclass
-class ViTConfig(ModelConfig):
+class ViTConfig(MediaEncoderConfig):
     family = "vit"
+    heads = HEADS
     image_size: int = 224  # square images of image_size pixels
     patch_size: int = 16
     n_channels: int = 3
-    n_layer: int = 12
-    n_head: int = 12
-    d_model: int = 768
-    ffn_hidden: int = None  # None: 4 * d_model
-    activation: str = "gelu"
-    norm_eps: float = 1e-12
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
     pooler: bool = False  # Hugging Face ViTModel's tanh pooler over the [CLS] state
-    head: str = "classifier"
-    n_labels: int = 2
-    id2label: dict = None  # str(class index) -> label name; None: LABEL_0, LABEL_1, ...
-    attn_backend: str = "sdpa"
 
     def validate(self):
-        self.require_positive("image_size", "patch_size", "n_channels", "n_layer", "n_head", "d_model", "n_labels")
-        self.require_divisible("d_model", "n_head")
+        super().validate()
+        self.require_positive("image_size", "patch_size", "n_channels")
         self.require_divisible("image_size", "patch_size")
-        self.require_index_names("id2label", self.n_labels)
-        if self.ffn_hidden is not None:
-            self.require_positive("ffn_hidden")
-        self.require_fraction("dropout", "attn_dropout")
-        self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
-        self.require_choice("head", HEADS)
-        self.require_choice("attn_backend", BACKENDS)
-
-    @property
-    def ffn_size(self) -> int:
-        return self.ffn_hidden or 4 * self.d_model
 
     @property
     def max_seq_len(self) -> int:

@@ -31,57 +31,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
-from ..layers import FFN_KINDS, MultiHeadAttention, TransformerBlock
-from ..layers.attention import BACKENDS
+from ..layers import MultiHeadAttention, TransformerBlock
 from ..layers.patches import TubeletEmbedding
 from ..processors.video import VideoProcessor
 from .base import CLASSIFIER, PRESETS, FamilySpec, Model, ModelOutput, classifier_batch, register
+from .media_encoder import MediaEncoderConfig
 
 ATTENTIONS = ("joint", "divided")
 HEADS = ("classifier", "none")  # none: the bare encoder (Hugging Face VivitModel / TimesformerModel)
 
 
 @dataclasses.dataclass
-class VivitConfig(ModelConfig):
+class VivitConfig(MediaEncoderConfig):
     family = "vivit"
+    heads = HEADS
     image_size: int = 224  # frames are square, image_size x image_size pixels
     n_frames: int = 32
     n_channels: int = 3
     patch_size: int = 16  # a tubelet is tubelet_frames x patch_size x patch_size pixels
     tubelet_frames: int = 2
-    n_layer: int = 12
-    n_head: int = 12
-    d_model: int = 768
-    ffn_hidden: int = None  # None: 4 * d_model
     activation: str = "gelu_tanh"
     norm_eps: float = 1e-6
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
     attention: str = "joint"  # "joint" (ViViT model 1) or "divided" (TimeSformer divided space-time)
-    head: str = "classifier"
     n_labels: int = 400
-    id2label: dict = None  # str(class index) -> label name; None: LABEL_0, LABEL_1, ...
-    attn_backend: str = "sdpa"
 
     def validate(self):
-        self.require_positive("image_size", "n_frames", "n_channels", "patch_size", "tubelet_frames", "n_layer",
-                              "n_head", "d_model", "n_labels")
-        self.require_divisible("d_model", "n_head")
+        super().validate()
+        self.require_positive("image_size", "n_frames", "n_channels", "patch_size", "tubelet_frames")
         self.require_divisible("image_size", "patch_size")
         self.require_divisible("n_frames", "tubelet_frames")
-        self.require_index_names("id2label", self.n_labels)
-        if self.ffn_hidden is not None:
-            self.require_positive("ffn_hidden")
-        self.require_fraction("dropout", "attn_dropout")
-        self.require_choice("activation", tuple(k for k, (_, gated) in FFN_KINDS.items() if not gated))
         self.require_choice("attention", ATTENTIONS)
-        self.require_choice("head", HEADS)
-        self.require_choice("attn_backend", BACKENDS)
-
-    @property
-    def ffn_size(self) -> int:
-        return self.ffn_hidden or 4 * self.d_model
 
     @property
     def grid(self) -> tuple:

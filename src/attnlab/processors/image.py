@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
-from .media import MediaProcessor, require_numeric
+from .media import MediaProcessor, require_channel_stats, require_numeric
 
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Pillow's convert("L")
 
@@ -43,13 +43,7 @@ class ImageProcessor(MediaProcessor):
             self.require_positive("image_size")
         if self.channels is not None:
             self.require_choice("channels", (1, 3))
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, list) or len(value) != (self.channels or len(value))
-                                      or not all(isinstance(v, (int, float)) for v in value)):
-                raise self.invalid(f"{name} must be a list of {self.channels} numbers (one per channel), got {value!r}")
-        if self.std is not None and min(self.std) <= 0:
-            raise self.invalid(f"std must be positive, got {self.std}")
+        require_channel_stats(self)
         if self.shift < 0 or self.rotate < 0 or not 0 <= self.scale < 1:
             raise self.invalid("shift and rotate must be >= 0 and scale in [0, 1)")
 

@@ -40,8 +40,6 @@ NPY_MAGIC = b"\x93NUMPY"
 MEDIA_PROCESSORS = {}  # modality -> its processor class
 
 
-
-
 @dataclasses.dataclass
 class MediaProcessor(Config):
     section = "tokenizer"  # the run config section that holds the settings
@@ -153,6 +151,19 @@ class MediaProcessor(Config):
 
     def example_items(self, count: int, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
+
+
+def require_channel_stats(settings):
+    """The normalisation settings `mean` and `std` of an image or video processor: None (fitted to
+    the training data) or one number per channel, std positive; else one line naming the setting."""
+    for name in ("mean", "std"):
+        value = getattr(settings, name)
+        if value is not None and (not isinstance(value, list) or len(value) != (settings.channels or len(value))
+                                  or not all(isinstance(v, (int, float)) for v in value)):
+            raise settings.invalid(f"{name} must be a list of {settings.channels} numbers (one per channel), "
+                                   f"got {value!r}")
+    if settings.std is not None and min(settings.std) <= 0:
+        raise settings.invalid(f"std must be positive, got {settings.std}")
 
 
 def load_npy(data: bytes, name: str) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .media import MediaProcessor, require_numeric
+from .media import MediaProcessor, require_channel_stats, require_numeric
 
 
 @dataclasses.dataclass
@@ -47,13 +47,7 @@ class VideoProcessor(MediaProcessor):
         if self.channels is not None:
             self.require_choice("channels", (1, 3))
         self.require_positive("frame_stride")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, list) or len(value) != (self.channels or len(value))
-                                      or not all(isinstance(v, (int, float)) for v in value)):
-                raise self.invalid(f"{name} must be a list of {self.channels} numbers (one per channel), got {value!r}")
-        if self.std is not None and min(self.std) <= 0:
-            raise self.invalid(f"std must be positive, got {self.std}")
+        require_channel_stats(self)
         if self.shift < 0:
             raise self.invalid(f"shift must be >= 0, got {self.shift}")
 

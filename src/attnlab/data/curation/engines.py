@@ -8,9 +8,9 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 
-from tqdm import tqdm
 
 from ...errors import UserError
+from ...progress import Progress
 
 
 class Engine:
@@ -29,7 +29,13 @@ def start_method() -> str:
 
 
 def progress(items, desc: str, total: int | None = None):
-    return tqdm(items, desc=desc, total=total, unit="shard", disable=None, leave=False)
+    """Yield the items, counting them as shards done (attnlab.progress: a bar on a terminal, plain
+    lines elsewhere, nothing with --quiet)."""
+    items = list(items) if total is None else items
+    with Progress(len(items) if total is None else total, "shard", desc) as bar:
+        for item in items:
+            yield item
+            bar.update()
 
 
 class ProcessEngine(Engine):

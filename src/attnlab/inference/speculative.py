@@ -186,9 +186,9 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     histories = [list(p) for p in prompts]
     target_decoder = Decoder(target, histories, extra)
     drafter.start(histories, extra)
-    run = Run(histories, [len(p) for p in prompts], sampling.max_new_tokens, eos_id)
+    run = Run(histories, sampling.max_new_tokens, eos_id)
     first = torch.multinomial(warped_probabilities(target_decoder.logits, sampling), 1, generator=generator)
-    last = run.emit(first, 1)
+    last = run.emit(first)
     stats = SpeculationStats()
     while len(run.alive):
         for part in (target_decoder, drafter):
@@ -208,21 +208,20 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         emitted[:, -1] = torch.where(accepted == count - 1, bonus, emitted[:, -1])
         target_decoder.rewind(count)
         drafter.rewind(count)
-        last = run.emit(emitted, count)
+        last = run.emit(emitted)
     return run.outputs, stats
 
 
 class Run:
     """Which prompts are still going and what each has emitted."""
 
-    def __init__(self, histories: list, prompt_lengths: list, max_new_tokens: int, eos_id):
-        self.histories, self.prompt_lengths = histories, prompt_lengths
-        self.max_new_tokens, self.eos_id = max_new_tokens, eos_id
+    def __init__(self, histories: list, max_new_tokens: int, eos_id):
+        self.histories, self.max_new_tokens, self.eos_id = histories, max_new_tokens, eos_id
         self.outputs = [[] for _ in histories]
         self.alive = torch.arange(len(histories))  # row -> prompt
         self.kept_rows = self.alive
 
-    def emit(self, tokens: torch.Tensor, count: int) -> torch.Tensor:
+    def emit(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, count) for the alive rows -> the last token of the rows that go on (their
         `kept_rows` among the alive ones before)."""
         going = []

@@ -37,6 +37,14 @@ def load_run_config(path=None, overrides=()) -> dict:
     return run
 
 
+def run_config_arguments(p):
+    """The arguments of a verb that reads a run config (train, doctor): overrides, --config, --data, --preset."""
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=3e-4 model.n_layer=2")
+    p.add_argument("--config", help="YAML or JSON run config (sections: task, model, tokenizer, data, train)")
+    p.add_argument("--data", help="text file or folder (sets data.path); for task seq2seq the training pairs file")
+    p.add_argument("--preset", help="model preset (sets model.preset)")
+
+
 def run_overrides(args) -> list:
     """The key=value overrides of a verb that reads a run config, with what --data and --preset set."""
     overrides = list(args.overrides)

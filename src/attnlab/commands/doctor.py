@@ -8,15 +8,12 @@ from pathlib import Path
 
 from ..training.doctor import PROBES, diagnose, setup_from_run
 from ..training.tasks import resolve_run
-from .common import load_run_config, print_json, run_overrides
+from .common import load_run_config, print_json, run_config_arguments, run_overrides
 
 
 def register(sub):
     p = sub.add_parser("doctor", help="probe the training set-up of a run config for common bugs before a long run")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=3e-4 model.n_layer=2")
-    p.add_argument("--config", help="YAML or JSON run config (sections: task, model, tokenizer, data, train)")
-    p.add_argument("--data", help="text file or folder (sets data.path); for task seq2seq the training pairs file")
-    p.add_argument("--preset", help="model preset (sets model.preset)")
+    run_config_arguments(p)
     p.add_argument("--probe", action="append", choices=list(PROBES), metavar="NAME",
                    help=f"run only this probe (repeatable): {', '.join(PROBES)}")
     p.add_argument("--verbose", action="store_true", help="also print an ok line for each probe that passed")

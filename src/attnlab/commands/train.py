@@ -10,7 +10,8 @@ from ..models.base import family_spec
 from ..training import Trainer, distributed
 from ..training.trainer import Stopped
 from ..training.tasks import resolve_run, setup_task
-from .common import claim_output, load_run_config, mark_output, output_dir, print_json, run_overrides
+from .common import (claim_output, load_run_config, mark_output, output_dir, print_json, run_config_arguments,
+                     run_overrides)
 
 RUN_FILE = "run.json"
 # What a resumed run keeps: overrides may change only the train section.
@@ -19,10 +20,7 @@ FIXED_ON_RESUME = ("task", "model", "tokenizer", "data")
 
 def register(sub):
     p = sub.add_parser("train", help="train a model from a run config (YAML/JSON) with key=value overrides")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.lr=3e-4 model.n_layer=2")
-    p.add_argument("--config", help="YAML or JSON run config (sections: task, model, tokenizer, data, train)")
-    p.add_argument("--data", help="text file or folder (sets data.path); for task seq2seq the training pairs file")
-    p.add_argument("--preset", help="model preset (sets model.preset)")
+    run_config_arguments(p)
     p.add_argument("--out", default="runs/train", help="run directory (default: runs/train); a non-empty one that "
                    "is not an earlier train's is refused")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -59,18 +59,20 @@ def file_text(file: Path, text_field: str) -> str:
         raise UserError(f"{file} is not UTF-8 text (bad byte at offset {err.start}); convert it to UTF-8") from None
     if not file.name.removesuffix(".gz").endswith(".jsonl"):
         return text
-    return "\n".join(jsonl_text(line, file, number, text_field)
+    return "\n".join(jsonl_record(line, file, number, text_field)[text_field]
                      for number, line in enumerate(text.splitlines(), 1) if line.strip())
 
 
-def jsonl_text(line: str, file: Path, number: int, text_field: str) -> str:
+def jsonl_record(line: str, name, number: int, text_field: str, fix: str = "") -> dict:
+    """One JSONL line as an object holding a string `text_field`; one line naming the file and line
+    number (and `fix`, the way to name another field) when it is not one."""
     try:
         record = json.loads(line)
     except ValueError:
-        raise UserError(f"{file} line {number} is not valid JSON") from None
+        raise UserError(f"{name} line {number} is not valid JSON") from None
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-        raise UserError(f"{file} line {number} has no string field {text_field!r}")
-    return record[text_field]
+        raise UserError(f"{name} line {number} has no string field {text_field!r}{fix}")
+    return record
 
 
 def encode_text(tokenizer, text: str, chunk_chars: int = 1 << 16) -> np.ndarray:

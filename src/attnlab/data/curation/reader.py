@@ -4,12 +4,12 @@ field) and gzip of these, a file or a folder of them; nothing is held but the cu
 import gzip
 import hashlib
 import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import UserError
+from ..corpus import jsonl_record
 
 
 @dataclass
@@ -70,10 +70,5 @@ def jsonl_documents(handle, name: str, text_field: str) -> Iterator[Document]:
     for number, line in enumerate(handle, 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise UserError(f"{name} line {number} is not valid JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise UserError(f"{name} line {number} has no string field {text_field!r} (set --text-field)")
+        record = jsonl_record(line, name, number, text_field, fix=" (set --text-field)")
         yield Document(str(record.get("id", f"{name}:{number}")), record[text_field])

@@ -173,21 +173,34 @@ class Clip(Model):
         self.vision_proj = nn.Linear(c.vision_width, c.projection_dim, bias=False)
         self.text_proj = nn.Linear(text_width, c.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
-        if c.text_encoder is None:
-            self._init_text(self.text, c)
-        nn.init.normal_(self.vision_proj.weight, std=c.vision_width ** -0.5)
-        nn.init.normal_(self.text_proj.weight, std=text_width ** -0.5)
+        self._init_weights()
         for tower in self.frozen_towers():
             tower.requires_grad_(False)
 
-    @staticmethod
-    def _init_text(text: CausalTextTower, c: ClipConfig, std: float = 0.02):
-        for module in text.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(text.tok_emb.weight, std=std)
-        nn.init.normal_(text.positions, std=0.01)
+    def _init_weights(self, std: float = 0.02):
+        """CLIP's (Radford et al.): attention and feed-forward inputs normal(0, width^-1/2 (2 n_layer)^-1/2),
+        attention outputs width^-1/2, the feed-forward's up (2 width)^-1/2, embeddings 0.02 (the
+        [CLS] width^-1/2), projections width^-1/2; zero biases. A registered encoder tower keeps its own."""
+        for tower, n_layer in ((self.vision, self.config.vision_layers), (self.text, self.config.text_layers)):
+            if isinstance(tower, EncoderTextTower):
+                continue
+            for block in tower.blocks:
+                width = block.ffn.up.in_features
+                inner = width ** -0.5 * (2 * n_layer) ** -0.5
+                attn, ffn = block.self_attn, block.ffn
+                for linear, linear_std in ((attn.q_proj, inner), (attn.k_proj, inner), (attn.v_proj, inner),
+                                           (attn.out_proj, width ** -0.5), (ffn.up, (2 * width) ** -0.5),
+                                           (ffn.down, inner)):
+                    nn.init.normal_(linear.weight, std=linear_std)
+                    nn.init.zeros_(linear.bias)
+        nn.init.normal_(self.vision.patches.proj.weight, std=std)
+        nn.init.normal_(self.vision.positions, std=std)
+        nn.init.normal_(self.vision.cls_token, std=self.config.vision_width ** -0.5)
+        if isinstance(self.text, CausalTextTower):
+            nn.init.normal_(self.text.tok_emb.weight, std=std)
+            nn.init.normal_(self.text.positions, std=std)
+        for projection in (self.vision_proj, self.text_proj):
+            nn.init.normal_(projection.weight, std=projection.in_features ** -0.5)
 
     def towers(self) -> dict:
         """name -> the modules of that tower: its encoder and its projection."""

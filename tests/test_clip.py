@@ -206,3 +206,21 @@ def test_lit_starts_from_the_pretrained_minilm_and_keeps_it_frozen(tmp_path, cap
     theirs = SentenceEncoder(minilm, tokenizer).encode(sentences)
     assert (ours - theirs).abs().max().item() <= 1e-5
     assert model.config.freeze == "text" and not any(p.requires_grad for p in model.text.parameters())
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["--labels", "cat,dog", "--template", "a photo"], "exactly once"),
+    (["--labels", "cat,cat"], "distinct"),
+    (["--labels", "cat,,dog"], "distinct"),
+    ([], "--labels"),
+], ids=["template-without-braces", "repeated-label", "empty-label", "no-labels"])
+def test_zero_shot_classify_refuses_bad_labels_and_templates_in_one_line(args, problem, tmp_path, capsys):
+    from attnlab.checkpoint import save_checkpoint
+    from attnlab.models.base import family_spec
+
+    model = build_model(preset("clip-tiny"))
+    save_checkpoint(tmp_path / "ckpt", model, family_spec(model).processor.example(model.config))
+    data = write_pairs(tmp_path / "pairs", count=2)
+    code = main(["classify", str(tmp_path / "ckpt"), str(data / "img" / "0.npy"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1, err

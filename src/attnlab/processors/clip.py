@@ -16,8 +16,6 @@ class ClipProcessor:
     """Images -> pixel_values through `image`; texts -> right-padded input_ids and attention_mask
     through `tokenizer` (a subword tokenizer whose texts end in the model's end-of-text token)."""
 
-    modality = "image"  # what `read` takes besides text
-
     def __init__(self, image: ImageProcessor, tokenizer: SubwordTokenizer):
         if not isinstance(tokenizer, SubwordTokenizer):
             raise UserError("a dual encoder needs a subword tokenizer (BPE or WordPiece), not a character tokenizer")

@@ -12,6 +12,7 @@ last; the [CLS] row of the product, over the patch tokens, is how much each patc
 """
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,20 @@ def refuse_without_weights(model_or_config):
 @torch.no_grad()
 def attention_maps(model, batch: dict) -> list:
     """Run `model(**batch)` in eval mode -> [AttentionMap] in the order the layers ran: encoder
-    self-attention, decoder self-attention (a causal LM's layers are decoder layers) and cross-attention."""
+    self-attention, decoder self-attention (a causal LM's layers are decoder layers) and cross-attention.
+    Only this thread's calls are recorded: a server may run the same model on another thread meanwhile."""
     refuse_without_weights(model)
     decoder_only = family_spec(model).kind == CAUSAL_LM
     maps, counts = [], dict.fromkeys(STACKS, 0)
+    ours = threading.get_ident()
 
     def ask(module, args, kwargs):
-        return args, {**kwargs, "return_weights": True}
+        if threading.get_ident() == ours:
+            return args, {**kwargs, "return_weights": True}
 
     def record(name, module, args, kwargs, output):
+        if threading.get_ident() != ours:
+            return None
         stack = ("cross" if kwargs.get("kv_input") is not None
                  else "decoder" if decoder_only or name.startswith("decoder") else "encoder")
         maps.append(AttentionMap(stack, counts[stack], output[1].float()))

@@ -56,7 +56,8 @@ def view_attention(model, processor, *, text: str = None, text_pair: str = None,
         batch, tokens = _seq2seq_input(model, processor, source, target)
     elif spec.kind == CLASSIFIER:
         if media is None:
-            raise UserError(f"a {spec.name} model reads {spec.modality}: give a file with --{spec.modality}")
+            raise UserError(f"a {spec.name} model reads {spec.modality}: give one file (--image FILE; server: POST a "
+                            "base64 file)")
         batch = processor([media])
         tokens = None  # named after the run, once the token count is known
     elif spec.kind in (ENCODER, CAUSAL_LM):
@@ -80,7 +81,7 @@ def _need(value, what: str):
 
 
 def _text_input(model, tokenizer, spec, text, text_pair):
-    text = _need(text, f"a text with --text for this {spec.name} model")
+    text = _need(text, f"the text to look at (--text; server: text=) for this {spec.name} model")
     if tokenizer is None:
         raise UserError("the checkpoint has no tokenizer; the viewer needs one to name the tokens")
     limit = model.config.max_seq_len
@@ -101,8 +102,9 @@ def _text_input(model, tokenizer, spec, text, text_pair):
 def _seq2seq_input(model, tokenizers, source, target):
     """A source and the target it is paired with: the decoder reads the target shifted right
     (decoder start first), as in training."""
-    source = _need(source, "a source text with --source and its target with --target for a seq2seq model")
-    target = _need(target, "the target text with --target (the decoder's input) beside --source")
+    source = _need(source, "a source and its target (--source and --target; server: source= and target=) for a "
+                           "seq2seq model")
+    target = _need(target, "the target the decoder reads beside the source (--target; server: target=)")
     c = model.config
     source_ids = encode_source(tokenizers, source, c.eos_id)
     labels = tokenizers.target.encode(target) + [c.eos_id]

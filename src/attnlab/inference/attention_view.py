@@ -85,12 +85,10 @@ def _text_input(model, tokenizer, spec, text, text_pair):
     if tokenizer is None:
         raise UserError("the checkpoint has no tokenizer; the viewer needs one to name the tokens")
     limit = model.config.max_seq_len
-    if spec.kind == ENCODER:
+    if text_pair is not None:
         if not hasattr(tokenizer, "batch_encode"):
-            raise UserError("an encoder needs a subword tokenizer (tokenizer.json) to mark sentence pairs")
-        batch = tokenizer.batch_encode([text], max_length=limit, pairs=None if text_pair is None else [text_pair])
-        if text_pair is None:
-            batch.pop("token_type_ids")
+            raise UserError("sentence pairs need a subword tokenizer (tokenizer.json) that marks them")
+        batch = tokenizer.batch_encode([text], max_length=limit, pairs=[text_pair])
     else:
         ids = tokenizer.encode(text)
         if len(ids) > limit:

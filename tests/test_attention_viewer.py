@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from attnlab.checkpoint import load_checkpoint, save_checkpoint
 from attnlab.cli import main
-from attnlab.interop import import_hf
+from attnlab.interop import import_hf, load_minilm
 from attnlab.models import build_model, preset
 from attnlab.models.base import FAMILIES
 from attnlab.inference.attention_maps import attention_maps
@@ -88,6 +88,12 @@ def test_rows_sum_to_one_and_masked_keys_get_nothing():
     for m in attention_maps(gpt, {"input_ids": ids[:1]}):
         assert torch.allclose(m.weights.sum(-1), torch.ones(()), atol=TOL)
         assert (m.weights.triu(1) == 0).all()  # no query sees a later key
+
+
+def test_a_tokenizer_file_that_pads_to_a_fixed_length_shows_no_padding():
+    model, tokenizer = load_minilm()  # its tokenizer.json pads every text to 128 tokens
+    view = view_attention(model, tokenizer, text="Hello world")
+    assert view.tokens == {"encoder": ["[CLS]", "hello", "world", "[SEP]"]}
 
 
 def test_seq2seq_shows_encoder_decoder_and_cross_attention_of_its_tokens():

@@ -84,16 +84,17 @@ def _text_input(model, tokenizer, spec, text, text_pair):
     text = _need(text, f"the text to look at (--text; server: text=) for this {spec.name} model")
     if tokenizer is None:
         raise UserError("the checkpoint has no tokenizer; the viewer needs one to name the tokens")
-    limit = model.config.max_seq_len
+    subword = hasattr(tokenizer, "batch_encode")  # its batcher adds no padding a tokenizer file may ask for
+    if text_pair is not None and not subword:
+        raise UserError("sentence pairs need a subword tokenizer (tokenizer.json) that marks them")
+    encoded = tokenizer.batch_encode([text], pairs=None if text_pair is None else [text_pair]) if subword else {
+        "input_ids": torch.tensor([tokenizer.encode(text)])}
+    batch = {"input_ids": encoded["input_ids"]}  # (1, T)
     if text_pair is not None:
-        if not hasattr(tokenizer, "batch_encode"):
-            raise UserError("sentence pairs need a subword tokenizer (tokenizer.json) that marks them")
-        batch = tokenizer.batch_encode([text], max_length=limit, pairs=[text_pair])
-    else:
-        ids = tokenizer.encode(text)
-        if len(ids) > limit:
-            raise UserError(f"the text is {len(ids)} tokens; this model reads at most {limit}")
-        batch = {"input_ids": torch.tensor([ids])}
+        batch["token_type_ids"] = encoded["token_type_ids"]
+    if batch["input_ids"].size(1) > model.config.max_seq_len:
+        raise UserError(f"the input is {batch['input_ids'].size(1)} tokens; this model reads at most "
+                        f"{model.config.max_seq_len}")
     return batch, {"encoder" if spec.kind == ENCODER else "decoder": _spell(tokenizer, batch["input_ids"][0])}
 
 

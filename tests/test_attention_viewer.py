@@ -7,12 +7,14 @@ import json
 import re
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from attnlab.checkpoint import load_checkpoint, save_checkpoint
 from attnlab.cli import main
+from attnlab.errors import UserError
 from attnlab.interop import import_hf, load_minilm
 from attnlab.models import build_model, preset
 from attnlab.models.base import FAMILIES
@@ -104,6 +106,15 @@ def test_seq2seq_shows_encoder_decoder_and_cross_attention_of_its_tokens():
     assert view.tokens == {"encoder": ["a", "b", "c", "</s>"], "decoder": ["<s>", "d", "e"]}
     shapes = {name: tuple(w.shape[-2:]) for name, w in view.stacks().items()}
     assert shapes == {"encoder": (4, 4), "decoder": (3, 3), "cross": (3, 4)}
+
+
+def test_attention_over_parts_of_the_input_is_refused_in_one_line():
+    spec = FAMILIES["vivit"]
+    model = build_model(preset("vivit-divided-tiny"))
+    processor = spec.processor.example(model.config)
+    item = processor.example_items(1, np.random.default_rng(0))[0]
+    with pytest.raises(UserError, match="attends over parts of the input at a time"):
+        view_attention(model, processor, media=item)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 
 from ..data.seq2seq import encode_source
 from ..errors import UserError
-from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, family_spec
+from ..models.base import CLASSIFIER, ENCODER, SEQ2SEQ, family_spec
 from .attention_maps import STACKS, attention_maps, refuse_without_weights
 
 STACK_LABELS = {"encoder": "encoder self-attention", "decoder": "decoder self-attention", "cross": "cross-attention"}
@@ -60,10 +60,8 @@ def view_attention(model, processor, *, text: str = None, text_pair: str = None,
                             "base64 file)")
         batch = processor([media])
         tokens = None  # named after the run, once the token count is known
-    elif spec.kind in (ENCODER, CAUSAL_LM):
+    else:  # an encoder or a causal LM (graph networks have no attention weights)
         batch, tokens = _text_input(model, processor, spec, text, text_pair)
-    else:
-        raise UserError(f"{spec.name} models have no attention to show")
     maps = attention_maps(model, batch)
     if tokens is None:
         tokens = {"encoder": [f"#{i}" for i in range(maps[0].weights.size(-1))]}

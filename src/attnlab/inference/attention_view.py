@@ -147,7 +147,7 @@ def render_html(view: AttentionView) -> str:
 
 
 def save_heatmaps(view: AttentionView, directory) -> list:
-    """One PNG per stack and layer, its heads side by side (query rows, key columns), token labels
+    """One PNG per stack and layer, its heads four to a row (query rows, key columns), token labels
     when there are few enough to read -> the paths written."""
     import matplotlib
 
@@ -160,8 +160,13 @@ def save_heatmaps(view: AttentionView, directory) -> list:
     for name, weights in view.stacks().items():
         query, key = (view.tokens[side] for side in SIDES[name])
         for layer, heads in enumerate(weights):  # heads (H, Tq, Tk)
-            fig, axes = plt.subplots(1, len(heads), figsize=(2.6 * len(heads) + 0.6, 2.9), squeeze=False)
-            for head, ax in enumerate(axes[0]):
+            columns = min(len(heads), 4)
+            rows = -(-len(heads) // columns)
+            fig, axes = plt.subplots(rows, columns, figsize=(2.8 * columns + 0.4, 2.8 * rows + 0.4), squeeze=False)
+            for head, ax in enumerate(axes.flat):
+                if head >= len(heads):
+                    ax.axis("off")
+                    continue
                 ax.imshow(heads[head].numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
                 ax.set_title(f"head {head}", fontsize=9)
                 _ticks(ax, query, key)

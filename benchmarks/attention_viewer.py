@@ -8,8 +8,8 @@ Two models, 512 tokens of Shakespeare each:
            patterns of a trained model.
 For each: the page's size, the Python side (capture + page) in seconds, and in headless Chromium (DevTools
 over a pipe, tests/chromium.py) the time from navigation start to the first paint of both views (the page's
-own performance.now() when it has drawn), and the time one click on a model-view map takes to redraw the
-head view. Medians over --rounds page loads, the two models alternating.
+own performance.now() when it has drawn), with one head selected (the default) and with all twelve, and the
+time one click on a model-view map takes to redraw the head view (its lines are rasterised at the next paint). Medians over --rounds page loads, the two models alternating.
 
     OMP_NUM_THREADS=1 flock /tmp/attnlab-bench.lock env PYTHONPATH=src:. ATTNLAB_DATA=../shared/data \\
         python benchmarks/attention_viewer.py --rounds 5
@@ -93,15 +93,17 @@ def main():
               file=sys.stderr)
         built[name] = {"html": html, "shape": list(weights.shape), "build_s": seconds}
     browser = Chromium(find_chromium(), width=1400, height=1000)
-    results = {name: {"paint_ms": [], "click_ms": []} for name in built}
+    results = {name: {"paint_ms": [], "paint_all_heads_ms": [], "click_ms": []} for name in built}
     with tempfile.TemporaryDirectory() as tmp:
         for name, entry in built.items():
             (Path(tmp) / f"{name}.html").write_text(entry["html"], encoding="utf-8")
         for _ in range(args.rounds):
             for name in built:
-                painted = browser.open((Path(tmp) / f"{name}.html").as_uri(), timeout=120)
-                results[name]["paint_ms"].append(float(painted))
+                url = (Path(tmp) / f"{name}.html").as_uri()
+                results[name]["paint_ms"].append(float(browser.open(url, timeout=120)))
                 results[name]["click_ms"].append(browser.evaluate(CLICK))
+                every_head = ",".join(map(str, range(built[name]["shape"][1])))
+                results[name]["paint_all_heads_ms"].append(float(browser.open(f"{url}#heads={every_head}", timeout=120)))
     browser.close()
     summary = {}
     for name, entry in built.items():
@@ -109,9 +111,11 @@ def main():
                          "build_s": round(entry["build_s"], 2),
                          "paint_s_median": round(statistics.median(results[name]["paint_ms"]) / 1000, 2),
                          "paint_s_max": round(max(results[name]["paint_ms"]) / 1000, 2),
+                         "paint_all_heads_s_median": round(statistics.median(results[name]["paint_all_heads_ms"]) / 1000, 2),
+                         "paint_all_heads_s_max": round(max(results[name]["paint_all_heads_ms"]) / 1000, 2),
                          "click_ms_median": round(statistics.median(results[name]["click_ms"]), 1),
                          "under_20_mb": len(entry["html"].encode()) < 20 * 2 ** 20,
-                         "paints_under_5_s": max(results[name]["paint_ms"]) < 5000}
+                         "paints_under_5_s": max(results[name]["paint_ms"] + results[name]["paint_all_heads_ms"]) < 5000}
     report = {"machine": machine(), "rounds": args.rounds, "tokens": args.tokens, "results": summary}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))

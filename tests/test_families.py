@@ -25,6 +25,7 @@ from attnlab.compression.targets import ALL_TARGETS, find_linears
 from attnlab.data.batch import Batch
 from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
+from attnlab.inference.attention_maps import attention_maps
 from attnlab.interop import export_hf, import_hf
 from attnlab.interop.registry import hf_spec_for
 from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ,
@@ -354,11 +355,54 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
         classifier_verbs(spec, data, run, tmp_path, capsys)
     if spec.kind == DUAL_ENCODER:
         dual_encoder_verbs(data, run, capsys)
+    attention_verb(spec, run, tmp_path, capsys)
     exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
     assert exported == (0 if hf_spec_for(spec.name) else 2)
     args = build_parser().parse_args(["serve", str(run), "--threads", "1", "--port", str(free_port())])
     with TestClient(server_app(args)) as client:
         assert client.get("/health").json()["family"] == spec.name
+
+
+VIEWER_INPUTS = {CAUSAL_LM: ["--text", "the cat"], ENCODER: ["--text", "the cat"], GRAPH: ["--text", "the cat"],
+                 SEQ2SEQ: ["--source", "the cat", "--target", "a dog"], DUAL_ENCODER: ["--text", "the cat"]}
+
+
+def attention_verb(spec, run, tmp_path, capsys):
+    """attention writes the viewer's page for every family with attention weights, and refuses the rest in one
+    line naming why."""
+    inputs = [VIEWER_INPUTS.get(spec.kind)]
+    if spec.kind in (CLASSIFIER, DUAL_ENCODER):  # a dual encoder shows either tower
+        (tmp_path / "one.npy").write_bytes(media_files(spec, 1)[0])
+        inputs.append(["--image", str(tmp_path / "one.npy")])
+    for i, given in enumerate(filter(None, inputs)):
+        page = tmp_path / f"attention{i}.html"
+        code = main(["attention", str(run), *given, "--out", str(page)])
+        err = capsys.readouterr().err
+        if spec.no_attention_weights:
+            assert code == 2 and not page.exists()
+            assert len(err.splitlines()) == 1 and spec.no_attention_weights in err
+        else:
+            assert code == 0 and '"stacks"' in page.read_text()
+
+
+@every(SPECS)
+def test_attention_weights_come_out_of_every_family_with_attention(spec):
+    """The weights each attention layer's math path returns: rows sum to 1 (0 where every key is masked),
+    and for seq2seq all three stacks; a family without them says why in one line."""
+    model = tiny_model(spec)
+    batch = example(spec, model)
+    if spec.no_attention_weights:
+        with pytest.raises(UserError, match="no attention weights to show"):
+            attention_maps(model, batch)
+        return
+    maps = attention_maps(model, batch)
+    assert len({(m.stack, m.layer) for m in maps}) == len(maps) >= 2
+    expected = {"encoder", "decoder", "cross"} if spec.kind == SEQ2SEQ else {
+        "decoder" if spec.kind == CAUSAL_LM else "encoder"}
+    assert {m.stack for m in maps} == expected
+    for m in maps:
+        sums = m.weights.sum(-1)
+        assert torch.allclose(sums, (sums > 0.5).float(), atol=1e-5) and (m.weights >= 0).all()
 
 
 def classifier_verbs(spec, data, run, tmp_path, capsys):

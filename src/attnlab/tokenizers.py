@@ -40,6 +40,10 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[i] for i in ids)
 
+    def token(self, token_id: int) -> str:
+        """How the vocabulary spells one id."""
+        return self.chars[token_id]
+
     def save(self, directory: Path):
         data = {"type": "char", "chars": self.chars}
         (Path(directory) / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False))
@@ -104,6 +108,10 @@ class SubwordTokenizer:
 
     def token_to_id(self, token: str):
         return self.backend.token_to_id(token)
+
+    def token(self, token_id: int) -> str:
+        """How the vocabulary spells one id."""
+        return self.backend.id_to_token(token_id)
 
     @property
     def pad_id(self) -> int:

@@ -52,6 +52,9 @@ class FamilySpec:
     # instances `save(directory)`. A classifier's is a processors/media.py MediaProcessor.
     modality: str = "text"  # "text", or for a classifier what it reads: one of MEDIA_MODALITIES
     fsdp_unit: type = None  # the module FSDP shards as one unit when it is not the block (None: the block)
+    # Why the attention viewer does not apply, in a phrase (None: every attention layer's math path
+    # returns its (B, H, Tq, Tk) weights; inference/attention_maps.py records them).
+    no_attention_weights: str = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

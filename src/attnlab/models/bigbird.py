@@ -81,4 +81,6 @@ def _example_batch(config, generator):
 
 
 register(FamilySpec(BigBirdConfig, BigBird, kind=ENCODER, block_class=TransformerBlock, tiny_preset="bigbird-mlm-tiny",
-                    example_batch=_example_batch, processor=TextProcessor))
+                    example_batch=_example_batch, processor=TextProcessor,
+                    no_attention_weights="block-sparse attention computes window, global and random blocks only "
+                    "and never forms the full attention matrix"))

@@ -235,6 +235,13 @@ class Clip(Model):
         """(B, T) right-padded ids -> unit-length embeddings (B, projection_dim)."""
         return F.normalize(self.text_features(input_ids, attention_mask), dim=-1)
 
+    def encode(self, batch: dict) -> torch.Tensor:
+        """Unit embeddings (B, projection_dim) of a batch of images ({"pixel_values"}) or of texts
+        ({"input_ids", "attention_mask"})."""
+        if "pixel_values" in batch:
+            return self.encode_image(batch["pixel_values"])
+        return self.encode_text(batch["input_ids"], batch.get("attention_mask"))
+
     def scale(self) -> torch.Tensor:
         """exp of the logit scale, clamped at 100."""
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()

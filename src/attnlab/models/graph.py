@@ -195,4 +195,6 @@ PRESETS["graph-transformer-cora"] = GraphConfig(layer="transformer", in_features
                                                 n_head=4, n_layer=2, dropout=0.5, attn_dropout=0.3)
 
 register(FamilySpec(GraphConfig, GraphNetwork, kind=GRAPH, block_class=GraphBlock, tiny_preset="graph-tiny",
-                    example_batch=graph_batch, processor=GraphProcessor, modality="graph"))
+                    example_batch=graph_batch, processor=GraphProcessor, modality="graph",
+                    no_attention_weights="graph networks pass messages along edges, not between the tokens of a "
+                    "sequence"))

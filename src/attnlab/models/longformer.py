@@ -73,4 +73,6 @@ def _example_batch(config, generator):
 
 
 register(FamilySpec(LongformerConfig, Longformer, kind=ENCODER, block_class=TransformerBlock,
-                    tiny_preset="longformer-mlm-tiny", example_batch=_example_batch, processor=TextProcessor))
+                    tiny_preset="longformer-mlm-tiny", example_batch=_example_batch, processor=TextProcessor,
+                    no_attention_weights="sliding-window attention computes a band of scores per query and never "
+                    "forms the full attention matrix"))

@@ -184,4 +184,5 @@ PRESETS.update({
 })
 
 register(FamilySpec(MambaConfig, Mamba, kind=CAUSAL_LM, block_class=MambaBlock, tiny_preset="mamba-tiny",
-                    example_batch=causal_lm_batch, processor=TextProcessor))
+                    example_batch=causal_lm_batch, processor=TextProcessor,
+                    no_attention_weights="a selective state space mixes tokens through a recurrence, not attention"))

@@ -235,4 +235,6 @@ PRESETS.update({
 # FSDP shards the reversible stack as one unit: its backward recomputes each block inside one
 # autograd function, where no per-block FSDP hook could gather the block's parameters.
 register(FamilySpec(ReformerConfig, Reformer, kind=CAUSAL_LM, block_class=ReversibleBlock, tiny_preset="reformer-tiny",
-                    example_batch=causal_lm_batch, processor=TextProcessor, fsdp_unit=ReversibleSequence))
+                    example_batch=causal_lm_batch, processor=TextProcessor, fsdp_unit=ReversibleSequence,
+                    no_attention_weights="LSH attention scores each query against its hash bucket only, so no "
+                    "full attention matrix is ever formed"))

@@ -8,6 +8,7 @@
                            graph networks: a label per node of a posted graph
     GET  /health           liveness and what is loaded
     GET  /metrics          Prometheus text: requests, tokens, queue depth, latency histograms
+    GET  /attention        the attention viewer's page for one input (serving/attention.py)
 
 Every error, ours or the framework's, is one message in OpenAI's shape `{"error": {"message", "type"}}`:
 422 for a body outside the schema (every numeric field has a documented range), 400 for a request
@@ -45,6 +46,7 @@ from ..layers import mean_pool
 from ..models.base import CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .errors import ApiError
+from .attention import add_attention_routes
 from .graph import add_graph_routes
 from .metrics import Counter, Gauge, Histogram, Registry
 
@@ -333,11 +335,7 @@ def embed(model, batch) -> list:
 def embed_dual(model, batch) -> list:
     """A dual encoder's unit embeddings (B, D) of a batch of images or of texts."""
     device = next(model.parameters()).device
-    if "pixel_values" in batch:
-        vectors = model.encode_image(batch["pixel_values"].to(device))
-    else:
-        vectors = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-    return vectors.float().tolist()
+    return model.encode({name: tensor.to(device) for name, tensor in batch.items()}).float().tolist()
 
 
 def classify(model, batch) -> list:
@@ -553,6 +551,7 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
                                 f"{config.max_request_tokens} per request; split the request")
         return batches
 
+    add_attention_routes(app, model, tokenizer, _file_bytes, _documented(400, 413, 422))
     return app
 
 

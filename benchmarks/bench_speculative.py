@@ -79,16 +79,17 @@ def measure(target, draft, tokenizer, text, args):
 
                 def speculate(drafter, key):
                     def run():
-                        outputs, stats[key] = speculative_generate(target, drafter, prompts, sampling)
+                        outputs, stats[key] = speculative_generate(target, drafter, prompts, sampling,
+                                                                   draft_tokens=args.k)
                         return outputs
                     return run
 
                 count = lambda outputs: sum(len(o) for o in outputs)  # noqa: E731
                 runners = {
                     "target alone": lambda: tokens_per_s(lambda: generate(target, prompts, sampling), count),
-                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft, args.k), "draft"), count),
+                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft), "draft"), count),
                     f"lookup k={args.k}": lambda: tokens_per_s(
-                        speculate(LookupDrafter(target.config.vocab_size, args.k), "lookup"), count),
+                        speculate(LookupDrafter(target.config.vocab_size), "lookup"), count),
                 }
                 ratios = interleaved_ratios(runners, "target alone", args.rounds)
                 for runner, (rate, ratio, low, high) in ratios.items():
@@ -123,7 +124,8 @@ def hf_assisted(target, draft, tokenizer, text, args):
         "attnlab target alone": lambda: tokens_per_s(
             lambda: generate(target, prompt.tolist(), Sampling(max_new_tokens=n, temperature=0)), count),
         f"attnlab draft k={args.k}": lambda: tokens_per_s(lambda: speculative_generate(
-            target, ModelDrafter(draft, args.k), prompt.tolist(), Sampling(max_new_tokens=n, temperature=0))[0],
+            target, ModelDrafter(draft), prompt.tolist(), Sampling(max_new_tokens=n, temperature=0),
+            draft_tokens=args.k)[0],
             count),
     }, "HF generate", args.rounds)
 

@@ -13,16 +13,21 @@ Train the two models on the same text first, so that they share the character to
     OMP_NUM_THREADS=1 python benchmarks/bench_speculative.py runs/spec_target runs/spec_draft --data $D
 
 `--smoke` runs the same code on two small random models (checks the script, measures nothing).
+The last table splits one speculative run's time into drafting, the target's verify pass and the
+rest (acceptance, cache truncation, bookkeeping).
 """
 
 import argparse
+import collections
 import tempfile
+import time
 
 import torch
 
 from attnlab.checkpoint import load_checkpoint
 from attnlab.commands.common import resolve_checkpoint
 from attnlab.inference import Sampling, generate
+from attnlab.inference import speculative
 from attnlab.inference.speculative import LookupDrafter, ModelDrafter, speculative_generate
 from attnlab.interop import export_hf
 from attnlab.models.base import build_model, preset
@@ -60,8 +65,6 @@ def prompts_from(text: str, batch: int, length: int, copy_heavy: bool) -> list:
 
 
 def tokens_per_s(run, count_tokens):
-    import time
-
     started = time.perf_counter()
     outputs = run()
     return count_tokens(outputs) / (time.perf_counter() - started)
@@ -77,10 +80,10 @@ def measure(target, draft, tokenizer, text, args):
             for name, sampling in settings:
                 stats = {}
 
-                def speculate(drafter, key):
+                def speculate(drafter, key, k=args.k):
                     def run():
                         outputs, stats[key] = speculative_generate(target, drafter, prompts, sampling,
-                                                                   draft_tokens=args.k)
+                                                                   draft_tokens=k)
                         return outputs
                     return run
 
@@ -88,12 +91,13 @@ def measure(target, draft, tokenizer, text, args):
                 runners = {
                     "target alone": lambda: tokens_per_s(lambda: generate(target, prompts, sampling), count),
                     f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft), "draft"), count),
+                    "draft k=auto": lambda: tokens_per_s(speculate(ModelDrafter(draft), "auto", "auto"), count),
                     f"lookup k={args.k}": lambda: tokens_per_s(
                         speculate(LookupDrafter(target.config.vocab_size), "lookup"), count),
                 }
                 ratios = interleaved_ratios(runners, "target alone", args.rounds)
                 for runner, (rate, ratio, low, high) in ratios.items():
-                    accepted = stats.get(runner.split()[0])
+                    accepted = stats.get("auto" if runner.endswith("auto") else runner.split()[0])
                     rows.append((batch, "copy-heavy" if copy_heavy else "free text", name, runner, rate, ratio, low,
                                  high, accepted.acceptance_rate if accepted else None))
     return rows
@@ -130,6 +134,29 @@ def hf_assisted(target, draft, tokenizer, text, args):
     }, "HF generate", args.rounds)
 
 
+def time_split(target, draft, tokenizer, text, args, batch: int, sampling) -> dict:
+    """Seconds of one speculative run (free text) spent drafting, in the target's verify pass, and
+    in the rest."""
+    prompts = [tokenizer.encode(p) for p in prompts_from(text, batch, args.prompt_chars, False)]
+    spent = collections.Counter()
+    feed = speculative.Decoder.feed
+
+    def timed_feed(decoder, ids):
+        started = time.perf_counter()
+        logits = feed(decoder, ids)
+        spent["draft model" if decoder.model is draft else "target verify"] += time.perf_counter() - started
+        return logits
+
+    speculative.Decoder.feed = timed_feed
+    try:
+        started = time.perf_counter()
+        speculative_generate(target, ModelDrafter(draft), prompts, sampling, draft_tokens=args.k)
+        total = time.perf_counter() - started
+    finally:
+        speculative.Decoder.feed = feed
+    return {**spent, "the rest": total - sum(spent.values()), "total": total}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target", nargs="?")
@@ -153,6 +180,13 @@ def main():
     print("\n| batch 1, greedy, free text | tokens/s | x HF generate | min | max |\n|---|---|---|---|---|")
     for runner, (rate, ratio, low, high) in hf_assisted(target, draft, tokenizer, text, args).items():
         print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
+    print(f"\n| draft k={args.k}, free text | draft model s | target verify s | the rest s | total s |\n|---|---|---|---|---|")
+    for batch in (1, 4):
+        for name, sampling in (("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
+                               ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))):
+            split = time_split(target, draft, tokenizer, text, args, batch, sampling)
+            print(f"| batch {batch}, {name} | {split['draft model']:.3f} | {split['target verify']:.3f} | "
+                  f"{split['the rest']:.3f} | {split['total']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -108,8 +108,11 @@ def warp(logits: torch.Tensor, groups: list) -> torch.Tensor:
 
 
 def draw(probs: torch.Tensor, groups: list) -> torch.Tensor:
-    """probs (B, V) -> one token per row (B,), from its own generator."""
-    return by_group(groups, lambda p, d: (torch.multinomial(p, 1, generator=d.generator).squeeze(-1),), probs)[0]
+    """probs (B, V) -> one token per row (B,), from its own generator (greedy: the argmax)."""
+    def one(p, d):
+        return (p.argmax(-1) if d.sampling.temperature == 0 else
+                torch.multinomial(p, 1, generator=d.generator).squeeze(-1),)
+    return by_group(groups, one, probs)[0]
 
 
 def accept_rows(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, groups: list) -> tuple:
@@ -311,8 +314,9 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     stats = SpeculationStats()
     while len(run.alive):
         k = length.k
-        for part in (target_decoder, drafter):
-            part.select(run.kept_rows)
+        if run.dropped:  # a row finished: the states keep the others (a copy of every cache)
+            for part in (target_decoder, drafter):
+                part.select(run.kept_rows)
         if not (target_decoder.room(k + 1) and drafter.room(k + 1)):  # past a window: restart from history
             consumed = [histories[i][:-1][-(window - k - 1):] for i in run.alive.tolist()]
             target_decoder = Decoder(target, consumed, extra)
@@ -355,6 +359,7 @@ class Run:
             done = done or len(self.outputs[prompt]) == self.max_new_tokens
             if not done:
                 going.append(row)
+        self.dropped = len(going) < len(tokens)
         self.kept_rows = torch.tensor(going, dtype=torch.long)
         self.alive = self.alive[self.kept_rows]
         return [tokens[row][-1] for row in going]

@@ -197,12 +197,12 @@ class KVCache(DecodeState):
             self.mask = self.mask[:, :length]  # the buffers' later columns are overwritten by the next append
             return
         source = kept_columns(length)  # (B, L')
-        index = source.clamp(min=0)
-        for buffers in (self._keys, self._values):
-            for t in buffers:  # (B, H, capacity, D)
-                moved = t.gather(2, index[:, None, :, None].expand(-1, t.size(1), -1, t.size(3)))
-                t[:, :, :index.size(1)] = moved
-        self.mask = self.mask.gather(1, index) * (source >= 0)
+        longest = source.size(1)
+        for row, shift in enumerate((longest - length).tolist()):
+            if shift:  # the row's columns move right by `shift`, in place (a copy of one row, not a gather)
+                for t in self._keys + self._values:  # (B, H, capacity, D)
+                    t[row, :, shift:longest] = t[row, :, :longest - shift].clone()
+        self.mask = self.mask.gather(1, source.clamp(min=0)) * (source >= 0)
 
 
 class HiddenMemory(DecodeState):

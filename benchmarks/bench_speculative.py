@@ -103,13 +103,25 @@ def measure(target, draft, tokenizer, text, args):
     return rows
 
 
+def with_zero_biases(model):
+    """The same function in GPT-2's shape: a model trained without biases, given biases of zero."""
+    if model.config.bias:
+        return model
+    twin = build_model(model.config.replace(bias=True)).eval()
+    state = twin.state_dict()
+    for name in state:
+        state[name] = model.state_dict().get(name, torch.zeros_like(state[name]))
+    twin.load_state_dict(state)
+    return twin
+
+
 def hf_assisted(target, draft, tokenizer, text, args):
     """Batch 1, greedy: HF generate alone and with the draft as assistant_model, same weights."""
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as directory:
-        export_hf(target, f"{directory}/target")
-        export_hf(draft, f"{directory}/draft")
+        export_hf(with_zero_biases(target), f"{directory}/target")
+        export_hf(with_zero_biases(draft), f"{directory}/draft")
         hf_target = AutoModelForCausalLM.from_pretrained(f"{directory}/target").eval()
         hf_draft = AutoModelForCausalLM.from_pretrained(f"{directory}/draft").eval()
     prompt = torch.tensor([tokenizer.encode(prompts_from(text, 1, args.prompt_chars, False)[0])])
@@ -157,6 +169,30 @@ def time_split(target, draft, tokenizer, text, args, batch: int, sampling) -> di
     return {**spent, "the rest": total - sum(spent.values()), "total": total}
 
 
+def speed_table(target, draft, tokenizer, text, args):
+    print("| batch | prompts | decoding | method | tokens/s | x target | min | max | accepted |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch, kind, name, runner, rate, ratio, low, high, accepted in measure(target, draft, tokenizer, text, args):
+        shown = "" if accepted is None else f"{accepted:.1%}"
+        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |")
+
+
+def hf_table(target, draft, tokenizer, text, args):
+    print("\n| batch 1, greedy, free text | tokens/s | x HF generate | min | max |\n|---|---|---|---|---|")
+    for runner, (rate, ratio, low, high) in hf_assisted(target, draft, tokenizer, text, args).items():
+        print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
+
+
+def split_table(target, draft, tokenizer, text, args):
+    print(f"\n| draft k={args.k}, free text | draft model s | target verify s | the rest s | total s |\n|---|---|---|---|---|")
+    for batch in (1, 4):
+        for name, sampling in (("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
+                               ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))):
+            split = time_split(target, draft, tokenizer, text, args, batch, sampling)
+            print(f"| batch {batch}, {name} | {split['draft model']:.3f} | {split['target verify']:.3f} | "
+                  f"{split['the rest']:.3f} | {split['total']:.3f} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target", nargs="?")
@@ -167,26 +203,19 @@ def main():
     parser.add_argument("--prompt-chars", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--part", choices=["all", "speed", "hf", "split"], default="all",
+                        help="only the speed table, the Hugging Face comparison, or the time split")
     args = parser.parse_args()
     torch.set_num_threads(1)
     text = open(args.data).read()
     target, draft, tokenizer = smoke(text) if args.smoke else trained(args.target, args.draft)
     print(f"machine: {machine()}")
-    print("| batch | prompts | decoding | method | tokens/s | x target | min | max | accepted |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for batch, kind, name, runner, rate, ratio, low, high, accepted in measure(target, draft, tokenizer, text, args):
-        shown = "" if accepted is None else f"{accepted:.1%}"
-        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |")
-    print("\n| batch 1, greedy, free text | tokens/s | x HF generate | min | max |\n|---|---|---|---|---|")
-    for runner, (rate, ratio, low, high) in hf_assisted(target, draft, tokenizer, text, args).items():
-        print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
-    print(f"\n| draft k={args.k}, free text | draft model s | target verify s | the rest s | total s |\n|---|---|---|---|---|")
-    for batch in (1, 4):
-        for name, sampling in (("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
-                               ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))):
-            split = time_split(target, draft, tokenizer, text, args, batch, sampling)
-            print(f"| batch {batch}, {name} | {split['draft model']:.3f} | {split['target verify']:.3f} | "
-                  f"{split['the rest']:.3f} | {split['total']:.3f} |")
+    if args.part in ("all", "speed"):
+        speed_table(target, draft, tokenizer, text, args)
+    if args.part in ("all", "hf"):
+        hf_table(target, draft, tokenizer, text, args)
+    if args.part in ("all", "split"):
+        split_table(target, draft, tokenizer, text, args)
 
 
 if __name__ == "__main__":

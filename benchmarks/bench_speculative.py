@@ -13,16 +13,21 @@ Train the two models on the same text first, so that they share the character to
     OMP_NUM_THREADS=1 python benchmarks/bench_speculative.py runs/spec_target runs/spec_draft --data $D
 
 `--smoke` runs the same code on two small random models (checks the script, measures nothing).
+The last table splits one speculative run's time into drafting, the target's verify pass and the
+rest (acceptance, cache truncation, bookkeeping).
 """
 
 import argparse
+import collections
 import tempfile
+import time
 
 import torch
 
 from attnlab.checkpoint import load_checkpoint
 from attnlab.commands.common import resolve_checkpoint
 from attnlab.inference import Sampling, generate
+from attnlab.inference import speculative
 from attnlab.inference.speculative import LookupDrafter, ModelDrafter, speculative_generate
 from attnlab.interop import export_hf
 from attnlab.models.base import build_model, preset
@@ -60,8 +65,6 @@ def prompts_from(text: str, batch: int, length: int, copy_heavy: bool) -> list:
 
 
 def tokens_per_s(run, count_tokens):
-    import time
-
     started = time.perf_counter()
     outputs = run()
     return count_tokens(outputs) / (time.perf_counter() - started)
@@ -77,25 +80,39 @@ def measure(target, draft, tokenizer, text, args):
             for name, sampling in settings:
                 stats = {}
 
-                def speculate(drafter, key):
+                def speculate(drafter, key, k=args.k):
                     def run():
-                        outputs, stats[key] = speculative_generate(target, drafter, prompts, sampling)
+                        outputs, stats[key] = speculative_generate(target, drafter, prompts, sampling,
+                                                                   draft_tokens=k)
                         return outputs
                     return run
 
                 count = lambda outputs: sum(len(o) for o in outputs)  # noqa: E731
                 runners = {
                     "target alone": lambda: tokens_per_s(lambda: generate(target, prompts, sampling), count),
-                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft, args.k), "draft"), count),
+                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft), "draft"), count),
+                    "draft k=auto": lambda: tokens_per_s(speculate(ModelDrafter(draft), "auto", "auto"), count),
                     f"lookup k={args.k}": lambda: tokens_per_s(
-                        speculate(LookupDrafter(target.config.vocab_size, args.k), "lookup"), count),
+                        speculate(LookupDrafter(target.config.vocab_size), "lookup"), count),
                 }
                 ratios = interleaved_ratios(runners, "target alone", args.rounds)
                 for runner, (rate, ratio, low, high) in ratios.items():
-                    accepted = stats.get(runner.split()[0])
+                    accepted = stats.get("auto" if runner.endswith("auto") else runner.split()[0])
                     rows.append((batch, "copy-heavy" if copy_heavy else "free text", name, runner, rate, ratio, low,
                                  high, accepted.acceptance_rate if accepted else None))
     return rows
+
+
+def with_zero_biases(model):
+    """The same function in GPT-2's shape: a model trained without biases, given biases of zero."""
+    if model.config.bias:
+        return model
+    twin = build_model(model.config.replace(bias=True)).eval()
+    state = twin.state_dict()
+    for name in state:
+        state[name] = model.state_dict().get(name, torch.zeros_like(state[name]))
+    twin.load_state_dict(state)
+    return twin
 
 
 def hf_assisted(target, draft, tokenizer, text, args):
@@ -103,8 +120,8 @@ def hf_assisted(target, draft, tokenizer, text, args):
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as directory:
-        export_hf(target, f"{directory}/target")
-        export_hf(draft, f"{directory}/draft")
+        export_hf(with_zero_biases(target), f"{directory}/target")
+        export_hf(with_zero_biases(draft), f"{directory}/draft")
         hf_target = AutoModelForCausalLM.from_pretrained(f"{directory}/target").eval()
         hf_draft = AutoModelForCausalLM.from_pretrained(f"{directory}/draft").eval()
     prompt = torch.tensor([tokenizer.encode(prompts_from(text, 1, args.prompt_chars, False)[0])])
@@ -123,9 +140,57 @@ def hf_assisted(target, draft, tokenizer, text, args):
         "attnlab target alone": lambda: tokens_per_s(
             lambda: generate(target, prompt.tolist(), Sampling(max_new_tokens=n, temperature=0)), count),
         f"attnlab draft k={args.k}": lambda: tokens_per_s(lambda: speculative_generate(
-            target, ModelDrafter(draft, args.k), prompt.tolist(), Sampling(max_new_tokens=n, temperature=0))[0],
+            target, ModelDrafter(draft), prompt.tolist(), Sampling(max_new_tokens=n, temperature=0),
+            draft_tokens=args.k)[0],
             count),
     }, "HF generate", args.rounds)
+
+
+def time_split(target, draft, tokenizer, text, args, batch: int, sampling) -> dict:
+    """Seconds of one speculative run (free text) spent drafting, in the target's verify pass, and
+    in the rest."""
+    prompts = [tokenizer.encode(p) for p in prompts_from(text, batch, args.prompt_chars, False)]
+    spent = collections.Counter()
+    feed = speculative.Decoder.feed
+
+    def timed_feed(decoder, ids):
+        started = time.perf_counter()
+        logits = feed(decoder, ids)
+        spent["draft model" if decoder.model is draft else "target verify"] += time.perf_counter() - started
+        return logits
+
+    speculative.Decoder.feed = timed_feed
+    try:
+        started = time.perf_counter()
+        speculative_generate(target, ModelDrafter(draft), prompts, sampling, draft_tokens=args.k)
+        total = time.perf_counter() - started
+    finally:
+        speculative.Decoder.feed = feed
+    return {**spent, "the rest": total - sum(spent.values()), "total": total}
+
+
+def speed_table(target, draft, tokenizer, text, args):
+    print("| batch | prompts | decoding | method | tokens/s | x target | min | max | accepted |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for batch, kind, name, runner, rate, ratio, low, high, accepted in measure(target, draft, tokenizer, text, args):
+        shown = "" if accepted is None else f"{accepted:.1%}"
+        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |")
+
+
+def hf_table(target, draft, tokenizer, text, args):
+    print("\n| batch 1, greedy, free text | tokens/s | x HF generate | min | max |\n|---|---|---|---|---|")
+    for runner, (rate, ratio, low, high) in hf_assisted(target, draft, tokenizer, text, args).items():
+        print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
+
+
+def split_table(target, draft, tokenizer, text, args):
+    print(f"\n| draft k={args.k}, free text | draft model s | target verify s | the rest s | total s |\n|---|---|---|---|---|")
+    for batch in (1, 4):
+        for name, sampling in (("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
+                               ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))):
+            split = time_split(target, draft, tokenizer, text, args, batch, sampling)
+            print(f"| batch {batch}, {name} | {split['draft model']:.3f} | {split['target verify']:.3f} | "
+                  f"{split['the rest']:.3f} | {split['total']:.3f} |")
 
 
 def main():
@@ -138,19 +203,19 @@ def main():
     parser.add_argument("--prompt-chars", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--part", choices=["all", "speed", "hf", "split"], default="all",
+                        help="only the speed table, the Hugging Face comparison, or the time split")
     args = parser.parse_args()
     torch.set_num_threads(1)
     text = open(args.data).read()
     target, draft, tokenizer = smoke(text) if args.smoke else trained(args.target, args.draft)
     print(f"machine: {machine()}")
-    print("| batch | prompts | decoding | method | tokens/s | x target | min | max | accepted |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for batch, kind, name, runner, rate, ratio, low, high, accepted in measure(target, draft, tokenizer, text, args):
-        shown = "" if accepted is None else f"{accepted:.1%}"
-        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |")
-    print("\n| batch 1, greedy, free text | tokens/s | x HF generate | min | max |\n|---|---|---|---|---|")
-    for runner, (rate, ratio, low, high) in hf_assisted(target, draft, tokenizer, text, args).items():
-        print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
+    if args.part in ("all", "speed"):
+        speed_table(target, draft, tokenizer, text, args)
+    if args.part in ("all", "hf"):
+        hf_table(target, draft, tokenizer, text, args)
+    if args.part in ("all", "split"):
+        split_table(target, draft, tokenizer, text, args)
 
 
 if __name__ == "__main__":

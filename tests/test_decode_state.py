@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
+from attnlab.inference.generate import left_pad
 from attnlab.layers import HiddenMemory, KVCache, RecomputeState
 from attnlab.models import GPTConfig, ReformerConfig, TransformerXLConfig, build_model
 
@@ -173,6 +174,26 @@ def test_extended_states_decode_each_row_as_alone(name):
         torch.testing.assert_close(again, model(torch.cat([a, step[:1], torch.tensor([[9]])], 1)).logits[0, -1],
                                    atol=1e-5, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("name", ["gpt-learned", "gpt-sliding-window", "reformer"])
+def test_truncating_each_row_to_its_own_length_keeps_exactly_those_tokens(name):
+    """Speculative decoding's rewind: three rows take four more tokens, then keep 1, 4 and 2 of them
+    (right-aligned again); each row's next logits are those of its own kept sequence."""
+    model = model_of(name)
+    ids, mask = left_pad(PROMPTS)
+    drafted, kept, step = torch.randint(1, 40, (3, 4)), torch.tensor([1, 4, 2]), torch.tensor([[5], [6], [7]])
+    with torch.no_grad():
+        state = model.init_state(3, 8)
+        model(ids, attention_mask=mask, state=state)
+        start = state.length
+        model(drafted, state=state)
+        state.truncate(start + kept)
+        assert state.mask.sum(1).tolist() == [len(p) + k for p, k in zip(PROMPTS, kept.tolist())]
+        logits = model(step, state=state).logits[:, -1]
+        for row, prompt in enumerate(PROMPTS):
+            alone = torch.cat([torch.tensor([prompt]), drafted[row:row + 1, :kept[row]], step[row:row + 1]], 1)
+            torch.testing.assert_close(logits[row], model(alone).logits[0, -1], atol=1e-5, rtol=1e-5)
 
 # -- beam search for causal LMs --------------------------------------------------------------------
 @pytest.fixture(scope="module")

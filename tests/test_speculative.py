@@ -49,8 +49,8 @@ def test_greedy_output_is_the_targets_token_for_token_in_a_batch(name):
     draft = build_model(preset(name)).eval()
     greedy = Sampling(max_new_tokens=12, temperature=0)
     expected = generate(target, PROMPTS, greedy)
-    for drafter in (ModelDrafter(draft, 3), LookupDrafter(target.config.vocab_size, 3)):
-        assert speculative_generate(target, drafter, PROMPTS, greedy)[0] == expected
+    for drafter in (ModelDrafter(draft), LookupDrafter(target.config.vocab_size)):
+        assert speculative_generate(target, drafter, PROMPTS, greedy, draft_tokens=3)[0] == expected
 
 
 @pytest.mark.parametrize("spec", CAUSAL, ids=[s.name for s in CAUSAL])
@@ -58,7 +58,7 @@ def test_a_drafter_equal_to_the_target_has_every_sampled_token_accepted(spec):
     """Same model on both sides: p == q at every drafted position, unless the two states disagree."""
     target = tiny(spec, 0)
     sampling = Sampling(max_new_tokens=10, temperature=1.0, top_k=20, seed=3)
-    outputs, stats = speculative_generate(target, ModelDrafter(tiny(spec, 0), 4), PROMPTS, sampling)
+    outputs, stats = speculative_generate(target, ModelDrafter(tiny(spec, 0)), PROMPTS, sampling)
     assert stats.acceptance_rate == 1.0 and [len(o) for o in outputs] == [10, 10, 10]
 
 
@@ -69,7 +69,7 @@ def test_eos_ends_a_row_and_the_others_go_on():
     plain = generate(target, PROMPTS, greedy)
     eos = plain[0][3]  # the fourth token of the first row ends it there
     expected = generate(target, PROMPTS, greedy, eos_id=eos)
-    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1), 3), PROMPTS, greedy, eos_id=eos)
+    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1)), PROMPTS, greedy, eos_id=eos, draft_tokens=3)
     assert got == expected and len(got[0]) <= 3
 
 
@@ -78,28 +78,28 @@ def test_generation_runs_past_the_context_window_matching_the_target_until_a_res
     target = tiny(spec, 0)
     greedy = Sampling(max_new_tokens=target.config.max_seq_len + 10, temperature=0)
     expected = generate(target, PROMPTS[:1], greedy)
-    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1), 3), PROMPTS[:1], greedy)
+    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1)), PROMPTS[:1], greedy, draft_tokens=3)
     assert len(got[0]) == len(expected[0])
     exact = target.config.max_seq_len - len(PROMPTS[0]) - 3  # the rounds before speculation restarts its states
     assert got[0][:exact] == expected[0][:exact]
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
-    drafter = LookupDrafter(vocab_size=10, k=3)
-    assert drafter.continuation([1, 2, 3, 4, 1, 2]) == [3, 4, 1]
-    assert drafter.continuation([1, 2, 3, 9, 2]) == [3, 9, 2]  # the last 1-gram
-    assert drafter.continuation([5, 6, 5]) == [6, 5]  # what there is to copy
-    assert drafter.continuation([7, 8]) == []  # no earlier occurrence
-    drafted, q = drafter.propose(torch.tensor([2, 8]), [[1, 2, 3, 4, 1, 2], [5, 6, 5]], Sampling(), None)
+    drafter = LookupDrafter(vocab_size=10)
+    assert drafter.continuation([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
+    assert drafter.continuation([1, 2, 3, 9, 2], 3) == [3, 9, 2]  # the last 1-gram
+    assert drafter.continuation([5, 6, 5], 3) == [6, 5]  # what there is to copy
+    assert drafter.continuation([7, 8], 3) == []  # no earlier occurrence
+    drafted, q = drafter.propose(torch.tensor([2, 8]), [[1, 2, 3, 4, 1, 2], [5, 6, 5]], [], 3)
     assert drafted.tolist() == [[3, 4, 1], [6, 5, 5]] and q.shape == (2, 3, 10)
-    drafted, _ = drafter.propose(torch.tensor([8]), [[7, 8]], Sampling(), None)
+    drafted, _ = drafter.propose(torch.tensor([8]), [[7, 8]], [], 3)
     assert drafted.shape == (1, 0)  # nothing to copy: a plain step
 
 
 def test_an_empty_prompt_is_refused():
     spec = next(s for s in CAUSAL if s.name == "gpt")
     with pytest.raises(UserError, match="at least one token"):
-        speculative_generate(tiny(spec, 0), LookupDrafter(10, 2), [[1], []], Sampling())
+        speculative_generate(tiny(spec, 0), LookupDrafter(10), [[1], []], Sampling())
 
 
 def test_generate_speculates_with_a_draft_checkpoint_or_prompt_lookup(tmp_path, capsys):

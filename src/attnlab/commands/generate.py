@@ -29,13 +29,34 @@ def register(sub):
     p.add_argument("--seed", type=int)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt instead of streaming")
+    speculation_arguments(p)
+    decoding_arguments(p)
+    p.set_defaults(run=generate)
+
+
+def speculation_arguments(p):
     p.add_argument("--draft", help="speculative decoding: a small causal LM checkpoint with the same tokenizer "
                    "drafts tokens that the model checks in one pass (the output is distributed as without it)")
     p.add_argument("--prompt-lookup", action="store_true",
                    help="speculative decoding with drafts copied from earlier text (no draft model)")
-    p.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per round (default 4)")
-    decoding_arguments(p)
-    p.set_defaults(run=generate)
+    p.add_argument("--draft-tokens", default="4",
+                   help="tokens drafted per round, or 'auto': follow the acceptance rate (default 4)")
+
+
+def draft_tokens(text: str):
+    """--draft-tokens -> a positive integer or 'auto'."""
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise UserError(f"--draft-tokens must be a positive integer or 'auto', got {text!r}")
+    return text if text == "auto" else int(text)
+
+
+def drafter_for(args, model, verb: str):
+    """The drafter --draft or --prompt-lookup asks for (None for neither)."""
+    if args.draft and args.prompt_lookup:
+        raise UserError("choose one drafter: --draft CKPT or --prompt-lookup")
+    if args.draft:
+        return ModelDrafter(load_draft(args.draft, args.checkpoint, model, verb))
+    return LookupDrafter(model.config.vocab_size) if args.prompt_lookup else None
 
 
 def decoding_arguments(p):
@@ -84,36 +105,30 @@ def continue_prompts(args, model, tokenizer):
 def _speculate(args, model, tokenizer, prompts, sampling):
     """Speculative decoding: the completions (JSON lines for --json or a batch), then the rounds and
     the acceptance rate on stderr."""
-    if args.draft and args.prompt_lookup:
-        raise UserError("choose one drafter: --draft CKPT or --prompt-lookup")
-    if args.draft_tokens < 1:
-        raise UserError(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
     if args.no_cache:
         raise UserError("speculative decoding checks drafts through the decode state: drop --no-cache")
-    drafter = LookupDrafter(model.config.vocab_size, args.draft_tokens)
-    if args.draft:
-        drafter = ModelDrafter(load_draft(args.draft, args.checkpoint, model), args.draft_tokens)
+    drafter, k = drafter_for(args, model, "generate"), draft_tokens(args.draft_tokens)
     encoded = [tokenizer.encode(p) for p in prompts]
-    outputs, stats = speculative_generate(model, drafter, encoded, sampling, tokenizer.eos_id)
+    outputs, stats = speculative_generate(model, drafter, encoded, sampling, tokenizer.eos_id, k)
     completions = [cut_at_stop(tokenizer.decode(tokens), args.stop)[0] for tokens in outputs]
     for prompt, completion in zip(prompts, completions):
         if args.json or len(prompts) > 1:
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
         else:
             print(prompt + completion)
-    print(f"speculative decoding: {stats.rounds} rounds of {args.draft_tokens} drafted tokens, "
-          f"{stats.acceptance_rate:.1%} accepted", file=sys.stderr)
+    print(f"speculative decoding: {stats.rounds} rounds, {stats.drafted} tokens drafted ({args.draft_tokens} per "
+          f"round), {stats.acceptance_rate:.1%} accepted", file=sys.stderr)
 
 
-def load_draft(draft, checkpoint, model):
+def load_draft(draft, checkpoint, model, verb: str):
     """The draft checkpoint's model: a causal LM whose tokenizer is the target's (the same file)."""
-    _, draft_path = for_kind("generate --draft", draft, {CAUSAL_LM: None})
+    _, draft_path = for_kind(f"{verb} --draft", draft, {CAUSAL_LM: None})
     tokenizers = [path / TOKENIZER_FILE for path in (draft_path, resolve_checkpoint(checkpoint))]
     if not tokenizers[0].is_file() or tokenizers[0].read_bytes() != tokenizers[1].read_bytes():
         raise UserError(f"the draft {draft} has another tokenizer than {checkpoint}; a draft must share the "
                         "target's tokenizer (train it on the same text, or use --prompt-lookup)")
     draft_model, _ = load_checkpoint(draft_path, device=next(model.parameters()).device)
-    refuse_bidirectional("generate --draft", draft, draft_model)
+    refuse_bidirectional(f"{verb} --draft", draft, draft_model)
     if draft_model.config.vocab_size != model.config.vocab_size:
         raise UserError(f"the draft's vocabulary ({draft_model.config.vocab_size} ids) differs from the target's "
                         f"({model.config.vocab_size}); give both models the same vocab_size")

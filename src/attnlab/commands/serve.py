@@ -6,6 +6,7 @@ import sys
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from .common import resolve_checkpoint
+from .generate import draft_tokens, drafter_for, speculation_arguments
 
 
 def register(sub):
@@ -29,6 +30,7 @@ def register(sub):
     p.add_argument("--grace", type=float, default=10.0, help="seconds in-flight requests get to finish on shutdown")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--name", help="model name reported in responses (default: the checkpoint path)")
+    speculation_arguments(p)
     p.set_defaults(run=serve)
 
 
@@ -64,6 +66,7 @@ def server_app(args):
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.timeout <= 0 or args.grace < 0:
         raise UserError("--timeout must be > 0 and --grace >= 0")
+    k = draft_tokens(args.draft_tokens)
     check_bindable(args.host, args.port)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     path = resolve_checkpoint(args.checkpoint)
@@ -74,7 +77,9 @@ def server_app(args):
     config = ServeConfig(max_batch=args.max_batch, max_queue=args.max_queue, timeout_s=args.timeout,
                          model_name=args.name or str(args.checkpoint), max_inputs=args.max_inputs,
                          max_request_tokens=args.max_request_tokens, encode_batch=args.encode_batch,
-                         max_input_bytes=args.max_input_bytes)
+                         max_input_bytes=args.max_input_bytes, draft_tokens=k)
+    drafter = drafter_for(args, model, "serve")
+    app = create_app(model, processor, config, drafter)
     print(f"serving {model.config.family} model from {path} on http://{args.host}:{args.port} ({device})",
           file=sys.stderr)
-    return create_app(model, processor, config)
+    return app

@@ -11,17 +11,23 @@ distributions, so its output is token for token the target's.
 
 Drafters: a small causal LM with the target's tokenizer (`ModelDrafter`), or prompt lookup
 (`LookupDrafter`: the tokens that followed the latest earlier occurrence of the last n-gram, with
-probability one; no model at all).
+probability one; no model at all). The number drafted per round is fixed, or adaptive
+(`DraftLength("auto")`): it follows the running acceptance rate.
 
-A batch advances by the same number of tokens in every row: the fewest any row accepted, plus
-one (the tokens a row accepted beyond that are a prefix of an exact sample, so dropping them
-keeps the output exact). Every decode state then moves back by the same count, with no holes in
-its history: a state with a history (KV cache, re-read window) is cut back (`truncate`); one that
-cannot forget (a memory, an SSM state) is restored from a copy and re-fed.
+Each row keeps what it accepted. Where every decode state can forget columns row by row (a KV
+cache, a re-read window), rows then hold different numbers of tokens, and `truncate` with a length
+per row right-aligns them again. A state that cannot forget (a memory, an SSM state) is restored
+from a copy and re-fed, which takes one count for every row: there the batch advances by the
+fewest tokens any row accepted, plus one (the tokens a row accepted beyond that are a prefix of an
+exact sample, so dropping them keeps the output exact).
+
+Rows draw with their own sampling settings and generators (`Draws`; the server's requests each
+have theirs); rows that share one `Draws` are warped and drawn together.
 """
 
 import copy
 import dataclasses
+from typing import Optional, Union
 
 import torch
 
@@ -40,6 +46,80 @@ class SpeculationStats:
         return self.accepted / max(self.drafted, 1)
 
 
+class DraftLength:
+    """Tokens drafted per round: a fixed k, or "auto": start at 4, then after each round that drafted
+    anything grow by one (up to 16) while the running acceptance rate is above 0.8 and shrink by one
+    (down to 1) while it is below 0.5. A longer draft is accepted less often per token, so k settles
+    where the drafts mostly hold. Any k keeps the output exact: each round is a complete check."""
+
+    START, MOST, GROW_ABOVE, SHRINK_BELOW, MEMORY = 4, 16, 0.8, 0.5, 0.5
+
+    def __init__(self, k: Union[int, str]):
+        self.adaptive = k == "auto"
+        if not self.adaptive and not (isinstance(k, int) and k >= 1):
+            raise UserError(f"draft tokens must be a positive integer or 'auto', got {k!r}")
+        self.k = self.START if self.adaptive else k
+        self.most = self.MOST if self.adaptive else k
+        self.rate = None  # running acceptance rate
+
+    def update(self, accepted: int, drafted: int):
+        if not self.adaptive or drafted == 0:
+            return
+        rate = accepted / drafted
+        self.rate = rate if self.rate is None else self.MEMORY * self.rate + (1 - self.MEMORY) * rate
+        if self.rate > self.GROW_ABOVE:
+            self.k = min(self.k + 1, self.MOST)
+        elif self.rate < self.SHRINK_BELOW:
+            self.k = max(self.k - 1, 1)
+
+
+@dataclasses.dataclass(eq=False)
+class Draws:
+    """How rows draw their tokens: sampling settings and a random generator (None: torch's own)."""
+    sampling: Sampling
+    generator: Optional[torch.Generator] = None
+
+
+def row_groups(draws: list) -> list:
+    """One Draws-like object (with .sampling and .generator) per row -> [(rows (n,) long, draws)], one
+    entry per distinct object."""
+    rows = {}
+    for row, d in enumerate(draws):
+        rows.setdefault(id(d), (d, []))[1].append(row)
+    return [(torch.tensor(r), d) for d, r in rows.values()]
+
+
+def by_group(groups: list, fn, *tensors) -> tuple:
+    """fn(*the group's rows of each tensor, draws) -> a tuple of tensors, run per group and put back in
+    row order."""
+    if len(groups) == 1:
+        return fn(*tensors, groups[0][1])
+    parts = [(rows, fn(*(t[rows.to(t.device)] for t in tensors), d)) for rows, d in groups]
+    out = tuple(part.new_empty((len(tensors[0]),) + part.shape[1:]) for part in parts[0][1])
+    for rows, results in parts:
+        for whole, part in zip(out, results):
+            whole[rows.to(whole.device)] = part
+    return out
+
+
+def warp(logits: torch.Tensor, groups: list) -> torch.Tensor:
+    """logits (B, ..., V) -> each row's sampling distribution (B, ..., V), float64."""
+    return by_group(groups, lambda x, d: (warped_probabilities(x, d.sampling),), logits)[0]
+
+
+def draw(probs: torch.Tensor, groups: list) -> torch.Tensor:
+    """probs (B, V) -> one token per row (B,), from its own generator (greedy: the argmax)."""
+    def one(p, d):
+        return (p.argmax(-1) if d.sampling.temperature == 0 else
+                torch.multinomial(p, 1, generator=d.generator).squeeze(-1),)
+    return by_group(groups, one, probs)[0]
+
+
+def accept_rows(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, groups: list) -> tuple:
+    """`accept` with each row's own generator."""
+    return by_group(groups, lambda *args: accept(*args[:3], args[3].generator), p, q, drafted)
+
+
 def accept(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, generator=None) -> tuple:
     """p (B, k + 1, V): the target's probabilities at the k drafted positions and after them;
     q (B, k, V): the drafter's; drafted (B, k) -> (accepted (B,) in 0..k, next token (B,))."""
@@ -55,80 +135,107 @@ def accept(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, generator=No
     return accepted, torch.multinomial(pick, 1, generator=generator).squeeze(-1)
 
 
+def emitted(drafted: torch.Tensor, bonus: torch.Tensor, accepted: torch.Tensor, counts: torch.Tensor) -> list:
+    """-> each row's counts[r] new tokens: its first counts[r] - 1 drafts, then the target's own token
+    where the row stopped at its own acceptance, else (a batch held back to a shorter count) its next draft."""
+    rows = zip(drafted.tolist(), bonus.tolist(), accepted.tolist(), counts.tolist())
+    return [tokens[:count - 1] + [extra if kept == count - 1 else tokens[count - 1]]
+            for tokens, extra, kept, count in rows]
+
+
 class Decoder:
     """A causal model's decode state over the rows of a batch. Each round starts with `mark`;
-    `feed` runs tokens through the state; `rewind(count)` keeps only the first `count` of the
-    tokens fed since the mark."""
+    `feed` runs tokens through the state; `rewind(counts)` keeps only each row's first counts[r]
+    of the tokens fed since the mark (one count for all rows unless `truncatable`)."""
 
     def __init__(self, model, histories: list, extra: int):
         self.model, self.device = model, next(model.parameters()).device
         self.window = model.config.max_seq_len
         ids, mask = left_pad(histories, device=self.device)
         self.state = model.init_state(len(histories), min(self.window, ids.size(1) + extra))
-        self.recurrent, self.copies = self.state.recurrent, not self.state.truncatable
+        self.recurrent, self.truncatable = self.state.recurrent, self.state.truncatable
         if not self.recurrent and ids.size(1) > self.window:
             raise UserError(f"prompt of {ids.size(1)} tokens exceeds the model's context window of {self.window}")
         self.logits = model(ids, attention_mask=mask, state=self.state, only_last=True).logits[:, -1]  # (B, V)
 
     def mark(self):
         self.start, self.fed = self.state.length, []
-        self.snapshot = copy.deepcopy(self.state) if self.copies else None
+        self.snapshot = None if self.truncatable else copy.deepcopy(self.state)
 
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V)."""
         self.fed.append(ids)
         return self.model(ids, state=self.state).logits
 
-    def rewind(self, count: int):
+    def rewind(self, counts: torch.Tensor):
         fed = torch.cat(self.fed, dim=1)
-        if count == fed.size(1):
+        if bool((counts == fed.size(1)).all()):
             return
-        if self.copies:  # a memory cannot forget: redo the kept tokens from the copy
-            self.state = self.snapshot
-            if count:
-                self.model(fed[:, :count], state=self.state)
-        else:
-            self.state.truncate(self.start + count)
+        if self.truncatable:
+            self.state.truncate(self.start + counts.to(self.device))
+            return
+        self.state = self.snapshot  # a memory cannot forget: redo the kept tokens from the copy
+        if int(counts[0]):
+            self.model(fed[:, :int(counts[0])], state=self.state)
 
     def room(self, tokens: int) -> bool:
         return self.recurrent or self.state.length + tokens <= self.window
 
     def select(self, rows: torch.Tensor):
-        self.state.select(rows)
+        self.state.select(rows.to(self.device))
+
+    def extend(self, other: "Decoder"):
+        self.state.extend(other.state)
 
 
 class ModelDrafter:
     """A small causal LM drafts k tokens, one step at a time, through its own decode state."""
 
-    def __init__(self, model, k: int):
-        self.model, self.k, self.window = model, k, model.config.max_seq_len
+    def __init__(self, model):
+        self.model, self.window = model, model.config.max_seq_len
+        self.truncatable = model.init_state(1, 1).truncatable
+        self.decoder = None
 
     def start(self, histories: list, extra: int):
         self.decoder = Decoder(self.model, histories, extra)
 
-    def propose(self, last: torch.Tensor, histories: list, sampling: Sampling, generator) -> tuple:
+    def join(self, history: list, extra: int):
+        """Add one row, prefilled on its own, below the batch's rows."""
+        decoder = Decoder(self.model, [history], extra)
+        if self.decoder is None:
+            self.decoder = decoder
+        else:
+            self.decoder.extend(decoder)
+
+    def propose(self, last: torch.Tensor, histories: list, groups: list, k: int) -> tuple:
         """last (B,): the newest token, not yet fed -> drafted (B, k), q (B, k, V)."""
         self.decoder.mark()
         tokens, probs, current = [], [], last
-        for _ in range(self.k):
-            q = warped_probabilities(self.decoder.feed(current[:, None])[:, -1], sampling)
-            current = torch.multinomial(q, 1, generator=generator).squeeze(-1)
+        for _ in range(k):
+            q = warp(self.decoder.feed(current[:, None])[:, -1], groups)  # (B, V)
+            current = draw(q, groups)
             tokens.append(current)
             probs.append(q)
         self.last_drafted = current
         return torch.stack(tokens, dim=1), torch.stack(probs, dim=1)
 
-    def rewind(self, count: int):
-        """Keep the first `count` of [last, drafted...] (k + 1 tokens; the last drafted one was never fed)."""
-        if count == self.k + 1:
+    def rewind(self, counts: torch.Tensor):
+        """counts (B,): keep the first counts[r] of [last, drafted...] (the last drafted one was never fed)."""
+        if int(counts.max()) == len(self.decoder.fed) + 1:
             self.decoder.feed(self.last_drafted[:, None])
-        self.decoder.rewind(count)
+        self.decoder.rewind(counts)
 
     def room(self, tokens: int) -> bool:
         return self.decoder.room(tokens)
 
     def select(self, rows: torch.Tensor):
         self.decoder.select(rows)
+
+    def trim(self):
+        self.decoder.state.trim()
+
+    def clear(self):
+        self.decoder = None
 
 
 class LookupDrafter:
@@ -138,31 +245,35 @@ class LookupDrafter:
     decoding step, so text with nothing to copy costs (almost) nothing extra."""
 
     window = float("inf")
+    truncatable = True
 
-    def __init__(self, vocab_size: int, k: int, max_ngram: int = 3):
-        self.vocab_size, self.k, self.max_ngram = vocab_size, k, max_ngram
+    def __init__(self, vocab_size: int, max_ngram: int = 3):
+        self.vocab_size, self.max_ngram = vocab_size, max_ngram
 
     def start(self, histories: list, extra: int):
         pass
 
-    def propose(self, last: torch.Tensor, histories: list, sampling: Sampling, generator) -> tuple:
-        found = [self.continuation(tokens) for tokens in histories]
+    def join(self, history: list, extra: int):
+        pass
+
+    def propose(self, last: torch.Tensor, histories: list, groups: list, k: int) -> tuple:
+        found = [self.continuation(tokens, k) for tokens in histories]
         width = max(map(len, found))  # 0: no row has anything to copy
         rows = [match or tokens[-1:] for match, tokens in zip(found, histories)]
         rows = [row + row[-1:] * (width - len(row)) for row in rows]  # each padded with its last token
         drafted = torch.tensor(rows, dtype=torch.long, device=last.device)[:, :width]  # (B, width)
         return drafted, torch.nn.functional.one_hot(drafted, self.vocab_size).double()
 
-    def continuation(self, tokens: list) -> list:
-        """What followed the latest earlier occurrence of the longest matching tail ([] if none)."""
+    def continuation(self, tokens: list, k: int) -> list:
+        """What (up to k tokens) followed the latest earlier occurrence of the longest matching tail ([] if none)."""
         for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
             tail = tokens[-n:]
             for start in range(len(tokens) - n - 1, -1, -1):
                 if tokens[start:start + n] == tail:
-                    return tokens[start + n:start + n + self.k]
+                    return tokens[start + n:start + n + k]
         return []
 
-    def rewind(self, count: int):
+    def rewind(self, counts: torch.Tensor):
         pass
 
     def room(self, tokens: int) -> bool:
@@ -171,44 +282,56 @@ class LookupDrafter:
     def select(self, rows: torch.Tensor):
         pass
 
+    def trim(self):
+        pass
+
+    def clear(self):
+        pass
+
 
 @torch.no_grad()
-def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos_id=None) -> tuple:
+def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos_id=None,
+                         draft_tokens: Union[int, str] = 4) -> tuple:
     """-> (new-token id lists, one per prompt, without eos; SpeculationStats). A model drafter
-    must share the target's tokenizer."""
+    must share the target's tokenizer. draft_tokens: k per round, or "auto" (`DraftLength`)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
+    length = DraftLength(draft_tokens)
     if sampling.max_new_tokens == 0:
         return [[] for _ in prompts], SpeculationStats()
-    generator = None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed)
-    k, extra = drafter.k, sampling.max_new_tokens + drafter.k + 1
+    draws = Draws(sampling, None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed))
+    extra = sampling.max_new_tokens + length.most + 1
     window = min(target.config.max_seq_len, drafter.window)  # a restart keeps this much history, less a round
     histories = [list(p) for p in prompts]
     target_decoder = Decoder(target, histories, extra)
     drafter.start(histories, extra)
+    per_row = target_decoder.truncatable and drafter.truncatable
     run = Run(histories, sampling.max_new_tokens, eos_id)
-    first = torch.multinomial(warped_probabilities(target_decoder.logits, sampling), 1, generator=generator)
-    last = run.emit(first)
+    device = target_decoder.device
+    groups = [(None, draws)]  # one group: every row draws alike
+    first = draw(warp(target_decoder.logits, groups), groups)
+    last = torch.tensor(run.emit([[t] for t in first.tolist()]), device=device)
     stats = SpeculationStats()
     while len(run.alive):
-        for part in (target_decoder, drafter):
-            part.select(run.kept_rows)
+        k = length.k
+        if run.dropped:  # a row finished: the states keep the others (a copy of every cache)
+            for part in (target_decoder, drafter):
+                part.select(run.kept_rows)
         if not (target_decoder.room(k + 1) and drafter.room(k + 1)):  # past a window: restart from history
             consumed = [histories[i][:-1][-(window - k - 1):] for i in run.alive.tolist()]
             target_decoder = Decoder(target, consumed, extra)
             drafter.start(consumed, extra)
-        drafted, q = drafter.propose(last, [histories[i] for i in run.alive.tolist()], sampling, generator)
+        drafted, q = drafter.propose(last, [histories[i] for i in run.alive.tolist()], groups, k)
         target_decoder.mark()
-        p = warped_probabilities(target_decoder.feed(torch.cat([last[:, None], drafted], dim=1)), sampling)
-        accepted, bonus = accept(p, q, drafted, generator)
-        count = int(accepted.min()) + 1  # tokens every row emits this round
+        p = warp(target_decoder.feed(torch.cat([last[:, None], drafted], dim=1)), groups)
+        accepted, bonus = accept_rows(p, q, drafted, groups)
+        counts = accepted + 1 if per_row else (accepted.min() + 1).expand_as(accepted)  # tokens each row emits
         stats.rounds, stats.drafted = stats.rounds + 1, stats.drafted + drafted.numel()
         stats.accepted += int(accepted.sum())
-        emitted = torch.cat([drafted, bonus[:, None]], dim=1)[:, :count].clone()  # (B, count)
-        emitted[:, -1] = torch.where(accepted == count - 1, bonus, emitted[:, -1])
-        target_decoder.rewind(count)
-        drafter.rewind(count)
-        last = run.emit(emitted)
+        length.update(int(accepted.sum()), drafted.numel())
+        target_decoder.rewind(counts)
+        drafter.rewind(counts)
+        last = torch.tensor(run.emit(emitted(drafted, bonus, accepted, counts)), dtype=torch.long, device=device)
     return run.outputs, stats
 
 
@@ -221,11 +344,11 @@ class Run:
         self.alive = torch.arange(len(histories))  # row -> prompt
         self.kept_rows = self.alive
 
-    def emit(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, count) for the alive rows -> the last token of the rows that go on (their
+    def emit(self, tokens: list) -> list:
+        """tokens: one list of new tokens per alive row -> the last token of the rows that go on (their
         `kept_rows` among the alive ones before)."""
         going = []
-        for row, (prompt, new) in enumerate(zip(self.alive.tolist(), tokens.tolist())):
+        for row, (prompt, new) in enumerate(zip(self.alive.tolist(), tokens)):
             done = False
             for token in new:
                 if token == self.eos_id or len(self.outputs[prompt]) == self.max_new_tokens:
@@ -236,6 +359,7 @@ class Run:
             done = done or len(self.outputs[prompt]) == self.max_new_tokens
             if not done:
                 going.append(row)
+        self.dropped = len(going) < len(tokens)
         self.kept_rows = torch.tensor(going, dtype=torch.long)
         self.alive = self.alive[self.kept_rows]
-        return tokens[self.kept_rows, -1]
+        return [tokens[row][-1] for row in going]

@@ -10,9 +10,10 @@ let one loop serve sampling, beam search and continuous batching:
 - `extend(other)`: append another state's rows below these, right-aligning both to the
   longer length (a newly prefilled request joins the batch);
 - `trim()`: drop leading columns that are padding in every row;
-- `truncate(length)`: forget the columns from `length` on (speculative decoding takes back the
-  drafted tokens the target rejected), where `truncatable`; a state that cannot (a memory, an SSM
-  state) is copied and re-fed instead.
+- `truncate(length)`: forget the columns from `length` on, or with a length per row, each row's
+  columns from its own length on, the rows right-aligned again (speculative decoding takes back
+  the drafted tokens the target rejected, row by row), where `truncatable`; a state that cannot
+  (a memory, an SSM state) is copied and re-fed instead.
 
 `recurrent` is True for a state of fixed size (a memory, not a growing history), which
 generation never has to restart however long it runs.
@@ -45,6 +46,13 @@ def right_align(x: torch.Tensor, length: int, dim: int = 1) -> torch.Tensor:
     return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
+def kept_columns(lengths: torch.Tensor) -> torch.Tensor:
+    """lengths (B,): row r keeps its first lengths[r] columns -> for each column of the right-aligned
+    result (B, max length), the column it comes from, or -1 for the padding now before it."""
+    longest = int(lengths.max())
+    return torch.arange(longest, device=lengths.device) - (longest - lengths)[:, None]
+
+
 class DecodeState:
     """The protocol; `mask` (B, L) long, set by each kind."""
 
@@ -65,7 +73,8 @@ class DecodeState:
     def trim(self) -> None:
         raise NotImplementedError
 
-    def truncate(self, length: int) -> None:
+    def truncate(self, length) -> None:
+        """length: an int for every row, or (B,) one per row."""
         raise NotImplementedError(f"a {type(self).__name__} cannot forget what it has seen")
 
 
@@ -181,8 +190,19 @@ class KVCache(DecodeState):
                 t[:, :, :length - drop] = t[:, :, drop:length].clone()
         self.mask = self.mask[:, drop:]
 
-    def truncate(self, length: int) -> None:
-        self.mask = self.mask[:, :length]  # the buffers' later columns are overwritten by the next append
+    def truncate(self, length) -> None:
+        if not isinstance(length, int) and bool((length == length[0]).all()):
+            length = int(length[0])  # every row alike: no column moves
+        if isinstance(length, int):
+            self.mask = self.mask[:, :length]  # the buffers' later columns are overwritten by the next append
+            return
+        source = kept_columns(length)  # (B, L')
+        longest = source.size(1)
+        for row, shift in enumerate((longest - length).tolist()):
+            if shift:  # the row's columns move right by `shift`, in place (a copy of one row, not a gather)
+                for t in self._keys + self._values:  # (B, H, capacity, D)
+                    t[row, :, shift:longest] = t[row, :, :longest - shift].clone()
+        self.mask = self.mask.gather(1, source.clamp(min=0)) * (source >= 0)
 
 
 class HiddenMemory(DecodeState):
@@ -248,5 +268,10 @@ class RecomputeState(DecodeState):
         drop = leading_padding(self.mask)
         self.ids, self.mask = self.ids[:, drop:], self.mask[:, drop:]
 
-    def truncate(self, length: int) -> None:
-        self.ids, self.mask = self.ids[:, :length], self.mask[:, :length]
+    def truncate(self, length) -> None:
+        if isinstance(length, int):
+            self.ids, self.mask = self.ids[:, :length], self.mask[:, :length]
+            return
+        source = kept_columns(length)  # (B, L')
+        index = source.clamp(min=0)
+        self.ids, self.mask = self.ids.gather(1, index), self.mask.gather(1, index) * (source >= 0)

@@ -44,7 +44,7 @@ from ..inference import Sampling, seq2seq_generate
 from ..inference.generate import cut_at_stop
 from ..layers import mean_pool
 from ..models.base import CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
-from .engine import Engine, EngineConfig, QueueFull, Sequence
+from .engine import Engine, EngineConfig, QueueFull, Sequence, SpeculativeEngine
 from .errors import ApiError
 from .attention import add_attention_routes
 from .graph import add_graph_routes
@@ -66,6 +66,7 @@ class ServeConfig:
     max_input_bytes: int = 8 * 2 ** 20  # per decoded file sent to an image/audio/video classifier; more get 413
     max_nodes: int = 50_000  # nodes of a graph posted to a graph network; more get 413
     max_edges: int = 1_000_000  # edges of a posted graph; more get 413
+    draft_tokens: Union[int, str] = 4  # with a drafter: tokens drafted per row and step, or "auto"
 
 
 # -- request bodies (unknown fields and wrong types are refused) -----------------------------
@@ -352,13 +353,19 @@ def label_names(config, count: int) -> list:
     return [f"LABEL_{i}" for i in range(count)]
 
 
-def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
+def create_app(model, tokenizer, config: ServeConfig = None, drafter=None) -> FastAPI:
+    """drafter: speculative decoding for a causal LM (inference/speculative.py's ModelDrafter or LookupDrafter)."""
     config = config or ServeConfig()
     kind = family_spec(model).kind
     causal = kind == CAUSAL_LM
     context = model.config.max_seq_len
-    if causal:
-        worker = Engine(model, EngineConfig(config.max_batch, config.max_queue, config.timeout_s))
+    if drafter is not None and not causal:
+        raise UserError(f"speculative decoding drafts for a causal LM; the {model.config.family} model is {KINDS[kind]}")
+    engine_config = EngineConfig(config.max_batch, config.max_queue, config.timeout_s)
+    if drafter is not None:
+        worker = SpeculativeEngine(model, drafter, config.draft_tokens, engine_config)
+    elif causal:
+        worker = Engine(model, engine_config)
     else:
         worker = ModelRunner(model, config.max_queue, config.timeout_s)
     metrics = ServerMetrics(worker)
@@ -419,9 +426,11 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
     # -- endpoints ---------------------------------------------------------------------------
     @app.get("/health")
     async def health():
+        speculation = {} if drafter is None else {"speculation": {
+            "draft_tokens": worker.length.k, "acceptance_rate": worker.stats.acceptance_rate}}
         return {"status": "ok", "model": config.model_name, "family": model.config.family,
                 "kind": kind, "context": context,
-                "queue_depth": worker.queue_depth, "running": worker.running}
+                "queue_depth": worker.queue_depth, "running": worker.running, **speculation}
 
     @app.get("/metrics")
     async def prometheus():

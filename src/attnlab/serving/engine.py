@@ -11,6 +11,11 @@ of the L columns and the columns before them are padding hidden by the state's m
 count each row's own tokens, so a row sees exactly what it would see alone and greedy decoding
 gives the same tokens batched or not. The engine never looks inside the state, so a KV cache,
 Transformer-XL's memory and the Reformer's re-read window serve alike.
+
+`SpeculativeEngine` decodes the same batch speculatively (inference/speculative.py): each step a
+drafter proposes up to k tokens per row, the model checks them all in one pass, and every row keeps
+what it accepts, drawn with its own settings and generator, so one step emits 1 to k + 1 tokens per
+row and the output is distributed exactly as without speculation.
 """
 
 import collections
@@ -21,8 +26,10 @@ import time
 
 import torch
 
+from ..errors import UserError
 from ..inference import Sampling, next_token
 from ..inference.generate import cut_at_stop, emittable_prefix
+from ..inference.speculative import DraftLength, SpeculationStats, accept_rows, emitted, row_groups, warp
 
 log = logging.getLogger("attnlab.serving")
 
@@ -200,31 +207,40 @@ class Engine:
             self.state.extend(state)
             self.last = torch.cat([self.last, last])
 
-    @torch.no_grad()
-    def _decode(self):
-        """One step for every row: drop interrupted rows, feed each row's last token, sample."""
+    def _drop_interrupted(self) -> bool:
+        """End the rows cancelled or out of time; True when rows remain."""
         stopped = [(i, seq.interrupted()) for i, seq in enumerate(self.rows)]
         stopped = [(i, reason) for i, reason in stopped if reason]
         for i, reason in stopped:
             self.rows[i].finish(reason)
         self._remove([i for i, _ in stopped])
-        if not self.rows:
+        return bool(self.rows)
+
+    @torch.no_grad()
+    def _decode(self):
+        """One step for every row: drop interrupted rows, feed each row's last token, sample."""
+        if not self._drop_interrupted():
             return
         self.state.trim()  # the batch never holds more columns than its longest row
         logits = self.model(self.last[:, None], state=self.state, only_last=True).logits[:, -1]
-        tokens, done = [], []
+        self._advance(lambda i, seq: [seq.sample(logits[i:i + 1])])
+
+    def _advance(self, new_tokens):
+        """new_tokens(row index, sequence) -> the row's new tokens. Each row takes them until it is
+        done; the last becomes its next input and the finished rows leave the batch."""
+        last, done = [], []
         for i, seq in enumerate(self.rows):
             try:
-                token = seq.sample(logits[i:i + 1])
-                finished = seq.accept(token)
+                tokens = new_tokens(i, seq)
+                finished = any(seq.accept(token) for token in tokens)  # stops at the first that ends it
             except Exception:
                 log.exception("sampling failed for one request")
                 seq.finish("error")
-                token, finished = 0, True
-            tokens.append(token)
+                tokens, finished = [0], True
+            last.append(tokens[-1])
             if finished:
                 done.append(i)
-        self.last = torch.tensor(tokens, device=self.device)
+        self.last = torch.tensor(last, device=self.device)
         self._remove(done)
         self.steps += 1
 
@@ -234,15 +250,72 @@ class Engine:
         keep = [i for i in range(len(self.rows)) if i not in set(indices)]
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
-            self.state, self.last = None, None
-            return
-        index = torch.tensor(keep, device=self.device)
+            return self._clear()
+        self._select(torch.tensor(keep, device=self.device))
+
+    def _select(self, index: torch.Tensor):
         self.state.select(index)
         self.last = self.last[index]
+
+    def _clear(self):
+        self.rows, self.state, self.last = [], None, None
 
     def _reset(self, reason):
         """End every running sequence and empty the batch."""
         for seq in self.rows:
             if seq.finish_reason is None:
                 seq.finish(reason)
-        self.rows, self.state, self.last = [], None, None
+        self._clear()
+
+
+class SpeculativeEngine(Engine):
+    """The engine with speculative decoding: `drafter` (a ModelDrafter or a LookupDrafter) proposes
+    `draft_tokens` per row and step (an int, or "auto": `DraftLength`). Every row keeps what it
+    accepted, so the model's and the draft model's states must forget columns row by row (a KV cache
+    or a re-read window; a memory cannot), and the draft model must see as far as the model."""
+
+    def __init__(self, model, drafter, draft_tokens=4, config: EngineConfig = None):
+        super().__init__(model, config)
+        self.drafter, self.length, self.stats = drafter, DraftLength(draft_tokens), SpeculationStats()
+        family = model.config.family
+        if not (model.init_state(1, 1).truncatable and drafter.truncatable):
+            raise UserError(f"speculative serving needs decode states that can forget drafted tokens row by row (a "
+                            f"KV cache); the {family} model or its draft keeps a memory: serve it without a drafter")
+        if drafter.window < self.max_seq_len:
+            raise UserError(f"the draft model's context ({drafter.window} tokens) is shorter than the model's "
+                            f"({self.max_seq_len}); a draft must see as far as the model it drafts for")
+
+    def _join(self, seq, state, first):
+        super()._join(seq, state, first)
+        self.drafter.join(seq.prompt_ids, seq.sampling.max_new_tokens + self.length.most + 1)
+
+    def _select(self, index: torch.Tensor):
+        super()._select(index)
+        self.drafter.select(index)
+
+    def _clear(self):
+        super()._clear()
+        self.drafter.clear()
+
+    @torch.no_grad()
+    def _decode(self):
+        """One round for every row: draft, check in one pass, keep each row's accepted tokens."""
+        if not self._drop_interrupted():
+            return
+        self.state.trim()
+        self.drafter.trim()  # the two states hold the same columns
+        k = min(self.length.k, self.max_seq_len - self.state.length - 1)  # >= 1: a running row has room for 2
+        groups = row_groups(self.rows)  # every request draws with its own settings and generator
+        histories = [seq.prompt_ids + seq.generated for seq in self.rows]
+        drafted, q = self.drafter.propose(self.last, histories, groups, k)  # (B, k'), (B, k', V)
+        start = self.state.length
+        logits = self.model(torch.cat([self.last[:, None], drafted], dim=1), state=self.state).logits
+        accepted, bonus = accept_rows(warp(logits.float().cpu(), groups), q.cpu(), drafted.cpu(), groups)
+        counts = accepted + 1
+        self.state.truncate(start + counts.to(self.device))
+        self.drafter.rewind(counts.to(self.device))
+        self.stats.rounds, self.stats.drafted = self.stats.rounds + 1, self.stats.drafted + drafted.numel()
+        self.stats.accepted += int(accepted.sum())
+        self.length.update(int(accepted.sum()), drafted.numel())
+        rows = emitted(drafted.cpu(), bonus, accepted, counts)
+        self._advance(lambda i, seq: rows[i])

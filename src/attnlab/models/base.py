@@ -49,6 +49,7 @@ class FamilySpec:
     # instances `save(directory)`. A classifier's is a processors/media.py MediaProcessor.
     modality: str = "text"  # "text", or for a classifier what it reads: one of MEDIA_MODALITIES
     fsdp_unit: type = None  # the module FSDP shards as one unit when it is not the block (None: the block)
+    task: str = None  # the objective `attnlab train` uses when a run names none (None: the kind's, default_task)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -90,8 +91,11 @@ def family_spec(family_or_model) -> FamilySpec:
 
 
 def default_task(spec: FamilySpec) -> str:
-    """The objective `attnlab train` uses for a family when the run config names no task: its
-    kind's, and for a classifier its modality's (image_classification, audio_classification, ...)."""
+    """The objective `attnlab train` uses for a family when the run config names no task: its own
+    (`FamilySpec.task`), else its kind's, and for a classifier its modality's (image_classification,
+    audio_classification, ...)."""
+    if spec.task:
+        return spec.task
     if spec.kind == CLASSIFIER:
         return f"{spec.modality}_classification"
     return DEFAULT_TASKS[spec.kind]

@@ -58,36 +58,21 @@ class NoTokenizer(Config):
 
 
 def node_classification(run: Run, run_dir: Path, resume: bool):
-    data = run.data
-    if data.path is None:
-        raise UserError("data.path is missing: point it at an .npz graph file (or pass --data)")
-    graph = read_graph(data.path)
-    if resume:
-        model, processor = load_checkpoint(run_dir / "last", families=families_of_kind(GRAPH))
-    else:
-        processor = GraphProcessor(graph.x.size(1), data.normalize, data.pos_encoding, data.pos_dim)
-        model = build_model(_model_config(run.model, graph, data))
-    inputs = processor.to_batch(graph.x, graph.edge_index, what=data.path)
+    graph = read_graph(_data_path(run.data, "an .npz graph file"))
+    model, processor = _model_and_processor(run, run_dir, resume, graph.x.size(1), graph.num_classes,
+                                            {"preset": "gcn-cora"})
+    inputs = processor.to_batch(graph.x, graph.edge_index, what=run.data.path)
     return model, processor, FullGraphBatches(inputs, graph)
 
 
 def graph_classification(run: Run, run_dir: Path, resume: bool):
-    data = run.data
-    if data.path is None:
-        raise UserError("data.path is missing: point it at an .npz file of many graphs (or pass --data)")
-    graph_set = read_graph_set(data.path)
-    if resume:
-        model, processor = load_checkpoint(run_dir / "last", families=families_of_kind(GRAPH))
-    else:
-        processor = GraphProcessor(graph_set.in_features, data.normalize, data.pos_encoding, data.pos_dim)
-        section = run.model if "preset" in run.model or "family" in run.model else {"family": "graph_classifier",
-                                                                                     **run.model}
-        model = build_model(model_config(section, GRAPH, in_features=graph_set.in_features,
-                                         num_classes=graph_set.num_classes, pos_dim=data.pos_dim))
+    graph_set = read_graph_set(_data_path(run.data, "an .npz file of many graphs"))
+    model, processor = _model_and_processor(run, run_dir, resume, graph_set.in_features, graph_set.num_classes,
+                                            {"family": "graph_classifier"})
     if not model.config.per_graph:
         raise UserError(f"graph_classification trains a graph_classifier (a readout pooling each graph), but the "
                         f"model is a {model.config.family} network with readout=node; use family: graph_classifier")
-    graphs = [processor.to_batch(x, edges, max_nodes=model.config.max_nodes, what=f"{data.path} graph {i}")
+    graphs = [processor.to_batch(x, edges, max_nodes=model.config.max_nodes, what=f"{run.data.path} graph {i}")
               for i, (x, edges) in enumerate(graph_set.graphs)]
     return model, processor, GraphSetBatches(graphs, graph_set, run.train.batch_size)
 
@@ -100,11 +85,21 @@ def val_accuracy(batches: GraphSetBatches, model) -> dict:
     return {"val_accuracy": float((predicted.argmax(-1) == batches.y[members]).float().mean())}
 
 
-def _model_config(section: dict, graph, data: GraphData):
-    if "preset" not in section and "family" not in section:
-        section = {"preset": "gcn-cora", **section}
-    return model_config(section, GRAPH, in_features=graph.x.size(1), num_classes=graph.num_classes,
-                        pos_dim=data.pos_dim)
+def _data_path(data: GraphData, what: str) -> str:
+    if data.path is None:
+        raise UserError(f"data.path is missing: point it at {what} (or pass --data)")
+    return data.path
+
+
+def _model_and_processor(run: Run, run_dir: Path, resume: bool, in_features: int, num_classes: int, default: dict):
+    """The run's model and processor: resumed from last/, or built from the model section (`default`
+    when it names neither a preset nor a family) for the data's feature width and class count."""
+    if resume:
+        return load_checkpoint(run_dir / "last", families=families_of_kind(GRAPH))
+    data = run.data
+    section = run.model if "preset" in run.model or "family" in run.model else {**default, **run.model}
+    config = model_config(section, GRAPH, in_features=in_features, num_classes=num_classes, pos_dim=data.pos_dim)
+    return build_model(config), GraphProcessor(in_features, data.normalize, data.pos_encoding, data.pos_dim)
 
 
 NODE_CLASSIFICATION = Task("node_classification", GRAPH, node_classification, data=GraphData, tokenizer=NoTokenizer,

@@ -53,7 +53,8 @@ def test_a_graph_set_round_trips_and_a_batch_splits_into_whole_graphs(tmp_path):
     for name, value in expected.inputs.items():
         torch.testing.assert_close(part.inputs[name], value, rtol=0, atol=0)
     torch.manual_seed(0)
-    model = build_model(preset("graph-classifier-tiny", in_features=1, num_classes=2, pos_dim=3)).eval()
+    model = build_model(preset("graph-classifier-tiny", layer="transformer", in_features=1, num_classes=2, pos_dim=3,
+                               global_attention=True)).eval()
     with torch.no_grad():  # graphs do not mix: the two alone get the logits they get among all six
         torch.testing.assert_close(model(**part.inputs).logits, model(**whole.inputs).logits[2:4], rtol=0, atol=1e-5)
 
@@ -136,7 +137,7 @@ def test_train_eval_and_classify_tell_cycles_from_stars(tmp_path, capsys):
 def test_the_server_labels_each_posted_graph_and_refuses_bad_requests():
     torch.manual_seed(0)
     model = build_model(preset("graph-classifier-tiny", max_nodes=8)).eval()
-    app = create_app(model, GraphProcessor(10, pos_encoding="random_walk", pos_dim=4),
+    app = create_app(model, GraphProcessor(10),
                      ServeConfig(max_nodes=20, max_edges=40, max_inputs=3))
 
     def graph(nodes, edges=((0, 1), (1, 0))):

@@ -23,6 +23,7 @@ from attnlab.compression import inject_lora, prune_magnitude, prune_structured, 
 from attnlab.compression.lora import lora_modules
 from attnlab.compression.targets import ALL_TARGETS, find_linears
 from attnlab.data.batch import Batch
+from attnlab.data.graph import write_graph_set
 from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.inference.attention_maps import attention_maps
@@ -114,11 +115,24 @@ REQUESTS = {"/v1/completions": {"prompt": "the cat", "max_tokens": 5, "temperatu
 
 
 def requests_for(spec, model) -> dict:
-    """REQUESTS, with a graph network's /v1/classify body a graph (its example batch's)."""
+    """REQUESTS, with a graph network's /v1/classify body a graph (its example batch's), and a graph
+    classifier's a list of graphs (its example batch's, apart)."""
     if spec.kind != GRAPH:
         return REQUESTS
+    if model.config.per_graph:
+        graphs = [{"x": x.tolist(), "edge_index": edges.tolist()} for x, edges in example_graphs(spec, model.config)]
+        return {**REQUESTS, "/v1/classify": {"graphs": graphs}}
     batch = example(spec, model)
     return {**REQUESTS, "/v1/classify": {"x": batch["x"].tolist(), "edge_index": batch["edge_index"].tolist()}}
+
+
+def example_graphs(spec, config, seed: int = 0) -> list:
+    """A graph classifier's example batch as its graphs [(x (n, F), edge_index (2, e) of its own nodes)]."""
+    batch = spec.example_batch(config, torch.Generator().manual_seed(seed))
+    graph_of, (source, _) = batch["batch"], batch["edge_index"]
+    starts = torch.bincount(graph_of).cumsum(0) - torch.bincount(graph_of)
+    return [(batch["x"][graph_of == g], batch["edge_index"][:, graph_of[source] == g] - starts[g])
+            for g in range(len(starts))]
 
 
 def client_for(spec, **settings):
@@ -150,9 +164,9 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
                 assert choice["finish_reason"] in ("stop", "length") and isinstance(choice["text"], str)
             elif path == "/v1/classify" and spec.kind == CLASSIFIER:  # it reads files, not text: below
                 assert reply.status_code == 400 and "\n" not in reply.json()["error"]["message"]
-            elif path == "/v1/classify" and spec.kind == GRAPH:  # a label for every node of the posted graph
+            elif path == "/v1/classify" and spec.kind == GRAPH:  # a label for every node, or every posted graph
                 assert reply.status_code == 200, reply.text
-                assert len(reply.json()["data"]) == len(body["x"])
+                assert len(reply.json()["data"]) == len(body.get("graphs") or body["x"])
             elif path == "/v1/classify":  # the tiny encoders carry a masked-LM head, not a classifier
                 message = reply.json()["error"]["message"]
                 assert reply.status_code == 400 and "not a sequence classifier" in message and "\n" not in message
@@ -480,8 +494,15 @@ def test_an_encoder_serves_its_whole_context_and_refuses_more_in_one_line(spec):
 
 def graph_file(spec, path):
     """The tiny model's example graph as an .npz graph file: its labelled nodes split for training
-    and validation, all of them for testing."""
+    and validation, all of them for testing; for a graph classifier, six example graphs (four to
+    train on, two to validate, all six to test) in an .npz of many graphs."""
     config = preset(spec.tiny_preset)
+    if config.per_graph:
+        graphs = example_graphs(spec, config, 0) + example_graphs(spec, config, 1)
+        train = np.arange(6) < 4
+        write_graph_set(path, graphs, np.arange(6) % config.num_classes, {"train": train, "val": ~train,
+                                                                          "test": np.ones(6, bool)})
+        return path
     batch = spec.example_batch(config, torch.Generator().manual_seed(0))
     labelled = batch["labels"] != -100
     train = labelled & (torch.arange(len(labelled)) % 4 == 0)

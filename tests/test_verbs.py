@@ -55,8 +55,8 @@ def files(tmp_path_factory):
             np.savez(root / f"{spec.name}.npz", x=items, y=np.arange(len(items)) % len(names), label_names=names)
     (root / "text.txt").write_text("\n".join(SENTENCES * 4) + "\n")
     (root / "pairs.tsv").write_text("".join(f"{s}\t{s[::-1]}\n" for s in SENTENCES))
-    for spec in [s for s in SPECS if s.kind == GRAPH][:1]:  # a graph file for the graph kinds' eval
-        graph_file(spec, root / "graph.npz")
+    for spec in [s for s in SPECS if s.kind == GRAPH]:  # a graph file (of graphs, for a graph classifier) each
+        graph_file(spec, root / f"{spec.name}.npz")
     (root / "labelled.tsv").write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in
                                                                    enumerate(SENTENCES * 4)))
     return root
@@ -65,8 +65,8 @@ def files(tmp_path_factory):
 def argv(verb, spec, root, out, ckpt=None) -> list:
     """A small run of `verb` on the family's checkpoint (or `ckpt`), writing under `out`."""
     ckpt, text = ckpt or root / spec.name, root / "text.txt"
-    data = root / {SEQ2SEQ: "pairs.tsv", CLASSIFIER: f"{spec.name}.npz", GRAPH: "graph.npz",
-                   DUAL_ENCODER: f"{spec.name}-pairs"}.get(spec.kind, "text.txt")
+    data = root / (f"{spec.name}.npz" if spec.kind in (CLASSIFIER, GRAPH) else
+                   {SEQ2SEQ: "pairs.tsv", DUAL_ENCODER: f"{spec.name}-pairs"}.get(spec.kind, "text.txt"))
     runs = {
         "generate": ["generate", ckpt, "--prompt", "the cat", "--max-new-tokens", 3, "--temperature", 0,
                      "--json"],
@@ -127,8 +127,8 @@ def test_a_verb_runs_on_the_kinds_it_serves(verb, spec, files, tmp_path, capsys)
     assert code == 0, err
     if verb in ("generate", "eval"):
         assert isinstance(json.loads(out), dict)
-    if verb == "classify":  # a line per input (per node of a graph), and the accuracy where labels are known
-        lines = len(np.load(files / "graph.npz")["y"]) if spec.kind == GRAPH else 4
+    if verb == "classify":  # a line per input (per node of a graph, per graph), and the accuracy where labels are known
+        lines = len(np.load(files / f"{spec.name}.npz")["y"]) if spec.kind == GRAPH else 4
         assert len(out.splitlines()) == lines and "accuracy" in err
     if verb == "search":
         assert out.startswith("query: a dog")

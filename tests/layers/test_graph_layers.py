@@ -10,10 +10,11 @@ import torch
 from torch_geometric.nn import GATConv as PygGAT
 from torch_geometric.nn import GCNConv as PygGCN
 from torch_geometric.nn import TransformerConv as PygTransformer
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from attnlab.layers.attention import MultiHeadAttention
-from attnlab.layers.graph import (EdgeAttention, GATConv, GCNConv, complete_graph, feature_dropout, laplacian_pe,
-                                  random_walk_pe, segment_softmax)
+from attnlab.layers.graph import (EdgeAttention, GATConv, GCNConv, complete_graph, feature_dropout, global_pool,
+                                  laplacian_pe, random_walk_pe, segment_softmax)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,28 @@ def test_gcn_matches_pyg_on_cora(cora):
         ours.bias.copy_(torch.randn(16))
         theirs.bias.copy_(ours.bias)
         torch.testing.assert_close(ours(x, edges), theirs(x, edges), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce, theirs", [("mean", global_mean_pool), ("sum", global_add_pool),
+                                            ("max", global_max_pool)])
+def test_pooling_matches_pyg_over_graphs_of_different_sizes(reduce, theirs):
+    values = torch.randn(40, 5) - 3.0  # all negative mostly: max must not start from zero
+    batch = torch.arange(6).repeat_interleave(torch.tensor([1, 12, 3, 9, 7, 8]))  # (40,) six graphs
+    torch.testing.assert_close(global_pool(values, batch, 6, reduce), theirs(values, batch), rtol=0, atol=1e-6)
+    assert global_pool(values, torch.zeros(40, dtype=torch.long), 2, reduce)[1].eq(0).all()  # an empty graph
+
+
+def test_gat_value_dropout_acts_in_training_only(cora):
+    x, edges = cora
+    torch.manual_seed(0)
+    plain = GATConv(x.size(1), 8, n_head=8)
+    dropped = GATConv(x.size(1), 8, n_head=8, value_dropout=0.6)
+    dropped.load_state_dict(plain.state_dict())
+    plain.eval(), dropped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x, edges), plain(x, edges), rtol=0, atol=0)
+        plain.train(), dropped.train()
+        assert not torch.allclose(dropped(x, edges), plain(x, edges))
 
 
 @pytest.mark.parametrize("concat", [True, False])

@@ -26,10 +26,10 @@ from attnlab.training import TrainConfig, Trainer
 LAYERS = ["gcn", "gat", "transformer"]
 
 
-def model_of(layer, **fields):
+def model_of(layer, name="graph-tiny", **fields):
     torch.manual_seed(0)
     extra = {"pos_dim": 3} if layer == "transformer" else {"pos_dim": 0, "global_attention": False}
-    config = preset("graph-tiny").replace(layer=layer, **{**extra, **fields})
+    config = preset(name).replace(layer=layer, **{**extra, **fields})
     return build_model(config).eval()
 
 
@@ -64,9 +64,10 @@ def test_a_graph_without_edges_and_isolated_nodes_give_finite_predictions(layer)
     assert torch.isfinite(edgeless.logits).all() and torch.isfinite(edgeless.loss)
 
 
+@pytest.mark.parametrize("readout", ["mean", "sum", "max"])
 @pytest.mark.parametrize("layer", LAYERS)
-def test_graph_classification_pools_each_graph_and_graphs_do_not_mix(layer):
-    model = model_of(layer, readout="mean")
+def test_graph_classification_pools_each_graph_and_graphs_do_not_mix(layer, readout):
+    model = model_of(layer, "graph-classifier-tiny", readout=readout)
     batch = batch_for(model)
     with torch.no_grad():
         out = model(**batch)
@@ -101,6 +102,12 @@ def test_config_refuses_transformer_options_on_other_layers_in_one_line():
         preset("gcn-cora", pos_dim=4)
     with pytest.raises(UserError, match="layer='mlp' is not one of gcn, gat, transformer"):
         preset("gcn-cora", layer="mlp")
+    with pytest.raises(UserError, match="value_dropout belongs to layer=gat"):
+        preset("gcn-cora", value_dropout=0.5)
+    with pytest.raises(UserError, match="readout='mean' is not one of node"):
+        preset("gcn-cora", readout="mean")
+    with pytest.raises(UserError, match="readout='node' is not one of mean, sum, max"):
+        preset("graph-classifier-tiny", readout="node")
 
 
 # -- the processor: one line for each kind of bad graph ------------------------------------------

@@ -1,7 +1,7 @@
 """classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`), image,
 audio or video files with a classifier of that modality, the nodes of a graph with a graph
-network (checkpoints from `attnlab train`), or images zero-shot with a dual encoder (CLIP) from
-class names and prompt templates."""
+network, whole graphs with a graph classifier (checkpoints from `attnlab train`), or images
+zero-shot with a dual encoder (CLIP) from class names and prompt templates."""
 
 import json
 import sys
@@ -9,11 +9,11 @@ from pathlib import Path
 
 from ..checkpoint import CONFIG_FILE, LEGACY_LABELS_FILE, load_checkpoint, read_json
 from ..data.classification import ClassificationData, LabelSet, read_labelled
-from ..data.graph import read_graph
+from ..data.graph import read_graph, read_graph_set
 from ..data.media import predict_media, read_labelled_media
 from ..errors import UserError
 from ..evaluation import classification_metrics, format_confusion
-from ..evaluation.graph import label_names, node_probabilities, node_scores
+from ..evaluation.graph import graph_set_probabilities, label_names, node_probabilities, node_scores, split_scores
 from ..inference.attention_maps import attention_rollout, save_overlay
 from ..evaluation.retrieval import zero_shot_probabilities
 from ..models.base import CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, family_spec
@@ -26,12 +26,13 @@ CLASSIFY_FILE = "classify.json"  # what `classify` reuses from fine-tuning: {"ma
 
 def register(sub):
     p = sub.add_parser("classify", help="classify texts with a fine-tuned checkpoint, image/audio/video files "
-                                        "with a classifier, or a graph's nodes")
+                                        "with a classifier, a graph's nodes, or graphs")
     p.add_argument("checkpoint")
     p.add_argument("files", nargs="*", help="classifiers: files of the model's modality (PNG, WAV, .npy, ...)")
     p.add_argument("--input", help="TSV/CSV/JSONL file (default: one text per line on stdin); for a classifier a "
                    "folder with one subfolder per class, or an .npz with x and y: accuracy and F1 are reported too; "
-                   "for a graph network an .npz graph (its test accuracy is reported too) or a JSON {x, edge_index}")
+                   "for a graph network an .npz graph (its test accuracy is reported too) or a JSON {x, edge_index}; for "
+                   "a graph classifier an .npz of many graphs")
     p.add_argument("--text-column", help="text column of --input (default: sentence or text; with --no-header: 1)")
     p.add_argument("--label-column",
                    help="if --input has it, accuracy/F1 are reported too (default: label; with --no-header: 2)")
@@ -70,7 +71,7 @@ def classify(args):
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     run, path = for_kind("classify", args.checkpoint, {ENCODER: classify_texts, CLASSIFIER: classify_media,
-                                                         GRAPH: classify_nodes, DUAL_ENCODER: classify_zero_shot})
+                                                         GRAPH: classify_graph, DUAL_ENCODER: classify_zero_shot})
     run(args, path)
 
 
@@ -135,9 +136,29 @@ def parse_labels(text: str) -> list:
     return names
 
 
-def classify_nodes(args, path):
-    """One JSON line per node: its label and score; with an .npz graph, the accuracies on stderr."""
+def classify_graph(args, path):
     model, processor = load_checkpoint(path)
+    if args.files:
+        raise UserError("file arguments are for image, audio or video classifiers; give a graph network --input")
+    (classify_graph_set if model.config.per_graph else classify_nodes)(args, model, processor)
+
+
+def classify_graph_set(args, model, processor):
+    """One JSON line per graph of an .npz of many graphs: its label and score; the accuracies on stderr."""
+    if not args.input:
+        raise UserError("a graph classifier reads --input, an .npz of many graphs (x, edge_index, graph_ptr, ...)")
+    graph_set = read_graph_set(args.input)
+    probabilities = graph_set_probabilities(model, processor, graph_set, args.input, args.batch_size)
+    names = label_names(model.config)
+    for graph, probs in enumerate(probabilities):
+        best = int(probs.argmax())
+        print(json.dumps({"graph": graph, "label": names[best], "score": round(float(probs[best]), 4)}))
+    scores = split_scores(probabilities.argmax(-1), graph_set.y, graph_set.masks, names, "graphs")
+    print(f"test accuracy {scores['test_accuracy']:.4f}, val accuracy {scores['val_accuracy']:.4f}", file=sys.stderr)
+
+
+def classify_nodes(args, model, processor):
+    """One JSON line per node: its label and score; with an .npz graph, the accuracies on stderr."""
     source = args.input or "stdin"
     graph = read_graph(args.input) if args.input and args.input.endswith(".npz") else None
     if graph is None:

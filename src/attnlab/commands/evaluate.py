@@ -1,14 +1,14 @@
 """eval: perplexity of a causal LM, masked-LM perplexity and accuracy of an encoder,
 BLEU/chrF/ROUGE of an encoder-decoder, accuracy, macro F1 and the confusion matrix of an image,
-audio or video classifier, the node accuracy of a graph network, or a dual encoder's retrieval
-recall@k on image-caption pairs and zero-shot accuracy on a labelled image set. (The module is not
-eval.py, which would shadow a builtin.)"""
+audio or video classifier, the node accuracy of a graph network (a graph classifier's: per graph), or
+a dual encoder's retrieval recall@k on image-caption pairs and zero-shot accuracy on a labelled image
+set. (The module is not eval.py, which would shadow a builtin.)"""
 
 import sys
 
 from ..checkpoint import load_checkpoint
 from ..data.corpus import read_text
-from ..data.graph import read_graph
+from ..data.graph import read_graph, read_graph_set
 from ..data.media import predict_media, read_labelled_media
 from ..data.pairs import is_pairs
 from ..data.pairs import read_pairs as read_pairs_file
@@ -16,7 +16,7 @@ from ..data.seq2seq import check_length, encode_source, read_pairs
 from ..errors import UserError
 from ..evaluation import (classification_metrics, format_confusion, masked_lm_scores, perplexity, plot_confusion,
                           text_metrics)
-from ..evaluation.graph import node_scores
+from ..evaluation.graph import graph_set_scores, node_scores
 from ..inference.seq2seq import translate
 from ..evaluation.retrieval import pair_scores, zero_shot_probabilities
 from ..models.base import CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, SEQ2SEQ
@@ -29,15 +29,17 @@ def register(sub):
     p = sub.add_parser("eval", help="perplexity of a causal LM on a text file, masked-LM perplexity and accuracy "
                        "of an encoder, BLEU/chrF/ROUGE of a seq2seq model on a pairs file, accuracy, macro F1 "
                        "and confusion matrix of an image/audio/video classifier on a labelled set, or a graph "
-                       "network's node accuracy on each split of an .npz graph, or a dual encoder's recall@k on image-caption "
-                       "pairs (or its zero-shot accuracy on a labelled image set)")
+                       "network's node (graph classifier: graph) accuracy on each split of an .npz graph (or graphs), "
+                       "or a dual encoder's recall@k on image-caption pairs (or its zero-shot accuracy on a labelled "
+                       "image set)")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="text file or folder; for seq2seq a .tsv or .jsonl pairs file; for "
                    "a classifier a folder with one subfolder per class, or an .npz with x and y; for a graph "
-                   "network an .npz graph with masks; for a dual encoder a pairs .jsonl (or folder holding "
-                   "pairs.jsonl), or a labelled image set as for a classifier")
+                   "network an .npz graph with masks, for a graph classifier an .npz of many graphs; for a dual "
+                   "encoder a pairs .jsonl (or folder holding pairs.jsonl), or a labelled image set as for a "
+                   "classifier")
     p.add_argument("--plot", help="classifiers: also draw the confusion matrix into this PNG file")
-    p.add_argument("--batch-size", type=int, default=64, help="classifiers: inputs run at once")
+    p.add_argument("--batch-size", type=int, default=64, help="classifiers: inputs (graphs) run at once")
     p.add_argument("--template", action="append", help="dual encoders on a labelled set: a prompt with {} for the "
                    "class name; repeat it to average several (default: the bare name)")
     p.add_argument("--stride", type=int, help="window step in tokens (default: half the context)")
@@ -71,6 +73,8 @@ def masked_lm_perplexity(args, model, tokenizer) -> dict:
 
 
 def graph_accuracy(args, model, processor) -> dict:
+    if model.config.per_graph:
+        return graph_set_scores(model, processor, read_graph_set(args.data), args.data, args.batch_size)
     return node_scores(model, processor, read_graph(args.data), args.data)
 
 

@@ -56,6 +56,21 @@ def aggregate(messages: torch.Tensor, target: torch.Tensor, num_nodes: int) -> t
     return messages.new_zeros(num_nodes, *messages.shape[1:]).index_add_(0, target, messages)
 
 
+POOLINGS = ("mean", "sum", "max")
+
+
+def global_pool(values: torch.Tensor, batch: torch.Tensor, num_graphs: int, reduce: str = "mean") -> torch.Tensor:
+    """The mean, sum or max of values (N, C) over the nodes of each graph -> (G, C); batch (N,)
+    numbers each node's graph 0..G-1. A graph without nodes pools to zeros."""
+    if reduce == "sum":
+        return aggregate(values, batch, num_graphs)
+    if reduce == "mean":
+        counts = values.new_zeros(num_graphs).index_add_(0, batch, values.new_ones(batch.numel()))  # (G,)
+        return aggregate(values, batch, num_graphs) / counts.clamp(min=1)[:, None]
+    index = batch[:, None].expand_as(values)
+    return values.new_zeros(num_graphs, values.size(1)).scatter_reduce(0, index, values, "amax", include_self=False)
+
+
 def merge_heads(out: torch.Tensor, concat: bool) -> torch.Tensor:
     """(N, H, C) -> (N, H * C) concatenated, or (N, C) averaged over heads."""
     return out.flatten(1) if concat else out.mean(dim=1)
@@ -91,15 +106,17 @@ class GCNConv(nn.Module):
 class GATConv(nn.Module):
     """Velickovic et al. (2018): per head, e_ij = LeakyReLU(a_dst . W x_i + a_src . W x_j) over the
     edges j -> i plus a self-loop, softmax over each node's incoming edges, attention dropout, then
-    the weighted sum of W x_j; heads concatenated or averaged, plus a bias."""
+    the weighted sum of W x_j; heads concatenated or averaged, plus a bias. `value_dropout` drops
+    the projected features W x_j after the scores are taken from them, as the paper's code does
+    (with its input dropout rate); PyG's GATConv has no such dropout."""
 
     projections = {"v": ("lin",)}
 
     def __init__(self, in_features: int, out_features: int, n_head: int = 1, concat: bool = True,
-                 negative_slope: float = 0.2, dropout: float = 0.0, bias: bool = True):
+                 negative_slope: float = 0.2, dropout: float = 0.0, bias: bool = True, value_dropout: float = 0.0):
         super().__init__()
         self.n_head, self.head_dim, self.concat = n_head, out_features, concat
-        self.negative_slope, self.dropout = negative_slope, dropout
+        self.negative_slope, self.dropout, self.value_dropout = negative_slope, dropout, value_dropout
         self.lin = nn.Linear(in_features, n_head * out_features, bias=False)
         self.att_src = nn.Parameter(torch.empty(n_head, out_features))
         self.att_dst = nn.Parameter(torch.empty(n_head, out_features))
@@ -118,7 +135,8 @@ class GATConv(nn.Module):
         scores = F.leaky_relu(score_src[source] + score_dst[target], self.negative_slope)  # (E, H)
         alpha = segment_softmax(scores, target, n)
         alpha = F.dropout(alpha, self.dropout, self.training)
-        out = merge_heads(aggregate(h[source] * alpha[..., None], target, n), self.concat)
+        values = feature_dropout(h, self.value_dropout, self.training)  # (N, H, C)
+        out = merge_heads(aggregate(values[source] * alpha[..., None], target, n), self.concat)
         return out if self.bias is None else out + self.bias
 
 

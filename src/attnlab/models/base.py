@@ -55,6 +55,7 @@ class FamilySpec:
     # Why the attention viewer does not apply, in a phrase (None: every attention layer's math path
     # returns its (B, H, Tq, Tk) weights; inference/attention_maps.py records them).
     no_attention_weights: str = None
+    task: str = None  # the objective `attnlab train` uses when a run names none (None: the kind's, default_task)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -96,8 +97,11 @@ def family_spec(family_or_model) -> FamilySpec:
 
 
 def default_task(spec: FamilySpec) -> str:
-    """The objective `attnlab train` uses for a family when the run config names no task: its
-    kind's, and for a classifier its modality's (image_classification, audio_classification, ...)."""
+    """The objective `attnlab train` uses for a family when the run config names no task: its own
+    (`FamilySpec.task`), else its kind's, and for a classifier its modality's (image_classification,
+    audio_classification, ...)."""
+    if spec.task:
+        return spec.task
     if spec.kind == CLASSIFIER:
         return f"{spec.modality}_classification"
     return DEFAULT_TASKS[spec.kind]

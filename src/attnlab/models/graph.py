@@ -11,9 +11,11 @@ tasks, the verbs and the endpoint; they differ only in what one layer computes.
                        [x + EdgeAttention(LN x) (+ global MultiHeadAttention(LN x), GraphGPS)] then
                        [x + FFN(LN x)] -> LN -> Linear -> classes
 
-readout=node predicts a class per node (logits (N, C)); readout=mean pools the nodes of each graph
-of a batch of graphs (the `batch` vector (N,) gives each node's graph) and predicts per graph
-(logits (G, C)). labels are (N,) or (G,), -100 where not scored (the training mask).
+Two families share the network. `graph` labels nodes (readout=node: logits (N, C), trained by
+node_classification); `graph_classifier` labels whole graphs (graph_classification): its per-node
+outputs are pooled over each graph of a batch of many small graphs (readout mean, sum or max; the
+`batch` vector (N,) gives each node's graph) -> logits (G, C). labels are (N,) or (G,), -100 where
+not scored (the training mask).
 """
 
 import dataclasses
@@ -25,17 +27,17 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers import FeedForward, MultiHeadAttention
 from ..layers.attention import BACKENDS
-from ..layers.graph import EdgeAttention, GATConv, GCNConv, aggregate, feature_dropout, with_self_loops
+from ..layers.graph import POOLINGS, EdgeAttention, GATConv, GCNConv, feature_dropout, global_pool, with_self_loops
 from ..processors.graph import GraphProcessor
 from .base import GRAPH, PRESETS, FamilySpec, Model, ModelOutput, register
 
 LAYERS = ("gcn", "gat", "transformer")
-READOUTS = ("node", "mean")
 
 
 @dataclasses.dataclass
 class GraphConfig(ModelConfig):
     family = "graph"
+    readouts = ("node",)  # what `readout` may be in this family
     layer: str = "gcn"
     in_features: int = 16  # node feature width (the data's; the task sets it)
     num_classes: int = 4
@@ -46,9 +48,10 @@ class GraphConfig(ModelConfig):
     ffn_hidden: int = None  # transformer: None: 2 * d_model
     dropout: float = 0.5  # on node features before each layer (transformer: also residual branches)
     attn_dropout: float = 0.0  # on attention weights (gat, transformer)
+    value_dropout: float = 0.0  # gat: on each layer's projected features (the GAT paper's code: as dropout)
     global_attention: bool = False  # transformer: a global attention branch over each graph's nodes
     pos_dim: int = 0  # width of the positional encoding in the batch (`pos`, from the processor); 0: none
-    readout: str = "node"
+    readout: str = "node"  # node: a class per node; mean, sum or max (graph_classifier): per graph, pooled
     max_nodes: int = 100_000  # the largest graph the model takes (its context; the server's limit)
     id2label: dict = None  # str(class index) -> label name
     attn_backend: str = "sdpa"
@@ -56,10 +59,10 @@ class GraphConfig(ModelConfig):
     def validate(self):
         self.require_positive("in_features", "num_classes", "d_model", "n_layer", "n_head", "out_heads", "max_nodes")
         self.require_choice("layer", LAYERS)
-        self.require_choice("readout", READOUTS)
+        self.require_choice("readout", self.readouts)
         self.require_choice("attn_backend", BACKENDS)
         self.require_divisible("d_model", "n_head")
-        self.require_fraction("dropout", "attn_dropout")
+        self.require_fraction("dropout", "attn_dropout", "value_dropout")
         self.require_index_names("id2label", self.num_classes)
         if self.ffn_hidden is not None:
             self.require_positive("ffn_hidden")
@@ -67,11 +70,27 @@ class GraphConfig(ModelConfig):
             raise self.invalid(f"pos_dim must be an integer >= 0, got {self.pos_dim!r}")
         if self.layer != "transformer" and (self.pos_dim or self.global_attention):
             raise self.invalid("pos_dim and global_attention belong to layer=transformer; set layer=transformer")
+        if self.layer != "gat" and self.value_dropout:
+            raise self.invalid("value_dropout belongs to layer=gat; set layer=gat or value_dropout=0")
 
     @property
     def max_seq_len(self) -> int:
         """The context, in nodes (every family names its input bound max_seq_len)."""
         return self.max_nodes
+
+    @property
+    def per_graph(self) -> bool:
+        """Whether the model labels whole graphs (a pooled readout) rather than their nodes."""
+        return self.readout != "node"
+
+
+@dataclasses.dataclass
+class GraphClassifierConfig(GraphConfig):
+    """The graph network of graph classification: one label per graph, from its nodes' pooled outputs."""
+
+    family = "graph_classifier"
+    readouts = POOLINGS
+    readout: str = "mean"
 
 
 class GraphBlock(nn.Module):
@@ -86,7 +105,7 @@ class GraphBlock(nn.Module):
         elif c.layer == "gat":
             heads = c.out_heads if last else c.n_head
             self.conv = GATConv(in_width, out_width if last else out_width // heads, heads, concat=not last,
-                                dropout=c.attn_dropout)
+                                dropout=c.attn_dropout, value_dropout=c.value_dropout)
         else:
             self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
             self.conv = EdgeAttention(c.d_model, c.d_model // c.n_head, c.n_head, dropout=c.attn_dropout,
@@ -142,8 +161,10 @@ class GraphNetwork(Model):
             logits = self.head(F.dropout(hidden, c.dropout, self.training))
         else:
             logits = self.blocks[-1](h, edge_index)  # (N, C)
-        if c.readout == "mean":
-            logits = mean_by_graph(logits, batch)  # (G, C)
+        if c.per_graph:
+            graphs = 1 if batch is None else int(batch.max()) + 1
+            batch = torch.zeros_like(logits[:, 0], dtype=torch.long) if batch is None else batch
+            logits = global_pool(logits, batch, graphs, c.readout)  # (G, C)
         loss = None if labels is None else F.cross_entropy(logits, labels, ignore_index=-100)
         return ModelOutput(logits=logits, loss=loss, hidden_states=hidden)
 
@@ -158,24 +179,15 @@ class GraphNetwork(Model):
         return h
 
 
-def mean_by_graph(values: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """Mean of values (N, C) over the nodes of each graph -> (G, C); batch (N,) numbers graphs 0..G-1."""
-    if batch is None:
-        return values.mean(dim=0, keepdim=True)
-    graphs = int(batch.max()) + 1
-    counts = torch.zeros(graphs, device=values.device).index_add_(0, batch, torch.ones_like(batch, dtype=torch.float))
-    return aggregate(values, batch, graphs) / counts.clamp(min=1)[:, None]
-
-
 def graph_batch(config: GraphConfig, generator: torch.Generator, nodes: int = 12, edges: int = 30) -> dict:
     """A random graph with symmetric edges, a few isolated nodes, and labels on half the nodes (-100
-    elsewhere); with readout=mean, three graphs (the edges between them dropped) and a label each."""
+    elsewhere); for a graph classifier, three graphs (the edges between them dropped) and a label each."""
     x = torch.rand(nodes, config.in_features, generator=generator)
     pairs = torch.randint(nodes - 2, (2, edges // 2), generator=generator)  # the last two nodes are isolated
     batch = {"x": x, "edge_index": torch.cat([pairs, pairs.flip(0)], dim=1)}
     if config.pos_dim:
         batch["pos"] = torch.rand(nodes, config.pos_dim, generator=generator)
-    if config.readout == "mean":
+    if config.per_graph:
         batch["batch"] = graph_of = torch.arange(nodes) * 3 // nodes  # (N,) graphs 0, 1, 2
         source, target = batch["edge_index"]
         batch["edge_index"] = batch["edge_index"][:, graph_of[source] == graph_of[target]]  # no edge between graphs
@@ -194,7 +206,20 @@ PRESETS["gat-cora"] = GraphConfig(layer="gat", in_features=1433, num_classes=7, 
 PRESETS["graph-transformer-cora"] = GraphConfig(layer="transformer", in_features=1433, num_classes=7, d_model=64,
                                                 n_head=4, n_layer=2, dropout=0.5, attn_dropout=0.3)
 
+
+class GraphClassifier(GraphNetwork):
+    """GraphNetwork with a pooled readout: (x, edge_index, batch) of many graphs -> logits (G, C)."""
+
+
+# GAT, not the transformer: an edge-attention key bias gets no gradient (the softmax over a node's edges
+# ignores it), and with mean pooling its gradient is exactly zero, which the doctor rightly reports
+PRESETS["graph-classifier-tiny"] = GraphClassifierConfig(layer="gat", in_features=10, num_classes=3, d_model=16,
+                                                         n_layer=2, n_head=2, dropout=0.1, max_nodes=64)
+
+NO_ATTENTION_WEIGHTS = "graph networks pass messages along edges, not between the tokens of a sequence"
 register(FamilySpec(GraphConfig, GraphNetwork, kind=GRAPH, block_class=GraphBlock, tiny_preset="graph-tiny",
                     example_batch=graph_batch, processor=GraphProcessor, modality="graph",
-                    no_attention_weights="graph networks pass messages along edges, not between the tokens of a "
-                    "sequence"))
+                    no_attention_weights=NO_ATTENTION_WEIGHTS))
+register(FamilySpec(GraphClassifierConfig, GraphClassifier, kind=GRAPH, block_class=GraphBlock,
+                    tiny_preset="graph-classifier-tiny", example_batch=graph_batch, processor=GraphProcessor,
+                    modality="graph", task="graph_classification", no_attention_weights=NO_ATTENTION_WEIGHTS))

@@ -73,9 +73,14 @@ class SingleProcess:
 
 class RankBatches:
     """This rank's rows of the global batch. `source` is any batch source with a `batch_size`
-    (rows per sample) and `sample(split, generator) -> Batch`; its batch_size becomes the global one."""
+    (rows per sample) and `sample(split, generator) -> Batch`; its batch_size becomes the global one.
+    A batch of graphs (data/graph.py GraphBatch) splits into whole graphs; a source without a
+    batch_size (one whole graph, node classification) cannot be split and is refused."""
 
     def __init__(self, source, rank: int, world_size: int):
+        if not hasattr(source, "batch_size"):
+            raise UserError("this task trains on one whole batch (e.g. node classification on one graph), which "
+                            "cannot be split across data-parallel ranks; train it in a single process")
         self.source, self.rank, self.world_size = source, rank, world_size
         self.local_size = source.batch_size
         source.batch_size = self.local_size * world_size

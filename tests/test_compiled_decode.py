@@ -9,9 +9,12 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
+from attnlab.checkpoint import save_checkpoint
+from attnlab.cli import main
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.layers import KVCache, StaticKVCache
 from attnlab.models import GPTConfig, TransformerXLConfig, build_model
+from attnlab.tokenizers import CharTokenizer
 
 steps_module = sys.modules["attnlab.inference.generate"]
 GPT = dict(vocab_size=40, max_seq_len=48, n_layer=2, n_head=4, d_model=32)
@@ -96,6 +99,19 @@ def test_static_cache_keeps_its_shapes_and_the_protocol():
     assert cache.length == 2 and cache.mask.tolist() == [[1, 1]] * 2
     with pytest.raises(ValueError, match="holds 8 tokens"):
         cache.append(0, torch.zeros(2, 1, 7, 1), torch.zeros(2, 1, 7, 1))
+
+
+def test_generate_compile_flag_gives_the_eager_text(tmp_path, counter, capsys):
+    model = model_of(GPTConfig(vocab_size=20, max_seq_len=32, n_layer=1, n_head=2, d_model=16))
+    save_checkpoint(tmp_path / "ck", model, CharTokenizer("abcdefghijklmnopqrst"))
+    for beams in ("1", "2"):
+        outputs = []
+        for flags in ([], ["--compile"]):
+            assert main(["generate", str(tmp_path / "ck"), "--prompt", "abc", "--max-new-tokens", "8",
+                         "--temperature", "0", "--beams", beams, *flags]) == 0
+            outputs.append(capsys.readouterr().out)
+        assert outputs[0] == outputs[1] and outputs[0].strip()
+    assert counter.frame_count == 2  # greedy (1 row) and beams (2 rows)
 
 
 @pytest.mark.slow

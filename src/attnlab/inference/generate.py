@@ -87,8 +87,9 @@ def _decode_step(model, ids, state):
 
 @functools.cache
 def compiled_decode_step():
-    """`_decode_step` compiled once per process: it recompiles only for another model, batch or bucket."""
-    return torch.compile(_decode_step, fullgraph=True, dynamic=False)
+    """`_decode_step` compiled once per process: it recompiles only for another model, batch or bucket
+    (past torch._dynamo's recompile limit, further ones run eagerly)."""
+    return torch.compile(_decode_step, dynamic=False)
 
 
 def bucket(tokens: int, limit: int, smallest: int = 64) -> int:

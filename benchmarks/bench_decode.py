@@ -7,7 +7,7 @@ First it compiles (the first call's seconds are reported apart) and checks the t
 eager = HF for greedy fp32, compiled = eager for beam search; bf16 is compared with fp32. Then it
 takes the shared benchmark lock (/tmp/attnlab-bench.lock) for the interleaved rounds only, and
 reports medians of tokens/s and of the per-round ratios to HF fp32. `--profile` prints where the
-time of one greedy run goes, eager and compiled.
+time of one greedy run goes, eager and compiled; `--bf16` adds greedy runs with bf16 weights.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src:benchmarks python benchmarks/bench_decode.py [--new-tokens 112] [--rounds 5]
 """
@@ -40,9 +40,8 @@ def models():
     return ours.eval(), hf
 
 
-def runners(ours, hf, prompt, n, beams):
+def runners(ours, hf, prompt, n, beams, bf16):
     """name -> a function running one generation and returning its tokens."""
-    ours_bf16, hf_bf16 = copy.deepcopy(ours).to(torch.bfloat16), copy.deepcopy(hf).to(torch.bfloat16)
 
     def attnlab(model, compile):
         if beams > 1:
@@ -60,7 +59,8 @@ def runners(ours, hf, prompt, n, beams):
 
     found = {"HF fp32": hugging_face(hf), "attnlab eager fp32": attnlab(ours, False),
              "attnlab compiled fp32": attnlab(ours, True)}
-    if beams == 1:
+    if beams == 1 and bf16:
+        ours_bf16, hf_bf16 = copy.deepcopy(ours).to(torch.bfloat16), copy.deepcopy(hf).to(torch.bfloat16)
         found.update({"HF bf16": hugging_face(hf_bf16), "attnlab eager bf16": attnlab(ours_bf16, False),
                       "attnlab compiled bf16": attnlab(ours_bf16, True)})
     return found
@@ -86,13 +86,14 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="also greedy with bf16 weights (HF too)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ours, hf = models()
     prompt = torch.randint(0, 8192, (1, PROMPT), generator=torch.Generator().manual_seed(1))
     print(f"machine: {machine()}; {args.new_tokens} new tokens after a {PROMPT}-token prompt, batch 1")
     for beams in (1, args.beams):
-        found = runners(ours, hf, prompt, args.new_tokens, beams)
+        found = runners(ours, hf, prompt, args.new_tokens, beams, args.bf16)
         tokens, first_call = {}, {}
         for name, run in found.items():  # the first call compiles
             start = time.perf_counter()

@@ -15,29 +15,16 @@ time of one greedy run goes, eager and compiled; `--bf16` adds greedy runs with 
 import argparse
 import copy
 import fcntl
-import tempfile
 import time
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
-from attnlab.interop import import_hf
+from bench_gpt_generate import models
 from common import interleaved_ratios, machine, rate
 
 PROMPT = 16
 LOCK = "/tmp/attnlab-bench.lock"
-
-
-def models():
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=8192, n_positions=256, n_embd=384, n_layer=6, n_head=6, bos_token_id=None,
-                        eos_token_id=None)
-    hf = GPT2LMHeadModel(config).eval()
-    with tempfile.TemporaryDirectory() as directory:
-        hf.save_pretrained(directory)
-        ours, _ = import_hf(directory, with_tokenizer=False)
-    return ours.eval(), hf
 
 
 def runners(ours, hf, prompt, n, beams, bf16):
@@ -89,7 +76,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="also greedy with bf16 weights (HF too)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ours, hf = models()
+    ours, hf = models(n_positions=256, n_embd=384, n_layer=6, n_head=6)
     prompt = torch.randint(0, 8192, (1, PROMPT), generator=torch.Generator().manual_seed(1))
     print(f"machine: {machine()}; {args.new_tokens} new tokens after a {PROMPT}-token prompt, batch 1")
     for beams in (1, args.beams):

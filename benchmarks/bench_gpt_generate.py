@@ -17,10 +17,11 @@ from attnlab.interop import import_hf
 from common import interleaved_medians, machine, rate
 
 
-def models():
+def models(n_positions=1024, n_embd=256, n_layer=4, n_head=4):
+    """-> (attnlab GPT, HF GPT2LMHeadModel) with the same random weights, vocabulary 8192."""
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=8192, n_positions=1024, n_embd=256, n_layer=4, n_head=4, bos_token_id=None,
-                        eos_token_id=None)
+    config = GPT2Config(vocab_size=8192, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                        bos_token_id=None, eos_token_id=None)
     hf = GPT2LMHeadModel(config).eval()
     with tempfile.TemporaryDirectory() as directory:
         hf.save_pretrained(directory)

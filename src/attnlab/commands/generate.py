@@ -28,6 +28,9 @@ def register(sub):
     p.add_argument("--stop", action="append", default=[], help="stop string; repeatable")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence at every step")
+    p.add_argument("--compile", action="store_true",
+                   help="causal LMs with a KV cache: torch.compile the one-token step over a fixed-shape cache "
+                   "(compiles once per batch size and length bucket, a minute or more on a CPU; then faster)")
     p.add_argument("--json", action="store_true", help="print one JSON line per prompt instead of streaming")
     speculation_arguments(p)
     decoding_arguments(p)
@@ -84,7 +87,7 @@ def continue_prompts(args, model, tokenizer):
         return _beam_search(args, model, tokenizer, prompts)
     args.temperature = 0.8 if args.temperature is None else args.temperature
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
+                        top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache, compile=args.compile)
     if args.draft or args.prompt_lookup:
         return _speculate(args, model, tokenizer, prompts, sampling)
     pieces = stream_text(model, tokenizer, prompts, sampling, stop=args.stop)
@@ -176,7 +179,7 @@ def decoding(args, model):
             raise UserError(f"--n-best ({args.n_best}) cannot be more than --beams ({args.beams}): "
                             "beam search keeps --beams finished hypotheses")
         return BeamSearch(num_beams=args.beams, max_new_tokens=max_new, length_penalty=args.length_penalty,
-                          num_return=args.n_best, use_cache=use_cache,
+                          num_return=args.n_best, use_cache=use_cache, compile=getattr(args, "compile", False),
                           early_stopping=EARLY_STOPPING[args.early_stopping or "false"])
     if args.n_best > 1:
         raise UserError("--n-best needs beam search: pass --beams N with N >= --n-best")

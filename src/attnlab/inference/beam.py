@@ -29,6 +29,7 @@ class BeamSearch:
     early_stopping: object = False  # True: stop at num_beams finished; False: when none can improve; "never"
     num_return: int = 1  # n-best: how many finished hypotheses to return per input
     use_cache: bool = True
+    compile: bool = False  # causal LMs: a compiled single-token step (inference/generate.py)
 
     def __post_init__(self):
         if not isinstance(self.num_beams, int) or self.num_beams < 1:
@@ -110,5 +111,6 @@ def causal_beam_search(model, prompts: list, options: BeamSearch, eos_id: int = 
     """Beam search continuing each prompt (a list of ids; a batch may mix lengths) with a causal
     LM, through its decode state -> for each prompt its `num_return` best Hypothesis records,
     best first (tokens after the prompt, without eos)."""
-    steps = CausalSteps(model, prompts, options.use_cache, options.max_new_tokens, copies=options.num_beams)
+    steps = CausalSteps(model, prompts, options.use_cache, options.max_new_tokens, copies=options.num_beams,
+                        compile=options.compile)
     return search(steps, len(prompts), options, eos_id, steps.device)

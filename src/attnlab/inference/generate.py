@@ -5,9 +5,13 @@ step by step.
 Every causal model decodes through its own decode state (`model.init_state`: a KV cache, a
 recurrent memory, or none, which re-reads the window): each step feeds one token per row.
 `use_cache=False` re-reads the whole window every step instead. Both give the same tokens.
+`compile=True` runs the single-token step through `torch.compile` over a decode state of fixed
+shapes (`model.init_static_state`, sized to a power-of-two bucket so that prompts of other lengths
+reuse the compiled graph); families without one decode eagerly. Greedy tokens are the same.
 """
 
 import dataclasses
+import functools
 
 import torch
 
@@ -23,6 +27,7 @@ class Sampling:
     top_p: float = None
     seed: int = None
     use_cache: bool = True
+    compile: bool = False  # a compiled single-token step (see the module docstring)
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 0:
@@ -75,19 +80,43 @@ def left_pad(prompts, pad_id=0, device="cpu"):
     return ids.to(device), mask.to(device)
 
 
+def _decode_step(model, ids, state):
+    """ids (B, 1) -> logits (B, V) of the next token, the state taking the token in."""
+    return model(ids, state=state, only_last=True).logits[:, -1]
+
+
+@functools.cache
+def compiled_decode_step():
+    """`_decode_step` compiled once per process: it recompiles only for another model, batch or bucket
+    (past torch._dynamo's recompile limit, further ones run eagerly)."""
+    return torch.compile(_decode_step, dynamic=False)
+
+
+def bucket(tokens: int, limit: int, smallest: int = 64) -> int:
+    """The power-of-two multiple of `smallest` that holds `tokens`, at most `limit`."""
+    size = smallest
+    while size < tokens:
+        size *= 2
+    return min(size, limit)
+
+
 class CausalSteps:
     """A causal LM continuing left-padded prompts, one new token per row per call, through its
     decode state. `copies` rows per prompt (the beams of beam search). Past a non-recurrent
     state's context window the state restarts on the last window of tokens, since the positions
-    of what it holds no longer hold; a recurrent state never needs to."""
+    of what it holds no longer hold; a recurrent state never needs to. `compile`: single-token
+    steps go through the compiled step over the model's static state, where it has one."""
 
-    def __init__(self, model, prompts, use_cache: bool, max_new_tokens: int, copies: int = 1):
+    def __init__(self, model, prompts, use_cache: bool, max_new_tokens: int, copies: int = 1, compile: bool = False):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
         self.model, self.use_cache, self.max_seq_len = model, use_cache, model.config.max_seq_len
         self.device = next(model.parameters()).device
         self.prompt_ids, self.prompt_mask = left_pad(prompts, device=self.device)  # (B, P)
         self.capacity = min(self.max_seq_len, self.prompt_ids.size(1) + max_new_tokens)
+        self.static = compile and use_cache and model.init_static_state(1, 1) is not None
+        if self.static:  # one graph for every prompt length in the bucket
+            self.capacity = bucket(self.prompt_ids.size(1) + max_new_tokens, self.max_seq_len)
         self.copies = torch.arange(len(prompts), device=self.device).repeat_interleave(copies)  # row -> prompt
         self.state = self._fresh(len(prompts))
         if not self.state.recurrent and self.prompt_ids.size(1) > self.max_seq_len:
@@ -95,9 +124,14 @@ class CausalSteps:
                             f"{self.max_seq_len} tokens")
 
     def _fresh(self, rows: int) -> DecodeState:
+        if self.static:
+            return self.model.init_static_state(rows, self.capacity)
         return self.model.init_state(rows, self.capacity) if self.use_cache else RecomputeState(rows, self.device)
 
     def _run(self, ids, mask):
+        if self.static and ids.size(1) == 1 and mask is None:
+            ids = ids.clone(memory_format=torch.contiguous_format)  # a slice's strides would change the graph
+            return compiled_decode_step()(self.model, ids, self.state)
         return self.model(ids, attention_mask=mask, state=self.state, only_last=True).logits[:, -1]
 
     def next_logits(self, generated: torch.Tensor) -> torch.Tensor:
@@ -126,7 +160,7 @@ def stream_tokens(model, prompts, sampling: Sampling, eos_id=None):
     Past the context window a model without a recurrent state sees the last max_seq_len tokens
     (a sliding window).
     """
-    steps = CausalSteps(model, prompts, sampling.use_cache, sampling.max_new_tokens)
+    steps = CausalSteps(model, prompts, sampling.use_cache, sampling.max_new_tokens, compile=sampling.compile)
     generator = None
     if sampling.seed is not None:
         generator = torch.Generator(device=steps.device).manual_seed(sampling.seed)

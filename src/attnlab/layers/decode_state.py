@@ -18,7 +18,8 @@ let one loop serve sampling, beam search and continuous batching:
 `recurrent` is True for a state of fixed size (a memory, not a growing history), which
 generation never has to restart however long it runs.
 
-Kinds: `KVCache` (keys and values per layer; also the seq2seq decoders' cache), `HiddenMemory`
+Kinds: `KVCache` (keys and values per layer; also the seq2seq decoders' cache), `StaticKVCache`
+(a KV cache of fixed shapes, for a compiled single-token step), `HiddenMemory`
 (Transformer-XL: each layer's last inputs) and `RecomputeState` (no cache: the model re-reads
 the ids it holds every step).
 """
@@ -131,8 +132,8 @@ class KVCache(DecodeState):
             capacity *= 2
         old_k, old_v = self._keys[layer], self._values[layer]
         b, h, _, d = k.shape
-        new_k = k.new_empty(b, h, capacity, d)
-        new_v = v.new_empty(b, h, capacity, v.size(-1))
+        new_k = k.new_zeros(b, h, capacity, d)  # columns not yet written read as zeros (a StaticKVCache attends them)
+        new_v = v.new_zeros(b, h, capacity, v.size(-1))
         if old_k is not None:
             held = min(old_k.size(2), needed)
             new_k[:, :, :held] = old_k[:, :, :held]
@@ -203,6 +204,91 @@ class KVCache(DecodeState):
                 for t in self._keys + self._values:  # (B, H, capacity, D)
                     t[row, :, shift:longest] = t[row, :, :longest - shift].clone()
         self.mask = self.mask.gather(1, source.clamp(min=0)) * (source >= 0)
+
+
+class StaticKVCache(KVCache):
+    """A KV cache whose buffers (B, H, capacity, D) and column mask (B, capacity) keep their shapes
+    while it decodes, so a compiled single-token step runs one graph at every length.
+
+    Columns [0, length) hold the tokens seen and the rest are padding. A single new token is
+    written at column `length`, held as a tensor (`_position`) that the step advances in place,
+    and attention reads all `capacity` columns under the mask; the order of the keys does not
+    matter to one query, and positions count the mask's ones. A longer feed (a prompt) takes the
+    KVCache path over the columns in use. It never grows: capacity must cover the generation.
+    """
+
+    def __init__(self, n_layer: int, capacity: int, batch: int = None, device=None):
+        self._columns = None  # (B, capacity) long mask, allocated with the rows
+        self._position = torch.zeros(1, dtype=torch.long, device=device)  # (1,) the next column to write
+        self._spares = None  # buffers shaped like the keys and values, for select
+        super().__init__(n_layer, capacity, batch=batch, device=device)
+
+    @property
+    def length(self) -> int:
+        return 0 if self._columns is None else int(self._position)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return None if self._columns is None else self._columns[:, :self.length]
+
+    @mask.setter
+    def mask(self, value: torch.Tensor) -> None:
+        """(B, L) -> the first L columns; the rest become padding and the next token goes to column L."""
+        if value is None:
+            self._columns = None
+            return
+        rows, used = value.shape
+        if used > self.capacity:
+            raise ValueError(f"a static KV cache holds {self.capacity} tokens, not {used}")
+        value = value.clone()  # it may be a view of the columns it replaces
+        if self._columns is None or self._columns.size(0) != rows:
+            self._columns = value.new_zeros(rows, self.capacity)
+        self._columns[:, :used] = value
+        self._columns[:, used:] = 0
+        self._position = self._position.to(value.device).fill_(used)
+
+    def begin(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        if attention_mask.size(1) > 1:
+            return super().begin(attention_mask)
+        self._columns.index_copy_(1, self._position, attention_mask.long())
+        return self._columns  # (B, capacity)
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """One token (B, H, 1, D): written at column `length`; -> every column (B, H, capacity, D)."""
+        if k.size(2) > 1:
+            return super().append(layer, k, v)
+        if self._keys[layer] is None:  # a one-token prompt
+            self._grow(layer, k, v, self.capacity)
+        self._keys[layer].index_copy_(2, self._position, k)
+        self._values[layer].index_copy_(2, self._position, v)
+        if layer == self.n_layer - 1:
+            self._position += 1
+        return self._keys[layer], self._values[layer]
+
+    def _grow(self, layer, k, v, needed):
+        if needed > self.capacity:
+            raise ValueError(f"a static KV cache holds {self.capacity} tokens, not {needed}")
+        super()._grow(layer, k, v, needed)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep and reorder rows. As many rows as before: into spare buffers of the same shapes (the
+        ones replaced become the next spares), so a compiled step's graph still fits; columns past
+        `length` keep stale but finite values, which the mask hides."""
+        length = self.length
+        same_rows = self._keys[0] is not None and len(rows) == self._keys[0].size(0)
+        if same_rows and (self._spares is None or self._spares[0][0].shape != self._keys[0].shape):
+            self._spares = ([torch.zeros_like(t) for t in self._keys], [torch.zeros_like(t) for t in self._values])
+        for i, buffers in enumerate((self._keys, self._values)):
+            for layer, t in enumerate(buffers):
+                if t is None:
+                    continue
+                if not same_rows:  # a new batch size: whole copies, every column finite
+                    buffers[layer] = t.index_select(0, rows)
+                    continue
+                spare = self._spares[i][layer]
+                torch.index_select(t[:, :, :length], 0, rows, out=spare[:, :, :length])
+                buffers[layer], self._spares[i][layer] = spare, t
+        self.mask = self.mask[rows]
 
 
 class HiddenMemory(DecodeState):

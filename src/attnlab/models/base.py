@@ -149,6 +149,11 @@ class Model(nn.Module):
         raise UserError(f"{self.config.family} models have no sequence-classification head to fine-tune; "
                         "fine-tune a BERT-family encoder (e.g. --base minilm)")
 
+    def init_static_state(self, batch: int, capacity: int):
+        """Causal kinds may offer a decode state whose single-token steps keep fixed shapes (so a
+        compiled step never recompiles as it decodes); None: decoding uses `init_state`, uncompiled."""
+        return None
+
     @property
     def generates(self) -> bool:
         """Whether the model predicts the next token, so that generate and perplexity apply: every

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, NORMS, KVCache, LearnedPositions, RecomputeState, RotaryEmbedding,
-                      SinusoidalPositions, TransformerBlock, VocabProjection, make_norm, padding_mask,
+                      SinusoidalPositions, StaticKVCache, TransformerBlock, VocabProjection, make_norm, padding_mask,
                       positions_from_mask)
 from ..layers.attention import BACKENDS
 from ..layers.sparse_attention import SlidingWindowAttention
@@ -94,6 +94,13 @@ class GPT(Model):
         """A KV cache for `batch` rows, its buffers sized for `capacity` tokens (they grow past it)."""
         return KVCache(len(self.blocks), capacity, batch=batch, device=self.tok_emb.weight.device)
 
+    def init_static_state(self, batch: int, capacity: int) -> StaticKVCache | None:
+        """A KV cache of fixed shapes for a compiled step; none for sliding-window attention, whose
+        band reads the keys in order."""
+        if self.config.attn_window is not None:
+            return None
+        return StaticKVCache(len(self.blocks), capacity, batch=batch, device=self.tok_emb.weight.device)
+
     def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, state=None,
                 only_last=False):
         """input_ids (B, T) -> ModelOutput(logits (B, T, V), loss).
@@ -108,11 +115,11 @@ class GPT(Model):
         if isinstance(state, RecomputeState):
             return state.rerun(self, input_ids, attention_mask, only_last)
         b, t = input_ids.shape
-        past = 0 if state is None else state.length
-        if past + t > self.config.max_seq_len:
-            raise ValueError(f"sequence of {past + t} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        if state is not None:
+        if state is not None:  # the mask over the state's columns and the new tokens
             attention_mask = state.begin(torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+        seen = t if attention_mask is None else attention_mask.size(1)
+        if seen > self.config.max_seq_len:
+            raise ValueError(f"sequence of {seen} tokens exceeds max_seq_len {self.config.max_seq_len}")
         if position_ids is None:  # with left padding each row counts its real tokens
             position_ids = positions_from_mask(attention_mask, t) if attention_mask is not None else \
                 torch.arange(t, device=input_ids.device).expand(b, t)

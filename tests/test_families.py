@@ -26,6 +26,7 @@ from attnlab.data.batch import Batch
 from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.interop import export_hf, import_hf
+from attnlab.interop.onnx import EXPORTERS as ONNX_EXPORTERS
 from attnlab.interop.registry import hf_spec_for
 from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ, build_model, preset
 from attnlab.processors.media import npy_bytes
@@ -321,6 +322,8 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
         classifier_verbs(spec, data, run, tmp_path, capsys)
     exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
     assert exported == (0 if hf_spec_for(spec.name) else 2)
+    onnx = main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+    assert onnx == (0 if spec.name in ONNX_EXPORTERS else 2)
     args = build_parser().parse_args(["serve", str(run), "--threads", "1", "--port", str(free_port())])
     with TestClient(server_app(args)) as client:
         assert client.get("/health").json()["family"] == spec.name

@@ -109,7 +109,7 @@ def _encoder(model):
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if c.type_vocab_size else [])
     ids = torch.full((2, 8), c.pad_token_id + 1, dtype=torch.long)
     args = (ids, torch.ones_like(ids), torch.zeros_like(ids))[:len(inputs)]
-    outputs = (["logits"] if c.head else []) + ["hidden_states"]
+    outputs = (["logits"] if c.head != "none" else []) + ["hidden_states"]
     per_token = {0: "batch", 1: "length"}
     dynamic = {**{name: per_token for name in inputs}, "hidden_states": per_token,
                "logits": {0: "batch"} if c.head == "sequence" else per_token}

@@ -30,26 +30,33 @@ def tiny(name, **overrides):
     return build_model(preset(name, **overrides)).eval()
 
 
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    model = tiny("bert-tiny", vocab_size=100, max_positions=32).classifier_for(["neg", "pos"]).eval()
-    out = tmp_path_factory.mktemp("bert")
-    export_onnx(model, out)
-    return model, session(out)
+@pytest.fixture(scope="module", params=["classifier", "headless"])
+def encoder(request, tmp_path_factory):
+    model = tiny("bert-tiny", vocab_size=100, max_positions=32)
+    if request.param == "classifier":
+        model = model.classifier_for(["neg", "pos"]).eval()
+    out = tmp_path_factory.mktemp(request.param)
+    description = export_onnx(model, out)
+    return model, session(out), description
 
 
-def test_an_encoder_classifier_equals_onnx_runtime_at_a_new_batch_and_length(classifier):
-    model, ort_session = classifier
+def test_an_encoder_equals_onnx_runtime_at_a_new_batch_and_length(encoder):
+    model, ort_session, description = encoder
     ids = torch.randint(1, 100, (3, 11), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 7:], mask[2, 4:] = 0, 0  # right padding, as the tokenizer pads
     types = torch.zeros_like(ids)
     types[:, 5:] = 1
-    logits, hidden = ort_session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
-                                            "token_type_ids": types.numpy()})
+    results = ort_session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(),
+                                     "token_type_ids": types.numpy()})
     with torch.no_grad():
         out = model(ids, attention_mask=mask, token_type_ids=types)
-    np.testing.assert_allclose(logits, out.logits.numpy(), rtol=0, atol=1e-4)
+    if model.config.head == "sequence":
+        assert description["outputs"] == ["logits", "hidden_states"]
+        np.testing.assert_allclose(results[0], out.logits.numpy(), rtol=0, atol=1e-4)
+    else:
+        assert description["outputs"] == ["hidden_states"]
+    hidden = results[-1]
     real = mask.bool().numpy()
     np.testing.assert_allclose(hidden[real], out.hidden_states.numpy()[real], rtol=0, atol=1e-4)
 

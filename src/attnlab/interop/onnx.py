@@ -113,6 +113,7 @@ def _encoder(model):
     per_token = {0: "batch", 1: "length"}
     dynamic = {**{name: per_token for name in inputs}, "hidden_states": per_token,
                "logits": {0: "batch"} if c.head == "sequence" else per_token}
+    dynamic = {name: axes for name, axes in dynamic.items() if name in inputs + outputs}
     return EncoderGraph(model, inputs, outputs), args, {"inputs": inputs, "outputs": outputs}, dynamic
 
 

@@ -123,7 +123,9 @@ def ort_profile(path, threads, batch, repeats=10) -> dict:
     session.run(None, feeds)
     for _ in range(repeats):
         session.run(None, feeds)
-    events = json.loads(Path(session.end_profiling()).read_text())
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
     spent = collections.Counter()
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):

@@ -184,7 +184,7 @@ def test_every_verb_module_registers_exactly_one_verb():
         module.register(sub)
         assert len(sub.choices) == 1, module.__name__
         verbs += list(sub.choices)
-    assert sorted(verbs) == ["classify", "compress", "convert", "curate", "demo", "doctor", "embed", "eval",
+    assert sorted(verbs) == ["classify", "compress", "convert", "curate", "demo", "doctor", "embed", "eval", "export",
                              "finetune", "generate", "search", "serve", "train"]
 
 

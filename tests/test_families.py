@@ -28,6 +28,7 @@ from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.inference.attention_maps import attention_maps
 from attnlab.interop import export_hf, import_hf
+from attnlab.interop.onnx import EXPORTERS as ONNX_EXPORTERS
 from attnlab.interop.registry import hf_spec_for
 from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ,
                                  build_model, preset)
@@ -372,6 +373,8 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
     attention_verb(spec, run, tmp_path, capsys)
     exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
     assert exported == (0 if hf_spec_for(spec.name) else 2)
+    onnx = main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+    assert onnx == (0 if spec.name in ONNX_EXPORTERS else 2)
     args = build_parser().parse_args(["serve", str(run), "--threads", "1", "--port", str(free_port())])
     with TestClient(server_app(args)) as client:
         assert client.get("/health").json()["family"] == spec.name

@@ -191,7 +191,7 @@ def test_every_verb_module_registers_exactly_one_verb():
         assert len(sub.choices) == 1, module.__name__
         verbs += list(sub.choices)
     assert sorted(verbs) == ["attention", "classify", "compress", "convert", "curate", "demo", "doctor", "embed", "eval",
-                             "finetune", "generate", "search", "serve", "train"]
+                             "export", "finetune", "generate", "search", "serve", "train"]
 
 
 def free_port() -> int:

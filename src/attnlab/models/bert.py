@@ -172,7 +172,9 @@ class Bert(Model):
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds max_seq_len {self.config.max_seq_len}")
         mask = None
-        if attention_mask is not None:
+        if attention_mask is not None and torch.jit.is_tracing():  # an exported graph masks every column
+            mask = padding_mask(attention_mask)
+        elif attention_mask is not None:
             real_columns = attention_mask.bool().any(dim=0).nonzero()
             kept = int(real_columns.max()) + 1 if len(real_columns) else t
             input_ids, attention_mask = input_ids[:, :kept], attention_mask[:, :kept]

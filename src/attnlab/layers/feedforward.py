@@ -1,4 +1,4 @@
-"""Position-wise feed-forward: plain (ReLU, GELU) or gated (SwiGLU, GeGLU)."""
+"""Position-wise feed-forward: plain (ReLU, GELU, quick GELU) or gated (SwiGLU, GeGLU)."""
 
 import torch
 import torch.nn.functional as F
@@ -9,6 +9,7 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # CLIP's sigmoid approximation of GELU
 }
 # name -> (activation, gated)
 FFN_KINDS = {
@@ -16,6 +17,7 @@ FFN_KINDS = {
     "gelu": ("gelu", False),
     "gelu_tanh": ("gelu_tanh", False),
     "silu": ("silu", False),
+    "quick_gelu": ("quick_gelu", False),
     "swiglu": ("silu", True),
     "geglu": ("gelu_tanh", True),
     "reglu": ("relu", True),

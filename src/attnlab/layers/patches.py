@@ -19,11 +19,12 @@ def grid_size(size: int, kernel: int, stride: int) -> int:
 class PatchEmbedding(nn.Module):
     """(B, C, H, W) -> (B, h * w, dim), row-major over the (h, w) grid of patches."""
 
-    def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int | tuple | None = None):
+    def __init__(self, in_channels: int, dim: int, patch_size: int, stride: int | tuple | None = None,
+                 bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
         self.stride = stride or patch_size
-        self.proj = nn.Conv2d(in_channels, dim, patch_size, self.stride)
+        self.proj = nn.Conv2d(in_channels, dim, patch_size, self.stride, bias=bias)
 
     def grid(self, height: int, width: int) -> tuple:
         rows, columns = self.proj.stride

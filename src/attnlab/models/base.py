@@ -21,17 +21,20 @@ from ..errors import UserError
 
 # What a model is for, and so which verbs and endpoints apply (see DESIGN.md, "What each kind answers").
 CAUSAL_LM, SEQ2SEQ, ENCODER, CLASSIFIER, GRAPH = "causal_lm", "seq2seq", "encoder", "classifier", "graph"
+DUAL_ENCODER = "dual_encoder"
 KINDS = {
     CAUSAL_LM: "a causal language model",
     SEQ2SEQ: "an encoder-decoder (sequence to sequence) model",
     ENCODER: "a bidirectional encoder",
     CLASSIFIER: "a classifier of images, audio or video",
     GRAPH: "a graph neural network",
+    DUAL_ENCODER: "a dual encoder of images and texts into one space",
 }
 # What a classifier reads (FamilySpec.modality); its processor reads files of that modality.
 MEDIA_MODALITIES = ("image", "audio", "video")
 # The objective `attnlab train` uses for a kind when the run config names no task (see default_task).
-DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm", GRAPH: "node_classification"}
+DEFAULT_TASKS = {CAUSAL_LM: "lm", SEQ2SEQ: "seq2seq", ENCODER: "mlm", GRAPH: "node_classification",
+                 DUAL_ENCODER: "contrastive"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
     tokens  = [CLS] + PatchEmbedding(pixels)            (B, 1 + h * w, C), h = w = image_size / patch_size
     x       = tokens + learned positions                one row per grid cell, plus the [CLS] row
+    x       = LayerNorm(x)                              optional (pre_norm: CLIP's vision tower)
     blocks  = pre-LN TransformerBlock x n_layer         bidirectional, no padding
     hidden  = LayerNorm(x)
     pooled  = tanh(Linear(hidden[:, 0]))                optional (Hugging Face ViTModel's pooler)
@@ -35,6 +36,8 @@ class ViTConfig(MediaEncoderConfig):
     patch_size: int = 16
     n_channels: int = 3
     pooler: bool = False  # Hugging Face ViTModel's tanh pooler over the [CLS] state
+    pre_norm: bool = False  # a LayerNorm over the embedded tokens before the blocks (CLIP's pre_layrnorm)
+    patch_bias: bool = True  # the patch projection's bias (CLIP's has none)
 
     def validate(self):
         super().validate()
@@ -57,10 +60,11 @@ class ViT(Model):
     def __init__(self, config: ViTConfig):
         super().__init__(config)
         c = config
-        self.patches = PatchEmbedding(c.n_channels, c.d_model, c.patch_size)
+        self.patches = PatchEmbedding(c.n_channels, c.d_model, c.patch_size, bias=c.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
         self.positions = nn.Parameter(torch.zeros(1, c.max_seq_len, c.d_model))  # [CLS] row first
         self.drop = nn.Dropout(c.dropout)
+        self.pre_norm = nn.LayerNorm(c.d_model, eps=c.norm_eps) if c.pre_norm else None
         self.blocks = nn.ModuleList(
             TransformerBlock(c.d_model, c.n_head, c.ffn_size, ffn_kind=c.activation, norm_eps=c.norm_eps,
                              prenorm=True, dropout=c.dropout, attn_dropout=c.attn_dropout, backend=c.attn_backend)
@@ -92,6 +96,8 @@ class ViT(Model):
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> final hidden states (B, 1 + h * w, C), layer-normed."""
         x = self.embed(pixel_values)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

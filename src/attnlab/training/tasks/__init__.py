@@ -2,7 +2,7 @@
 
 A run config (configs/*.yaml, plus key=value overrides) has the sections
 
-    task:       the objective: lm, mlm, seq2seq, span_corruption, node_classification, or image_,
+    task:       the objective: lm, mlm, seq2seq, span_corruption, node_classification, contrastive, or image_,
                 audio_ or video_classification (default: the one for the model's kind, models/base.py
                 default_task: lm for a causal LM, mlm for an encoder, node_classification for a
                 graph network, image_classification for an image classifier, ...)
@@ -30,13 +30,14 @@ from ...errors import UserError
 from ...models.base import default_task, family_spec
 from ..trainer import TrainConfig
 from .base import Run, Task, cached_splits, model_config, model_family
+from .contrastive import CONTRASTIVE
 from .graph import NODE_CLASSIFICATION
 from .lm import LM
 from .media import MEDIA_TASKS
 from .mlm import MLM
 from .seq2seq import SEQ2SEQ, SPAN_CORRUPTION
 
-TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION, NODE_CLASSIFICATION, *MEDIA_TASKS)}
+TASKS = {t.name: t for t in (LM, MLM, SEQ2SEQ, SPAN_CORRUPTION, NODE_CLASSIFICATION, CONTRASTIVE, *MEDIA_TASKS)}
 SECTIONS = ("task", "model", "tokenizer", "data", "train")
 
 __all__ = ["SECTIONS", "TASKS", "Run", "Task", "cached_splits", "model_config", "resolve_run", "setup_task"]

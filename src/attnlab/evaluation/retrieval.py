@@ -1,0 +1,74 @@
+"""Cross-modal retrieval and zero-shot classification with a dual encoder.
+
+Recall@k over a set of image-caption pairs: for each image, whether a caption equal to its own is
+among the k nearest captions (image -> text); for each caption, whether an image it describes is
+among the k nearest images (text -> image). Equal captions count as the same answer, so a set
+whose captions come from templates ("a handwritten 7" many times) is scored fairly.
+"""
+
+import torch
+
+
+@torch.no_grad()
+def embed_pairs(model, batches, split: str, chunk: int = 256) -> tuple:
+    """-> (image embeddings (N, D), text embeddings (N, D)) of every pair of a PairBatches split."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    images, texts = [], []
+    for start in range(0, len(batches.images[split]), chunk):
+        inputs = batches.rows(split, torch.arange(start, min(start + chunk, len(batches.images[split]))))
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        images.append(model.encode_image(inputs["pixel_values"]).float().cpu())
+        texts.append(model.encode_text(inputs["input_ids"], inputs["attention_mask"]).float().cpu())
+    model.train(was_training)
+    return torch.cat(images), torch.cat(texts)
+
+
+def recall_at(image: torch.Tensor, text: torch.Tensor, ks=(1, 5), captions: list | None = None) -> dict:
+    """image, text: unit embeddings (N, D) of N pairs, row i of each the same pair; captions: the N
+    texts, so that equal captions count as right answers (None: only the pair's own)."""
+    similarity = image @ text.T  # (N images, N texts)
+    n = len(image)
+    if captions is None:
+        relevant = torch.eye(n, dtype=torch.bool)
+    else:
+        ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
+        caption_ids = torch.tensor([ids[c] for c in captions])
+        relevant = caption_ids[:, None] == caption_ids[None, :]  # (N, N), symmetric
+    scores = {}
+    for k in ks:
+        k_eff = min(k, n)
+        image_hits = relevant.gather(1, similarity.topk(k_eff, dim=1).indices).any(1)
+        text_hits = relevant.T.gather(1, similarity.T.topk(k_eff, dim=1).indices).any(1)
+        scores[f"image_to_text_recall@{k}"] = float(image_hits.float().mean())
+        scores[f"text_to_image_recall@{k}"] = float(text_hits.float().mean())
+    return scores
+
+
+@torch.no_grad()
+def class_embeddings(model, processor, labels: list, templates: list) -> torch.Tensor:
+    """Zero-shot class embeddings (C, D): each label's prompts (one per template, `{}` the label)
+    embedded, averaged and made unit length again."""
+    prompts = [template.format(label) for label in labels for template in templates]
+    embeddings = embed_texts(model, processor, prompts)  # (C * templates, D)
+    return torch.nn.functional.normalize(embeddings.view(len(labels), len(templates), -1).mean(1), dim=-1)
+
+
+@torch.no_grad()
+def embed_images(model, processor, items: list, chunk: int = 256) -> torch.Tensor:
+    """Raw images -> unit embeddings (N, D)."""
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_image(processor.images(items[s:s + chunk])["pixel_values"].to(device)).float().cpu()
+                      for s in range(0, len(items), chunk)])
+
+
+@torch.no_grad()
+def embed_texts(model, processor, texts: list, chunk: int = 256) -> torch.Tensor:
+    """Texts -> unit embeddings (N, D)."""
+    device = next(model.parameters()).device
+    parts = []
+    for start in range(0, len(texts), chunk):
+        inputs = processor.texts(texts[start:start + chunk], model.config.max_seq_len)
+        parts.append(model.encode_text(inputs["input_ids"].to(device), inputs["attention_mask"].to(device)).float().cpu())
+    return torch.cat(parts)

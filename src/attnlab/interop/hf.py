@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import weights_for_saving
 from ..errors import UserError
-from ..models.base import CLASSIFIER, ENCODER, build_model, family_spec
+from ..models.base import CLASSIFIER, DUAL_ENCODER, ENCODER, build_model, family_spec
 from ..tokenizers import SubwordTokenizer, load_hf_tokenizer
 from .common import prefix_in
 from .registry import hf_model_type, model_type_for_export
@@ -108,8 +108,11 @@ def _tied_names(keymap):
 
 
 def _hf_processor(directory: Path, model):
-    """A classifier's processor from preprocessor_config.json (or Hugging Face's defaults), else the tokenizer."""
+    """A classifier's processor from preprocessor_config.json (or Hugging Face's defaults), a dual
+    encoder's with the tokenizer too (none without one), else the tokenizer."""
     spec = family_spec(model)
+    if spec.kind == DUAL_ENCODER:
+        return spec.processor.from_hf(directory, model.config) if _hf_tokenizer(directory) else None
     return spec.processor.from_hf(directory, model.config) if spec.kind == CLASSIFIER else _hf_tokenizer(directory)
 
 
@@ -127,7 +130,8 @@ def export_hf(model, directory, tokenizer=None):
     if final.exists() and any(final.iterdir()):
         raise UserError(f"{final} already exists and is not empty; choose a new output directory")
     model_type = model_type_for_export(model.config)
-    head = model.config.head if family_spec(model).kind in (ENCODER, CLASSIFIER) else "lm"
+    kind = family_spec(model).kind
+    head = model.config.head if kind in (ENCODER, CLASSIFIER) else "none" if kind == DUAL_ENCODER else "lm"
     architecture = model_type.architecture(head)
     prefix = "" if architecture == model_type.class_prefix + "Model" else model_type.base_prefix
     hf = {"architectures": [architecture], **model_type.config_to_hf(model.config), "torch_dtype": "float32"}

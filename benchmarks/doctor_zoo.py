@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, build_model, default_task, families_of_kind,
+from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, FAMILIES, build_model, default_task, families_of_kind,
                                  preset)
 from attnlab.training.doctor import PROBES, TrainingSetup, diagnose, output_logits, setup_from_run
 from attnlab.training.tasks import resolve_run
@@ -59,7 +59,8 @@ def family_setup(spec, **fields) -> TrainingSetup:
     """A family's tiny model on its example batches: what the contract test trains."""
     model, config = fields.pop("model", None) or tiny(spec), preset(spec.tiny_preset)
     stream = lambda seed: Stream(lambda g: spec.example_batch(config, g), seed)  # noqa: E731
-    return TrainingSetup(model, stream(0), val_batches=stream(1), is_causal=spec.kind == CAUSAL_LM, **fields)
+    return TrainingSetup(model, stream(0), val_batches=stream(1), is_causal=spec.kind == CAUSAL_LM,
+                         in_batch_negatives=spec.kind == DUAL_ENCODER, **fields)
 
 
 def first(kind: str):

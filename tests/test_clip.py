@@ -182,3 +182,45 @@ def test_a_bad_pairs_line_is_one_line_naming_it(tmp_path, capsys):
                  str(tmp_path / "run"), "train.device=cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "missing.npy" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # loads the 90 MB MiniLM and saves it twice: tens of seconds on a busy 2-core machine
+def test_lit_starts_from_the_pretrained_minilm_and_keeps_it_frozen(tmp_path, capsys):
+    """clip-mnist-lit: the text tower is all-MiniLM-L6-v2 (its mean-pooled sentence vectors, before
+    the projection), with MiniLM's tokenizer, and training leaves it as it was."""
+    from attnlab.checkpoint import load_checkpoint
+    from attnlab.inference.embeddings import SentenceEncoder
+    from attnlab.interop import load_minilm
+
+    data = write_pairs(tmp_path / "pairs")
+    assert main(["train", "task=contrastive", "--preset", "clip-mnist-lit", "--data", str(data), "--out",
+                 str(tmp_path / "run"), "train.max_steps=2", "train.eval_interval=2", "train.eval_batches=1",
+                 "train.batch_size=4", "train.lr=0.01", "train.warmup_steps=0", "train.progress=false",
+                 "train.device=cpu"]) == 0
+    model, processor = load_checkpoint(tmp_path / "run" / "last")
+    minilm, tokenizer = load_minilm()
+    sentences = ["a cat number 3", "the number seven"]
+    inputs = processor.texts(sentences, model.config.max_seq_len)
+    with torch.no_grad():
+        ours = torch.nn.functional.normalize(model.text(inputs["input_ids"], inputs["attention_mask"]), dim=-1)
+    theirs = SentenceEncoder(minilm, tokenizer).encode(sentences)
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    assert model.config.freeze == "text" and not any(p.requires_grad for p in model.text.parameters())
+
+
+@pytest.mark.parametrize("args,problem", [
+    (["--labels", "cat,dog", "--template", "a photo"], "exactly once"),
+    (["--labels", "cat,cat"], "distinct"),
+    (["--labels", "cat,,dog"], "distinct"),
+    ([], "--labels"),
+], ids=["template-without-braces", "repeated-label", "empty-label", "no-labels"])
+def test_zero_shot_classify_refuses_bad_labels_and_templates_in_one_line(args, problem, tmp_path, capsys):
+    from attnlab.checkpoint import save_checkpoint
+    from attnlab.models.base import family_spec
+
+    model = build_model(preset("clip-tiny"))
+    save_checkpoint(tmp_path / "ckpt", model, family_spec(model).processor.example(model.config))
+    data = write_pairs(tmp_path / "pairs", count=2)
+    code = main(["classify", str(tmp_path / "ckpt"), str(data / "img" / "0.npy"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1, err

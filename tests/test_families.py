@@ -27,7 +27,8 @@ from attnlab.errors import UserError
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.interop import export_hf, import_hf
 from attnlab.interop.registry import hf_spec_for
-from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ, build_model, preset
+from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ,
+                                 build_model, preset)
 from attnlab.processors.media import npy_bytes
 from attnlab.serving.app import ENDPOINTS, ServeConfig, create_app
 from attnlab.training import TrainConfig, Trainer
@@ -126,7 +127,8 @@ def client_for(spec, **settings):
 
 
 def media_files(spec, count: int) -> list:
-    """The .npy bytes of `count` random raw items a classifier's tiny model reads (every modality reads .npy)."""
+    """The .npy bytes of `count` random raw items a classifier's (or a dual encoder's) tiny model reads
+    (every modality reads .npy)."""
     processor = spec.processor.example(preset(spec.tiny_preset))
     return [npy_bytes(item) for item in processor.example_items(count, np.random.default_rng(0))]
 
@@ -156,8 +158,37 @@ def test_the_server_answers_what_the_kind_serves_and_refuses_the_rest(spec):
             elif path == "/v1/embeddings":
                 assert reply.status_code == 200, reply.text
                 vectors = torch.tensor([row["embedding"] for row in reply.json()["data"]])
-                assert vectors.shape == (2, preset(spec.tiny_preset).d_model)
+                assert vectors.shape == (2, embedding_width(spec))
                 torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(2))
+
+
+def embedding_width(spec) -> int:
+    """The width of the vectors /v1/embeddings returns: a dual encoder's shared space, else the hidden size."""
+    config = preset(spec.tiny_preset)
+    return config.projection_dim if spec.kind == DUAL_ENCODER else config.d_model
+
+
+@every(of_kind[DUAL_ENCODER])
+def test_a_dual_encoder_embeds_base64_images_into_its_text_space_and_refuses_bad_ones_with_a_4xx(spec):
+    files = media_files(spec, 3)
+    with client_for(spec, max_input_bytes=max(map(len, files))) as client:
+        body = {"input": [base64.b64encode(f).decode() for f in files], "modality": "image"}
+        reply = client.post("/v1/embeddings", json=body)
+        assert reply.status_code == 200, reply.text
+        images = torch.tensor([row["embedding"] for row in reply.json()["data"]])
+        texts = torch.tensor([row["embedding"] for row in
+                              client.post("/v1/embeddings", json={"input": ["the cat"]}).json()["data"]])
+        assert images.shape == (3, embedding_width(spec)) and texts.shape == (1, embedding_width(spec))
+        torch.testing.assert_close(images.norm(dim=-1), torch.ones(3))
+        bad = {"not base64": "%%%", "not an image": base64.b64encode(b"hello, not a file").decode(),
+               "over the byte limit": base64.b64encode(files[0] + b"\0" * 8).decode()}
+        for problem, item in bad.items():
+            reply = client.post("/v1/embeddings", json={"input": [body["input"][0], item], "modality": "image"})
+            message = reply.json()["error"]["message"]
+            expected = 413 if problem == "over the byte limit" else 400
+            assert reply.status_code == expected and "input 1" in message and "\n" not in message, (problem, message)
+        reply = client.post("/v1/embeddings", json={"input": "the cat", "modality": "sound"})
+        assert reply.status_code == 422
 
 
 @every(of_kind[CLASSIFIER])
@@ -286,6 +317,8 @@ def corpus_for(spec, directory):
     classifier an .npz of random raw items x of its modality and labels y."""
     if spec.kind == GRAPH:
         return graph_file(spec, directory / "graph.npz")
+    if spec.kind == DUAL_ENCODER:
+        return pairs_folder(spec, directory / "pairs")
     if spec.kind == CLASSIFIER:
         processor = spec.processor.example(preset(spec.tiny_preset))
         path = directory / "labelled.npz"
@@ -319,6 +352,8 @@ def test_the_cli_verbs_run_on_a_tiny_checkpoint(spec, tmp_path, capsys):
     assert all(math.isfinite(v) for v in scores.values() if isinstance(v, float))
     if spec.kind == CLASSIFIER:
         classifier_verbs(spec, data, run, tmp_path, capsys)
+    if spec.kind == DUAL_ENCODER:
+        dual_encoder_verbs(data, run, capsys)
     exported = main(["convert", "export", str(run), str(tmp_path / "hf")])
     assert exported == (0 if hf_spec_for(spec.name) else 2)
     args = build_parser().parse_args(["serve", str(run), "--threads", "1", "--port", str(free_port())])
@@ -347,6 +382,47 @@ def classifier_verbs(spec, data, run, tmp_path, capsys):
     assert main(["classify", str(run), str(missing)]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and str(missing) in err
+
+
+def dual_encoder_verbs(data, run, capsys):
+    """Zero-shot classify of image files and a labelled set; embed of texts and images into one
+    space; search of images by text and of captions by image; eval's recall on the pairs."""
+    images = sorted(str(p) for p in (data / "img").iterdir())[:2]
+    assert main(["classify", str(run), *images, "--labels", "cat,dog,owl", "--template", "a {}",
+                 "--template", "the {} sat"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["input"] for row in rows] == images and all(row["label"] in ("cat", "dog", "owl") for row in rows)
+    assert main(["classify", str(run), *images]) == 2 and "--labels" in capsys.readouterr().err
+    assert main(["embed", "--model", str(run), "--images", *images]) == 0
+    image_rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (data / "texts.txt").write_text("the cat\na dog\n")
+    assert main(["embed", str(data / "texts.txt"), "--model", str(run)]) == 0
+    text_rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in image_rows] == images and [r["text"] for r in text_rows] == ["the cat", "a dog"]
+    assert len({len(r["embedding"]) for r in image_rows + text_rows}) == 1
+    assert main(["search", str(data / "img"), "a cat", "--model", str(run), "--top-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert len(hits) == 2 and all(hit["image"] in map(str, (data / "img").iterdir()) for hit in hits)
+    assert main(["search", str(data / "texts.txt"), images[0], "--query-images", "--model", str(run), "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert sorted(hit["passage"] for hit in hits) == ["a dog", "the cat"]
+    assert main(["eval", str(run), "--data", str(data)]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["pairs"] == 12 and all(0 <= scores[f"{way}_recall@{k}"] <= 1 for way in ("image_to_text",
+                                                                                           "text_to_image")
+                                         for k in (1, 5))
+
+
+def pairs_folder(spec, directory):
+    """A pairs folder of the tiny model's random .npy images, each captioned "a cat", "a dog" or "an owl" and a number."""
+    processor = spec.processor.example(preset(spec.tiny_preset))
+    (directory / "img").mkdir(parents=True)
+    lines = []
+    for i, item in enumerate(processor.example_items(12, np.random.default_rng(0))):
+        np.save(directory / "img" / f"{i}.npy", item)
+        lines.append(json.dumps({"image": f"img/{i}.npy", "text": f"{['a cat', 'a dog', 'an owl'][i % 3]} {i}"}))
+    (directory / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
 
 
 @every(of_kind[ENCODER])

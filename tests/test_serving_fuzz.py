@@ -1,6 +1,6 @@
 """The server's OpenAPI document, fuzzed (bounded): bodies drawn from each endpoint's request schema
-and arbitrary JSON with the same field names, posted to a tiny causal LM's and a tiny encoder's
-server. No body gets a 5xx, every 4xx is one message in the {"error": {...}} shape, and a body the
+and arbitrary JSON with the same field names, posted to a tiny causal LM's, encoder's and dual
+encoder's server. No body gets a 5xx, every 4xx is one message in the {"error": {...}} shape, and a body the
 schema accepts is never refused as invalid (422): the schema refuses what the server refuses."""
 
 import json
@@ -45,6 +45,8 @@ def from_schema(schema):
     """Values a JSON schema accepts, for the parts of JSON schema that pydantic writes for our bodies."""
     if "anyOf" in schema:
         return st.one_of([from_schema(option) for option in schema["anyOf"]])
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
     kind = schema.get("type")
     if kind == "object":
         required = {name: from_schema(schema["properties"][name]) for name in schema.get("required", [])}
@@ -86,7 +88,7 @@ def check(client, path, body, schema_valid):
         assert reply.status_code != 422, (body, reply.text)
 
 
-@pytest.mark.parametrize("name", ["gpt", "bert"])
+@pytest.mark.parametrize("name", ["gpt", "bert", "clip"])
 def test_fuzzed_bodies_never_get_a_5xx_and_every_error_has_the_error_shape(name):
     app, paths = served(name)
     with TestClient(app) as client:

@@ -13,16 +13,17 @@ from attnlab.checkpoint import save_checkpoint
 from attnlab.cli import build_parser, main, verb_modules
 from attnlab.commands.serve import server_app
 from attnlab.interop.registry import HF_SPECS
-from attnlab.models.base import CAUSAL_LM, CLASSIFIER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ, build_model, preset
+from attnlab.models.base import (CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, FAMILIES, GRAPH, KINDS, SEQ2SEQ,
+                                 build_model, preset)
 from attnlab.tokenizers import SubwordTokenizer
 
-from .test_families import graph_file
+from .test_families import graph_file, pairs_folder
 
 SPECS = [FAMILIES[name] for name in sorted(FAMILIES)]
 EVERY_KIND = set(KINDS)
 # The kinds of checkpoint each verb that takes one serves (convert: the families with a Hugging Face spec).
-SERVES = {"generate": {CAUSAL_LM, SEQ2SEQ}, "eval": EVERY_KIND, "embed": {ENCODER}, "search": {ENCODER},
-          "classify": {ENCODER, CLASSIFIER, GRAPH}, "finetune": {ENCODER}, "compress": {ENCODER}, "serve": EVERY_KIND}
+SERVES = {"generate": {CAUSAL_LM, SEQ2SEQ}, "eval": EVERY_KIND, "embed": {ENCODER, DUAL_ENCODER},
+          "search": {ENCODER, DUAL_ENCODER}, "classify": {ENCODER, CLASSIFIER, GRAPH, DUAL_ENCODER}, "finetune": {ENCODER}, "compress": {ENCODER}, "serve": EVERY_KIND}
 # Settings a tiny preset needs to export: Marian computes its sinusoids in halves, post-LN.
 EXPORTABLE = {"transformer": {"position_layout": "halves", "prenorm": False}}
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "we like to read books",
@@ -37,7 +38,7 @@ def applies(verb, spec) -> bool:
 def files(tmp_path_factory):
     """A tiny checkpoint of every family (encoders with a WordPiece tokenizer, which embedding and
     masked-LM scoring need), a text file, a pairs file, a labelled file, and per classifier a labelled
-    .npz of raw items its processor reads."""
+    .npz of raw items its processor reads (a dual encoder's: images, and image-caption pairs)."""
     root = tmp_path_factory.mktemp("verbs")
     wordpiece = SubwordTokenizer.train_wordpiece("\n".join(SENTENCES * 20), vocab_size=64)
     for spec in SPECS:
@@ -45,9 +46,12 @@ def files(tmp_path_factory):
         model = build_model(preset(spec.tiny_preset, **EXPORTABLE.get(spec.name, {})))
         processor = wordpiece if spec.kind == ENCODER else spec.processor.example(model.config)
         save_checkpoint(root / spec.name, model, processor)
-        if spec.kind == CLASSIFIER:
+        if spec.kind == DUAL_ENCODER:
+            pairs_folder(spec, root / f"{spec.name}-pairs")
+        if spec.kind in (CLASSIFIER, DUAL_ENCODER):
             items = processor.example_items(4, np.random.default_rng(0))
-            names = [f"LABEL_{i}" for i in range(model.config.n_labels)]  # a model without id2label's names
+            count = model.config.n_labels if spec.kind == CLASSIFIER else 2
+            names = [f"LABEL_{i}" for i in range(count)]  # a model without id2label's names
             np.savez(root / f"{spec.name}.npz", x=items, y=np.arange(len(items)) % len(names), label_names=names)
     (root / "text.txt").write_text("\n".join(SENTENCES * 4) + "\n")
     (root / "pairs.tsv").write_text("".join(f"{s}\t{s[::-1]}\n" for s in SENTENCES))
@@ -61,14 +65,16 @@ def files(tmp_path_factory):
 def argv(verb, spec, root, out, ckpt=None) -> list:
     """A small run of `verb` on the family's checkpoint (or `ckpt`), writing under `out`."""
     ckpt, text = ckpt or root / spec.name, root / "text.txt"
-    data = root / {SEQ2SEQ: "pairs.tsv", CLASSIFIER: f"{spec.name}.npz", GRAPH: "graph.npz"}.get(spec.kind, "text.txt")
+    data = root / {SEQ2SEQ: "pairs.tsv", CLASSIFIER: f"{spec.name}.npz", GRAPH: "graph.npz",
+                   DUAL_ENCODER: f"{spec.name}-pairs"}.get(spec.kind, "text.txt")
     runs = {
         "generate": ["generate", ckpt, "--prompt", "the cat", "--max-new-tokens", 3, "--temperature", 0,
                      "--json"],
         "eval": ["eval", ckpt, "--data", data, "--max-new-tokens", 3],
         "embed": ["embed", text, "--model", ckpt, "--out", out / "vectors.npy"],
         "search": ["search", text, "a dog", "--model", ckpt, "--index", out / "index.npz", "--top-k", 2],
-        "classify": ["classify", ckpt, "--input", data if spec.kind in (CLASSIFIER, GRAPH) else root / "labelled.tsv"],
+        "classify": ["classify", ckpt, "--input", data if spec.kind in (CLASSIFIER, GRAPH) else
+                     root / f"{spec.name}.npz" if spec.kind == DUAL_ENCODER else root / "labelled.tsv"],
         "finetune": ["finetune", "--base", ckpt, "--train", root / "labelled.tsv", "--out", out / "classifier",
                      "--epochs", 1, "--batch-size", 8, "--max-length", 16],
         "compress": ["compress", ckpt, "--pipeline", "quantize:dynamic_int8", "--train", root / "labelled.tsv",

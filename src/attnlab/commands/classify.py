@@ -1,6 +1,7 @@
 """classify: label texts with a fine-tuned encoder (a checkpoint from `attnlab finetune`), image,
-audio or video files with a classifier of that modality, or the nodes of a graph with a graph
-network (checkpoints from `attnlab train`)."""
+audio or video files with a classifier of that modality, the nodes of a graph with a graph
+network (checkpoints from `attnlab train`), or images zero-shot with a dual encoder (CLIP) from
+class names and prompt templates."""
 
 import json
 import sys
@@ -14,7 +15,8 @@ from ..errors import UserError
 from ..evaluation import classification_metrics, format_confusion
 from ..evaluation.graph import label_names, node_probabilities, node_scores
 from ..inference.attention_maps import attention_rollout, save_overlay
-from ..models.base import CLASSIFIER, ENCODER, GRAPH, family_spec
+from ..evaluation.retrieval import zero_shot_probabilities
+from ..models.base import CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, family_spec
 from ..training.finetune import predict
 from ..training.tasks.media import model_names
 from .common import for_kind, output_dir
@@ -38,6 +40,9 @@ def register(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--attention-out", help="image classifiers: draw each image's attention rollout ([CLS] to "
                    "patches) over it as DIR/<n>-<name>.png")
+    p.add_argument("--labels", help="dual encoders: the class names, comma-separated (default: a labelled --input's)")
+    p.add_argument("--template", action="append", help="dual encoders: a prompt with {} for the class name, e.g. "
+                   "'a photo of the digit {}'; repeat it to average several (default: the bare name)")
     p.set_defaults(run=classify)
 
 
@@ -65,7 +70,7 @@ def classify(args):
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     run, path = for_kind("classify", args.checkpoint, {ENCODER: classify_texts, CLASSIFIER: classify_media,
-                                                         GRAPH: classify_nodes})
+                                                         GRAPH: classify_nodes, DUAL_ENCODER: classify_zero_shot})
     run(args, path)
 
 
@@ -95,6 +100,39 @@ def classify_media(args, path):
                          f"{names[best]} ({float(probs[best]):.2f})")
     if gold is not None:
         report(classification_metrics(probabilities.argmax(-1).tolist(), gold, names))
+
+
+def classify_zero_shot(args, path):
+    """Images labelled by the nearest class prompt: one JSON line per file or labelled item; with
+    labels, the confusion matrix, accuracy and macro F1 on stderr."""
+    model, processor = load_checkpoint(path)
+    if processor is None:
+        raise UserError(f"{path} has no processor.json and tokenizer.json; classify needs the checkpoint's processor")
+    if bool(args.files) == bool(args.input):
+        raise UserError("give the image files to classify, or --input with a labelled folder or .npz, not both")
+    names = parse_labels(args.labels) if args.labels else None
+    if args.input:
+        data = read_labelled_media(args.input, processor.image, names)
+        items, sources, gold, names = data.items, [f"{args.input}[{i}]" for i in range(len(data))], \
+            data.labels.tolist(), data.names
+    elif names is None:
+        raise UserError('zero-shot classification needs the class names: --labels "cat,dog,..."')
+    else:
+        items, sources, gold = [processor.read(f) for f in args.files], list(args.files), None
+    probabilities = zero_shot_probabilities(model, processor, items, names, args.template or ["{}"])
+    for source, probs in zip(sources, probabilities):
+        best = int(probs.argmax())
+        print(json.dumps({"input": source, "label": names[best], "score": round(float(probs[best]), 4)},
+                         ensure_ascii=False))
+    if gold is not None:
+        report(classification_metrics(probabilities.argmax(-1).tolist(), gold, names))
+
+
+def parse_labels(text: str) -> list:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise UserError(f"--labels {text!r} must be distinct non-empty names separated by commas")
+    return names
 
 
 def classify_nodes(args, path):

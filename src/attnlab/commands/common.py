@@ -12,11 +12,12 @@ import yaml
 
 from ..checkpoint import CONFIG_FILE, read_config, swap_in
 from ..errors import UserError
-from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
+from ..models.base import CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
 
 # The verbs to suggest when a verb refuses a checkpoint of a kind.
 VERBS_FOR = {CAUSAL_LM: "generate or eval", SEQ2SEQ: "generate or eval", ENCODER: "embed, search, eval or classify",
-             CLASSIFIER: "classify, eval or serve", GRAPH: "eval or classify"}
+             CLASSIFIER: "classify, eval or serve", GRAPH: "eval or classify",
+             DUAL_ENCODER: "classify --labels, embed, search, eval or serve"}
 
 
 def load_run_config(path=None, overrides=()) -> dict:

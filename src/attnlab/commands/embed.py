@@ -1,5 +1,5 @@
-"""embed: sentence vectors (mean-pooled, L2-normalised) of texts from an encoder; also the
-encoder loading that search shares."""
+"""embed: sentence vectors (mean-pooled, L2-normalised) of texts from an encoder, or of texts and
+images into one space from a dual encoder (CLIP); also the model loading that search shares."""
 
 import hashlib
 import json
@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_config
 from ..errors import UserError
+from ..evaluation.retrieval import embed_images, embed_texts
 from ..inference.embeddings import SentenceEncoder
 from ..interop import import_hf, minilm_path, read_hf_config
-from ..models.base import ENCODER
-from .common import for_kind
+from ..models.base import DUAL_ENCODER, ENCODER, family_spec
+from .common import for_kind, resolve_checkpoint
 
 MODEL_HELP = ("an attnlab checkpoint or run directory, a Hugging Face directory, or 'minilm' for the bundled "
               "all-MiniLM-L6-v2 (default)")
@@ -23,12 +24,15 @@ def register(sub):
     p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised) of texts, one per line")
     p.add_argument("input", nargs="?", help="text file, one text per line; blank lines are skipped (default: stdin)")
     p.add_argument("--out", help="FILE.npy (a float32 array) or FILE.jsonl; default: JSON lines on stdout")
+    p.add_argument("--images", nargs="+", metavar="FILE", help="dual encoders (CLIP): embed these image files "
+                   "(PNG, JPEG, .npy) instead of texts, into the same space")
     encoder_arguments(p)
     p.set_defaults(run=embed)
 
 
 def encoder_arguments(p):
-    p.add_argument("--model", default="minilm", help=MODEL_HELP)
+    p.add_argument("--model", default="minilm", help=MODEL_HELP + "; a dual encoder (CLIP) checkpoint embeds "
+                   "texts and images into one space")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=256, help="tokens per text; longer texts are truncated")
 
@@ -49,6 +53,23 @@ def load_encoder(verb, name):
                                                    for p in weights]
     model_id = f"{path.resolve()}#{hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]}"
     return model, tokenizer, model_id
+
+
+def load_dual_encoder(name):
+    """-> (model, processor) when --model names a dual-encoder checkpoint (CLIP), else None."""
+    if name == "minilm":
+        return None
+    try:
+        path = resolve_checkpoint(name)
+        kind = family_spec(read_config(path)).kind
+    except UserError:  # not an attnlab checkpoint (a Hugging Face directory): load_encoder says what it is
+        return None
+    if kind != DUAL_ENCODER:
+        return None
+    model, processor = load_checkpoint(path)
+    if processor is None:
+        raise UserError(f"{path} has no processor.json and tokenizer.json; a dual encoder needs them")
+    return model, processor
 
 
 def sentence_encoder(args):
@@ -79,16 +100,29 @@ def embed(args):
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".npy", ".jsonl"):
         raise UserError(f"--out {out} must end in .npy or .jsonl")
-    texts = _read_texts(args.input)
-    encoder, _ = sentence_encoder(args)
-    vectors = encoder.encode(texts, quiet=False).numpy().astype(np.float32)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    dual = load_dual_encoder(args.model)
+    if args.images and dual is None:
+        raise UserError("--images needs a dual encoder (a CLIP checkpoint) as --model")
+    if args.images and args.input:
+        raise UserError("give a text file or --images, not both")
+    field, inputs = ("image", args.images) if args.images else ("text", _read_texts(args.input))
+    if dual is None:
+        encoder, _ = sentence_encoder(args)
+        vectors = encoder.encode(inputs, quiet=False)
+    elif args.images:
+        vectors = embed_images(dual[0], dual[1], [dual[1].read(f) for f in inputs], args.batch_size)
+    else:
+        vectors = embed_texts(*dual, inputs, args.batch_size)
+    vectors = vectors.numpy().astype(np.float32)
     if out is not None and out.suffix == ".npy":
         np.save(out, vectors)
     else:
-        lines = (json.dumps({"text": t, "embedding": v.tolist()}, ensure_ascii=False) for t, v in zip(texts, vectors))
+        lines = (json.dumps({field: t, "embedding": v.tolist()}, ensure_ascii=False) for t, v in zip(inputs, vectors))
         if out is None:
             for line in lines:
                 print(line)
         else:
             out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    print(f"embedded {len(texts)} texts into {vectors.shape[1]} dimensions", file=sys.stderr)
+    print(f"embedded {len(inputs)} {field}s into {vectors.shape[1]} dimensions", file=sys.stderr)

@@ -32,6 +32,12 @@ class Pairs:
         return Pairs([self.items[i] for i in indices], [self.texts[i] for i in indices])
 
 
+def is_pairs(path) -> bool:
+    """Whether `path` names image-text pairs: a .jsonl file or a folder holding pairs.jsonl."""
+    path = Path(path)
+    return (path / PAIRS_FILE).is_file() if path.is_dir() else path.suffix.lower() == ".jsonl"
+
+
 def pairs_file(path) -> Path:
     """The JSONL file of `path`: itself, or the pairs.jsonl of a folder."""
     path = Path(path)
@@ -61,9 +67,10 @@ def read_pairs(path, image_processor) -> Pairs:
 
 
 def split_pairs(data: Pairs, val_fraction: float, seed: int) -> tuple:
-    """-> (train, val): a random val_fraction of the pairs held out (at least one)."""
+    """-> (train, val): a random val_fraction of the pairs held out (at least two: a contrastive
+    batch needs two pairs)."""
     order = np.random.default_rng(seed).permutation(len(data))
-    held = max(1, round(val_fraction * len(data)))
+    held = max(2, round(val_fraction * len(data)))
     return data.subset(order[held:]), data.subset(order[:held])
 
 
@@ -105,5 +112,5 @@ class PairBatches:
 
 
 def _processed(items: list, processor, chunk: int = 256) -> torch.Tensor:
-    return torch.cat([processor.images(items[start:start + chunk])["pixel_values"]
+    return torch.cat([processor(items[start:start + chunk])["pixel_values"]
                       for start in range(0, len(items), chunk)])

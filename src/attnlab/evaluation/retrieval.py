@@ -8,6 +8,8 @@ whose captions come from templates ("a handwritten 7" many times) is scored fair
 
 import torch
 
+from ..errors import UserError
+
 
 @torch.no_grad()
 def embed_pairs(model, batches, split: str, chunk: int = 256) -> tuple:
@@ -46,20 +48,39 @@ def recall_at(image: torch.Tensor, text: torch.Tensor, ks=(1, 5), captions: list
     return scores
 
 
+def pair_scores(model, processor, pairs, batch_size: int = 256) -> dict:
+    """Recall@1 and @5 of image -> text and text -> image over image-caption `pairs` (data/pairs.py)."""
+    image = embed_images(model, processor, pairs.items, batch_size)
+    text = embed_texts(model, processor, pairs.texts, batch_size)
+    return {"pairs": len(pairs), **recall_at(image, text, (1, 5), pairs.texts)}
+
+
 @torch.no_grad()
 def class_embeddings(model, processor, labels: list, templates: list) -> torch.Tensor:
-    """Zero-shot class embeddings (C, D): each label's prompts (one per template, `{}` the label)
+    """Zero-shot class embeddings (C, D): each label's prompts (one per template, the label in place of `{}`)
     embedded, averaged and made unit length again."""
-    prompts = [template.format(label) for label in labels for template in templates]
+    prompts = [template.replace("{}", label) for label in labels for template in templates]
     embeddings = embed_texts(model, processor, prompts)  # (C * templates, D)
     return torch.nn.functional.normalize(embeddings.view(len(labels), len(templates), -1).mean(1), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_probabilities(model, processor, items: list, labels: list, templates: list) -> torch.Tensor:
+    """(N, C) class probabilities of raw images: the softmax of the model's scaled cosine
+    similarities to each class's prompt embedding."""
+    for template in templates:
+        if template.count("{}") != 1:
+            raise UserError(f"template {template!r} must hold {{}} exactly once, where the class name goes")
+    classes = class_embeddings(model, processor, labels, templates)  # (C, D)
+    logits = model.scale().detach().float().cpu() * embed_images(model, processor, items) @ classes.T
+    return logits.softmax(-1)
 
 
 @torch.no_grad()
 def embed_images(model, processor, items: list, chunk: int = 256) -> torch.Tensor:
     """Raw images -> unit embeddings (N, D)."""
     device = next(model.parameters()).device
-    return torch.cat([model.encode_image(processor.images(items[s:s + chunk])["pixel_values"].to(device)).float().cpu()
+    return torch.cat([model.encode_image(processor(items[s:s + chunk])["pixel_values"].to(device)).float().cpu()
                       for s in range(0, len(items), chunk)])
 
 

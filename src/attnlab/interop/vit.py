@@ -37,6 +37,9 @@ def config_from_hf(hf: dict, head: str, keys) -> ViTConfig:
 
 
 def config_to_hf(c: ViTConfig) -> dict:
+    if c.pre_norm or not c.patch_bias:
+        raise UserError("a ViT with pre_norm or without patch_bias (CLIP's vision tower) has no Hugging Face ViT "
+                        "equivalent")
     hf = {"model_type": "vit", "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.n_channels,
           "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head, "hidden_size": c.d_model,
           "intermediate_size": c.ffn_size, "hidden_act": activation_to_hf(c.activation), "layer_norm_eps": c.norm_eps,

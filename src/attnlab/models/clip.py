@@ -21,6 +21,7 @@ the backward pass re-runs each chunk with gradients against the cached embedding
 is that of one chunk; the negatives are the whole batch, and the gradient is the same.
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -173,21 +174,34 @@ class Clip(Model):
         self.vision_proj = nn.Linear(c.vision_width, c.projection_dim, bias=False)
         self.text_proj = nn.Linear(text_width, c.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init)))
-        if c.text_encoder is None:
-            self._init_text(self.text, c)
-        nn.init.normal_(self.vision_proj.weight, std=c.vision_width ** -0.5)
-        nn.init.normal_(self.text_proj.weight, std=text_width ** -0.5)
+        self._init_weights()
         for tower in self.frozen_towers():
             tower.requires_grad_(False)
 
-    @staticmethod
-    def _init_text(text: CausalTextTower, c: ClipConfig, std: float = 0.02):
-        for module in text.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(text.tok_emb.weight, std=std)
-        nn.init.normal_(text.positions, std=0.01)
+    def _init_weights(self, std: float = 0.02):
+        """CLIP's (Radford et al.): attention and feed-forward inputs normal(0, width^-1/2 (2 n_layer)^-1/2),
+        attention outputs width^-1/2, the feed-forward's up (2 width)^-1/2, embeddings 0.02 (the
+        [CLS] width^-1/2), projections width^-1/2; zero biases. A registered encoder tower keeps its own."""
+        for tower, n_layer in ((self.vision, self.config.vision_layers), (self.text, self.config.text_layers)):
+            if isinstance(tower, EncoderTextTower):
+                continue
+            for block in tower.blocks:
+                width = block.ffn.up.in_features
+                inner = width ** -0.5 * (2 * n_layer) ** -0.5
+                attn, ffn = block.self_attn, block.ffn
+                for linear, linear_std in ((attn.q_proj, inner), (attn.k_proj, inner), (attn.v_proj, inner),
+                                           (attn.out_proj, width ** -0.5), (ffn.up, (2 * width) ** -0.5),
+                                           (ffn.down, inner)):
+                    nn.init.normal_(linear.weight, std=linear_std)
+                    nn.init.zeros_(linear.bias)
+        nn.init.normal_(self.vision.patches.proj.weight, std=std)
+        nn.init.normal_(self.vision.positions, std=std)
+        nn.init.normal_(self.vision.cls_token, std=self.config.vision_width ** -0.5)
+        if isinstance(self.text, CausalTextTower):
+            nn.init.normal_(self.text.tok_emb.weight, std=std)
+            nn.init.normal_(self.text.positions, std=std)
+        for projection in (self.vision_proj, self.text_proj):
+            nn.init.normal_(projection.weight, std=projection.in_features ** -0.5)
 
     def towers(self) -> dict:
         """name -> the modules of that tower: its encoder and its projection."""
@@ -259,20 +273,23 @@ class Clip(Model):
 
 class GradCache(torch.autograd.Function):
     """features(*inputs) computed `chunk` rows at a time without a graph; the backward pass re-runs
-    each chunk with gradients and returns the parameters' gradients against the cached ones."""
+    each chunk with gradients (with its first pass's random numbers and autocast) and returns the
+    parameters' gradients against the cached ones."""
 
     @staticmethod
     def forward(ctx, features, chunk: int, n_inputs: int, *inputs_and_params):
         inputs, params = inputs_and_params[:n_inputs], inputs_and_params[n_inputs:]
-        chunks = list(zip(*(x.split(chunk) for x in inputs)))  # [(input rows of one chunk, ...)]
-        ctx.features, ctx.chunks, ctx.n_inputs = features, chunks, n_inputs
-        ctx.rng = []
-        outputs = []
-        for part in chunks:
+        device = inputs[0].device.type
+        ctx.features, ctx.n_inputs = features, n_inputs
+        ctx.chunks = list(zip(*(x.split(chunk) for x in inputs)))  # [(input rows of one chunk, ...)]
+        ctx.autocast = dict(device_type=device, enabled=torch.is_autocast_enabled(device),
+                            dtype=torch.get_autocast_dtype(device))
+        ctx.rng, outputs = [], []
+        for part in ctx.chunks:
             ctx.rng.append(_rng_state())
             outputs.append(features(*part))
         ctx.save_for_backward(*params)
-        return torch.cat(outputs)
+        return torch.cat(outputs)  # (B, D)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -281,7 +298,7 @@ class GradCache(torch.autograd.Function):
         start = 0
         for part, rng in zip(ctx.chunks, ctx.rng):
             rows = len(part[0])
-            with torch.enable_grad(), _restored_rng(rng):
+            with _replayed(rng), torch.enable_grad(), torch.autocast(**ctx.autocast):
                 out = ctx.features(*part)
             grads = torch.autograd.grad(out, params, grad[start:start + rows], allow_unused=True)
             for total, g in zip(totals, grads):
@@ -295,22 +312,21 @@ def _rng_state() -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
 
 
-class _restored_rng:
-    """Replays the random numbers (dropout) of a chunk's first pass, then restores the current ones."""
+def _set_rng_state(state: tuple):
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
-    def __init__(self, state: tuple):
-        self.state = state
 
-    def __enter__(self):
-        self.saved = _rng_state()
-        torch.set_rng_state(self.state[0])
-        if self.state[1]:
-            torch.cuda.set_rng_state_all(self.state[1])
-
-    def __exit__(self, *exc):
-        torch.set_rng_state(self.saved[0])
-        if self.saved[1]:
-            torch.cuda.set_rng_state_all(self.saved[1])
+@contextlib.contextmanager
+def _replayed(state: tuple):
+    """The random numbers (dropout) of `state` inside, the current ones again after."""
+    saved = _rng_state()
+    _set_rng_state(state)
+    try:
+        yield
+    finally:
+        _set_rng_state(saved)
 
 
 def clip_batch(config: ClipConfig, generator: torch.Generator, batch: int = 3, length: int = 7) -> dict:

@@ -16,8 +16,6 @@ class ClipProcessor:
     """Images -> pixel_values through `image`; texts -> right-padded input_ids and attention_mask
     through `tokenizer` (a subword tokenizer whose texts end in the model's end-of-text token)."""
 
-    modality = "image"  # what `read` takes besides text
-
     def __init__(self, image: ImageProcessor, tokenizer: SubwordTokenizer):
         if not isinstance(tokenizer, SubwordTokenizer):
             raise UserError("a dual encoder needs a subword tokenizer (BPE or WordPiece), not a character tokenizer")
@@ -55,21 +53,17 @@ class ClipProcessor:
     def decode(self, data: bytes, name: str = "input") -> np.ndarray:
         return self.image.decode(data, name)
 
-    def images(self, items: list) -> dict:
+    def __call__(self, items: list) -> dict:
         """Raw images -> {"pixel_values": (B, C, S, S)}."""
         return self.image(items)
 
-    def texts(self, texts: list, max_length: int) -> dict:
+    def texts(self, texts: list, max_length: int | None) -> dict:
         """Texts -> {"input_ids", "attention_mask"}: (B, T) right-padded, at most max_length tokens
-        (a longer text is cut, its end-of-text token kept)."""
+        (a longer text is cut, its end-of-text token kept; None: never cut)."""
         if not all(isinstance(t, str) for t in texts):
             raise UserError("every text must be a string")
         encoded = self.tokenizer.batch_encode(texts, max_length=max_length)
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-
-    def pairs(self, items: list, texts: list, max_length: int) -> dict:
-        """Images and their captions -> one training batch."""
-        return {**self.images(items), **self.texts(texts, max_length)}
 
     def example_items(self, count: int, rng: np.random.Generator) -> np.ndarray:
         return self.image.example_items(count, rng)

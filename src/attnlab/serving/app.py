@@ -28,7 +28,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import torch
 from fastapi import FastAPI, Request
@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..inference import Sampling, seq2seq_generate
 from ..inference.generate import cut_at_stop
 from ..layers import mean_pool
-from ..models.base import CAUSAL_LM, CLASSIFIER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
+from ..models.base import CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
 from .engine import Engine, EngineConfig, QueueFull, Sequence
 from .errors import ApiError
 from .graph import add_graph_routes
@@ -98,6 +98,12 @@ class EncodeRequest(_Body):
     model: Optional[str] = None
 
 
+class EmbeddingRequest(EncodeRequest):
+    modality: Literal["text", "image"] = Field("text", description="image: each input a base64-encoded image file, "
+                                                                   "embedded by a dual encoder (CLIP) into the space "
+                                                                   "of its texts")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -126,7 +132,8 @@ ERROR_STATUSES = {
 
 # The endpoints each kind of model answers (models/base.py KINDS); the others are refused with a 400.
 ENDPOINTS = {CAUSAL_LM: ("/v1/completions",), SEQ2SEQ: ("/v1/completions",),
-             ENCODER: ("/v1/embeddings", "/v1/classify"), CLASSIFIER: ("/v1/classify",), GRAPH: ("/v1/classify",)}
+             ENCODER: ("/v1/embeddings", "/v1/classify"), CLASSIFIER: ("/v1/classify",), GRAPH: ("/v1/classify",),
+             DUAL_ENCODER: ("/v1/embeddings",)}
 
 
 class ServerMetrics:
@@ -322,6 +329,17 @@ def embed(model, batch) -> list:
     return torch.nn.functional.normalize(pooled.float(), dim=-1).tolist()
 
 
+@torch.no_grad()
+def embed_dual(model, batch) -> list:
+    """A dual encoder's unit embeddings (B, D) of a batch of images or of texts."""
+    device = next(model.parameters()).device
+    if "pixel_values" in batch:
+        vectors = model.encode_image(batch["pixel_values"].to(device))
+    else:
+        vectors = model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return vectors.float().tolist()
+
+
 def classify(model, batch) -> list:
     out = run_encoder(model, batch)
     if out.logits is None or out.logits.dim() != 2:
@@ -443,11 +461,15 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
         return await reply.collect(request)
 
     @app.post("/v1/embeddings", responses=_documented(400, 413, 422, 429, 503, 504))
-    async def embeddings(body: EncodeRequest, request: Request):
+    async def embeddings(body: EmbeddingRequest, request: Request):
         need("/v1/embeddings")
-        batches = _encoder_batches(body)
-        vectors = await worker.run(functools.partial(embed, model), batches, request)
-        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
+        if body.modality == "image" and kind != DUAL_ENCODER:
+            raise ApiError(400, f"modality image needs {KINDS[DUAL_ENCODER]}; the loaded {model.config.family} model "
+                                "embeds texts")
+        batches = _media_batches(body) if body.modality == "image" else _encoder_batches(body)
+        vectors = await worker.run(functools.partial(embed_dual if kind == DUAL_ENCODER else embed, model), batches,
+                                   request)
+        tokens = sum(int(batch["attention_mask"].sum()) for batch in batches if "attention_mask" in batch)
         return {"object": "list", "model": config.model_name,
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -509,10 +531,15 @@ def create_app(model, tokenizer, config: ServeConfig = None) -> FastAPI:
             raise ApiError(413, f"input {index} has {len(data)} bytes, over this server's limit of {limit} per file")
         return data
 
+    def _tokenized(texts: list) -> dict:
+        if kind == DUAL_ENCODER:
+            return tokenizer.texts(texts, None)
+        return tokenize_batch(tokenizer, texts, model.config.pad_token_id)
+
     def _encoder_batches(body) -> list:
         """The inputs, tokenized in batches of config.encode_batch; 413 past the request's limits."""
         texts = _inputs(body)
-        batches = [tokenize_batch(tokenizer, texts[start:start + config.encode_batch], model.config.pad_token_id)
+        batches = [_tokenized(texts[start:start + config.encode_batch])
                    for start in range(0, len(texts), config.encode_batch)]
         lengths = [length for batch in batches for length in batch["attention_mask"].sum(1).tolist()]
         for i, length in enumerate(lengths):

@@ -69,6 +69,8 @@ class TrainingSetup:
     zero_grad, forward, backward, optimizer.step().
     evaluate(model, batch) -> output: the user's evaluation forward; None: model.eval() under no_grad.
     is_causal: the output at position t may depend only on inputs up to t (causal LMs).
+    in_batch_negatives: the loss compares each example with the batch's others by design (a
+    contrastive dual encoder), so the batch-independence probe does not apply.
     n_classes: classes (vocabulary) of the last axis of the logits; None: read from the logits.
     input_key / target_key: the batch's input and target tensors; None: its first key, and
     "labels" or "targets".
@@ -82,6 +84,7 @@ class TrainingSetup:
     evaluate: Callable[[nn.Module, dict], Any] | None = None
     val_batches: Iterable[dict] | None = None
     is_causal: bool = False
+    in_batch_negatives: bool = False
     n_classes: int | None = None
     input_key: str | None = None
     target_key: str | None = None
@@ -522,6 +525,8 @@ def batch_independence(setup, model, batch):
     batch, the inputs of the others, nor the others' targets (broadcasting (B, 1) against (B,),
     statistics over the batch axis)."""
     model.eval()
+    if setup.in_batch_negatives:
+        return OK, "skipped: a contrastive loss compares each example with the others by design", ""
     sizes = {len(value) for value in batch.values()}
     if len(sizes) > 1:  # e.g. a graph: nodes (N, F) and edges (2, E), whose nodes depend on each other by design
         return OK, "skipped: the batch's tensors share no example axis to permute", ""
@@ -682,7 +687,7 @@ class SampledBatches:
 def setup_from_run(run, run_dir: Path) -> TrainingSetup:
     """The set-up `attnlab train` would run for a resolved run config (training/tasks `Run`),
     with its model, batches and optimiser; data caches go in `run_dir`."""
-    from ..models.base import CAUSAL_LM, family_spec
+    from ..models.base import CAUSAL_LM, DUAL_ENCODER, family_spec
     from .optim import make_optimizer
     from .tasks import setup_task
 
@@ -692,6 +697,7 @@ def setup_from_run(run, run_dir: Path) -> TrainingSetup:
     def optimizer(m):
         return make_optimizer(m, t.lr, t.weight_decay, (t.beta1, t.beta2))
 
-    causal = family_spec(model).kind == CAUSAL_LM and model.generates
+    kind = family_spec(model).kind
     return TrainingSetup(model, SampledBatches(batches, "train"), optimizer=optimizer,
-                         val_batches=SampledBatches(batches, "val", seed=1), is_causal=causal)
+                         val_batches=SampledBatches(batches, "val", seed=1), is_causal=kind == CAUSAL_LM and model.generates,
+                         in_batch_negatives=kind == DUAL_ENCODER)

@@ -13,7 +13,8 @@ The data is a JSONL file of {"image": path relative to the file, "text": caption
 pairs.jsonl (data/pairs.py). Each evaluation logs the validation split's recall@1 both ways beside
 val_loss. A batch's other pairs are each pair's negatives, so train.grad_accum (separate
 micro-batches, separate losses) is refused: model.embed_chunk gives the same gradient as one big
-batch with the memory of a chunk.
+batch with the memory of a chunk. Under torchrun each process's negatives are its own rows (no
+gathering of embeddings across processes).
 """
 
 import dataclasses

@@ -224,3 +224,16 @@ def test_zero_shot_classify_refuses_bad_labels_and_templates_in_one_line(args, p
     code = main(["classify", str(tmp_path / "ckpt"), str(data / "img" / "0.npy"), *args])
     err = capsys.readouterr().err
     assert code == 2 and problem in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_recall_counts_repeated_captions_as_one_answer():
+    """Image -> text ranks distinct captions: three copies of a wrong caption are one wrong guess."""
+    from attnlab.evaluation.retrieval import recall_at
+
+    captions = ["one", "two", "two", "two", "three"]
+    text = torch.eye(3)[[0, 1, 1, 1, 2]]  # equal captions, equal embeddings
+    image = text.clone()
+    image[0] = torch.nn.functional.normalize(torch.tensor([0.1, 1.0, 0.5]), dim=-1)  # "two", "three", then "one"
+    scores = recall_at(image, text, (1, 2, 3), captions)
+    # image 0's caption is 3rd of the distinct captions (5th of the raw texts); the others are 1st
+    assert [scores[f"image_to_text_recall@{k}"] for k in (1, 2, 3)] == pytest.approx([0.8, 0.8, 1.0])

@@ -1,9 +1,10 @@
 """Cross-modal retrieval and zero-shot classification with a dual encoder.
 
-Recall@k over a set of image-caption pairs: for each image, whether a caption equal to its own is
-among the k nearest captions (image -> text); for each caption, whether an image it describes is
-among the k nearest images (text -> image). Equal captions count as the same answer, so a set
-whose captions come from templates ("a handwritten 7" many times) is scored fairly.
+Recall@k over a set of image-caption pairs: for each image, whether its caption is among the k
+nearest distinct captions (image -> text); for each caption, whether an image it describes is among
+the k nearest images (text -> image). Equal captions count as one answer, so a set whose captions
+come from templates ("a handwritten 7" many times) is scored fairly: k copies of one caption are not
+k guesses.
 """
 
 import torch
@@ -33,16 +34,19 @@ def recall_at(image: torch.Tensor, text: torch.Tensor, ks=(1, 5), captions: list
     similarity = image @ text.T  # (N images, N texts)
     n = len(image)
     if captions is None:
-        relevant = torch.eye(n, dtype=torch.bool)
+        relevant, distinct = torch.eye(n, dtype=torch.bool), torch.arange(n)
     else:
-        ids = {caption: i for i, caption in enumerate(dict.fromkeys(captions))}
-        caption_ids = torch.tensor([ids[c] for c in captions])
+        first = {}  # caption -> the first row holding it
+        for row, caption in enumerate(captions):
+            first.setdefault(caption, row)
+        caption_ids = torch.tensor([first[c] for c in captions])
         relevant = caption_ids[:, None] == caption_ids[None, :]  # (N, N), symmetric
+        distinct = torch.tensor(list(first.values()))  # (M,) one text per distinct caption
     scores = {}
     for k in ks:
-        k_eff = min(k, n)
-        image_hits = relevant.gather(1, similarity.topk(k_eff, dim=1).indices).any(1)
-        text_hits = relevant.T.gather(1, similarity.T.topk(k_eff, dim=1).indices).any(1)
+        nearest = similarity[:, distinct].topk(min(k, len(distinct)), dim=1).indices  # (N, k) among distinct
+        image_hits = relevant[:, distinct].gather(1, nearest).any(1)
+        text_hits = relevant.T.gather(1, similarity.T.topk(min(k, n), dim=1).indices).any(1)
         scores[f"image_to_text_recall@{k}"] = float(image_hits.float().mean())
         scores[f"text_to_image_recall@{k}"] = float(text_hits.float().mean())
     return scores

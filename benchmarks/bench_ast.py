@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import interleaved_ratios, machine, rate
+from common import machine, throughput_against_hf
 
 from attnlab.interop import export_hf
 from attnlab.models import build_model, preset
@@ -36,11 +36,8 @@ def main(argv=None) -> dict:
     values = torch.randn(args.batch, c.max_length, c.num_mel_bins)
     with torch.inference_mode():
         assert (ours(values).logits - theirs(input_values=values).logits).abs().max() < 1e-4
-        runners = {"attnlab": lambda: rate(lambda: ours(values), args.batch, args.repeats),
-                   "hf": lambda: rate(lambda: theirs(input_values=values), args.batch, args.repeats)}
-        for run in runners.values():
-            run()  # warm-up
-        summary = interleaved_ratios(runners, baseline="hf", rounds=args.rounds)
+        summary = throughput_against_hf(lambda: ours(values), lambda: theirs(input_values=values), args.batch,
+                                        args.repeats, args.rounds)
     record = {"preset": args.preset, "tokens": c.max_seq_len, "batch": args.batch, "machine": machine(),
               "transformers": transformers.__version__, "hf_attn": theirs.config._attn_implementation,
               "clips_per_s": {name: round(s[0], 1) for name, s in summary.items()},

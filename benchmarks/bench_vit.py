@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from attnlab.interop import import_hf
-from common import interleaved_ratios, machine, rate
+from common import machine, throughput_against_hf
 
 MNIST = dict(image_size=28, patch_size=7, num_channels=1, hidden_size=96, num_hidden_layers=4, num_attention_heads=4,
              intermediate_size=192, num_labels=10)  # the vit-mnist preset
@@ -42,11 +42,7 @@ def measure(name: str, fields: dict, batch: int, rounds: int, repeats: int):
     x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         diff = (ours(x).logits - hf(pixel_values=x).logits).abs().max().item()
-        runners = {"attnlab": lambda: rate(lambda: ours(x), batch, repeats),
-                   "hf": lambda: rate(lambda: hf(pixel_values=x), batch, repeats)}
-        for run in runners.values():
-            run()  # warm-up
-        summary = interleaved_ratios(runners, baseline="hf", rounds=rounds)
+        summary = throughput_against_hf(lambda: ours(x), lambda: hf(pixel_values=x), batch, repeats, rounds)
     (ours_rate, ratio, low, high), hf_rate = summary["attnlab"], summary["hf"][0]
     print(f"| {name} | {batch} | {ours_rate:.1f} | {hf_rate:.1f} | **{ratio:.2f}x** [{low:.2f}-{high:.2f}] | "
           f"{diff:.1e} |", flush=True)

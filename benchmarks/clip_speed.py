@@ -19,7 +19,7 @@ import transformers
 from attnlab.interop import import_hf
 from attnlab.interop.clip import config_to_hf
 from attnlab.models.base import PRESETS
-from common import interleaved_ratios, machine, rate
+from common import machine, throughput_against_hf
 
 # name -> (preset, image batch, text batch, text length in tokens before padding)
 CASES = {"clip-mnist (28 px, 4 x 96 ViT, 3 x 96 text)": ("clip-mnist", 64, 64, 12),
@@ -66,10 +66,7 @@ def measure(name: str, preset: str, image_batch: int, text_batch: int, length: i
     with torch.inference_mode():
         for what, (batch, mine, theirs) in cases.items():
             diff = (mine() - theirs().pooler_output).abs().max().item()
-            runners = {"attnlab": lambda: rate(mine, batch, repeats), "hf": lambda: rate(theirs, batch, repeats)}
-            for run in runners.values():
-                run()  # warm-up
-            summary = interleaved_ratios(runners, baseline="hf", rounds=rounds)
+            summary = throughput_against_hf(mine, theirs, batch, repeats, rounds)
             (ours_rate, ratio, low, high), hf_rate = summary["attnlab"], summary["hf"][0]
             print(f"| {name} | {what} | {batch} | {ours_rate:.1f} | {hf_rate:.1f} | **{ratio:.2f}x** "
                   f"[{low:.2f}-{high:.2f}] | {diff:.1e} |", flush=True)

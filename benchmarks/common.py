@@ -45,6 +45,15 @@ def interleaved_ratios(runners: dict, baseline: str, rounds: int = 5) -> dict:
     return summary
 
 
+def throughput_against_hf(ours, theirs, items: int, repeats: int, rounds: int) -> dict:
+    """Items per second of ours() and of theirs() (the Hugging Face side), each warmed up once and then
+    timed in interleaved rounds -> interleaved_ratios' summary, keys "attnlab" and "hf"."""
+    runners = {"attnlab": lambda: rate(ours, items, repeats), "hf": lambda: rate(theirs, items, repeats)}
+    for run in runners.values():
+        run()  # warm-up
+    return interleaved_ratios(runners, baseline="hf", rounds=rounds)
+
+
 def alternating_times(steps: list, rounds: int) -> list:
     """Call each step once per round, in turn, after one warm-up round -> [[seconds of each
     round] per step]: the steps share the machine's drifts, for per-round ratios."""

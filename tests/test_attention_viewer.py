@@ -20,6 +20,8 @@ from attnlab.models import build_model, preset
 from attnlab.models.base import FAMILIES
 from attnlab.inference.attention_maps import attention_maps
 from attnlab.inference.attention_view import view_attention
+from attnlab.processors.clip import ClipProcessor
+from attnlab.processors.media import npy_bytes
 from attnlab.serving.app import create_app
 from attnlab.tokenizers import SubwordTokenizer
 
@@ -182,6 +184,16 @@ def test_the_server_shows_the_page_and_refuses_bad_input_with_a_400(bert_checkpo
         assert refused.status_code == 400 and "text" in refused.json()["error"]["message"]
     with TestClient(create_app(build_model(preset("mamba-tiny")), None)) as client:
         assert client.get("/attention").status_code == 400
+
+
+def test_the_server_shows_either_tower_of_a_dual_encoder():
+    clip = build_model(preset("clip-tiny")).eval()
+    processor = ClipProcessor.example(clip.config)
+    image = base64.b64encode(npy_bytes(processor.example_items(1, np.random.default_rng(0))[0])).decode()
+    with TestClient(create_app(clip, processor)) as client:
+        for reply in (client.get("/attention", params={"text": "the cat"}),
+                      client.post("/attention", json={"input": image})):
+            assert reply.status_code == 200 and len(embedded(reply.text)["stacks"]) == 1
 
 
 # -- in a real browser ------------------------------------------------------------------------------

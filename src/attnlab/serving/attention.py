@@ -1,9 +1,10 @@
 """The attention viewer's page for the loaded model (inference/attention_view.py):
 
     GET  /attention                   a form for one input of the kind the model reads
-    GET  /attention?text=...          causal LMs and encoders (encoders also text_pair=...)
+    GET  /attention?text=...          causal LMs, encoders (also text_pair=...) and dual encoders
     GET  /attention?source=...&target=...   seq2seq models
-    POST /attention {"input": base64} image, audio and video classifiers: one file
+    POST /attention {"input": base64} image, audio and video classifiers, and a dual encoder's image
+                                      tower: one file
 -> the self-contained HTML page. An input the model cannot take, or a family without attention
 weights, is a 400 in the server's one error shape.
 """
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..inference.attention_maps import refuse_without_weights
 from ..inference.attention_view import render_html, view_attention
-from ..models.base import CLASSIFIER, ENCODER, SEQ2SEQ, family_spec
+from ..models.base import CLASSIFIER, DUAL_ENCODER, ENCODER, SEQ2SEQ, family_spec
 
 # The form's fields for each kind (name, label); a classifier's file is posted, not typed.
 FIELDS = {SEQ2SEQ: (("source", "source"), ("target", "target (the decoder's input)")),
@@ -48,7 +49,7 @@ def add_attention_routes(app: FastAPI, model, processor, file_bytes, responses: 
 
     @app.post("/attention", response_class=HTMLResponse, responses=responses)
     async def attention_post(body: AttentionFileRequest):
-        if spec.kind != CLASSIFIER:
+        if spec.kind not in (CLASSIFIER, DUAL_ENCODER):
             return await page(media=None)  # refused in one line: this model reads text
         return await page(media=processor.decode(file_bytes(0, body.input), "input"))
 

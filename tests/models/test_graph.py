@@ -102,8 +102,10 @@ def test_config_refuses_transformer_options_on_other_layers_in_one_line():
         preset("gcn-cora", pos_dim=4)
     with pytest.raises(UserError, match="layer='mlp' is not one of gcn, gat, transformer"):
         preset("gcn-cora", layer="mlp")
-    with pytest.raises(UserError, match="value_dropout belongs to layer=gat"):
+    with pytest.raises(UserError, match="value_dropout and dropout_per_head belong to layer=gat"):
         preset("gcn-cora", value_dropout=0.5)
+    with pytest.raises(UserError, match="value_dropout and dropout_per_head belong to layer=gat"):
+        preset("gcn-cora", dropout_per_head=True)
     with pytest.raises(UserError, match="readout='mean' is not one of node"):
         preset("gcn-cora", readout="mean")
     with pytest.raises(UserError, match="readout='node' is not one of mean, sum, max"):

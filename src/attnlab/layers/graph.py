@@ -107,16 +107,19 @@ class GATConv(nn.Module):
     """Velickovic et al. (2018): per head, e_ij = LeakyReLU(a_dst . W x_i + a_src . W x_j) over the
     edges j -> i plus a self-loop, softmax over each node's incoming edges, attention dropout, then
     the weighted sum of W x_j; heads concatenated or averaged, plus a bias. `value_dropout` drops
-    the projected features W x_j after the scores are taken from them, as the paper's code does
-    (with its input dropout rate); PyG's GATConv has no such dropout."""
+    the projected features W x_j after the scores are taken from them, and `input_dropout` drops
+    the input with a mask drawn anew for each head before its projection, both as the paper's code
+    does (with its input dropout rate); PyG's GATConv has neither."""
 
     projections = {"v": ("lin",)}
 
     def __init__(self, in_features: int, out_features: int, n_head: int = 1, concat: bool = True,
-                 negative_slope: float = 0.2, dropout: float = 0.0, bias: bool = True, value_dropout: float = 0.0):
+                 negative_slope: float = 0.2, dropout: float = 0.0, bias: bool = True, value_dropout: float = 0.0,
+                 input_dropout: float = 0.0):
         super().__init__()
         self.n_head, self.head_dim, self.concat = n_head, out_features, concat
         self.negative_slope, self.dropout, self.value_dropout = negative_slope, dropout, value_dropout
+        self.input_dropout = input_dropout
         self.lin = nn.Linear(in_features, n_head * out_features, bias=False)
         self.att_src = nn.Parameter(torch.empty(n_head, out_features))
         self.att_dst = nn.Parameter(torch.empty(n_head, out_features))
@@ -128,7 +131,7 @@ class GATConv(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """x (N, F), edge_index (2, E) -> (N, H * out) or (N, out)."""
         n = x.size(0)
-        h = self.lin(x).view(n, self.n_head, self.head_dim)  # (N, H, C)
+        h = self.project(x)  # (N, H, C)
         source, target = with_self_loops(edge_index, n)
         score_src = (h * self.att_src).sum(-1)  # (N, H)
         score_dst = (h * self.att_dst).sum(-1)  # (N, H)
@@ -138,6 +141,20 @@ class GATConv(nn.Module):
         values = feature_dropout(h, self.value_dropout, self.training)  # (N, H, C)
         out = merge_heads(aggregate(values[source] * alpha[..., None], target, n), self.concat)
         return out if self.bias is None else out + self.bias
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, F) -> W x (N, H, C), each head from its own dropout of x when input_dropout is set.
+        The masks are drawn over x's non-zero entries only (dropping a zero changes nothing), so a
+        sparse bag-of-words input costs its non-zeros per head, not H dense copies of x."""
+        p, n_head = self.input_dropout, self.n_head
+        if not self.training or p == 0 or n_head == 1:
+            return self.lin(feature_dropout(x, p, self.training)).view(x.size(0), n_head, self.head_dim)
+        rows, cols = x.nonzero(as_tuple=True)  # (nnz,)
+        kept = torch.rand((n_head, rows.numel()), device=x.device) >= p  # (H, nnz): a mask per head
+        values = x[rows, cols] * kept / (1 - p)  # (H, nnz)
+        weight = self.lin.weight.view(n_head, self.head_dim, -1)[:, :, cols]  # (H, C, nnz)
+        out = x.new_zeros(n_head, self.head_dim, x.size(0)).index_add_(2, rows, weight * values[:, None])  # (H, C, N)
+        return out.permute(2, 0, 1)  # (N, H, C)
 
 
 class EdgeAttention(nn.Module):

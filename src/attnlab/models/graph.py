@@ -49,6 +49,7 @@ class GraphConfig(ModelConfig):
     dropout: float = 0.5  # on node features before each layer (transformer: also residual branches)
     attn_dropout: float = 0.0  # on attention weights (gat, transformer)
     value_dropout: float = 0.0  # gat: on each layer's projected features (the GAT paper's code: as dropout)
+    dropout_per_head: bool = False  # gat: each head drops its input with its own mask (the GAT paper's code)
     global_attention: bool = False  # transformer: a global attention branch over each graph's nodes
     pos_dim: int = 0  # width of the positional encoding in the batch (`pos`, from the processor); 0: none
     readout: str = "node"  # node: a class per node; mean, sum or max (graph_classifier): per graph, pooled
@@ -70,8 +71,8 @@ class GraphConfig(ModelConfig):
             raise self.invalid(f"pos_dim must be an integer >= 0, got {self.pos_dim!r}")
         if self.layer != "transformer" and (self.pos_dim or self.global_attention):
             raise self.invalid("pos_dim and global_attention belong to layer=transformer; set layer=transformer")
-        if self.layer != "gat" and self.value_dropout:
-            raise self.invalid("value_dropout belongs to layer=gat; set layer=gat or value_dropout=0")
+        if self.layer != "gat" and (self.value_dropout or self.dropout_per_head):
+            raise self.invalid("value_dropout and dropout_per_head belong to layer=gat; set layer=gat or turn them off")
 
     @property
     def max_seq_len(self) -> int:
@@ -99,13 +100,16 @@ class GraphBlock(nn.Module):
 
     def __init__(self, c: GraphConfig, in_width: int, out_width: int, last: bool):
         super().__init__()
-        self.kind, self.last, self.dropout = c.layer, last, c.dropout
+        self.kind, self.last = c.layer, last
+        per_head = c.layer == "gat" and c.dropout_per_head
+        self.dropout = 0.0 if per_head else c.dropout  # per head: the convolution drops its input
         if c.layer == "gcn":
             self.conv = GCNConv(in_width, out_width)
         elif c.layer == "gat":
             heads = c.out_heads if last else c.n_head
             self.conv = GATConv(in_width, out_width if last else out_width // heads, heads, concat=not last,
-                                dropout=c.attn_dropout, value_dropout=c.value_dropout)
+                                dropout=c.attn_dropout, value_dropout=c.value_dropout,
+                                input_dropout=c.dropout if per_head else 0.0)
         else:
             self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
             self.conv = EdgeAttention(c.d_model, c.d_model // c.n_head, c.n_head, dropout=c.attn_dropout,

@@ -67,6 +67,10 @@ def bleu(model, tokenizers, pairs, decoding) -> dict:
             "length_ratio": round(score.sys_len / score.ref_len, 3), "seconds": round(time.perf_counter() - start, 1)}
 
 
+def greedy(args) -> Sampling:
+    return Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0)
+
+
 def load_pairs(path: Path) -> list:
     return [(source, target) for _, source, target in read_pairs(path)]
 
@@ -80,10 +84,9 @@ def penalties(args):
         rows.append({"length_penalty": penalty, "dev": bleu(model, tokenizers, dev, beam),
                      "val": bleu(model, tokenizers, val, beam)})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    greedy = Sampling(max_new_tokens=args.max_new_tokens)
     chosen = max(rows, key=lambda row: row["dev"]["bleu"])
     report = {"checkpoint": str(args.checkpoint), "beams": args.beams, "rows": rows,
-              "greedy": {"dev": bleu(model, tokenizers, dev, greedy), "val": bleu(model, tokenizers, val, greedy)},
+              "greedy": {"dev": bleu(model, tokenizers, dev, greedy(args)), "val": bleu(model, tokenizers, val, greedy(args))},
               "chosen_on_dev": chosen["length_penalty"], "val_bleu_at_chosen": chosen["val"]["bleu"]}
     print(json.dumps(report, indent=1))
 
@@ -94,7 +97,7 @@ def curve(args):
     for checkpoint in sorted(args.checkpoints, key=lambda path: load_trainer_state(path)["step"]):
         state = load_trainer_state(checkpoint)
         model, tokenizers = load_checkpoint(checkpoint)
-        scores = bleu(model, tokenizers, val, Sampling(max_new_tokens=args.max_new_tokens))
+        scores = bleu(model, tokenizers, val, greedy(args))
         print(json.dumps({"checkpoint": str(checkpoint), "step": state["step"],
                           "train_minutes": round(state["seconds"] / 60, 1), "val_greedy": scores}))
 

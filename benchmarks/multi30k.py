@@ -4,13 +4,14 @@ train with configs/multi30k.yaml, then score the run with sacrebleu.
     python benchmarks/multi30k.py prepare --out data/multi30k
     OMP_NUM_THREADS=2 attnlab train --config configs/multi30k.yaml --threads 2 --out runs/multi30k
     OMP_NUM_THREADS=1 python benchmarks/multi30k.py penalties runs/multi30k/last --data data/multi30k
-    OMP_NUM_THREADS=1 python benchmarks/multi30k.py curve runs/multi30k/snapshots/* --data data/multi30k
+    OMP_NUM_THREADS=1 python benchmarks/multi30k.py curve COPIES_OF_LAST... --data data/multi30k
 
 `prepare` writes train.tsv (28,000 pairs), dev.tsv (1,000 pairs held out of the shared train set
 by a seeded shuffle) and val.tsv (the shared validation set, 1,014 pairs). The run validates on
 dev.tsv and the length penalty is chosen on it; val.tsv is what the result is reported on, scored
 once at the chosen penalty (the other penalties' val scores are printed beside it, not chosen from).
-`curve` scores checkpoints saved during the run (greedy, on val) for BLEU against training time.
+`curve` scores copies of the run's last/ taken while it trains (greedy, on val): BLEU against
+training time.
 BLEU is sacrebleu's corpus BLEU on detokenised, cased text (13a tokenisation).
 """
 
@@ -53,6 +54,8 @@ def prepare(out: Path):
 
 
 def read_lines(name: str) -> list:
+    if not (SHARED / f"{name}.gz").is_file():
+        sys.exit(f"{SHARED / name}.gz is missing: point ATTNLAB_DATA at the shared data folder")
     with gzip.open(SHARED / f"{name}.gz", "rt", encoding="utf-8") as handle:
         return [re.sub(r"\s*\t", " ", line.strip()) for line in handle.read().splitlines()]
 
@@ -94,8 +97,8 @@ def penalties(args):
 def curve(args):
     """Greedy val BLEU of each checkpoint, with the training step and seconds it was saved at."""
     val = load_pairs(args.data / "val.tsv")
-    for checkpoint in sorted(args.checkpoints, key=lambda path: load_trainer_state(path)["step"]):
-        state = load_trainer_state(checkpoint)
+    states = {checkpoint: load_trainer_state(checkpoint) for checkpoint in args.checkpoints}
+    for checkpoint, state in sorted(states.items(), key=lambda item: item[1]["step"]):
         model, tokenizers = load_checkpoint(checkpoint)
         scores = bleu(model, tokenizers, val, greedy(args))
         print(json.dumps({"checkpoint": str(checkpoint), "step": state["step"],
@@ -105,21 +108,25 @@ def curve(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    scoring = argparse.ArgumentParser(add_help=False)
+    scoring.add_argument("--data", type=Path, required=True, help="the folder `prepare` wrote")
+    scoring.add_argument("--max-new-tokens", type=int, default=80)
     p = sub.add_parser("prepare", help="write train.tsv, dev.tsv and val.tsv")
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("penalties", help="beam-search BLEU on dev and val at several length penalties")
+    p = sub.add_parser("penalties", parents=[scoring], help="beam-search BLEU on dev and val at several length penalties")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--penalties", type=lambda text: [float(x) for x in text.split(",")], default=[0.6, 1.0, 1.4, 2.0])
     p.add_argument("--beams", type=int, default=5)
-    p = sub.add_parser("curve", help="greedy val BLEU of checkpoints saved during a run")
+    p = sub.add_parser("curve", parents=[scoring], help="greedy val BLEU of checkpoints saved during a run")
     p.add_argument("checkpoints", type=Path, nargs="+")
-    for p in sub.choices.values():
-        if p.prog.split()[-1] != "prepare":
-            p.add_argument("--data", type=Path, required=True, help="the folder `prepare` wrote")
-            p.add_argument("--max-new-tokens", type=int, default=80)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    {"prepare": lambda: prepare(args.out), "penalties": lambda: penalties(args), "curve": lambda: curve(args)}[args.command]()
+    if args.command == "prepare":
+        prepare(args.out)
+    elif args.command == "penalties":
+        penalties(args)
+    else:
+        curve(args)
 
 
 if __name__ == "__main__":

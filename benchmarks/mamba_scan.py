@@ -1,9 +1,9 @@
-"""Which selective scan is fastest on this machine: sequential, chunked or associative.
+"""Which selective scan is fastest on this machine: fused, sequential, chunked or associative.
 
     flock /tmp/attnlab-bench.lock env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/mamba_scan.py
 
 One SelectiveSSM layer (d_model 128, inner 256, state 16), fp32, one thread: forward + backward
-of mean(y^2) (training) and a no-grad forward (prefill), for each sequence length; the three
+of mean(y^2) (training) and a no-grad forward (prefill), for each sequence length; the four
 scans run interleaved in one process, each the median of --rounds rounds after a warm-up.
 """
 
@@ -42,7 +42,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(machine())
-    print("| T | pass | " + " | ".join(f"{s} (ms)" for s in SCANS) + " | fastest |\n|---|---|---|---|---|---|")
+    print("| T | pass | " + " | ".join(f"{s} (ms)" for s in SCANS) + " | fastest |\n|---|---|" + "---|" * len(SCANS) + "---|")
     for length in map(int, args.lengths.split(",")):
         torch.manual_seed(0)
         x = torch.randn(args.batch, length, 128)

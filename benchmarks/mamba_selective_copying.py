@@ -99,7 +99,7 @@ def main():
         if args.only and args.only != ("selective" if selective else "ablation"):
             continue
         config = MambaConfig(vocab_size=args.vocab, max_seq_len=args.length + args.tokens, n_layer=args.n_layer,
-                             d_model=args.d_model, d_state=args.d_state, selective=selective, scan="sequential")
+                             d_model=args.d_model, d_state=args.d_state, selective=selective)
         results["Mamba (selective)" if selective else "ablation (input-independent delta, B, C)"] = \
             train(config, args, validation)
     print("| model | parameters | val accuracy at " + " / ".join(str(s) for s, *_ in next(iter(

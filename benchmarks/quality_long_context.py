@@ -7,7 +7,8 @@ Every model is trained with `attnlab train` (the command line users run) on tiny
 character level, context 1024, with the same size, seed (--seed), data order, batch, schedule
 and steps; the script prints each run's best validation loss (the same 20 validation batches
 for all) and its gap to the full-attention GPT (target: within 0.05). Runs use one thread each;
---jobs runs that many at once, each timed from its start to its own end (the times compare only between
+A model's own options come after the shared size, so it may set its own
+(the Mamba matches the GPT's parameter count with a width of its own). --jobs runs that many at once, each timed from its start to its own end (the times compare only between
 runs that did not share a core). --gpt-position sets the positions of both GPTs (learned or
 rotary); --models picks a subset, which must include the full-attention GPT. Each run's
 output stays beside its run directory in --out, as <name>.log and <name>.err.
@@ -45,6 +46,8 @@ MODELS = {
     "Reformer (local + LSH layers, rotary, GELU)": REFORMER + LOCAL_LSH + ["model.n_hashes=2"] + ROTARY_GELU,
     # more hashing rounds: closer to full attention, at twice the LSH cost
     "Reformer (local + LSH layers, 4 hashes, rotary, GELU)": REFORMER + LOCAL_LSH + ["model.n_hashes=4"] + ROTARY_GELU,
+    # 3 SSM layers of width 136 hold 401,880 parameters, the rotary GPT's 405,120 (2 attention + MLP layers)
+    "Mamba (3 layers, d_model 136)": ["model.family=mamba", "model.n_layer=3", "model.d_model=136"],
 }
 
 
@@ -54,7 +57,7 @@ def start(name, options, common, out):
     run = out / re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     out.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "attnlab.cli", "train", "--data", str(DATA / "tinyshakespeare.txt"),
-               "--out", str(run), *options, *SIZE, *common]
+               "--out", str(run), *SIZE, *options, *common]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     with open(f"{run}.log", "w") as stdout, open(f"{run}.err", "w") as stderr:
         return subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env), run

@@ -1,4 +1,4 @@
-"""The parallel scans of the selective SSM (chunked, associative) agree with the sequential
+"""The scans of the selective SSM (fused, chunked, associative) agree with the plain sequential
 reference in values and gradients (float64), and the layer's one-token step equals its full forward."""
 
 import pytest
@@ -13,26 +13,31 @@ def scan_inputs(length, seed=0, b=2, d=3, n=4):
     A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4
     x = torch.randn(b, length, d, generator=g, dtype=torch.float64)
     B = torch.randn(b, length, n, generator=g, dtype=torch.float64)
+    C = torch.randn(b, length, n, generator=g, dtype=torch.float64)
     h0 = torch.randn(b, d, n, generator=g, dtype=torch.float64)
-    return [t.requires_grad_() for t in (x, delta, A, B, h0)]
+    return [t.requires_grad_() for t in (x, delta, A, B, C, h0)]
 
 
-def states_and_grads(scan, x, delta, A, B, h0):
-    states = scan(x, delta, A, B, h0)
-    weights = torch.linspace(-1, 1, states.numel(), dtype=torch.float64).view_as(states)
-    grads = torch.autograd.grad((states * weights).sum(), (x, delta, A, B, h0))
-    return states, grads
+def outputs_and_grads(scan, *inputs):
+    """-> (y, h_T), and the gradients of every input from a loss that weighs each output differently."""
+    y, last = scan(*inputs)
+    loss = sum((out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum() for out in (y, last))
+    return (y, last), torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 16, 33])
-@pytest.mark.parametrize("name", ["chunked", "associative"])
-def test_parallel_scans_equal_the_sequential_reference_in_values_and_gradients(name, length):
+@pytest.mark.parametrize("name", ["fused", "chunked", "associative"])
+def test_scans_equal_the_sequential_reference_in_values_and_gradients(name, length):
     inputs = scan_inputs(length)
-    expected, expected_grads = states_and_grads(SCAN_FUNCTIONS["sequential"], *inputs)
-    got, got_grads = states_and_grads(SCAN_FUNCTIONS[name], *inputs)
+    expected, expected_grads = outputs_and_grads(SCAN_FUNCTIONS["sequential"], *inputs)
+    got, got_grads = outputs_and_grads(SCAN_FUNCTIONS[name], *inputs)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
     for g, e in zip(got_grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_the_fused_scan_s_written_backward_passes_gradcheck():
+    assert torch.autograd.gradcheck(SCAN_FUNCTIONS["fused"], scan_inputs(5, seed=3))
 
 
 def test_the_plain_reference_is_the_recurrence_as_written():

@@ -46,7 +46,7 @@ def ids(rows=2, length=21, seed=1):
     return torch.randint(0, 97, (rows, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("scan", ["chunked", "sequential", "associative"])
+@pytest.mark.parametrize("scan", ["fused", "chunked", "sequential", "associative"])
 def test_logits_match_hf_mamba_for_causal_lm(scan):
     ours, theirs = hf_pair(transformers.MambaForCausalLM)
     ours = build_model(dataclasses.replace(ours.config, scan=scan)).eval()

@@ -1,5 +1,5 @@
 """The selective state-space layer of Mamba (Gu & Dao 2023, "Linear-time sequence modeling with
-selective state spaces"), its three scans, and its fixed-size decode state.
+selective state spaces"), its four scans, and its fixed-size decode state.
 
 For each inner channel d and state index n, with input-dependent delta_t (D,), B_t (N,), C_t (N,)
 and a fixed negative A (D, N), zero-order-hold discretisation gives
@@ -7,9 +7,13 @@ and a fixed negative A (D, N), zero-order-hold discretisation gives
     h_t = exp(delta_t A) * h_{t-1} + (delta_t x_t) B_t        h (B, D, N)
     y_t = C_t . h_t + D_skip * x_t
 
-Three scans compute the states h_1..h_T from (decay, inputs) = (exp(delta A), delta B x) and agree
-to rounding (tests/layers/test_selective_scan.py, float64, values and gradients):
+Four scans compute the outputs y and the last state from (x, delta, A, B, C) and agree to
+rounding (tests/layers/test_selective_scan.py, float64, values and gradients):
 
+- `scan_fused` (the default): the recurrence one token at a time with discretisation and output
+  fused in and its backward written out, so that only the states are ever (B, T, D, N);
+- the three below work on (decay, inputs) = (exp(delta A), delta B x), built over (B, T, D, N),
+  and leave the gradients to autograd;
 - `scan_sequential`: the recurrence as written, one step per token (the reference);
 - `scan_chunked`: chunks of L ~ sqrt(T) tokens: the recurrence runs inside all chunks at once
   (L steps), then once over chunk ends (T / L steps), and each chunk's states are corrected by
@@ -18,14 +22,16 @@ to rounding (tests/layers/test_selective_scan.py, float64, values and gradients)
 - `scan_associative`: Hillis-Steele doubling over the associative operator
   (a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2), log2 T steps of O(T) work each.
 Which is fastest is measured in benchmarks/mamba_scan.py (RESULTS.md, issue 19): on this CPU the
-sequential loop, since each step is one small multiply-add and the parallel forms move more
-memory; it is the default, the others are a config choice (`scan`).
+fused loop. Its steps are a handful of small ops on a (B, D, N) block that stays in cache, while
+each full-size op of the others streams the whole (B, T, D, N) tensor through memory; the
+parallel forms move more memory still. The others are a config choice (`scan`).
 
 Fed one token, `SelectiveSSM` takes the one-token recurrence (`_step`) used for generation: it
 reads and writes the layer's conv window (B, D, K-1) and state (B, D, N), so memory per token is
 constant.
 """
 
+import functools
 import math
 
 import torch
@@ -33,9 +39,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .decode_state import DecodeState, KVCache
-
-SCANS = ("sequential", "chunked", "associative")
-
 
 def discretise(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
     """x, delta (B, T, D); A (D, N); B (B, T, N) -> decay exp(delta A), inputs delta B x: each (B, T, D, N)."""
@@ -93,14 +96,79 @@ def scan_associative(decay: torch.Tensor, inputs: torch.Tensor, h0: torch.Tensor
     return b
 
 
-def _discretised(scan):
-    """A scan over (decay, inputs) as one over (x, delta, A, B)."""
-    return lambda x, delta, A, B, h0: scan(*discretise(x, delta, A, B), h0)
+class _FusedScan(torch.autograd.Function):
+    """The recurrence one token at a time with discretisation and output fused in, and the
+    backward written out, so that no (B, T, D, N) tensor is made but the states themselves.
+    The other scans build decay and inputs over (B, T, D, N) and let autograd trace them: each
+    full-size elementwise op streams tens of MB through memory (and faults fresh pages in), while
+    a token's (B, D, N) block stays in cache (RESULTS.md, issue 19). Time-major, so that each
+    token's block is contiguous. Forward:
+
+        a_t = exp(delta_t A);  h_t = a_t * h_{t-1} + (delta_t x_t) B_t;  y_t = C_t . h_t
+
+    Backward, in reverse, with g = dL/dh_t in total (g_t = dy_t C_t + a_{t+1} g_{t+1}): the
+    gradient of (delta_t x_t) B_t is g_t and that of delta_t A is g_t * h_{t-1} * a_t, each
+    reduced to its inputs' gradients within the token's step."""
+
+    @staticmethod
+    def forward(ctx, x, delta, A, B, C, h0):
+        delta_t, dx_t = delta.transpose(0, 1).contiguous(), (delta * x).transpose(0, 1).contiguous()  # (T, B, D)
+        B_t, C_t = B.transpose(0, 1).contiguous(), C.transpose(0, 1).contiguous()  # (T, B, N)
+        states, y = x.new_empty(x.size(1), *h0.shape), torch.empty_like(dx_t)  # (T, B, D, N), (T, B, D)
+        h = h0
+        for t in range(states.size(0)):
+            torch.mul(delta_t[t, :, :, None], A, out=states[t])
+            h = states[t].exp_().mul_(h).addcmul_(dx_t[t, :, :, None], B_t[t, :, None, :])
+            torch.bmm(h, C_t[t, :, :, None], out=y[t, :, :, None])
+        ctx.save_for_backward(x, delta_t, dx_t, A, B_t, C_t, h0, states)
+        return y.transpose(0, 1), h.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_last):
+        x, delta_t, dx_t, A, B_t, C_t, h0, states = ctx.saved_tensors
+        grad_y = grad_y.transpose(0, 1).contiguous()  # (T, B, D)
+        g = grad_last.clone() if grad_last is not None else torch.zeros_like(h0)  # dL/dh_t, (B, D, N)
+        grad_dx, grad_delta = torch.empty_like(dx_t), torch.empty_like(delta_t)  # (T, B, D)
+        grad_B, grad_C = torch.empty_like(B_t), torch.empty_like(C_t)  # (T, B, N)
+        grad_A = torch.zeros_like(h0)  # summed over the batch at the end
+        decay, grad_log_decay, scratch = torch.empty_like(h0), torch.empty_like(h0), torch.empty_like(h0)
+        for t in range(states.size(0) - 1, -1, -1):
+            torch.bmm(grad_y[t, :, None, :], states[t], out=grad_C[t, :, None, :])
+            g.addcmul_(grad_y[t, :, :, None], C_t[t, :, None, :])
+            torch.bmm(g, B_t[t, :, :, None], out=grad_dx[t, :, :, None])
+            torch.bmm(dx_t[t, :, None, :], g, out=grad_B[t, :, None, :])
+            torch.mul(delta_t[t, :, :, None], A, out=decay).exp_()
+            torch.mul(g, states[t - 1] if t else h0, out=grad_log_decay).mul_(decay)  # dL/d(delta_t A)
+            torch.sum(torch.mul(grad_log_decay, A, out=scratch), -1, out=grad_delta[t])
+            grad_A.addcmul_(grad_log_decay, delta_t[t, :, :, None])
+            g.mul_(decay)  # dL/dh_{t-1}
+        grad_delta.addcmul_(grad_dx, x.transpose(0, 1))
+        grad_x = grad_dx.mul_(delta_t)
+        return (grad_x.transpose(0, 1), grad_delta.transpose(0, 1), grad_A.sum(0), grad_B.transpose(0, 1),
+                grad_C.transpose(0, 1), g)
 
 
-# the layer's scans: (x, delta (B, T, D), A (D, N), B (B, T, N), h0 (B, D, N)) -> states (B, T, D, N)
-SCAN_FUNCTIONS = {"sequential": _discretised(scan_sequential),
-                  "chunked": _discretised(scan_chunked), "associative": _discretised(scan_associative)}
+def scan_fused(x, delta, A, B, C, h0):
+    """x, delta (B, T, D); A (D, N); B, C (B, T, N); h0 (B, D, N) -> y (B, T, D), h_T (B, D, N),
+    computed in the widest of the inputs' dtypes (float32 A keeps a bf16 autocast run's scan in float32)."""
+    inputs = (x, delta, A, B, C, h0)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in inputs))
+    return _FusedScan.apply(*(t.to(dtype) for t in inputs))
+
+
+def _from_states(scan):
+    """A scan over (decay, inputs) -> states as one over (x, delta, A, B, C, h0) -> (y, h_T)."""
+    def outputs(x, delta, A, B, C, h0):
+        states = scan(*discretise(x, delta, A, B), h0)  # (B, T, D, N)
+        return (states @ C[..., None]).squeeze(-1), states[:, -1]
+    return outputs
+
+
+# the layer's scans: (x, delta (B, T, D), A (D, N), B, C (B, T, N), h0 (B, D, N)) -> y (B, T, D), h_T (B, D, N)
+SCAN_FUNCTIONS = {"fused": scan_fused, "sequential": _from_states(scan_sequential),
+                  "chunked": _from_states(scan_chunked), "associative": _from_states(scan_associative)}
+SCANS = tuple(SCAN_FUNCTIONS)
 
 
 class SSMState(DecodeState):
@@ -154,7 +222,7 @@ class SelectiveSSM(nn.Module):
     projections = {"in": ("in_proj",), "ssm": ("x_proj", "dt_proj"), "o": ("out_proj",)}
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int = None,
-                 bias: bool = False, conv_bias: bool = True, scan: str = "sequential", selective: bool = True):
+                 bias: bool = False, conv_bias: bool = True, scan: str = "fused", selective: bool = True):
         super().__init__()
         self.d_inner, self.d_state, self.d_conv = expand * d_model, d_state, d_conv
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
@@ -207,8 +275,7 @@ class SelectiveSSM(nn.Module):
             y, h = self._step(u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], ssm_state)
             y = y[:, None]
         else:
-            states = self.scan(u, delta, A, B, ssm_state)  # (B, T, D, N)
-            y, h = (states @ C[..., None]).squeeze(-1), states[:, -1]  # (B, T, D)
+            y, h = self.scan(u, delta, A, B, C, ssm_state)  # (B, T, D), (B, D, N)
         y = (y + u * self.D) * F.silu(z)
         return self.out_proj(y), window[:, :, window.size(2) - (self.d_conv - 1):], h
 

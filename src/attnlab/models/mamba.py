@@ -40,7 +40,7 @@ class MambaConfig(ModelConfig):
     residual_in_fp32: bool = True
     tie_weights: bool = True
     dropout: float = 0.0  # on each mixer's output
-    scan: str = "sequential"  # or chunked, associative: equal results; sequential is fastest on CPU (RESULTS.md)
+    scan: str = "fused"  # or sequential, chunked, associative: equal results; fused is fastest on CPU (RESULTS.md)
     selective: bool = True  # False: the ablation with input-independent delta, B, C
     attn_layers: list = None  # depths (0-based) whose mixer is self-attention: a hybrid
     n_head: int = 4  # heads of the attention layers

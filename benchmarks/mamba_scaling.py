@@ -11,7 +11,8 @@ memory against length. generate: per new token, the time of a greedy step after 
 or 2048 tokens (median over --new tokens), and the decode state's bytes (Mamba's conv windows and
 SSM states; the GPT's KV cache up to the tokens held). hf: Hugging Face MambaForCausalLM (its
 PyTorch path, what CPU users get) and ours with the same weights, interleaved in one process:
-a training step and greedy generation, medians and the ratio.
+a training step and greedy generation (ours eager, and with the compiled single-token step of
+`Sampling(compile=True)`), medians and the ratio.
 """
 
 import argparse
@@ -123,21 +124,25 @@ def versus_hf(args):
               f"{ratios['hf'][0]:.0f}; ratio {ratios['attnlab'][1]:.2f}x (min {ratios['attnlab'][2]:.2f}, max "
               f"{ratios['attnlab'][3]:.2f})", flush=True)
     prompt = torch.randint(1, VOCAB, (1, 64))
-    greedy = Sampling(max_new_tokens=args.new, temperature=0)
 
-    def ours_generate():
-        return generate(ours.eval(), prompt.tolist(), greedy)[0]
+    def ours_generate(compile: bool):
+        sampling = Sampling(max_new_tokens=args.new, temperature=0, compile=compile)
+        return generate(ours.eval(), prompt.tolist(), sampling)[0]
 
     def hf_generate():
         with torch.inference_mode():
             out = theirs.eval().generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False)
         return out[0, 64:].tolist()
-    assert ours_generate() == hf_generate(), "attnlab and HF greedy outputs differ"
+    start = time.perf_counter()
+    assert ours_generate(compile=True) == ours_generate(compile=False) == hf_generate(), "greedy outputs differ"
+    print(f"(first calls, compilation included: {time.perf_counter() - start:.0f} s)")
     ratios = interleaved_ratios({"hf": lambda: rate(hf_generate, args.new),
-                                 "attnlab": lambda: rate(ours_generate, args.new)}, "hf", args.rounds)
-    print(f"generate 64 + {args.new} tokens: tokens/s attnlab {ratios['attnlab'][0]:.1f}, HF {ratios['hf'][0]:.1f}; "
-          f"ratio {ratios['attnlab'][1]:.2f}x (min {ratios['attnlab'][2]:.2f}, max {ratios['attnlab'][3]:.2f})")
-
+                                 "attnlab": lambda: rate(lambda: ours_generate(False), args.new),
+                                 "attnlab compiled": lambda: rate(lambda: ours_generate(True), args.new)},
+                                "hf", args.rounds)
+    for name in ("attnlab", "attnlab compiled"):
+        print(f"generate 64 + {args.new} tokens, {name}: tokens/s {ratios[name][0]:.1f}, HF {ratios['hf'][0]:.1f}; "
+              f"ratio {ratios[name][1]:.2f}x (min {ratios[name][2]:.2f}, max {ratios[name][3]:.2f})")
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":

@@ -14,6 +14,7 @@ from attnlab.cli import main
 from attnlab.inference import BeamSearch, Sampling, causal_beam_search, generate
 from attnlab.layers import KVCache, StaticKVCache
 from attnlab.models import GPTConfig, TransformerXLConfig, build_model
+from attnlab.models.mamba import MambaConfig
 from attnlab.tokenizers import CharTokenizer
 
 steps_module = sys.modules["attnlab.inference.generate"]
@@ -22,6 +23,8 @@ MODELS = {
     "gpt-learned": lambda: GPTConfig(**GPT),
     "gpt-rotary-gqa": lambda: GPTConfig(**GPT, n_kv_head=2, position="rotary", norm="rmsnorm", activation="swiglu",
                                         bias=False),
+    # the recurrent state is already of fixed shapes, and generation may run past max_seq_len
+    "mamba": lambda: MambaConfig(vocab_size=40, max_seq_len=16, n_layer=2, d_model=32, d_state=8),
 }
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11, 12, 13, 14, 15]]
 
@@ -72,7 +75,9 @@ def test_compiled_path_slides_past_the_window_like_the_eager_one(counter):
 
 @pytest.mark.parametrize("config", [GPTConfig(**GPT, attn_window=3),
                                     TransformerXLConfig(vocab_size=40, max_seq_len=48, segment_length=4, mem_len=48,
-                                                        n_layer=2, n_head=2, d_model=32)], ids=["sliding", "xl"])
+                                                        n_layer=2, n_head=2, d_model=32),
+                                    MambaConfig(vocab_size=40, max_seq_len=48, n_layer=2, d_model=32, d_state=8,
+                                                attn_layers=[1], n_head=2)], ids=["sliding", "xl", "mamba-hybrid"])
 def test_families_without_a_static_state_decode_eagerly(config, counter):
     model = model_of(config)
     assert model.init_static_state(1, 8) is None

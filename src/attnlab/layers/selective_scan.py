@@ -277,7 +277,8 @@ class SelectiveSSM(nn.Module):
         else:
             y, h = self.scan(u, delta, A, B, C, ssm_state)  # (B, T, D), (B, D, N)
         y = (y + u * self.D) * F.silu(z)
-        return self.out_proj(y), window[:, :, window.size(2) - (self.d_conv - 1):], h
+        # contiguous: the state keeps one layout, so a compiled step sees the same strides every token
+        return self.out_proj(y), window[:, :, window.size(2) - (self.d_conv - 1):].contiguous(), h
 
     def _conv(self, window: torch.Tensor) -> torch.Tensor:
         """The causal depthwise conv over window (B, D, K-1 + T) -> (B, D, T); for one token a

@@ -137,6 +137,11 @@ class Mamba(Model):
         kv = KVCache(n_attention, capacity, batch=batch, device=weight.device) if n_attention else None
         return SSMState([z[0] for z in zeros], [z[1] for z in zeros], kv)
 
+    def init_static_state(self, batch: int, capacity: int) -> SSMState | None:
+        """The recurrent state keeps its shapes while decoding, so a compiled step takes it as it is;
+        a hybrid's KV cache grows, so hybrids decode eagerly."""
+        return None if self.config.attention_at else self.init_state(batch, capacity)
+
     def forward(self, input_ids, targets=None, attention_mask=None, position_ids=None, state=None, only_last=False):
         """input_ids (B, T) -> ModelOutput(logits (B, T, V), loss, hidden_states (B, T, C)).
 

@@ -101,3 +101,15 @@ def test_cross_attention_shares_a_memory_row_among_consecutive_query_rows(query_
     torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=0)
     torch.testing.assert_close(shared_weights, repeated_weights, atol=1e-6, rtol=0)
     torch.testing.assert_close(attention(x, kv_input=memory, mask=mask), repeated, atol=1e-6, rtol=0)  # SDPA path
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_bf16_attention_on_a_cpu_runs_the_float32_kernel_and_returns_bf16(masked):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 32, generator=g).to(torch.bfloat16) for _ in range(3))
+    mask = torch.rand(2, 1, 6, 6, generator=g) > 0.3 if masked else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # which casts SDPA's inputs to bf16 unless told not to
+        out, _ = scaled_dot_product_attention(q, k, v, mask=mask, causal=not masked)
+    expected, _ = scaled_dot_product_attention(q.float(), k.float(), v.float(), mask=mask, causal=not masked)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.to(torch.bfloat16))

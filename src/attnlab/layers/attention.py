@@ -53,8 +53,7 @@ def scaled_dot_product_attention(
         group = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if causal and mask is None and bias is None and t_query == t_key and not return_weights and backend == "sdpa":
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
-        return out, None
+        return fused_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale), None
     if causal:
         mask = combine_masks(mask, causal_mask(t_query, t_key, device=q.device))
     row_has_key = None
@@ -67,7 +66,7 @@ def scaled_dot_product_attention(
         attn_mask = mask
         if bias is not None:
             attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+        out = fused_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
         weights = None
     else:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
@@ -76,6 +75,20 @@ def scaled_dot_product_attention(
         if weights is not None:
             weights = weights * row_has_key
     return out, weights
+
+
+def fused_attention(q, k, v, attn_mask=None, **options):
+    """F.scaled_dot_product_attention, except that on a CPU bf16 and fp16 inputs go through the
+    float32 kernel and the output is cast back: the CPU's reduced-precision kernel took 4.7x as
+    long as fp32's for a forward + backward at head size 32 and no less at 64 (benchmarks/RESULTS.md,
+    issue 23), which made bf16 autocast training slower than fp32 for small models."""
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **options)
+    if attn_mask is not None and attn_mask.is_floating_point():
+        attn_mask = attn_mask.float()
+    with torch.autocast("cpu", enabled=False):  # CPU autocast would cast the inputs back to bf16
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, **options)
+    return out.to(q.dtype)
 
 
 def _math_attention(q, k, v, mask, bias, dropout_p, scale):

@@ -144,6 +144,7 @@ def versus_hf(args):
         print(f"generate 64 + {args.new} tokens, {name}: tokens/s {ratios[name][0]:.1f}, HF {ratios['hf'][0]:.1f}; "
               f"ratio {ratios[name][1]:.2f}x (min {ratios[name][2]:.2f}, max {ratios[name][3]:.2f})")
 
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         return worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

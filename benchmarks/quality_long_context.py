@@ -6,12 +6,13 @@
 Every model is trained with `attnlab train` (the command line users run) on tiny Shakespeare,
 character level, context 1024, with the same size, seed (--seed), data order, batch, schedule
 and steps; the script prints each run's best validation loss (the same 20 validation batches
-for all) and its gap to the full-attention GPT (target: within 0.05). Runs use one thread each;
-A model's own options come after the shared size, so it may set its own
-(the Mamba matches the GPT's parameter count with a width of its own). --jobs runs that many at once, each timed from its start to its own end (the times compare only between
-runs that did not share a core). --gpt-position sets the positions of both GPTs (learned or
-rotary); --models picks a subset, which must include the full-attention GPT. Each run's
-output stays beside its run directory in --out, as <name>.log and <name>.err.
+for all) and its gap to the full-attention GPT (target: within 0.05). A model's own options come
+after the shared size, so that it may set its own (the Mamba matches the GPT's parameter count
+with a width of its own). Runs use one thread each; --jobs runs that many at once, each timed
+from its start to its own end (the times compare only between runs that did not share a core).
+--gpt-position sets the positions of both GPTs (learned or rotary); --models picks a subset,
+which must include the full-attention GPT. Each run's output stays beside its run directory in
+--out, as <name>.log and <name>.err.
 """
 
 import argparse

@@ -40,6 +40,7 @@ from torch import nn
 
 from .decode_state import DecodeState, KVCache
 
+
 def discretise(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
     """x, delta (B, T, D); A (D, N); B (B, T, N) -> decay exp(delta A), inputs delta B x: each (B, T, D, N)."""
     decay = torch.exp(delta[..., None] * A)

@@ -15,6 +15,7 @@ configured the same, with the ratio of the two taken within each round.
 import argparse
 import contextlib
 import importlib.util
+import os
 import statistics
 
 import torch
@@ -54,13 +55,13 @@ def nanogpt_pair(directory: str):
             OURS_AS_NANOGPT: step_fn(ours, ours_loss)}
 
 
-def step_fn(model, loss_of, fused=False, bf16=False, optimizer=None):
+def step_fn(model, loss_of, fused=False, bf16=False, optimizer=None, batch=BATCH, block=BLOCK):
     optimizer = optimizer or make_optimizer(model, 1e-3, 0.1, (0.9, 0.99), fused=fused)
     generator = torch.Generator().manual_seed(0)
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step():
-        ids = torch.randint(0, VOCAB, (BATCH, BLOCK + 1), generator=generator)
+        ids = torch.randint(0, VOCAB, (batch, block + 1), generator=generator)
         with autocast():
             loss = loss_of(model, ids)
         loss.backward()
@@ -86,6 +87,8 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="0: torch's default")
     parser.add_argument("--nanogpt", help="a nanoGPT checkout: add its model.py and attnlab in its configuration")
     args = parser.parse_args()
+    if args.nanogpt and not os.path.isfile(f"{args.nanogpt}/model.py"):
+        parser.error(f"--nanogpt: {args.nanogpt} holds no model.py; give a checkout of github.com/karpathy/nanoGPT")
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {

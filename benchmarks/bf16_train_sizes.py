@@ -9,38 +9,24 @@ torch.profiler's top ops of one bf16 step at the smallest size.
 """
 
 import argparse
-import contextlib
-import statistics
 
 import torch
 
 from attnlab.models import GPTConfig, build_model
-from attnlab.training import make_optimizer
-from common import interleaved_rates, machine, rate
+from bench_gpt_train import VOCAB, ours_loss, step_fn
+from common import interleaved_ratios, machine, rate
 
-VOCAB = 65
 # (layers, heads, d_model, block, batch): nanoGPT's CPU recipe, its "baby GPT" recipe's shape at batch 8, then wider
 SIZES = [(4, 4, 128, 64, 12), (6, 6, 384, 256, 8), (6, 12, 768, 256, 8)]
 
 
 def training_step(size, bf16: bool):
+    """One GPT of `size`, seeded alike for fp32 and bf16; -> its training step (bench_gpt_train's)."""
     layers, heads, width, block, batch = size
     torch.manual_seed(0)
     model = build_model(GPTConfig(vocab_size=VOCAB, max_seq_len=block, n_layer=layers, n_head=heads, d_model=width,
                                   dropout=0.0, bias=False))
-    optimizer = make_optimizer(model, 1e-3, 0.1, (0.9, 0.99))
-    generator = torch.Generator().manual_seed(0)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-    def step():
-        ids = torch.randint(0, VOCAB, (batch, block + 1), generator=generator)
-        with autocast():
-            loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    return step_fn(model, ours_loss, bf16=bf16, batch=batch, block=block)
 
 
 def main():
@@ -57,11 +43,11 @@ def main():
         for step in steps.values():
             step()  # warm-up
         tokens = size[3] * size[4]
-        rates = interleaved_rates({k: (lambda s=s: rate(s, tokens, args.steps)) for k, s in steps.items()}, args.rounds)
-        ratios = [b / f for b, f in zip(rates["bf16"], rates["fp32"])]
-        print(f"| {', '.join(map(str, size))} | {statistics.median(rates['fp32']):,.0f} | "
-              f"{statistics.median(rates['bf16']):,.0f} | {statistics.median(ratios):.2f}x "
-              f"({min(ratios):.2f}-{max(ratios):.2f}) |", flush=True)
+        summary = interleaved_ratios({k: (lambda s=s: rate(s, tokens, args.steps)) for k, s in steps.items()}, "fp32",
+                                     args.rounds)
+        (fp32, *_), (bf16, ratio, low, high) = summary["fp32"], summary["bf16"]
+        print(f"| {', '.join(map(str, size))} | {fp32:,.0f} | {bf16:,.0f} | {ratio:.2f}x ({low:.2f}-{high:.2f}) |",
+              flush=True)
     if args.profile:
         step = training_step(SIZES[0], True)
         step()

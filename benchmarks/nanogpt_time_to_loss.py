@@ -8,9 +8,9 @@ machine, the runs in turns.
 DIR is a checkout of github.com/karpathy/nanoGPT, run as a reference and not changed: its
 data/shakespeare_char/prepare.py is fed the shared tinyshakespeare.txt (as its input.txt, if
 none is there) once, untimed. Both sides train a 4-layer, 4-head, d_model 128 GPT on blocks of
-64 characters (attnlab's config file and nanoGPT: in batches of 12 for 2,000 steps), with the first 90 % of the text for training
-and the rest for validation, and both evaluate every 250 steps on 20 batches (nanoGPT's
-`--eval_iters=20`; attnlab's `train.eval_batches=20`). Each run is timed from its launch
+64 characters (attnlab's config file and nanoGPT: in batches of 12 for 2,000 steps), with the
+first 90 % of the text for training and the rest for validation, and both evaluate every 250
+steps on 20 batches (nanoGPT's `--eval_iters=20`; attnlab's `train.eval_batches=20`). Each run is timed from its launch
 (start-up included) to the first evaluation at or below --target, and stopped there.
 """
 
@@ -64,7 +64,8 @@ def attnlab_run(out: Path, *overrides: str):
 
 
 def time_to_target(command, cwd, val_loss, out: Path, target: float, env: dict) -> dict:
-    """Launch, watch the evaluations, stop at the first <= target. -> seconds, step, loss (or the best seen)."""
+    """Launch, watch the evaluations, stop at the first <= target. -> seconds (None if not reached), and the
+    step and loss of that evaluation (or of the best one seen)."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = queue.Queue()
@@ -90,7 +91,7 @@ def time_to_target(command, cwd, val_loss, out: Path, target: float, env: dict) 
             if not seen:
                 sys.exit(f"{command[1]} gave no evaluation:\n{''.join(tail)}")
             step, loss = hit or min(seen, key=lambda s: s[1])
-            return {"seconds": seconds if hit else None, "step": step, "val_loss": loss, "evaluations": seen}
+            return {"seconds": seconds if hit else None, "step": step, "val_loss": loss}
         time.sleep(0.05)
 
 
@@ -102,6 +103,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every run")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_loss")
     args = parser.parse_args()
+    if not (args.nanogpt / "train.py").is_file():
+        parser.error(f"--nanogpt: {args.nanogpt} holds no train.py; give a checkout of github.com/karpathy/nanoGPT")
     prepare_nanogpt_data(args.nanogpt)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT / "src")}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -115,8 +118,7 @@ def main():
             out = Path(tempfile.mkdtemp(prefix=re.sub(r"[^a-z0-9]+", "-", name.lower()), dir=args.out)) / "run"
             result = time_to_target(*make(out), out, args.target, env)
             results[name].append(result)
-            print(json.dumps({"round": round_, "contender": name, **{k: v for k, v in result.items()
-                                                                      if k != "evaluations"}}), flush=True)
+            print(json.dumps({"round": round_, "contender": name, **result}), flush=True)
     baseline = results["nanoGPT train.py, fp32"]
     print(f"\n{args.threads} thread(s); target val loss <= {args.target}\n")
     print("| run | seconds to target (median) | step | val loss there | vs nanoGPT (median of rounds, min-max) |")

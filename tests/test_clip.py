@@ -124,6 +124,29 @@ def test_embeddings_are_unit_length():
             torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(5))
 
 
+def test_hard_negatives_join_the_image_to_text_ranking_only_where_a_row_has_one():
+    """The loss by hand: image -> text over the B captions and the hard negatives of rows that have
+    one; text -> image over the B images as without negatives; equal to the plain loss when no row has one."""
+    model = build_model(preset("clip-tiny")).eval()
+    generator = torch.Generator().manual_seed(0)
+    batch = clip_batch(model.config, generator, batch=4)
+    other = clip_batch(model.config, generator, batch=4)
+    negatives = {"negative_ids": other["input_ids"], "negative_mask": other["attention_mask"]}
+    present = torch.tensor([True, False, True, True])
+    with torch.no_grad():
+        out = model(**batch, **negatives, has_negative=present)
+        image = model.encode_image(batch["pixel_values"])
+        texts = torch.cat([model.encode_text(batch["input_ids"]), model.encode_text(other["input_ids"])])
+        scores = model.scale() * image @ texts.T  # (4, 8)
+        targets = torch.arange(4)
+        to_text = torch.nn.functional.cross_entropy(scores[:, [0, 1, 2, 3, 4, 6, 7]], targets)
+        expected = (to_text + torch.nn.functional.cross_entropy(scores[:, :4].T, targets)) / 2
+        torch.testing.assert_close(out.loss, expected)
+        assert out.logits.shape == (4, 8) and torch.isinf(out.logits[:, 5]).all()
+        none = model(**batch, **negatives, has_negative=torch.zeros(4, dtype=torch.bool)).loss
+        torch.testing.assert_close(none, model(**batch).loss)
+
+
 def gradients(model, batch) -> dict:
     model.zero_grad()
     model(**batch).loss.backward()
@@ -182,6 +205,32 @@ def test_a_bad_pairs_line_is_one_line_naming_it(tmp_path, capsys):
                  str(tmp_path / "run"), "train.device=cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "missing.npy" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pairs_with_hard_negatives_reach_the_model_and_a_bad_one_is_one_line(tmp_path, capsys):
+    from attnlab.data.pairs import PairBatches, read_pairs
+    from attnlab.processors.clip import ClipProcessor
+    from attnlab.processors.image import ImageProcessor
+    from attnlab.tokenizers import train_tokenizer
+
+    data = write_pairs(tmp_path / "pairs", count=6)
+    lines = [json.loads(line) for line in (data / "pairs.jsonl").read_text().splitlines()]
+    for line in lines[::2]:
+        line["hard_negative"] = f"not {line['text']}"
+    (data / "pairs.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    image = ImageProcessor(image_size=16, channels=1)
+    pairs = read_pairs(data, image)
+    tokenizer = train_tokenizer("wordpiece", "\n".join(pairs.texts + ["not"]), 64)
+    batches = PairBatches({"train": pairs}, ClipProcessor(image.fit(pairs.items), tokenizer), 6, 16)
+    inputs = batches.rows("train", torch.arange(6))
+    assert inputs["has_negative"].tolist() == [True, False] * 3
+    assert tokenizer.decode(inputs["negative_ids"][2].tolist()) == "[CLS] not a owl number 2 [SEP]"
+    lines[1]["hard_negative"] = 7
+    (data / "pairs.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    code = main(["train", "task=contrastive", "--preset", "clip-tiny", "--data", str(data), "--out",
+                 str(tmp_path / "run"), "train.device=cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "line 2" in err and "hard_negative" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow  # loads the 90 MB MiniLM and saves it twice: tens of seconds on a busy 2-core machine

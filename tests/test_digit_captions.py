@@ -103,3 +103,23 @@ def test_a_seed_fixes_everything_and_a_build_is_never_overwritten(built, tmp_pat
         build(manifest["source"], tmp_path, COUNTS, held_out=6, seed=3)
     with pytest.raises(UserError, match="held-out pairs"):
         held_out_pairs(44, 0)
+
+
+def test_a_pair_of_two_digits_has_its_swapped_caption_as_hard_negative(built):
+    out = built[0]
+    for split in SPLITS:
+        for line in lines(out, "pairs", split):
+            left, right = line["digits"]
+            if left == right:
+                assert "hard_negative" not in line
+            else:
+                assert line["hard_negative"] == caption(line["template"], (right, left)) != line["text"]
+
+
+def test_half_the_training_pair_captions_use_the_first_template(built):
+    out, manifest, _, _ = built
+    main = TEMPLATES["pairs"]["train"][0]
+    share = {split: np.mean([line["template"] == main for line in lines(out, "pairs", split)]) for split in SPLITS}
+    assert manifest["main_share"] == 0.5
+    assert 0.5 < share["train"] < 0.7  # 0.5 + 0.5 / 5 expected, from 600 captions
+    assert share["val"] < 0.3 and share["test"] < 0.3  # one template in seven

@@ -15,8 +15,9 @@ Everything is deterministic from the seed.
     python -m attnlab.data.digit_captions --mnist ../shared/data/mnist/mnist_t10k_first8000.npz --out data/captions
 
 writes OUT/<set>/<split>/pairs.jsonl (one {"image", "text", "digits", "template"} a line, the image
-a PNG path relative to that folder: what `attnlab train task=contrastive --data` reads) with the
-images in OUT/<set>/<split>/images/, and OUT/manifest.json (seed, templates, held-out pairs, counts).
+a PNG path relative to that folder: what `attnlab train task=contrastive --data` reads; a pair of two
+different digits adds "hard_negative", its caption with the digits swapped) with the images in
+OUT/<set>/<split>/images/, and OUT/manifest.json (seed, templates, held-out pairs, counts).
 """
 
 import argparse
@@ -46,6 +47,11 @@ TEMPLATES = {
     },
 }
 SIZE = 28  # an MNIST digit's side, pixels
+# Training pair captions use the first template ("a {left} to the left of a {right}") this often, else
+# one at random. With every template equally likely, CLIP from scratch never learns which digit is
+# left (recall@1 ~50 %: it matches the two digits, and the order is a coin toss; benchmarks/RESULTS.md,
+# issue 18); one dominant phrasing lets both towers pick the order up first.
+MAIN_SHARE = 0.5
 
 
 def caption(template: str, digits: tuple) -> str:
@@ -88,22 +94,27 @@ def split_templates(kind: str, split: str) -> tuple:
     return templates["train"] if split == "train" else templates["train"] + templates["held_out"]
 
 
-def write_split(folder: Path, images: list, digits: list, templates: tuple, rng: np.random.Generator) -> Path:
-    """PNGs in folder/images and folder/pairs.jsonl, one caption a line, its template at random."""
+def write_split(folder: Path, images: list, digits: list, templates: tuple, rng: np.random.Generator,
+                main_share: float = 0.0) -> Path:
+    """PNGs in folder/images and folder/pairs.jsonl, one caption a line: the first template with
+    probability `main_share`, else a template at random (the first among them)."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (image, shown) in enumerate(zip(images, digits)):
-        template = templates[rng.integers(len(templates))]
+        template = templates[0 if main_share and rng.random() < main_share else rng.integers(len(templates))]
         name = f"images/{i:05d}.png"
         Image.fromarray(image).save(folder / name)
-        lines.append(json.dumps({"image": name, "text": caption(template, shown), "digits": list(shown),
-                                 "template": template}))
+        line = {"image": name, "text": caption(template, shown), "digits": list(shown), "template": template}
+        if len(shown) == 2 and shown[0] != shown[1]:  # the digits the other way round: only the order tells
+            line["hard_negative"] = caption(template, shown[::-1])
+        lines.append(json.dumps(line))
     path = folder / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def build(mnist: Path, out: Path, pair_counts: dict, held_out: int = 8, seed: int = 0) -> dict:
+def build(mnist: Path, out: Path, pair_counts: dict, held_out: int = 8, seed: int = 0,
+          main_share: float = MAIN_SHARE) -> dict:
     """Both sets under `out` (see the module's docstring); -> the manifest written to out/manifest.json."""
     try:
         with np.load(mnist, allow_pickle=False) as data:
@@ -115,8 +126,10 @@ def build(mnist: Path, out: Path, pair_counts: dict, held_out: int = 8, seed: in
     hidden = held_out_pairs(held_out, seed)
     hidden_ordered = [p for a, b in hidden for p in ((a, b), (b, a))]
     seen = [(a, b) for a in range(10) for b in range(10) if (min(a, b), max(a, b)) not in hidden]
+    if not 0 <= main_share <= 1:
+        raise UserError(f"digit captions: the main template's share must be in [0, 1], got {main_share}")
     manifest = {"seed": seed, "source": str(mnist), "splits": SPLITS, "templates": TEMPLATES,
-                "held_out_pairs": hidden, "counts": {}}
+                "held_out_pairs": hidden, "main_share": main_share, "counts": {}}
     for offset, (split, (low, high)) in enumerate(SPLITS.items()):
         rng = np.random.default_rng([seed, 2, offset])
         part, part_labels = images[low:high], labels[low:high]
@@ -130,7 +143,7 @@ def build(mnist: Path, out: Path, pair_counts: dict, held_out: int = 8, seed: in
                                      draw_pairs(part_labels, count - count // 2, seen, rng)])
         write_split(out / "pairs" / split, [side_by_side(part[i], part[j]) for i, j in chosen],
                     [(int(part_labels[i]), int(part_labels[j])) for i, j in chosen],
-                    split_templates("pairs", split), rng)
+                    split_templates("pairs", split), rng, main_share if split == "train" else 0.0)
         manifest["counts"][split] = {"single": high - low, "pairs": count}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
@@ -145,10 +158,13 @@ def main(argv=None):
     parser.add_argument("--test-pairs", type=int, default=2000)
     parser.add_argument("--held-out", type=int, default=8, help="unordered digit pairs kept out of training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--main-share", type=float, default=MAIN_SHARE,
+                        help="how often a training pair caption uses the first template (else one at random)")
     args = parser.parse_args(argv)
     counts = {"train": args.train_pairs, "val": args.val_pairs, "test": args.test_pairs}
     try:
-        manifest = build(args.mnist, args.out, counts, held_out=args.held_out, seed=args.seed)
+        manifest = build(args.mnist, args.out, counts, held_out=args.held_out, seed=args.seed,
+                         main_share=args.main_share)
     except UserError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"held-out pairs {manifest['held_out_pairs']}; {args.out}/{{single,pairs}}/{{train,val,test}}/pairs.jsonl")

@@ -247,22 +247,36 @@ class Clip(Model):
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                negative_ids: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
+                has_negative: torch.Tensor | None = None) -> ModelOutput:
         """B images (B, C, H, W) and their B captions (B, T) -> logits (B, B) (logits_per_image;
         logits_per_text is its transpose) and the symmetric contrastive loss, the other rows of
-        the batch being each pair's negatives. A batch of one has no negatives and is refused."""
+        the batch being each pair's negatives. A batch of one has no negatives and is refused.
+
+        With hard negatives (negative_ids (B, T'), negative_mask, has_negative (B,) bool: which rows
+        have one), each image also ranks the B hard negative captions (those of rows without one
+        left out): logits (B, 2B), the image -> text loss over all 2B captions, text -> image over the
+        B images as before (NegCLIP)."""
         rows = len(pixel_values)
         if rows < 2 or len(input_ids) != rows:
             raise UserError(f"contrastive training needs a batch of at least 2 image-text pairs (the other pairs are "
                             f"the negatives), got {rows} images and {len(input_ids)} texts")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        texts = (input_ids, attention_mask)
+        if negative_ids is not None:
+            texts = _stacked(texts, (negative_ids, torch.ones_like(negative_ids) if negative_mask is None
+                                     else negative_mask))  # (2B, T)
         image = F.normalize(self._embed("vision", self.image_features, (pixel_values,)), dim=-1)
-        text = F.normalize(self._embed("text", self.text_features, (input_ids, attention_mask)), dim=-1)
-        logits = self.scale() * image @ text.T  # (B_images, B_texts)
+        text = F.normalize(self._embed("text", self.text_features, texts), dim=-1)
+        logits = self.scale() * image @ text.T  # (B_images, B_texts or 2 B_texts)
+        if negative_ids is not None and has_negative is not None:
+            present = has_negative.bool()
+            absent = torch.cat([torch.zeros_like(present), ~present])  # (2B,)
+            logits = logits.masked_fill(absent, float("-inf"))
         targets = torch.arange(rows, device=logits.device)
-        loss = (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits.T.float(), targets)) / 2
+        loss = (F.cross_entropy(logits.float(), targets) + F.cross_entropy(logits[:, :rows].T.float(), targets)) / 2
         return ModelOutput(logits=logits, loss=loss)
 
     def _embed(self, tower: str, features, inputs: tuple) -> torch.Tensor:
@@ -276,6 +290,14 @@ class Clip(Model):
             return features(*inputs)
         params = [p for module in self.towers()[tower] for p in module.parameters() if p.requires_grad]
         return GradCache.apply(features, chunk, len(inputs), *inputs, *params)
+
+
+def _stacked(first: tuple, second: tuple) -> tuple:
+    """Two (ids, mask) pairs of right-padded texts -> one (ids, mask) of all their rows, padded to
+    the wider (padding id 0, mask 0)."""
+    width = max(first[0].size(1), second[0].size(1))
+    return tuple(torch.cat([F.pad(a, (0, width - a.size(1))), F.pad(b, (0, width - b.size(1)))])
+                 for a, b in zip(first, second))
 
 
 class GradCache(torch.autograd.Function):

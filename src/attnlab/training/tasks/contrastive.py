@@ -5,12 +5,14 @@
                                                    # as a frozen text tower (LiT); freeze: vision|text;
                                                    # embed_chunk: N for GradCache
     tokenizer: {kind: wordpiece, vocab_size: 256, image: {shift: 2}}   # the caption tokenizer trained
-                                                   # on the training captions (none with MiniLM, whose
-                                                   # own is used), and the image processor's settings
+                                                   # on the training captions and hard negatives
+                                                   # (none with MiniLM, whose own is used), and the
+                                                   # image processor's settings
     data: {path: pairs.jsonl, val_fraction: 0.1, seed: 0, augment: false}   # or val_path
 
-The data is a JSONL file of {"image": path relative to the file, "text": caption}, or a folder holding
-pairs.jsonl (data/pairs.py). Each evaluation logs the validation split's recall@1 both ways beside
+The data is a JSONL file of {"image": path relative to the file, "text": caption} (and optionally
+"hard_negative": a wrong caption the image must rank below its own), or a folder holding pairs.jsonl
+(data/pairs.py). Each evaluation logs the validation split's recall@1 both ways beside
 val_loss. A batch's other pairs are each pair's negatives, so train.grad_accum (separate
 micro-batches, separate losses) is refused: model.embed_chunk gives the same gradient as one big
 batch with the memory of a chunk. Under torchrun each process's negatives are its own rows (no
@@ -89,8 +91,8 @@ def _new_model(run: Run) -> tuple:
         minilm, tokenizer = load_minilm()
         config = config.replace(text_encoder=minilm.config.to_dict(), text_pooling="mean")
     else:
-        tokenizer = train_tokenizer(run.tokenizer.kind, "\n".join(splits["train"].texts),
-                                    run.tokenizer.vocab_size or config.vocab_size)
+        texts = splits["train"].texts + [text for text in splits["train"].negatives if text is not None]
+        tokenizer = train_tokenizer(run.tokenizer.kind, "\n".join(texts), run.tokenizer.vocab_size or config.vocab_size)
         config = config.replace(vocab_size=tokenizer.vocab_size, eos_token_id=tokenizer.token_to_id(END_OF_TEXT),
                                 text_pooling="eos")
     model = build_model(config)

@@ -111,11 +111,11 @@ class PairBatches:
     def rows(self, split: str, rows: torch.Tensor) -> dict:
         """The model inputs of pairs `rows` of a split, each text cut to its longest caption, with
         the hard negatives (negative_ids, negative_mask; has_negative (B,) bool) where the split has any."""
-        inputs = {"pixel_values": self.images[split][rows],
-                  **_trimmed(self.texts[split]["input_ids"][rows], self.texts[split]["attention_mask"][rows])}
+        ids, mask = _trimmed(self.texts[split]["input_ids"][rows], self.texts[split]["attention_mask"][rows])
+        inputs = {"pixel_values": self.images[split][rows], "input_ids": ids, "attention_mask": mask}
         if split in self.negatives:
             negatives = self.negatives[split]
-            ids, mask = _trimmed(negatives["input_ids"][rows], negatives["attention_mask"][rows]).values()
+            ids, mask = _trimmed(negatives["input_ids"][rows], negatives["attention_mask"][rows])
             inputs.update(negative_ids=ids, negative_mask=mask, has_negative=negatives["present"][rows])
         return inputs
 
@@ -128,10 +128,10 @@ class PairBatches:
         return {f"val_{name}": value for name, value in recall_at(image, text, (1,), self.captions["val"]).items()}
 
 
-def _trimmed(ids: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Right-padded (B, T) ids and mask cut to the longest row."""
+def _trimmed(ids: torch.Tensor, mask: torch.Tensor) -> tuple:
+    """Right-padded (B, T) ids and mask -> both cut to the longest row."""
     width = int(mask.sum(1).max())
-    return {"input_ids": ids[:, :width], "attention_mask": mask[:, :width]}
+    return ids[:, :width], mask[:, :width]
 
 
 def _hard_negatives(negatives: list, processor, max_length: int) -> dict:

@@ -52,13 +52,14 @@ class DraftLength:
     (down to 1) while it is below 0.5. A longer draft is accepted less often per token, so k settles
     where the drafts mostly hold. Any k keeps the output exact: each round is a complete check.
 
-    A `free` drafter (prompt lookup: no model, no state) is also paused under "auto": when its
-    running rate falls below 0.1, the next 8 rounds draft nothing (plain decoding steps, which cost
-    no wider verification), and the round after them drafts again to measure afresh. Lookup on text
-    with little to copy then costs what decoding without it does."""
+    A `free` drafter (prompt lookup: no model, no state) only pays for the wider verification, and
+    its hits come in runs (a copied passage, then nothing), so under "auto" it never shrinks: while
+    the share of all its drafts so far that were accepted is below 0.1, it pauses instead, drafting
+    nothing for 16 rounds (plain decoding steps) and then one token to look again. Lookup on text
+    with little to copy then costs about what decoding without it does."""
 
     START, MOST, GROW_ABOVE, SHRINK_BELOW, MEMORY = 4, 16, 0.8, 0.5, 0.5
-    PAUSE_BELOW, PAUSE_ROUNDS = 0.1, 8
+    PAUSE_BELOW, PAUSE_ROUNDS = 0.1, 16
 
     def __init__(self, k: Union[int, str], free: bool = False):
         self.adaptive = k == "auto"
@@ -68,6 +69,7 @@ class DraftLength:
         self.most = self.MOST if self.adaptive else k
         self.free = free
         self.rate = None  # running acceptance rate
+        self.total = SpeculationStats()  # every draft so far
         self.paused = 0  # rounds left that draft nothing
 
     @property
@@ -83,12 +85,13 @@ class DraftLength:
             return
         rate = accepted / drafted
         self.rate = rate if self.rate is None else self.MEMORY * self.rate + (1 - self.MEMORY) * rate
-        if self.free and self.rate < self.PAUSE_BELOW:
-            self.paused, self.rate = self.PAUSE_ROUNDS, None
-        elif self.rate > self.GROW_ABOVE:
+        self.total.drafted, self.total.accepted = self.total.drafted + drafted, self.total.accepted + accepted
+        if self.rate > self.GROW_ABOVE:
             self.size = min(self.size + 1, self.MOST)
-        elif self.rate < self.SHRINK_BELOW:
+        elif not self.free and self.rate < self.SHRINK_BELOW:
             self.size = max(self.size - 1, 1)
+        elif self.free and self.total.acceptance_rate < self.PAUSE_BELOW:
+            self.paused, self.size = self.PAUSE_ROUNDS, 1
 
 
 @dataclasses.dataclass(eq=False)

@@ -90,14 +90,16 @@ def measure(target, draft, tokenizer, text, args):
                 count = lambda outputs: sum(len(o) for o in outputs)  # noqa: E731
                 runners = {
                     "target alone": lambda: tokens_per_s(lambda: generate(target, prompts, sampling), count),
-                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft), "draft"), count),
-                    "draft k=auto": lambda: tokens_per_s(speculate(ModelDrafter(draft), "auto", "auto"), count),
+                    f"draft k={args.k}": lambda: tokens_per_s(speculate(ModelDrafter(draft), f"draft k={args.k}"), count),
+                    "draft k=auto": lambda: tokens_per_s(speculate(ModelDrafter(draft), "draft k=auto", "auto"), count),
                     f"lookup k={args.k}": lambda: tokens_per_s(
-                        speculate(LookupDrafter(target.config.vocab_size), "lookup"), count),
+                        speculate(LookupDrafter(target.config.vocab_size), f"lookup k={args.k}"), count),
+                    "lookup k=auto": lambda: tokens_per_s(
+                        speculate(LookupDrafter(target.config.vocab_size), "lookup k=auto", "auto"), count),
                 }
                 ratios = interleaved_ratios(runners, "target alone", args.rounds)
                 for runner, (rate, ratio, low, high) in ratios.items():
-                    accepted = stats.get("auto" if runner.endswith("auto") else runner.split()[0])
+                    accepted = stats.get(runner)  # a speculative runner's SpeculationStats, keyed by its name
                     rows.append((batch, "copy-heavy" if copy_heavy else "free text", name, runner, rate, ratio, low,
                                  high, accepted.acceptance_rate if accepted else None))
     return rows

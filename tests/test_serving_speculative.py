@@ -129,3 +129,36 @@ def test_serve_refuses_a_draft_it_cannot_use_at_start_up(tmp_path, tokenizer, ca
                                                mem_len=8, n_layer=1, n_head=2, d_model=16))
     with pytest.raises(UserError, match="keeps a memory"):
         create_app(memory, tokenizer, ServeConfig(), LookupDrafter(len(ALPHABET)))
+
+
+def test_a_free_drafter_pauses_while_it_is_not_accepted_and_then_looks_again():
+    length = DraftLength("auto", free=True)
+    length.update(accepted=0, drafted=length.k)  # nothing accepted so far: below PAUSE_BELOW
+    paused = []
+    for _ in range(DraftLength.PAUSE_ROUNDS):
+        paused.append(length.k)
+        length.update(accepted=0, drafted=length.k)
+    assert paused == [0] * DraftLength.PAUSE_ROUNDS and length.k == 1  # then one token, to look again
+    for _ in range(4):  # drafts that hold: no pause, the length grows
+        length.update(accepted=length.k, drafted=length.k)
+    assert length.k > 1
+    free, model = DraftLength("auto", free=True), DraftLength("auto")
+    for length in (free, model):
+        length.update(accepted=1, drafted=4)  # a rate of 0.25: a model drafter shrinks, a free one keeps its length
+    assert (free.k, model.k) == (DraftLength.START, DraftLength.START - 1)
+    for fixed in (DraftLength(4, free=True), DraftLength("auto")):  # a fixed k, or a model drafter: never paused
+        for _ in range(5):
+            fixed.update(accepted=0, drafted=max(fixed.k, 1))
+        assert fixed.k >= 1
+
+
+def test_paused_prompt_lookup_stays_exact_and_drafts_less():
+    target, greedy = gpt(0), Sampling(max_new_tokens=48, temperature=0)  # within the 64-token window
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [4, 5, 6, 7, 8, 9]]
+    fixed, fixed_stats = speculative_generate(target, LookupDrafter(target.config.vocab_size), prompts, greedy,
+                                              draft_tokens=4)
+    auto, auto_stats = speculative_generate(target, LookupDrafter(target.config.vocab_size), prompts, greedy,
+                                            draft_tokens="auto")
+    assert auto == fixed == generate(target, prompts, greedy)
+    assert fixed_stats.acceptance_rate < DraftLength.PAUSE_BELOW  # a random model rarely repeats itself
+    assert auto_stats.drafted < auto_stats.rounds  # most rounds drafted nothing (unpaused: one or more per row)

@@ -50,27 +50,48 @@ class DraftLength:
     """Tokens drafted per round: a fixed k, or "auto": start at 4, then after each round that drafted
     anything grow by one (up to 16) while the running acceptance rate is above 0.8 and shrink by one
     (down to 1) while it is below 0.5. A longer draft is accepted less often per token, so k settles
-    where the drafts mostly hold. Any k keeps the output exact: each round is a complete check."""
+    where the drafts mostly hold. Any k keeps the output exact: each round is a complete check.
+
+    A `free` drafter (prompt lookup: no model, no state) only pays for the wider verification, and
+    its hits come in runs (a copied passage, then nothing), so under "auto" it never shrinks: while
+    the share of all its drafts so far that were accepted is below 0.1, it pauses instead, drafting
+    nothing for 16 rounds (plain decoding steps) and then one token to look again. Lookup on text
+    with little to copy then costs about what decoding without it does."""
 
     START, MOST, GROW_ABOVE, SHRINK_BELOW, MEMORY = 4, 16, 0.8, 0.5, 0.5
+    PAUSE_BELOW, PAUSE_ROUNDS = 0.1, 16
 
-    def __init__(self, k: Union[int, str]):
+    def __init__(self, k: Union[int, str], free: bool = False):
         self.adaptive = k == "auto"
         if not self.adaptive and not (isinstance(k, int) and k >= 1):
             raise UserError(f"draft tokens must be a positive integer or 'auto', got {k!r}")
-        self.k = self.START if self.adaptive else k
+        self.size = self.START if self.adaptive else k
         self.most = self.MOST if self.adaptive else k
+        self.free = free
         self.rate = None  # running acceptance rate
+        self.total = SpeculationStats()  # every draft so far
+        self.paused = 0  # rounds left that draft nothing
+
+    @property
+    def k(self) -> int:
+        """Tokens to draft this round (0 while paused)."""
+        return 0 if self.paused else self.size
 
     def update(self, accepted: int, drafted: int):
-        if not self.adaptive or drafted == 0:
+        if not self.adaptive:
+            return
+        if drafted == 0:
+            self.paused = max(self.paused - 1, 0)
             return
         rate = accepted / drafted
         self.rate = rate if self.rate is None else self.MEMORY * self.rate + (1 - self.MEMORY) * rate
+        self.total.drafted, self.total.accepted = self.total.drafted + drafted, self.total.accepted + accepted
         if self.rate > self.GROW_ABOVE:
-            self.k = min(self.k + 1, self.MOST)
-        elif self.rate < self.SHRINK_BELOW:
-            self.k = max(self.k - 1, 1)
+            self.size = min(self.size + 1, self.MOST)
+        elif not self.free and self.rate < self.SHRINK_BELOW:
+            self.size = max(self.size - 1, 1)
+        elif self.free and self.total.acceptance_rate < self.PAUSE_BELOW:
+            self.paused, self.size = self.PAUSE_ROUNDS, 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -191,6 +212,8 @@ class Decoder:
 class ModelDrafter:
     """A small causal LM drafts k tokens, one step at a time, through its own decode state."""
 
+    free = False  # its state must see every token, so it drafts every round
+
     def __init__(self, model):
         self.model, self.window = model, model.config.max_seq_len
         self.truncatable = model.init_state(1, 1).truncatable
@@ -246,6 +269,7 @@ class LookupDrafter:
 
     window = float("inf")
     truncatable = True
+    free = True  # proposing costs nothing and keeps no state: DraftLength may pause it
 
     def __init__(self, vocab_size: int, max_ngram: int = 3):
         self.vocab_size, self.max_ngram = vocab_size, max_ngram
@@ -296,7 +320,7 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     must share the target's tokenizer. draft_tokens: k per round, or "auto" (`DraftLength`)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
-    length = DraftLength(draft_tokens)
+    length = DraftLength(draft_tokens, free=drafter.free)
     if sampling.max_new_tokens == 0:
         return [[] for _ in prompts], SpeculationStats()
     draws = Draws(sampling, None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed))

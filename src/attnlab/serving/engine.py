@@ -276,7 +276,8 @@ class SpeculativeEngine(Engine):
 
     def __init__(self, model, drafter, draft_tokens=4, config: EngineConfig = None):
         super().__init__(model, config)
-        self.drafter, self.length, self.stats = drafter, DraftLength(draft_tokens), SpeculationStats()
+        self.drafter, self.length = drafter, DraftLength(draft_tokens, free=drafter.free)
+        self.stats = SpeculationStats()
         family = model.config.family
         if not (model.init_state(1, 1).truncatable and drafter.truncatable):
             raise UserError(f"speculative serving needs decode states that can forget drafted tokens row by row (a "
@@ -304,7 +305,7 @@ class SpeculativeEngine(Engine):
             return
         self.state.trim()
         self.drafter.trim()  # the two states hold the same columns
-        k = min(self.length.k, self.max_seq_len - self.state.length - 1)  # >= 1: a running row has room for 2
+        k = min(self.length.k, self.max_seq_len - self.state.length - 1)  # a running row has room for 2
         groups = row_groups(self.rows)  # every request draws with its own settings and generator
         histories = [seq.prompt_ids + seq.generated for seq in self.rows]
         drafted, q = self.drafter.propose(self.last, histories, groups, k)  # (B, k'), (B, k', V)

@@ -101,6 +101,7 @@ def write_split(folder: Path, images: list, digits: list, templates: tuple, rng:
     (folder / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, (image, shown) in enumerate(zip(images, digits)):
+        # no extra draw when main_share is 0: the other splits' captions stay as earlier builds wrote them
         template = templates[0 if main_share and rng.random() < main_share else rng.integers(len(templates))]
         name = f"images/{i:05d}.png"
         Image.fromarray(image).save(folder / name)

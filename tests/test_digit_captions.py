@@ -103,6 +103,9 @@ def test_a_seed_fixes_everything_and_a_build_is_never_overwritten(built, tmp_pat
         build(manifest["source"], tmp_path, COUNTS, held_out=6, seed=3)
     with pytest.raises(UserError, match="held-out pairs"):
         held_out_pairs(44, 0)
+    with pytest.raises(UserError, match="main template's share"):
+        build(manifest["source"], tmp_path / "share", COUNTS, main_share=1.5)
+    assert not (tmp_path / "share").exists()  # refused before anything is written
 
 
 def test_a_pair_of_two_digits_has_its_swapped_caption_as_hard_negative(built):

@@ -120,6 +120,18 @@ def keys_of(cache):
     return k[:, 0, :, 0]
 
 
+def test_kv_cache_doubles_its_buffers_when_full():
+    cache = filled_cache(1, torch.ones(1, 3, dtype=torch.long), capacity=4)
+    buffers = cache._keys[0]
+    cache.begin(torch.ones(1, 1, dtype=torch.long))
+    cache.append(0, torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 1, 1))
+    assert cache._keys[0] is buffers  # the fourth column fits
+    cache.begin(torch.ones(1, 1, dtype=torch.long))
+    cache.append(0, torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 1, 1))
+    assert cache.capacity == 8 and cache._keys[0].size(2) == 8  # not 5: one copy per doubling, not per token
+    assert keys_of(cache).tolist() == [[1, 2, 3, 1, 1]]
+
+
 def test_kv_cache_select_reorders_values_and_mask():
     mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]])
     cache = filled_cache(3, mask)

@@ -6,6 +6,7 @@ import torch
 
 from attnlab.errors import UserError
 from attnlab.inference import Sampling, generate
+from attnlab.inference import speculative
 from attnlab.inference.speculative import LookupDrafter, ModelDrafter, accept, speculative_generate
 from attnlab.models.base import CAUSAL_LM, FAMILIES, PRESETS, build_model, family_spec, preset
 
@@ -82,6 +83,29 @@ def test_generation_runs_past_the_context_window_matching_the_target_until_a_res
     assert len(got[0]) == len(expected[0])
     exact = target.config.max_seq_len - len(PROMPTS[0]) - 3  # the rounds before speculation restarts its states
     assert got[0][:exact] == expected[0][:exact]
+
+
+def test_rows_that_keep_different_counts_fill_the_window_with_padding_that_is_trimmed_not_restarted(monkeypatch):
+    """Rows right-align after each round, so the state holds more columns than any row's tokens; the
+    padding every row has in front is dropped before a restart (a prefill of every row) is needed."""
+    spec = next(s for s in CAUSAL if s.name == "gpt")
+    target = tiny(spec, 0)
+    window = target.config.max_seq_len
+    prompts = [[5, 6, 7, 8, 9] * 4, [3, 1] * 10]  # equal lengths: no padding at the start
+    greedy = Sampling(max_new_tokens=window - 20 - 5, temperature=0)  # the longest row never passes the window
+    expected = generate(target, prompts, greedy)
+    decoders = []
+    monkeypatch.setattr(speculative.Decoder, "__init__", counted(speculative.Decoder.__init__, decoders))
+    got, stats = speculative_generate(target, ModelDrafter(tiny(spec, 1)), prompts, greedy, draft_tokens=4)
+    assert got == expected and len(decoders) == 2  # the target's and the draft's, never rebuilt
+    assert 0 < stats.acceptance_rate < 1
+
+
+def counted(function, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+    return wrapper
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():

@@ -205,6 +205,9 @@ class Decoder:
     def select(self, rows: torch.Tensor):
         self.state.select(rows.to(self.device))
 
+    def trim(self):
+        self.state.trim()
+
     def extend(self, other: "Decoder"):
         self.state.extend(other.state)
 
@@ -255,7 +258,7 @@ class ModelDrafter:
         self.decoder.select(rows)
 
     def trim(self):
-        self.decoder.state.trim()
+        self.decoder.trim()
 
     def clear(self):
         self.decoder = None
@@ -341,6 +344,9 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         if run.dropped:  # a row finished: the states keep the others (a copy of every cache)
             for part in (target_decoder, drafter):
                 part.select(run.kept_rows)
+        if per_row and not (target_decoder.room(k + 1) and drafter.room(k + 1)):
+            for part in (target_decoder, drafter):  # first drop the padding columns that rows keeping
+                part.trim()                          # different counts left in front of every row
         if not (target_decoder.room(k + 1) and drafter.room(k + 1)):  # past a window: restart from history
             consumed = [histories[i][:-1][-(window - k - 1):] for i in run.alive.tolist()]
             target_decoder = Decoder(target, consumed, extra)

@@ -127,7 +127,7 @@ class KVCache(DecodeState):
         return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
 
     def _grow(self, layer, k, v, needed):
-        capacity = max(self.capacity, needed)
+        capacity = self.capacity
         while capacity < needed:
             capacity *= 2
         old_k, old_v = self._keys[layer], self._values[layer]

@@ -226,3 +226,78 @@ def test_train_takes_a_time_budget_on_the_command_line_and_refuses_a_negative_on
     assert main([*base, "--max-minutes", "0.05", "--out", str(tmp_path / "run")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0 < result["step"] < 100000 and "val_loss" in result and (tmp_path / "run" / "last").exists()
+
+
+def kl_to(teacher, student, ids) -> float:
+    """Mean KL(teacher || student) of the next-token distributions over a batch of ids (B, T)."""
+    with torch.no_grad():
+        p, q = (m.eval()(ids).logits.log_softmax(-1) for m in (teacher, student))
+    return torch.nn.functional.kl_div(q, p, log_target=True, reduction="sum").item() / ids[..., 0].numel() / ids.size(1)
+
+
+def saved_teacher(tiny_text, directory, steps=40):
+    run = run_config(tiny_text, max_steps=steps, eval_interval=steps, lr=3e-3)
+    run["model"]["dropout"] = 0.0
+    trainer = make_trainer(run, directory)
+    trainer.train()
+    return trainer.model.eval(), directory / "last"
+
+
+def test_a_student_learns_its_teachers_distributions_and_reads_with_its_tokenizer(tiny_text, tmp_path):
+    teacher, teacher_dir = saved_teacher(tiny_text, tmp_path / "teacher")
+    run = run_config(tiny_text, max_steps=60, eval_interval=60, lr=3e-3, teacher=str(teacher_dir))
+    run["model"].update(d_model=16, dropout=0.0)
+    student = make_trainer(run, tmp_path / "student")
+    ids = next(iter(student.batches.sample("val", torch.Generator().manual_seed(0)).inputs.values()))
+    before = kl_to(teacher, student.model, ids)
+    student.train()
+    after = kl_to(teacher, student.model, ids)
+    assert after < 0.5 * before, (before, after)
+    _, tokenizer = load_checkpoint(tmp_path / "student" / "last")
+    _, teachers_tokenizer = load_checkpoint(teacher_dir)
+    assert tokenizer.chars == teachers_tokenizer.chars
+
+
+def test_a_model_distilled_from_its_own_weights_starts_at_zero_loss(tiny_text, tmp_path):
+    """Same seed, same initial weights: teacher and student agree at every position, so the KL is 0
+    (the positions are aligned) and the first step changes nothing."""
+    run = run_config(tiny_text, max_steps=1, eval_interval=1)
+    run["model"]["dropout"] = 0.0
+    twin = make_trainer(run, tmp_path / "twin")
+    twin.save("initial", with_state=False)
+    student = make_trainer({**run, "train": {**run["train"], "teacher": str(tmp_path / "twin" / "initial")}},
+                           tmp_path / "student")
+    assert student.train_step()[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_alpha_one_trains_on_the_labels_alone(tiny_text, tmp_path):
+    _, teacher_dir = saved_teacher(tiny_text, tmp_path / "teacher", steps=4)
+    run = run_config(tiny_text, max_steps=3, eval_interval=3)
+    run["model"]["dropout"] = 0.0  # the two runs step in turn, so they would draw each other's dropout masks
+    plain = make_trainer(run, tmp_path / "plain")
+    labels_only = make_trainer({**run, "train": {**run["train"], "teacher": str(teacher_dir), "distill_alpha": 1.0}},
+                               tmp_path / "alpha1")
+    for _ in range(3):
+        assert labels_only.train_step()[0] == pytest.approx(plain.train_step()[0], abs=1e-6)
+
+
+def test_a_teacher_that_cannot_teach_is_one_line(tiny_text, tmp_path, capsys):
+    from attnlab.checkpoint import save_checkpoint
+    from attnlab.cli import main
+    from attnlab.models.base import build_model, preset
+
+    from attnlab.tokenizers import CharTokenizer
+
+    characters = CharTokenizer.train(tiny_text.read_text())
+    save_checkpoint(tmp_path / "encoder", build_model(preset("bert-tiny", vocab_size=characters.vocab_size)), characters)
+    base = ["train", "--data", str(tiny_text), "model.n_layer=1", "model.d_model=16", "model.n_head=2",
+            "model.max_seq_len=16", "train.max_steps=2", "train.eval_batches=1", "train.progress=false"]
+    for teacher, message in [(tmp_path / "missing", "does not exist"),
+                             (tmp_path / "encoder", "distillation trains a causal LM from a causal LM")]:
+        assert main([*base, f"train.teacher={teacher}", "--out", str(tmp_path / "run")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "run" / "last").exists()
+    with pytest.raises(UserError, match="distill_temperature must be > 0"):
+        TrainConfig(distill_temperature=0)
+    with pytest.raises(UserError, match="distill_alpha in \\[0, 1\\]"):
+        TrainConfig(distill_alpha=1.5)

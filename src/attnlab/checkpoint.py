@@ -63,6 +63,19 @@ def weights_for_saving(model) -> dict:
     return weights
 
 
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint directory, or a run directory (its best/, else last/)."""
+    path = Path(path)
+    if (path / CONFIG_FILE).exists():
+        return path
+    for name in ("best", "last"):
+        if (path / name / CONFIG_FILE).exists():
+            return path / name
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist")
+    raise UserError(f"{path} is neither a checkpoint (no {CONFIG_FILE}) nor a run directory with best/ or last/")
+
+
 def load_checkpoint(directory, families=None, device="cpu", with_tokenizer=True):
     """-> (model in eval mode, its processor or None): the processor its family's spec names (a
     tokenizer, or the source and target tokenizers of a seq2seq model). `families` limits which
@@ -76,9 +89,14 @@ def load_checkpoint(directory, families=None, device="cpu", with_tokenizer=True)
     if (directory / STRUCTURE_FILE).is_file():
         apply_structure(model, read_json(directory / STRUCTURE_FILE))
     load_weights(model, directory / WEIGHTS_FILE)
-    processor = family_spec(config).processor
-    tokenizer = processor.load(directory) if with_tokenizer and processor.exists(directory) else None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), load_processor(directory, config) if with_tokenizer else None
+
+
+def load_processor(directory, config=None):
+    """The checkpoint's processor (a tokenizer, or a seq2seq model's pair of them), or None if it has
+    none; the model is not built."""
+    processor = family_spec(config or read_config(directory)).processor
+    return processor.load(Path(directory)) if processor.exists(Path(directory)) else None
 
 
 def read_config(directory):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint import CONFIG_FILE, read_config, swap_in
+from ..checkpoint import read_config, resolve_checkpoint, swap_in
 from ..errors import UserError
 from ..models.base import CAUSAL_LM, CLASSIFIER, DUAL_ENCODER, ENCODER, GRAPH, KINDS, SEQ2SEQ, family_spec
 
@@ -89,19 +89,6 @@ def output_dir(path) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {path}: {existing} is not writable; choose another path")
     return path
-
-
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint directory, or a run directory (its best/, else last/)."""
-    path = Path(path)
-    if (path / CONFIG_FILE).exists():
-        return path
-    for name in ("best", "last"):
-        if (path / name / CONFIG_FILE).exists():
-            return path / name
-    if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist")
-    raise UserError(f"{path} is neither a checkpoint (no {CONFIG_FILE}) nor a run directory with best/ or last/")
 
 
 def for_kind(verb, checkpoint, runners: dict):

@@ -21,8 +21,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_trainer_state, save_checkpoint, WEIGHTS_FILE
+from ..checkpoint import load_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint, WEIGHTS_FILE
+from ..compression.distill import distillation_loss
 from ..config import Config
+from ..errors import UserError
+from ..models.base import CAUSAL_LM, family_spec
 from ..progress import Progress
 from .distributed import STRATEGIES, SingleProcess
 from .optim import SCHEDULES, lr_at, make_optimizer
@@ -59,6 +62,11 @@ class TrainConfig(Config):
     progress: bool = True  # a bar on a terminal, a line every half minute elsewhere (--quiet: neither)
     distributed: str = "ddp"  # under torchrun: "ddp", or "fsdp" to shard a model too big for one device
     patience: int = 0  # stop after this many evaluations without a lower validation loss (0: never)
+    # Knowledge distillation of a causal LM: the model also learns the teacher checkpoint's next-token
+    # distributions, softened by distill_temperature (lm task; the student takes the teacher's tokenizer).
+    teacher: str = None  # a checkpoint or run directory (None: no teacher)
+    distill_temperature: float = 1.0
+    distill_alpha: float = 0.0  # weight of the labels' loss; the teacher's KL gets 1 - distill_alpha
 
     def validate(self):
         self.require_positive("max_steps", "batch_size", "grad_accum", "eval_interval", "eval_batches", "log_interval")
@@ -71,6 +79,9 @@ class TrainConfig(Config):
         self.require_choice("schedule", SCHEDULES)
         self.require_choice("precision", PRECISIONS)
         self.require_choice("distributed", STRATEGIES)
+        if self.distill_temperature <= 0 or not 0 <= self.distill_alpha <= 1:
+            raise self.invalid(f"distill_temperature must be > 0 and distill_alpha in [0, 1], got "
+                               f"{self.distill_temperature} and {self.distill_alpha}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -93,6 +104,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.extra_json = extra_json or {}
         self.val_scores = val_scores
+        self.teacher = config.teacher and load_teacher(config.teacher, model).to(self.device)
         wrapped = self.parallel.wrap(self.model, block_class)  # before the optimiser: FSDP replaces the parameters
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                         fused=config.fused_optimizer)
@@ -159,7 +171,7 @@ class Trainer:
             batch = self.batches.sample("train", self.data_generator).to(self.device)
             with self.parallel.no_sync(self.forward, last_micro_step=micro == c.grad_accum - 1):
                 with self.autocast():
-                    loss = self.forward(**batch.inputs).loss / c.grad_accum
+                    loss = self.training_loss(batch) / c.grad_accum
                 loss.backward()
             total += loss.item()
             tokens += batch.tokens
@@ -169,6 +181,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total, tokens
+
+    def training_loss(self, batch):
+        """The model's own loss, or with a teacher the distillation loss (the validation loss stays the
+        model's own, so runs with and without a teacher compare)."""
+        output = self.forward(**batch.inputs)
+        if self.teacher is None:
+            return output.loss
+        with torch.no_grad():
+            inputs = {name: value for name, value in batch.inputs.items() if name != "labels"}
+            teacher_logits = self.teacher(**inputs).logits  # (B, T, V), like the student's
+        c = self.config
+        return distillation_loss(output.logits, teacher_logits, output.loss, c.distill_temperature,
+                                 c.distill_alpha).total
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -276,6 +301,19 @@ class Trainer:
         if self.parallel.is_main:
             with open(path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+
+def load_teacher(path: str, student):
+    """The teacher checkpoint at `path`, frozen: a causal LM with the student's vocabulary."""
+    teacher, _ = load_checkpoint(resolve_checkpoint(path), with_tokenizer=False)
+    kinds = {family_spec(m).kind for m in (teacher, student)}
+    if kinds != {CAUSAL_LM}:
+        raise UserError(f"train.teacher: distillation trains a causal LM from a causal LM (task lm); the teacher is "
+                        f"a {teacher.config.family} model and the student a {student.config.family} model")
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise UserError(f"train.teacher: the teacher's vocabulary has {teacher.config.vocab_size} tokens and the "
+                        f"student's {student.config.vocab_size}; a student must use its teacher's tokenizer")
+    return teacher.requires_grad_(False)
 
 
 class Stopped(Exception):

@@ -293,6 +293,8 @@ class LookupDrafter:
 
     def continuation(self, tokens: list, k: int) -> list:
         """What (up to k tokens) followed the latest earlier occurrence of the longest matching tail ([] if none)."""
+        if k == 0:  # paused (DraftLength): no search
+            return []
         for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
             tail = tokens[-n:]
             for start in range(len(tokens) - n - 1, -1, -1):
@@ -353,8 +355,11 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
             drafter.start(consumed, extra)
         drafted, q = drafter.propose(last, [histories[i] for i in run.alive.tolist()], groups, k)
         target_decoder.mark()
-        p = warp(target_decoder.feed(torch.cat([last[:, None], drafted], dim=1)), groups)
-        accepted, bonus = accept_rows(p, q, drafted, groups)
+        logits = target_decoder.feed(torch.cat([last[:, None], drafted], dim=1))  # (B, k' + 1, V)
+        if drafted.size(1):
+            accepted, bonus = accept_rows(warp(logits, groups), q, drafted, groups)
+        else:  # nothing drafted (a paused or empty lookup): a plain decoding step
+            accepted, bonus = torch.zeros_like(last), draw(warp(logits[:, -1], groups), groups)
         counts = accepted + 1 if per_row else (accepted.min() + 1).expand_as(accepted)  # tokens each row emits
         stats.rounds, stats.drafted = stats.rounds + 1, stats.drafted + drafted.numel()
         stats.accepted += int(accepted.sum())

@@ -12,7 +12,7 @@ distributions, so its output is token for token the target's.
 Drafters: a small causal LM with the target's tokenizer (`ModelDrafter`), or prompt lookup
 (`LookupDrafter`: the tokens that followed the latest earlier occurrence of the last n-gram, with
 probability one; no model at all). The number drafted per round is fixed, or adaptive
-(`DraftLength("auto")`): it follows the running acceptance rate.
+(`DraftLength("auto")`): it follows the running acceptance rate (prompt lookup: the measured speed).
 
 Each row keeps what it accepted. Where every decode state can forget columns row by row (a KV
 cache, a re-read window), rows then hold different numbers of tokens, and `truncate` with a length
@@ -25,8 +25,10 @@ Rows draw with their own sampling settings and generators (`Draws`; the server's
 have theirs); rows that share one `Draws` are warped and drawn together.
 """
 
+import collections
 import copy
 import dataclasses
+import time
 from typing import Optional, Union
 
 import torch
@@ -53,45 +55,69 @@ class DraftLength:
     where the drafts mostly hold. Any k keeps the output exact: each round is a complete check.
 
     A `free` drafter (prompt lookup: no model, no state) only pays for the wider verification, and
-    its hits come in runs (a copied passage, then nothing), so under "auto" it never shrinks: while
-    the share of all its drafts so far that were accepted is below 0.1, it pauses instead, drafting
-    nothing for 16 rounds (plain decoding steps) and then one token to look again. Lookup on text
-    with little to copy then costs about what decoding without it does."""
+    its hits come in runs (a copied passage, then nothing), so under "auto" it keeps k = 4 and drafts
+    only while that is measured to be faster than not drafting: tokens per second over its last
+    WINDOW drafting rounds against the last WINDOW plain rounds (k = 0). The first PLAIN_FIRST
+    rounds are plain, to know the second. A look (drafting after a pause) is judged once it has
+    LOOK rounds; while it is slower, drafting pauses, first for PAUSE rounds and twice as long after
+    each look that did not pay (up to LONGEST_PAUSE). The break-even acceptance depends on what a
+    wider verification costs on the machine at the batch size, which a measured speed knows and a
+    fixed threshold does not."""
 
     START, MOST, GROW_ABOVE, SHRINK_BELOW, MEMORY = 4, 16, 0.8, 0.5, 0.5
-    PAUSE_BELOW, PAUSE_ROUNDS = 0.1, 16
+    PLAIN_FIRST, WINDOW, LOOK, PAUSE, LONGEST_PAUSE = 2, 8, 4, 16, 256
 
     def __init__(self, k: Union[int, str], free: bool = False):
         self.adaptive = k == "auto"
         if not self.adaptive and not (isinstance(k, int) and k >= 1):
             raise UserError(f"draft tokens must be a positive integer or 'auto', got {k!r}")
         self.size = self.START if self.adaptive else k
-        self.most = self.MOST if self.adaptive else k
+        self.most = self.MOST if self.adaptive and not free else self.size
         self.free = free
-        self.rate = None  # running acceptance rate
-        self.total = SpeculationStats()  # every draft so far
-        self.paused = 0  # rounds left that draft nothing
+        self.rate = None  # running acceptance rate (a model drafter)
+        # a free drafter: (tokens, seconds) of recent rounds of each kind; rounds left that draft nothing
+        self.recent = {"plain": collections.deque(maxlen=self.WINDOW), "drafting": collections.deque(maxlen=self.WINDOW)}
+        self.paused = self.PLAIN_FIRST if self.adaptive and free else 0
+        self.next_pause = self.PAUSE
 
     @property
     def k(self) -> int:
         """Tokens to draft this round (0 while paused)."""
         return 0 if self.paused else self.size
 
-    def update(self, accepted: int, drafted: int):
+    def update(self, accepted: int, drafted: int, emitted: int, seconds: float):
+        """After a round that drafted `drafted` tokens over its rows, of which `accepted` held, and
+        emitted `emitted` tokens in `seconds`."""
         if not self.adaptive:
             return
-        if drafted == 0:
-            self.paused = max(self.paused - 1, 0)
-            return
-        rate = accepted / drafted
-        self.rate = rate if self.rate is None else self.MEMORY * self.rate + (1 - self.MEMORY) * rate
-        self.total.drafted, self.total.accepted = self.total.drafted + drafted, self.total.accepted + accepted
-        if self.rate > self.GROW_ABOVE:
-            self.size = min(self.size + 1, self.MOST)
-        elif not self.free and self.rate < self.SHRINK_BELOW:
-            self.size = max(self.size - 1, 1)
-        elif self.free and self.total.acceptance_rate < self.PAUSE_BELOW:
-            self.paused, self.size = self.PAUSE_ROUNDS, 1
+        if self.free:
+            self._pace(drafted > 0, emitted, seconds)
+        elif drafted:
+            rate = accepted / drafted
+            self.rate = rate if self.rate is None else self.MEMORY * self.rate + (1 - self.MEMORY) * rate
+            if self.rate > self.GROW_ABOVE:
+                self.size = min(self.size + 1, self.MOST)
+            elif self.rate < self.SHRINK_BELOW:
+                self.size = max(self.size - 1, 1)
+
+    def _pace(self, drafting: bool, emitted: int, seconds: float):
+        looking = self.recent["drafting"]
+        self.recent["drafting" if drafting else "plain"].append((emitted, seconds))
+        if not drafting:
+            if self.paused:
+                self.paused -= 1
+                if not self.paused:
+                    looking.clear()  # the next look is judged on its own rounds
+        elif len(looking) >= self.LOOK:
+            if self._speed("drafting") >= self._speed("plain"):
+                if len(looking) == self.LOOK:
+                    self.next_pause = self.PAUSE  # a look that paid
+            else:
+                self.paused, self.next_pause = self.next_pause, min(2 * self.next_pause, self.LONGEST_PAUSE)
+
+    def _speed(self, kind: str) -> float:
+        rounds = self.recent[kind]
+        return sum(tokens for tokens, _ in rounds) / max(sum(seconds for _, seconds in rounds), 1e-9)
 
 
 @dataclasses.dataclass(eq=False)
@@ -342,7 +368,7 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     last = torch.tensor(run.emit([[t] for t in first.tolist()]), device=device)
     stats = SpeculationStats()
     while len(run.alive):
-        k = length.k
+        started, k = time.perf_counter(), length.k
         if run.dropped:  # a row finished: the states keep the others (a copy of every cache)
             for part in (target_decoder, drafter):
                 part.select(run.kept_rows)
@@ -363,9 +389,9 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         counts = accepted + 1 if per_row else (accepted.min() + 1).expand_as(accepted)  # tokens each row emits
         stats.rounds, stats.drafted = stats.rounds + 1, stats.drafted + drafted.numel()
         stats.accepted += int(accepted.sum())
-        length.update(int(accepted.sum()), drafted.numel())
         target_decoder.rewind(counts)
         drafter.rewind(counts)
+        length.update(int(accepted.sum()), drafted.numel(), int(counts.sum()), time.perf_counter() - started)
         last = torch.tensor(run.emit(emitted(drafted, bonus, accepted, counts)), dtype=torch.long, device=device)
     return run.outputs, stats
 

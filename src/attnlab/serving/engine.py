@@ -303,6 +303,7 @@ class SpeculativeEngine(Engine):
         """One round for every row: draft, check in one pass, keep each row's accepted tokens."""
         if not self._drop_interrupted():
             return
+        started = time.perf_counter()
         self.state.trim()
         self.drafter.trim()  # the two states hold the same columns
         k = min(self.length.k, self.max_seq_len - self.state.length - 1)  # a running row has room for 2
@@ -317,6 +318,6 @@ class SpeculativeEngine(Engine):
         self.drafter.rewind(counts.to(self.device))
         self.stats.rounds, self.stats.drafted = self.stats.rounds + 1, self.stats.drafted + drafted.numel()
         self.stats.accepted += int(accepted.sum())
-        self.length.update(int(accepted.sum()), drafted.numel())
+        self.length.update(int(accepted.sum()), drafted.numel(), int(counts.sum()), time.perf_counter() - started)
         rows = emitted(drafted.cpu(), bonus, accepted, counts)
         self._advance(lambda i, seq: rows[i])

@@ -3,15 +3,19 @@ model or by prompt lookup, at batch 1 and 4, greedy and sampled, tokens/s as med
 interleaved rounds, with the acceptance rate; Hugging Face `generate(assistant_model=...)` on the
 same weights beside it (batch 1, greedy: HF refuses larger batches).
 
-Train the two models on the same text first, so that they share the character tokenizer:
+Train the target, then distil the draft from it (`train.teacher`: the draft learns the target's
+next-token distributions and takes its tokenizer), which is what makes its drafts hold:
 
     D=../shared/data/tinyshakespeare.txt
-    attnlab train --config configs/shakespeare_char.yaml --data $D --out runs/spec_target \\
-        model.n_layer=6 model.d_model=256 model.n_head=8 model.max_seq_len=256 train.max_steps=3000
-    attnlab train --config configs/shakespeare_char.yaml --data $D --out runs/spec_draft \\
-        model.n_layer=1 model.d_model=96 model.n_head=4 model.max_seq_len=256 train.max_steps=3000
-    OMP_NUM_THREADS=1 python benchmarks/bench_speculative.py runs/spec_target runs/spec_draft --data $D
+    attnlab train --config configs/shakespeare_char.yaml --data $D --out runs/spec_target \
+        model.n_layer=6 model.d_model=256 model.n_head=8 model.max_seq_len=256 train.max_steps=1500 \
+        train.precision=bf16
+    attnlab train --config configs/shakespeare_char.yaml --data $D --out runs/spec_draft_distilled \
+        model.n_layer=1 model.d_model=96 model.n_head=4 model.max_seq_len=256 train.max_steps=6000 \
+        train.precision=bf16 train.teacher=runs/spec_target
+    OMP_NUM_THREADS=1 python benchmarks/bench_speculative.py runs/spec_target runs/spec_draft_distilled --data $D
 
+(A draft trained on the text alone, without `train.teacher`, is the baseline it is compared with.)
 `--smoke` runs the same code on two small random models (checks the script, measures nothing).
 The last table splits one speculative run's time into drafting, the target's verify pass and the
 rest (acceptance, cache truncation, bookkeeping).
@@ -197,6 +201,21 @@ def hf_table(target, draft, tokenizer, text, args):
         print(f"| {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} |")
 
 
+@torch.no_grad()
+def agreement_table(target, draft, tokenizer, text, args):
+    """How often the draft would be right, on 32 blocks of 256 tokens of the last tenth of the text (the
+    training runs' validation split): argmax agreement (what greedy acceptance asks), the overlap
+    sum min(p, q) at T = 0.8 (a sampled draft's chance of acceptance), and the draft's loss on the text."""
+    ids = torch.tensor(tokenizer.encode(text[int(len(text) * 0.9):]))
+    starts = torch.randint(len(ids) - 257, (32,), generator=torch.Generator().manual_seed(1)).tolist()
+    blocks = torch.stack([ids[s:s + 257] for s in starts])  # (32, 257)
+    p, q = (model(blocks[:, :-1]).logits.float() for model in (target, draft))  # (32, 256, V)
+    overlap = torch.minimum((p / 0.8).softmax(-1), (q / 0.8).softmax(-1)).sum(-1).mean()
+    loss = torch.nn.functional.cross_entropy(q.flatten(0, 1), blocks[:, 1:].flatten())
+    print("\n| draft | argmax agreement | overlap at T=0.8 | draft loss (nats) |\n|---|---|---|---|")
+    print(f"| {args.draft} | {(p.argmax(-1) == q.argmax(-1)).float().mean():.3f} | {overlap:.3f} | {loss:.3f} |")
+
+
 def split_table(target, draft, tokenizer, text, args):
     print(f"\n| draft k={args.k}, free text | draft model s | target verify s | the rest s | total s |\n|---|---|---|---|---|")
     for batch in (1, 4):
@@ -220,8 +239,9 @@ def main():
     parser.add_argument("--offset", type=int, default=1000, help="the character where the first prompt starts (the "
                         "reported runs use 1000; tune anything on other prompts, e.g. 600000)")
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--part", choices=["all", "speed", "hf", "split"], default="all",
-                        help="only the speed table, the Hugging Face comparison, or the time split")
+    parser.add_argument("--part", choices=["all", "speed", "hf", "split", "agree"], default="all",
+                        help="only the speed table, the Hugging Face comparison, the time split, or how often the "
+                        "draft agrees with the target")
     args = parser.parse_args()
     torch.set_num_threads(1)
     text = open(args.data).read()
@@ -233,6 +253,8 @@ def main():
         hf_table(target, draft, tokenizer, text, args)
     if args.part in ("all", "split"):
         split_table(target, draft, tokenizer, text, args)
+    if args.part in ("all", "agree"):
+        agreement_table(target, draft, tokenizer, text, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 It needs a model whose `model(**batch.inputs).loss` is the training loss, and a batch source
 with `sample(split, generator) -> Batch` (data/batch.py) for the splits "train" and "val"; the
-batch also says how many real tokens it holds, for tokens/s. A run directory holds:
+batch also says how many real tokens it holds, for tokens/s. With `train.teacher` (a causal LM)
+the training loss is the distillation loss against the teacher's logits instead, and the model's
+output also needs `.logits`. A run directory holds:
 
     last/           the latest checkpoint, with trainer.pt for an exact resume
     best/           the checkpoint with the lowest validation loss so far
@@ -104,7 +106,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.extra_json = extra_json or {}
         self.val_scores = val_scores
-        self.teacher = config.teacher and load_teacher(config.teacher, model).to(self.device)
+        self.teacher = load_teacher(config.teacher, model).to(self.device) if config.teacher else None
         wrapped = self.parallel.wrap(self.model, block_class)  # before the optimiser: FSDP replaces the parameters
         self.optimizer = make_optimizer(self.model, config.lr, config.weight_decay, (config.beta1, config.beta2),
                                         fused=config.fused_optimizer)
@@ -189,7 +191,7 @@ class Trainer:
         if self.teacher is None:
             return output.loss
         with torch.no_grad():
-            inputs = {name: value for name, value in batch.inputs.items() if name != "labels"}
+            inputs = {name: value for name, value in batch.inputs.items() if name not in ("targets", "labels")}
             teacher_logits = self.teacher(**inputs).logits  # (B, T, V), like the student's
         c = self.config
         return distillation_loss(output.logits, teacher_logits, output.loss, c.distill_temperature,

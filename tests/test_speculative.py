@@ -109,11 +109,15 @@ def counted(function, calls: list):
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
-    drafter = LookupDrafter(vocab_size=10)
+    drafter = LookupDrafter(vocab_size=10, min_ngram=1)
     assert drafter.continuation([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
     assert drafter.continuation([1, 2, 3, 9, 2], 3) == [3, 9, 2]  # the last 1-gram
     assert drafter.continuation([5, 6, 5], 3) == [6, 5]  # what there is to copy
     assert drafter.continuation([7, 8], 3) == []  # no earlier occurrence
+    assert LookupDrafter(vocab_size=10).continuation([1, 2, 3, 9, 2], 3) == []  # by default a match needs 2 tokens
+    assert LookupDrafter(vocab_size=10).continuation([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
+    with pytest.raises(UserError, match="min_ngram <= max_ngram"):
+        LookupDrafter(vocab_size=10, max_ngram=2, min_ngram=3)
     drafted, q = drafter.propose(torch.tensor([2, 8]), [[1, 2, 3, 4, 1, 2], [5, 6, 5]], [], 3)
     assert drafted.tolist() == [[3, 4, 1], [6, 5, 5]] and q.shape == (2, 3, 10)
     drafted, _ = drafter.propose(torch.tensor([8]), [[7, 8]], [], 3)

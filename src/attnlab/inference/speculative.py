@@ -292,16 +292,21 @@ class ModelDrafter:
 
 class LookupDrafter:
     """Prompt lookup: propose the (up to k) tokens that followed the latest earlier occurrence of
-    the last n tokens (n from `max_ngram` down to 1), each with probability one. A row with a shorter
-    match repeats its last proposal; when no row matches, the round drafts nothing and is a plain
-    decoding step, so text with nothing to copy costs (almost) nothing extra."""
+    the last n tokens (n from `max_ngram` down to `min_ngram`), each with probability one. A row with
+    a shorter match repeats its last proposal; when no row matches, the round drafts nothing and is a
+    plain decoding step, so text with nothing to copy costs (almost) nothing extra.
+
+    One matching token says little (with characters a 1-gram match almost always exists and is
+    mostly wrong), so by default a match needs two (measured in benchmarks/RESULTS.md, issue 21)."""
 
     window = float("inf")
     truncatable = True
     free = True  # proposing costs nothing and keeps no state: DraftLength may pause it
 
-    def __init__(self, vocab_size: int, max_ngram: int = 3):
-        self.vocab_size, self.max_ngram = vocab_size, max_ngram
+    def __init__(self, vocab_size: int, max_ngram: int = 3, min_ngram: int = 2):
+        if not 1 <= min_ngram <= max_ngram:
+            raise UserError(f"prompt lookup needs 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+        self.vocab_size, self.max_ngram, self.min_ngram = vocab_size, max_ngram, min_ngram
 
     def start(self, histories: list, extra: int):
         pass
@@ -321,7 +326,7 @@ class LookupDrafter:
         """What (up to k tokens) followed the latest earlier occurrence of the longest matching tail ([] if none)."""
         if k == 0:  # paused (DraftLength): no search
             return []
-        for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
+        for n in range(min(self.max_ngram, len(tokens) - 1), self.min_ngram - 1, -1):
             tail = tokens[-n:]
             for start in range(len(tokens) - n - 1, -1, -1):
                 if tokens[start:start + n] == tail:

@@ -378,8 +378,9 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
             for part in (target_decoder, drafter):
                 part.select(run.kept_rows)
         if per_row and not (target_decoder.room(k + 1) and drafter.room(k + 1)):
-            for part in (target_decoder, drafter):  # first drop the padding columns that rows keeping
-                part.trim()                          # different counts left in front of every row
+            # first drop the padding columns in front of every row (rows keeping different counts leave them)
+            for part in (target_decoder, drafter):
+                part.trim()
         if not (target_decoder.room(k + 1) and drafter.room(k + 1)):  # past a window: restart from history
             consumed = [histories[i][:-1][-(window - k - 1):] for i in run.alive.tolist()]
             target_decoder = Decoder(target, consumed, extra)

@@ -127,7 +127,7 @@ class KVCache(DecodeState):
         return self._keys[layer][:, :, :end], self._values[layer][:, :, :end]
 
     def _grow(self, layer, k, v, needed):
-        capacity = self.capacity
+        capacity = max(self.capacity, 1)
         while capacity < needed:
             capacity *= 2
         old_k, old_v = self._keys[layer], self._values[layer]

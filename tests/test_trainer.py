@@ -291,9 +291,11 @@ def test_a_teacher_that_cannot_teach_is_one_line(tiny_text, tmp_path, capsys):
     save_checkpoint(tmp_path / "encoder", build_model(preset("bert-tiny", vocab_size=characters.vocab_size)), characters)
     base = ["train", "--data", str(tiny_text), "model.n_layer=1", "model.d_model=16", "model.n_head=2",
             "model.max_seq_len=16", "train.max_steps=2", "train.eval_batches=1", "train.progress=false"]
-    for teacher, message in [(tmp_path / "missing", "does not exist"),
-                             (tmp_path / "encoder", "distillation trains a causal LM from a causal LM")]:
-        assert main([*base, f"train.teacher={teacher}", "--out", str(tmp_path / "run")]) == 2
+    _, short_teacher = saved_teacher(tiny_text, tmp_path / "short", steps=1)  # context 16
+    for teacher, extra, message in [(tmp_path / "missing", [], "does not exist"),
+                                    (tmp_path / "encoder", [], "distillation trains a causal LM from a causal LM"),
+                                    (short_teacher, ["model.max_seq_len=32"], "reads at most 16 tokens")]:
+        assert main([*base, *extra, f"train.teacher={teacher}", "--out", str(tmp_path / "run")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "run" / "last").exists()
     with pytest.raises(UserError, match="distill_temperature must be > 0"):

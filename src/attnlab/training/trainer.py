@@ -312,6 +312,9 @@ def load_teacher(path: str, student):
     if kinds != {CAUSAL_LM}:
         raise UserError(f"train.teacher: distillation trains a causal LM from a causal LM (task lm); the teacher is "
                         f"a {teacher.config.family} model and the student a {student.config.family} model")
+    if teacher.config.max_seq_len < student.config.max_seq_len:
+        raise UserError(f"train.teacher: the teacher reads at most {teacher.config.max_seq_len} tokens, but the "
+                        f"student trains on blocks of {student.config.max_seq_len}; lower model.max_seq_len")
     if teacher.config.vocab_size != student.config.vocab_size:
         raise UserError(f"train.teacher: the teacher's vocabulary has {teacher.config.vocab_size} tokens and the "
                         f"student's {student.config.vocab_size}; a student must use its teacher's tokenizer")

@@ -239,6 +239,7 @@ def main():
     parser.add_argument("--offset", type=int, default=1000, help="the character where the first prompt starts (the "
                         "reported runs use 1000; tune anything on other prompts, e.g. 600000)")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the models run (the Hugging Face part: cpu only)")
     parser.add_argument("--part", choices=["all", "speed", "hf", "split", "agree"], default="all",
                         help="only the speed table, the Hugging Face comparison, the time split, or how often the "
                         "draft agrees with the target")
@@ -246,7 +247,9 @@ def main():
     torch.set_num_threads(1)
     text = open(args.data).read()
     target, draft, tokenizer = smoke(text) if args.smoke else trained(args.target, args.draft)
-    print(f"machine: {machine()}")
+    target, draft = target.to(args.device), draft.to(args.device)
+    gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
+    print(f"machine: {machine()}{gpu}")
     if args.part in ("all", "speed"):
         speed_table(target, draft, tokenizer, text, args)
     if args.part in ("all", "hf"):

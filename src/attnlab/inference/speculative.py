@@ -359,7 +359,8 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     length = DraftLength(draft_tokens, free=drafter.free)
     if sampling.max_new_tokens == 0:
         return [[] for _ in prompts], SpeculationStats()
-    draws = Draws(sampling, None if sampling.seed is None else torch.Generator().manual_seed(sampling.seed))
+    device = next(target.parameters()).device
+    draws = Draws(sampling, None if sampling.seed is None else torch.Generator(device).manual_seed(sampling.seed))
     extra = sampling.max_new_tokens + length.most + 1
     window = min(target.config.max_seq_len, drafter.window)  # a restart keeps this much history, less a round
     histories = [list(p) for p in prompts]
@@ -367,7 +368,6 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     drafter.start(histories, extra)
     per_row = target_decoder.truncatable and drafter.truncatable
     run = Run(histories, sampling.max_new_tokens, eos_id)
-    device = target_decoder.device
     groups = [(None, draws)]  # one group: every row draws alike
     first = draw(warp(target_decoder.logits, groups), groups)
     last = torch.tensor(run.emit([[t] for t in first.tolist()]), device=device)

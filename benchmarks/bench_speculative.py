@@ -76,9 +76,8 @@ def tokens_per_s(run, count_tokens):
 
 
 def measure(target, draft, tokenizer, text, args):
-    """Every cell decodes `args.prompt_sets` different sets of `batch` prompts, one set after another,
-    so that one passage's luck does not decide it."""
-    rows = []
+    """Yield a row per cell and method as each cell is measured. Every cell decodes `args.prompt_sets`
+    different sets of `batch` prompts, one set after another, so that one passage's luck does not decide it."""
     settings = [("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
                 ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))]
     for batch in (1, 4):
@@ -116,9 +115,8 @@ def measure(target, draft, tokenizer, text, args):
                 ratios = interleaved_ratios(runners, "target alone", args.rounds)
                 for runner, (rate, ratio, low, high) in ratios.items():
                     accepted = stats.get(runner)  # a speculative runner's SpeculationStats, keyed by its name
-                    rows.append((batch, "copy-heavy" if copy_heavy else "free text", name, runner, rate, ratio, low,
-                                 high, accepted.acceptance_rate if accepted else None))
-    return rows
+                    yield (batch, "copy-heavy" if copy_heavy else "free text", name, runner, rate, ratio, low, high,
+                           accepted.acceptance_rate if accepted else None)
 
 
 def with_zero_biases(model):
@@ -192,7 +190,8 @@ def speed_table(target, draft, tokenizer, text, args):
     print("|---|---|---|---|---|---|---|---|---|")
     for batch, kind, name, runner, rate, ratio, low, high, accepted in measure(target, draft, tokenizer, text, args):
         shown = "" if accepted is None else f"{accepted:.1%}"
-        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |")
+        print(f"| {batch} | {kind} | {name} | {runner} | {rate:.1f} | {ratio:.2f}x | {low:.2f} | {high:.2f} | {shown} |",
+              flush=True)  # a run stopped part-way keeps the cells it measured
 
 
 def hf_table(target, draft, tokenizer, text, args):
@@ -208,7 +207,7 @@ def agreement_table(target, draft, tokenizer, text, args):
     sum min(p, q) at T = 0.8 (a sampled draft's chance of acceptance), and the draft's loss on the text."""
     ids = torch.tensor(tokenizer.encode(text[int(len(text) * 0.9):]))
     starts = torch.randint(len(ids) - 257, (32,), generator=torch.Generator().manual_seed(1)).tolist()
-    blocks = torch.stack([ids[s:s + 257] for s in starts])  # (32, 257)
+    blocks = torch.stack([ids[s:s + 257] for s in starts]).to(next(target.parameters()).device)  # (32, 257)
     p, q = (model(blocks[:, :-1]).logits.float() for model in (target, draft))  # (32, 256, V)
     overlap = torch.minimum((p / 0.8).softmax(-1), (q / 0.8).softmax(-1)).sum(-1).mean()
     loss = torch.nn.functional.cross_entropy(q.flatten(0, 1), blocks[:, 1:].flatten())

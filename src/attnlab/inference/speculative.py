@@ -163,7 +163,10 @@ def draw(probs: torch.Tensor, groups: list) -> torch.Tensor:
 
 
 def accept_rows(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, groups: list) -> tuple:
-    """`accept` with each row's own generator."""
+    """`accept` with each row's own generator. Nothing drafted (a paused or empty lookup) is a plain
+    decoding step: no acceptance arithmetic, each row's token drawn from p."""
+    if drafted.size(1) == 0:
+        return torch.zeros(len(p), dtype=torch.long, device=p.device), draw(p[:, 0], groups)
     return by_group(groups, lambda *args: accept(*args[:3], args[3].generator), p, q, drafted)
 
 
@@ -388,16 +391,13 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         drafted, q = drafter.propose(last, [histories[i] for i in run.alive.tolist()], groups, k)
         target_decoder.mark()
         logits = target_decoder.feed(torch.cat([last[:, None], drafted], dim=1))  # (B, k' + 1, V)
-        if drafted.size(1):
-            accepted, bonus = accept_rows(warp(logits, groups), q, drafted, groups)
-        else:  # nothing drafted (a paused or empty lookup): a plain decoding step
-            accepted, bonus = torch.zeros_like(last), draw(warp(logits[:, -1], groups), groups)
+        accepted, bonus = accept_rows(warp(logits, groups), q, drafted, groups)
         counts = accepted + 1 if per_row else (accepted.min() + 1).expand_as(accepted)  # tokens each row emits
-        stats.rounds, stats.drafted = stats.rounds + 1, stats.drafted + drafted.numel()
-        stats.accepted += int(accepted.sum())
+        kept = int(accepted.sum())
+        stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + drafted.numel(), stats.accepted + kept
         target_decoder.rewind(counts)
         drafter.rewind(counts)
-        length.update(int(accepted.sum()), drafted.numel(), int(counts.sum()), time.perf_counter() - started)
+        length.update(kept, drafted.numel(), int(counts.sum()), time.perf_counter() - started)
         last = torch.tensor(run.emit(emitted(drafted, bonus, accepted, counts)), dtype=torch.long, device=device)
     return run.outputs, stats
 

@@ -316,8 +316,9 @@ class SpeculativeEngine(Engine):
         counts = accepted + 1
         self.state.truncate(start + counts.to(self.device))
         self.drafter.rewind(counts.to(self.device))
+        kept = int(accepted.sum())
         self.stats.rounds, self.stats.drafted = self.stats.rounds + 1, self.stats.drafted + drafted.numel()
-        self.stats.accepted += int(accepted.sum())
-        self.length.update(int(accepted.sum()), drafted.numel(), int(counts.sum()), time.perf_counter() - started)
+        self.stats.accepted += kept
+        self.length.update(kept, drafted.numel(), int(counts.sum()), time.perf_counter() - started)
         rows = emitted(drafted.cpu(), bonus, accepted, counts)
         self._advance(lambda i, seq: rows[i])

@@ -88,7 +88,8 @@ def test_families_without_a_static_state_decode_eagerly(config, counter):
 def test_static_cache_keeps_its_shapes_and_the_protocol():
     cache = StaticKVCache(n_layer=1, capacity=8, batch=2)
     assert isinstance(cache, KVCache) and cache.length == 0 and cache.mask.shape == (2, 0)
-    cache.begin(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    prompt = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    cache.begin(prompt, prompt)
     keys = torch.arange(2 * 3, dtype=torch.float).view(2, 1, 3, 1)
     k, _ = cache.append(0, keys, keys)  # a prompt: the columns in use
     assert k.shape == (2, 1, 3, 1) and cache.length == 3

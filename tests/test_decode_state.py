@@ -71,6 +71,21 @@ def test_state_logits_equal_the_full_forward_with_left_padding(name):
             torch.testing.assert_close(stepped[row, start:], full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_state_logits_equal_the_full_forward_fed_in_chunks_without_padding(name):
+    """Without padding a KV cache asks for no mask and positions count on from its length: a prompt,
+    a chunk of three (as speculative decoding verifies drafts), then single tokens, give the logits
+    of one full forward."""
+    model = model_of(name)
+    ids = torch.randint(1, 40, (2, 11))
+    state = model.init_state(2, 4)
+    with torch.no_grad():
+        chunks = [ids[:, :5], ids[:, 5:8], ids[:, 8:9], ids[:, 9:10], ids[:, 10:]]
+        stepped = torch.cat([model(chunk, state=state).logits for chunk in chunks], dim=1)
+        torch.testing.assert_close(stepped, model(ids).logits, atol=1e-5, rtol=1e-5)
+    assert not getattr(state, "padded", False)
+
+
 def test_transformer_xl_carries_its_memory_across_segments_and_past_the_window():
     config = TransformerXLConfig(vocab_size=40, max_seq_len=16, segment_length=4, mem_len=16, n_layer=2, n_head=2,
                                  d_model=32)
@@ -109,7 +124,7 @@ def filled_cache(batch, masks, capacity=2):
     cache = KVCache(1, capacity, batch=batch)
     length = masks.size(1)
     k = (100 * torch.arange(batch)[:, None] + torch.arange(length)[None, :] + 1).float()[:, None, :, None]
-    cache.begin(masks)
+    cache.begin(masks, masks)
     cache.append(0, k, -k)
     return cache
 
@@ -123,10 +138,10 @@ def keys_of(cache):
 def test_kv_cache_doubles_its_buffers_when_full():
     cache = filled_cache(1, torch.ones(1, 3, dtype=torch.long), capacity=4)
     buffers = cache._keys[0]
-    cache.begin(torch.ones(1, 1, dtype=torch.long))
+    cache.begin(torch.ones(1, 1, dtype=torch.long))  # one real token
     cache.append(0, torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 1, 1))
     assert cache._keys[0] is buffers  # the fourth column fits
-    cache.begin(torch.ones(1, 1, dtype=torch.long))
+    cache.begin(torch.ones(1, 1, dtype=torch.long))  # one real token
     cache.append(0, torch.ones(1, 1, 1, 1), -torch.ones(1, 1, 1, 1))
     assert cache.capacity == 8 and cache._keys[0].size(2) == 8  # not 5: one copy per doubling, not per token
     assert keys_of(cache).tolist() == [[1, 2, 3, 1, 1]]
@@ -154,6 +169,26 @@ def test_kv_cache_extend_right_aligns_both_and_trim_drops_shared_padding():
     k = torch.full((2, 1, 1, 1), 7.0)
     short.append(0, k, -k)  # appending goes on after the trimmed columns
     assert short.length == 4 and keys_of(short)[:, -1].tolist() == [7, 7]
+
+
+def test_kv_cache_knows_when_it_holds_padding():
+    """While no column is padding, `begin` returns no mask to apply. Padding comes with a padded
+    prompt, rows truncated to different lengths or joined at different lengths, and goes once
+    `trim` has dropped it."""
+    step = torch.ones(2, 1, dtype=torch.long)
+    k = torch.ones(2, 1, 1, 1)
+    cache = filled_cache(2, torch.ones(2, 3, dtype=torch.long))
+    assert not cache.padded and cache.begin(step) is None
+    cache.append(0, k, -k)
+    cache.truncate(torch.tensor([4, 2]))
+    assert cache.padded and cache.begin(step).tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]
+    cache.append(0, k, -k)
+    cache.select(torch.tensor([1]))
+    cache.trim()
+    assert not cache.padded and cache.mask.tolist() == [[1, 1, 1]]
+    cache.extend(filled_cache(1, torch.ones(1, 2, dtype=torch.long)))
+    assert cache.padded and cache.mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert filled_cache(1, torch.tensor([[0, 1]])).padded
 
 
 def test_kv_cache_refuses_to_extend_cross_attention():

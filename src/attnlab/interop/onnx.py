@@ -41,8 +41,8 @@ class PastKeyValues(DecodeState):
     def __init__(self, past: list, mask: torch.Tensor):
         self.past, self.present, self.mask = past, [], mask  # mask (B, P)
 
-    def begin(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.mask, attention_mask.long()], dim=1)  # (B, P + T)
+    def begin(self, new_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.mask, attention_mask.long()], dim=1)  # (B, P + T): the graph takes a mask
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         past_k, past_v = self.past[layer]

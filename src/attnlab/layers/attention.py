@@ -54,10 +54,11 @@ def scaled_dot_product_attention(
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if causal and mask is None and bias is None and t_query == t_key and not return_weights and backend == "sdpa":
         return fused_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale), None
+    may_empty_rows = mask is not None or t_key < t_query  # a causal mask alone leaves each query its own key
     if causal:
         mask = combine_masks(mask, causal_mask(t_query, t_key, device=q.device))
     row_has_key = None
-    if mask is not None:
+    if mask is not None and may_empty_rows:
         row_has_key = mask.any(dim=-1, keepdim=True)  # (B, H, Tq, 1) broadcastable
         mask = mask | ~row_has_key  # let empty rows see everything, then zero them below
     if backend == "math" or return_weights:

@@ -88,6 +88,11 @@ class KVCache(DecodeState):
     keys and values at columns [L, L + T), and the mask takes the new columns once the last layer
     has appended. A caller that never announces one (a seq2seq decoder) feeds only real tokens.
     batch=None: the rows are known at the first append.
+
+    `padded` says whether any column in use is padding. While none is (one prompt, or rows of one length
+    that keep the same counts), a model needs no padding mask and its positions count on from
+    `length`: a decoding step skips the mask arithmetic in every layer, which is a large part of a
+    small model's step (a draft model's, in speculative decoding).
     """
 
     truncatable = True
@@ -99,16 +104,27 @@ class KVCache(DecodeState):
         self._values = [None] * n_layer
         self._cross = [None] * n_layer
         self.mask = None if batch is None else torch.zeros(batch, 0, dtype=torch.long, device=device)
-        self._incoming = None  # (B, T) mask of the tokens being appended
+        self._incoming = None  # (B, T) mask of the tokens being appended; None: all real
+        self._padding = False  # whether some column of the mask is 0
 
     @property
     def length(self) -> int:
         return 0 if self.mask is None else self.mask.size(1)
 
-    def begin(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """attention_mask (B, T) of the tokens the coming forward appends -> the mask over every
-        column once they are in (B, L + T)."""
-        self._incoming = attention_mask.long()
+    @property
+    def padded(self) -> bool:
+        return self._padding
+
+    def begin(self, new_ids: torch.Tensor, attention_mask: torch.Tensor = None) -> torch.Tensor | None:
+        """new_ids (B, T): the tokens the coming forward appends, attention_mask (B, T) theirs (None:
+        all real) -> the mask over every column once they are in (B, L + T), or None while no column
+        is padding."""
+        if attention_mask is not None and not self._padding:
+            self._padding = not bool(attention_mask.all())
+        if not self._padding:
+            self._incoming = None
+            return None
+        self._incoming = torch.ones_like(new_ids) if attention_mask is None else attention_mask.long()
         return torch.cat([self.mask, self._incoming], dim=1)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -171,6 +187,7 @@ class KVCache(DecodeState):
             raise ValueError("only self-attention caches can be extended: cross-attention keys follow their source")
         length = max(self.length, other.length)
         self.capacity = max(self.capacity, other.capacity, length)
+        self._padding = self._padding or other._padding or self.length != other.length
 
         def join(mine, theirs):  # each (B_i, H, capacity_i, D) with L_i columns in use
             rows = mine.size(0) + theirs.size(0)
@@ -190,6 +207,7 @@ class KVCache(DecodeState):
             for t in buffers:
                 t[:, :, :length - drop] = t[:, :, drop:length].clone()
         self.mask = self.mask[:, drop:]
+        self._padding = not bool(self.mask.all())
 
     def truncate(self, length) -> None:
         if not isinstance(length, int) and bool((length == length[0]).all()):
@@ -204,6 +222,7 @@ class KVCache(DecodeState):
                 for t in self._keys + self._values:  # (B, H, capacity, D)
                     t[row, :, shift:longest] = t[row, :, :longest - shift].clone()
         self.mask = self.mask.gather(1, source.clamp(min=0)) * (source >= 0)
+        self._padding = True  # rows of different lengths
 
 
 class StaticKVCache(KVCache):
@@ -247,10 +266,11 @@ class StaticKVCache(KVCache):
         self._columns[:, used:] = 0
         self._position = self._position.to(value.device).fill_(used)
 
-    def begin(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        if attention_mask.size(1) > 1:
-            return super().begin(attention_mask)
-        self._columns.index_copy_(1, self._position, attention_mask.long())
+    def begin(self, new_ids: torch.Tensor, attention_mask: torch.Tensor = None) -> torch.Tensor:
+        if new_ids.size(1) > 1:
+            return super().begin(new_ids, attention_mask)
+        new = torch.ones_like(new_ids) if attention_mask is None else attention_mask.long()
+        self._columns.index_copy_(1, self._position, new)
         return self._columns  # (B, capacity)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):

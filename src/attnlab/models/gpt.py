@@ -115,14 +115,16 @@ class GPT(Model):
         if isinstance(state, RecomputeState):
             return state.rerun(self, input_ids, attention_mask, only_last)
         b, t = input_ids.shape
-        if state is not None:  # the mask over the state's columns and the new tokens
-            attention_mask = state.begin(torch.ones_like(input_ids) if attention_mask is None else attention_mask)
-        seen = t if attention_mask is None else attention_mask.size(1)
+        past = 0  # the state's columns, when no mask counts them
+        if state is not None:  # the mask over the state's columns and the new tokens (None: no padding)
+            attention_mask = state.begin(input_ids, attention_mask)
+            past = state.length if attention_mask is None else 0
+        seen = past + t if attention_mask is None else attention_mask.size(1)
         if seen > self.config.max_seq_len:
             raise ValueError(f"sequence of {seen} tokens exceeds max_seq_len {self.config.max_seq_len}")
         if position_ids is None:  # with left padding each row counts its real tokens
             position_ids = positions_from_mask(attention_mask, t) if attention_mask is not None else \
-                torch.arange(t, device=input_ids.device).expand(b, t)
+                torch.arange(past, past + t, device=input_ids.device).expand(b, t)
         x = self.tok_emb(input_ids)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)

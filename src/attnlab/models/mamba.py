@@ -169,8 +169,7 @@ class Mamba(Model):
         if not self.config.attention_at:
             return None
         if state is not None:
-            return padding_mask(state.kv.begin(torch.ones_like(input_ids) if attention_mask is None
-                                               else attention_mask))
+            attention_mask = state.kv.begin(input_ids, attention_mask)  # None: no column is padding
         return None if attention_mask is None else padding_mask(attention_mask)
 
 

@@ -104,7 +104,7 @@ def measure(target, draft, tokenizer, text, args):
                     return run
 
                 count = lambda outputs: sum(len(o) for o in outputs)  # noqa: E731
-                model, lookup = (lambda: ModelDrafter(draft)), (lambda: LookupDrafter(target.config.vocab_size))
+                model, lookup = (lambda: ModelDrafter(draft)), LookupDrafter
                 runners = {
                     "target alone": lambda: tokens_per_s(alone, count),
                     f"draft k={args.k}": lambda: tokens_per_s(speculate(model, f"draft k={args.k}"), count),

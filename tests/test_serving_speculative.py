@@ -53,7 +53,7 @@ def complete(client, **body):
 @pytest.mark.parametrize("drafter, k", [("model", 3), ("model", "auto"), ("lookup", 4)])
 def test_greedy_speculative_completions_are_the_targets_batched_and_streamed(tokenizer, drafter, k):
     target = gpt(0)
-    drafter = ModelDrafter(gpt(1, n_layer=1)) if drafter == "model" else LookupDrafter(target.config.vocab_size)
+    drafter = ModelDrafter(gpt(1, n_layer=1)) if drafter == "model" else LookupDrafter()
     app = create_app(target, tokenizer, ServeConfig(max_batch=8, draft_tokens=k), drafter)
     expected = [alone(tokenizer, p, 20) for p in PROMPTS]
     with TestClient(app) as client:
@@ -128,7 +128,7 @@ def test_serve_refuses_a_draft_it_cannot_use_at_start_up(tmp_path, tokenizer, ca
     memory = TransformerXL(TransformerXLConfig(vocab_size=len(ALPHABET), max_seq_len=32, segment_length=8,
                                                mem_len=8, n_layer=1, n_head=2, d_model=16))
     with pytest.raises(UserError, match="keeps a memory"):
-        create_app(memory, tokenizer, ServeConfig(), LookupDrafter(len(ALPHABET)))
+        create_app(memory, tokenizer, ServeConfig(), LookupDrafter())
 
 
 def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_after_each_look_that_does_not_pay():
@@ -179,9 +179,9 @@ def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_a
 def test_paced_prompt_lookup_stays_exact_and_drafts_less():
     target, greedy = gpt(0), Sampling(max_new_tokens=48, temperature=0)  # within the 64-token window
     prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [4, 5, 6, 7, 8, 9]]
-    fixed, fixed_stats = speculative_generate(target, LookupDrafter(target.config.vocab_size), prompts, greedy,
+    fixed, fixed_stats = speculative_generate(target, LookupDrafter(), prompts, greedy,
                                               draft_tokens=4)
-    auto, auto_stats = speculative_generate(target, LookupDrafter(target.config.vocab_size), prompts, greedy,
+    auto, auto_stats = speculative_generate(target, LookupDrafter(), prompts, greedy,
                                             draft_tokens="auto")
     assert auto == fixed == generate(target, prompts, greedy)
     assert auto_stats.drafted < fixed_stats.drafted  # at least its first, plain rounds drafted nothing

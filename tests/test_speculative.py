@@ -7,7 +7,8 @@ import torch
 from attnlab.errors import UserError
 from attnlab.inference import Sampling, generate
 from attnlab.inference import speculative
-from attnlab.inference.speculative import LookupDrafter, ModelDrafter, accept, speculative_generate
+from attnlab.inference.speculative import (Draws, LookupDrafter, ModelDrafter, accept, accept_rows,
+                                          speculative_generate)
 from attnlab.models.base import CAUSAL_LM, FAMILIES, PRESETS, build_model, family_spec, preset
 
 CAUSAL = [spec for name, spec in sorted(FAMILIES.items()) if spec.kind == CAUSAL_LM]
@@ -41,6 +42,25 @@ def test_the_emitted_tokens_follow_the_target_and_acceptance_is_the_overlap():
     assert abs(first_kept - torch.minimum(p[0], q[0]).sum()) < 0.01
 
 
+def test_certain_drafts_and_greedy_rows_take_the_one_hot_arithmetic_without_building_it():
+    """q = None (each draft had probability one) draws what a one-hot q draws; a greedy row keeps the
+    drafts equal to the target's argmax and then takes it, as `accept` does on one-hot distributions."""
+    torch.manual_seed(0)
+    rows, k, vocab = 64, 4, 6
+    logits = torch.randn(rows, k + 1, vocab)
+    best = logits.argmax(-1)
+    drafted = torch.where(torch.rand(rows, k) < 0.7, best[:, :k], torch.randint(vocab, (rows, k)))
+    one_hot = torch.nn.functional.one_hot(drafted, vocab).double()
+    p = logits.double().softmax(-1)
+    certain = accept(p, None, drafted, torch.Generator().manual_seed(3))
+    spelled_out = accept(p, one_hot, drafted, torch.Generator().manual_seed(3))
+    assert torch.equal(certain[0], spelled_out[0]) and torch.equal(certain[1], spelled_out[1])
+    accepted, bonus = accept_rows(logits, None, drafted, [(None, Draws(Sampling(temperature=0)))])
+    expected = accept(torch.nn.functional.one_hot(best, vocab).double(), one_hot, drafted)
+    assert torch.equal(accepted, expected[0]) and torch.equal(bonus, expected[1])
+    assert 0 < accepted.float().mean() < k  # rows stop at different drafts
+
+
 @pytest.mark.parametrize("name", TINY_CAUSAL)
 def test_greedy_output_is_the_targets_token_for_token_in_a_batch(name):
     """Every causal family's tiny presets (hybrids too: a state with both a history and a memory)."""
@@ -50,7 +70,7 @@ def test_greedy_output_is_the_targets_token_for_token_in_a_batch(name):
     draft = build_model(preset(name)).eval()
     greedy = Sampling(max_new_tokens=12, temperature=0)
     expected = generate(target, PROMPTS, greedy)
-    for drafter in (ModelDrafter(draft), LookupDrafter(target.config.vocab_size)):
+    for drafter in (ModelDrafter(draft), LookupDrafter()):
         assert speculative_generate(target, drafter, PROMPTS, greedy, draft_tokens=3)[0] == expected
 
 
@@ -109,17 +129,17 @@ def counted(function, calls: list):
 
 
 def test_prompt_lookup_proposes_what_followed_the_last_ngram():
-    drafter = LookupDrafter(vocab_size=10, min_ngram=1)
+    drafter = LookupDrafter(min_ngram=1)
     assert drafter.continuation([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
     assert drafter.continuation([1, 2, 3, 9, 2], 3) == [3, 9, 2]  # the last 1-gram
     assert drafter.continuation([5, 6, 5], 3) == [6, 5]  # what there is to copy
     assert drafter.continuation([7, 8], 3) == []  # no earlier occurrence
-    assert LookupDrafter(vocab_size=10).continuation([1, 2, 3, 9, 2], 3) == []  # by default a match needs 2 tokens
-    assert LookupDrafter(vocab_size=10).continuation([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
+    assert LookupDrafter().continuation([1, 2, 3, 9, 2], 3) == []  # by default a match needs 2 tokens
+    assert LookupDrafter().continuation([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]
     with pytest.raises(UserError, match="min_ngram <= max_ngram"):
-        LookupDrafter(vocab_size=10, max_ngram=2, min_ngram=3)
+        LookupDrafter(max_ngram=2, min_ngram=3)
     drafted, q = drafter.propose(torch.tensor([2, 8]), [[1, 2, 3, 4, 1, 2], [5, 6, 5]], [], 3)
-    assert drafted.tolist() == [[3, 4, 1], [6, 5, 5]] and q.shape == (2, 3, 10)
+    assert drafted.tolist() == [[3, 4, 1], [6, 5, 5]] and q is None  # each proposal is certain
     drafted, _ = drafter.propose(torch.tensor([8]), [[7, 8]], [], 3)
     assert drafted.shape == (1, 0)  # nothing to copy: a plain step
 
@@ -127,7 +147,7 @@ def test_prompt_lookup_proposes_what_followed_the_last_ngram():
 def test_an_empty_prompt_is_refused():
     spec = next(s for s in CAUSAL if s.name == "gpt")
     with pytest.raises(UserError, match="at least one token"):
-        speculative_generate(tiny(spec, 0), LookupDrafter(10), [[1], []], Sampling())
+        speculative_generate(tiny(spec, 0), LookupDrafter(), [[1], []], Sampling())
 
 
 def test_generate_speculates_with_a_draft_checkpoint_or_prompt_lookup(tmp_path, capsys):

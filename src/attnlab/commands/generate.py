@@ -59,7 +59,7 @@ def drafter_for(args, model, verb: str):
         raise UserError("choose one drafter: --draft CKPT or --prompt-lookup")
     if args.draft:
         return ModelDrafter(load_draft(args.draft, args.checkpoint, model, verb))
-    return LookupDrafter(model.config.vocab_size) if args.prompt_lookup else None
+    return LookupDrafter() if args.prompt_lookup else None
 
 
 def decoding_arguments(p):

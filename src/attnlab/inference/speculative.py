@@ -137,11 +137,11 @@ def row_groups(draws: list) -> list:
 
 
 def by_group(groups: list, fn, *tensors) -> tuple:
-    """fn(*the group's rows of each tensor, draws) -> a tuple of tensors, run per group and put back in
-    row order."""
+    """fn(*the group's rows of each tensor (None stays None), draws) -> a tuple of tensors, run per group
+    and put back in row order."""
     if len(groups) == 1:
         return fn(*tensors, groups[0][1])
-    parts = [(rows, fn(*(t[rows.to(t.device)] for t in tensors), d)) for rows, d in groups]
+    parts = [(rows, fn(*(None if t is None else t[rows.to(t.device)] for t in tensors), d)) for rows, d in groups]
     out = tuple(part.new_empty((len(tensors[0]),) + part.shape[1:]) for part in parts[0][1])
     for rows, results in parts:
         for whole, part in zip(out, results):
@@ -162,26 +162,49 @@ def draw(probs: torch.Tensor, groups: list) -> torch.Tensor:
     return by_group(groups, one, probs)[0]
 
 
-def accept_rows(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, groups: list) -> tuple:
-    """`accept` with each row's own generator. Nothing drafted (a paused or empty lookup) is a plain
-    decoding step: no acceptance arithmetic, each row's token drawn from p."""
-    if drafted.size(1) == 0:
-        return torch.zeros(len(p), dtype=torch.long, device=p.device), draw(p[:, 0], groups)
-    return by_group(groups, lambda *args: accept(*args[:3], args[3].generator), p, q, drafted)
+def all_greedy(groups: list) -> bool:
+    return all(d.sampling.temperature == 0 for _, d in groups)
 
 
-def accept(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor, generator=None) -> tuple:
-    """p (B, k + 1, V): the target's probabilities at the k drafted positions and after them;
-    q (B, k, V): the drafter's; drafted (B, k) -> (accepted (B,) in 0..k, next token (B,))."""
+def accept_rows(logits: torch.Tensor, q: Optional[torch.Tensor], drafted: torch.Tensor, groups: list) -> tuple:
+    """The target's logits (B, k + 1, V) at the k drafted positions and after them; q (B, k, V) the
+    drafter's distributions, or None where each drafted token had probability one (greedy drafting,
+    prompt lookup); drafted (B, k) -> (accepted (B,) in 0..k, next token (B,)), each row drawing
+    with its own settings and generator.
+
+    A greedy row keeps the drafts equal to the target's argmax, then takes the argmax: what `accept`
+    does with one-hot distributions, without building them (a verify at GPT-2's vocabulary spent
+    about 3 ms on those). Nothing drafted (a paused or empty lookup) is a plain decoding step."""
+    def one(x, q, drafted, d):
+        if d.sampling.temperature == 0:
+            best = x.argmax(-1)  # (B, k + 1)
+            accepted = (drafted == best[:, :drafted.size(1)]).long().cumprod(-1).sum(-1)
+            return accepted, best.gather(1, accepted[:, None]).squeeze(1)
+        p = warped_probabilities(x, d.sampling)
+        if drafted.size(1) == 0:
+            nothing = torch.zeros(len(p), dtype=torch.long, device=p.device)
+            return nothing, torch.multinomial(p[:, 0], 1, generator=d.generator).squeeze(-1)
+        return accept(p, q, drafted, d.generator)
+    return by_group(groups, one, logits, q, drafted)
+
+
+def accept(p: torch.Tensor, q: Optional[torch.Tensor], drafted: torch.Tensor, generator=None) -> tuple:
+    """p (B, k + 1, V): the target's probabilities at the k >= 1 drafted positions and after them;
+    q (B, k, V): the drafter's, or None: each drafted token had probability one; drafted (B, k)
+    -> (accepted (B,) in 0..k, next token (B,))."""
     rows, k = drafted.shape
+    index = torch.arange(rows, device=p.device)
     p_drafted = p[:, :k].gather(-1, drafted[..., None]).squeeze(-1)  # (B, k)
-    q_drafted = q.gather(-1, drafted[..., None]).squeeze(-1)
+    q_drafted = torch.ones_like(p_drafted) if q is None else q.gather(-1, drafted[..., None]).squeeze(-1)
     u = torch.rand(rows, k, generator=generator, dtype=p.dtype, device=p.device)
     accepted = (u * q_drafted < p_drafted).long().cumprod(-1).sum(-1)  # leading u < p / q
-    residual = torch.cat([(p[:, :k] - q).clamp(min=0), p[:, k:]], dim=1)  # (B, k + 1, V)
-    index = torch.arange(rows, device=p.device)
-    pick, mass = residual[index, accepted], residual[index, accepted].sum(-1, keepdim=True)
-    pick = torch.where(mass > 0, pick / mass.clamp(min=1e-300), p[index, accepted])  # p == q: no residual
+    # where each row stopped: norm(max(p - q, 0)) after a rejection, p after k acceptances
+    p_next, at = p[index, accepted], accepted.clamp(max=k - 1)  # (B, V); the rejected position
+    q_next = (torch.zeros_like(p_next).scatter_(-1, drafted[index, at][:, None], 1.0) if q is None
+              else q[index, at]) * (accepted < k)[:, None]
+    residual = (p_next - q_next).clamp(min=0)
+    mass = residual.sum(-1, keepdim=True)
+    pick = torch.where(mass > 0, residual / mass.clamp(min=1e-300), p_next)  # p == q: no residual
     return accepted, torch.multinomial(pick, 1, generator=generator).squeeze(-1)
 
 
@@ -263,16 +286,21 @@ class ModelDrafter:
             self.decoder.extend(decoder)
 
     def propose(self, last: torch.Tensor, histories: list, groups: list, k: int) -> tuple:
-        """last (B,): the newest token, not yet fed -> drafted (B, k), q (B, k, V)."""
+        """last (B,): the newest token, not yet fed -> drafted (B, k), q (B, k, V) float64, or None
+        when every row is greedy (each draft is the argmax, with probability one)."""
         self.decoder.mark()
+        greedy = all_greedy(groups)
         tokens, probs, current = [], [], last
         for _ in range(k):
-            q = warp(self.decoder.feed(current[:, None])[:, -1], groups)  # (B, V)
-            current = draw(q, groups)
+            logits = self.decoder.feed(current[:, None])[:, -1]  # (B, V)
+            if greedy:
+                current = logits.argmax(-1)
+            else:
+                probs.append(warp(logits, groups))
+                current = draw(probs[-1], groups)
             tokens.append(current)
-            probs.append(q)
         self.last_drafted = current
-        return torch.stack(tokens, dim=1), torch.stack(probs, dim=1)
+        return torch.stack(tokens, dim=1), None if greedy else torch.stack(probs, dim=1)
 
     def rewind(self, counts: torch.Tensor):
         """counts (B,): keep the first counts[r] of [last, drafted...] (the last drafted one was never fed)."""
@@ -306,10 +334,10 @@ class LookupDrafter:
     truncatable = True
     free = True  # proposing costs nothing and keeps no state: DraftLength may pause it
 
-    def __init__(self, vocab_size: int, max_ngram: int = 3, min_ngram: int = 2):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
         if not 1 <= min_ngram <= max_ngram:
             raise UserError(f"prompt lookup needs 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
-        self.vocab_size, self.max_ngram, self.min_ngram = vocab_size, max_ngram, min_ngram
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
     def start(self, histories: list, extra: int):
         pass
@@ -322,8 +350,7 @@ class LookupDrafter:
         width = max(map(len, found))  # 0: no row has anything to copy
         rows = [match or tokens[-1:] for match, tokens in zip(found, histories)]
         rows = [row + row[-1:] * (width - len(row)) for row in rows]  # each padded with its last token
-        drafted = torch.tensor(rows, dtype=torch.long, device=last.device)[:, :width]  # (B, width)
-        return drafted, torch.nn.functional.one_hot(drafted, self.vocab_size).double()
+        return torch.tensor(rows, dtype=torch.long, device=last.device)[:, :width], None  # (B, width): certain
 
     def continuation(self, tokens: list, k: int) -> list:
         """What (up to k tokens) followed the latest earlier occurrence of the longest matching tail ([] if none)."""
@@ -391,7 +418,7 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         drafted, q = drafter.propose(last, [histories[i] for i in run.alive.tolist()], groups, k)
         target_decoder.mark()
         logits = target_decoder.feed(torch.cat([last[:, None], drafted], dim=1))  # (B, k' + 1, V)
-        accepted, bonus = accept_rows(warp(logits, groups), q, drafted, groups)
+        accepted, bonus = accept_rows(logits, q, drafted, groups)
         counts = accepted + 1 if per_row else (accepted.min() + 1).expand_as(accepted)  # tokens each row emits
         kept = int(accepted.sum())
         stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + drafted.numel(), stats.accepted + kept

@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..inference import Sampling, next_token
 from ..inference.generate import cut_at_stop, emittable_prefix
-from ..inference.speculative import DraftLength, SpeculationStats, accept_rows, emitted, row_groups, warp
+from ..inference.speculative import DraftLength, SpeculationStats, accept_rows, emitted, row_groups
 
 log = logging.getLogger("attnlab.serving")
 
@@ -309,10 +309,10 @@ class SpeculativeEngine(Engine):
         k = min(self.length.k, self.max_seq_len - self.state.length - 1)  # a running row has room for 2
         groups = row_groups(self.rows)  # every request draws with its own settings and generator
         histories = [seq.prompt_ids + seq.generated for seq in self.rows]
-        drafted, q = self.drafter.propose(self.last, histories, groups, k)  # (B, k'), (B, k', V)
+        drafted, q = self.drafter.propose(self.last, histories, groups, k)  # (B, k'), (B, k', V) or None
         start = self.state.length
         logits = self.model(torch.cat([self.last[:, None], drafted], dim=1), state=self.state).logits
-        accepted, bonus = accept_rows(warp(logits.float().cpu(), groups), q.cpu(), drafted.cpu(), groups)
+        accepted, bonus = accept_rows(logits.float().cpu(), None if q is None else q.cpu(), drafted.cpu(), groups)
         counts = accepted + 1
         self.state.truncate(start + counts.to(self.device))
         self.drafter.rewind(counts.to(self.device))

@@ -16,10 +16,10 @@ next-token distributions and takes its tokenizer), which is what makes its draft
     OMP_NUM_THREADS=1 python benchmarks/bench_speculative.py runs/spec_target runs/spec_draft_distilled --data $D
 
 (A draft trained on the text alone, without `train.teacher`, is the baseline it is compared with.)
-The reported pair also has a deeper target, `model.n_layer=12` (9.5 M parameters), with its own
-distilled draft: the speed-up is bounded by how much a draft step and a (k + 1)-token verify cost
-against one target step, and a 1-layer draft against a 6-layer target is a heavier draft than
-speculative decoding is usually given (benchmarks/RESULTS.md, issue 21).
+RESULTS.md (issue 21) also reports a deeper target, `model.n_layer=12` (9.5 M parameters), with a
+draft distilled from it the same way: the speed-up is bounded by what a draft step and a
+(k + 1)-token verify cost against one target step, and against 6 layers a 1-layer draft is heavier
+than speculative decoding's drafts usually are.
 `--smoke` runs the same code on two small random models (checks the script, measures nothing).
 The last table splits one speculative run's time into drafting, the target's verify pass and the
 rest (acceptance, cache truncation, bookkeeping).

@@ -52,14 +52,16 @@ def test_causal_attention_ignores_future_keys():
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
-def test_fully_masked_rows_give_zeros_and_finite_gradients(backend):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fully_masked_rows_give_zeros_and_finite_gradients(backend, with_bias):
     q, k, v = qkv()
     for t in (q, k, v):
         t.requires_grad_(True)
     mask = torch.ones(2, 1, 7, 7, dtype=torch.bool)
     mask[0, :, 2] = False  # query 2 of the first sequence sees nothing
     mask[1] = False  # the whole second sequence sees nothing
-    out, _ = scaled_dot_product_attention(q, k, v, mask=mask, backend=backend)
+    bias = torch.randn(1, q.size(1), 7, 7) if with_bias else None
+    out, _ = scaled_dot_product_attention(q, k, v, mask=mask, bias=bias, backend=backend)
     assert not out.isnan().any()
     assert out[0, :, 2].abs().max() == 0 and out[1].abs().max() == 0
     assert out[0, :, 3].abs().max() > 0

@@ -57,25 +57,19 @@ def scaled_dot_product_attention(
     may_empty_rows = mask is not None or t_key < t_query  # a causal mask alone leaves each query its own key
     if causal:
         mask = combine_masks(mask, causal_mask(t_query, t_key, device=q.device))
-    row_has_key = None
-    if mask is not None and may_empty_rows:
-        row_has_key = mask.any(dim=-1, keepdim=True)  # (B, H, Tq, 1) broadcastable
-        mask = mask | ~row_has_key  # let empty rows see everything, then zero them below
-    if backend == "math" or return_weights:
-        out, weights = _math_attention(q, k, v, mask, bias, dropout_p, scale)
-    elif backend == "sdpa":
+    if backend == "sdpa" and not return_weights:
+        # PyTorch's kernels (>= 2.5) give a query with no key a zero output and zero gradients
         attn_mask = mask
         if bias is not None:
             attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-        out = fused_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
-        weights = None
-    else:
+        return fused_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale), None
+    if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
-    if row_has_key is not None:
-        out = out * row_has_key
-        if weights is not None:
-            weights = weights * row_has_key
-    return out, weights
+    if mask is None or not may_empty_rows:
+        return _math_attention(q, k, v, mask, bias, dropout_p, scale)
+    row_has_key = mask.any(dim=-1, keepdim=True)  # (B, H, Tq, 1) broadcastable
+    out, weights = _math_attention(q, k, v, mask | ~row_has_key, bias, dropout_p, scale)  # empty rows see all,
+    return out * row_has_key, weights * row_has_key  # then give zeros
 
 
 def fused_attention(q, k, v, attn_mask=None, **options):

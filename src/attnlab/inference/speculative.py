@@ -6,8 +6,9 @@ A drafted token x is kept with probability min(1, p(x) / q(x)) (p the target's d
 drafter's); at the first rejection the next token is drawn from norm(max(p - q, 0)), and when all
 k are kept, from p after them. The emitted tokens are then distributed exactly as the target's
 alone (Leviathan et al. 2023; Chen et al. 2023). Both distributions are warped by the same
-temperature / top-k / top-p in float64; greedy decoding (temperature 0) compares one-hot
-distributions, so its output is token for token the target's.
+temperature / top-k / top-p in float64; greedy decoding (temperature 0) is that rule on one-hot
+distributions, computed on token ids (a draft is kept while it equals the target's argmax), so its
+output is token for token the target's.
 
 Drafters: a small causal LM with the target's tokenizer (`ModelDrafter`), or prompt lookup
 (`LookupDrafter`: the tokens that followed the latest earlier occurrence of the last n-gram, with
@@ -162,10 +163,6 @@ def draw(probs: torch.Tensor, groups: list) -> torch.Tensor:
     return by_group(groups, one, probs)[0]
 
 
-def all_greedy(groups: list) -> bool:
-    return all(d.sampling.temperature == 0 for _, d in groups)
-
-
 def accept_rows(logits: torch.Tensor, q: Optional[torch.Tensor], drafted: torch.Tensor, groups: list) -> tuple:
     """The target's logits (B, k + 1, V) at the k drafted positions and after them; q (B, k, V) the
     drafter's distributions, or None where each drafted token had probability one (greedy drafting,
@@ -289,7 +286,7 @@ class ModelDrafter:
         """last (B,): the newest token, not yet fed -> drafted (B, k), q (B, k, V) float64, or None
         when every row is greedy (each draft is the argmax, with probability one)."""
         self.decoder.mark()
-        greedy = all_greedy(groups)
+        greedy = all(d.sampling.temperature == 0 for _, d in groups)
         tokens, probs, current = [], [], last
         for _ in range(k):
             logits = self.decoder.feed(current[:, None])[:, -1]  # (B, V)

@@ -84,7 +84,7 @@ def measure(target, draft, tokenizer, text, args):
     different sets of `batch` prompts, one set after another, so that one passage's luck does not decide it."""
     settings = [("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
                 ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))]
-    for batch in (1, 4):
+    for batch in args.batches:
         for copy_heavy in (False, True):
             sets = [[tokenizer.encode(p) for p in prompts_from(text, batch, args.prompt_chars, copy_heavy, s * batch,
                                                                args.offset)]
@@ -221,7 +221,7 @@ def agreement_table(target, draft, tokenizer, text, args):
 
 def split_table(target, draft, tokenizer, text, args):
     print(f"\n| draft k={args.k}, free text | draft model s | target verify s | the rest s | total s |\n|---|---|---|---|---|")
-    for batch in (1, 4):
+    for batch in args.batches:
         for name, sampling in (("greedy", Sampling(max_new_tokens=args.new_tokens, temperature=0)),
                                ("sampled T=0.8", Sampling(max_new_tokens=args.new_tokens, temperature=0.8, seed=0))):
             split = time_split(target, draft, tokenizer, text, args, batch, sampling)
@@ -238,6 +238,8 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-chars", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")], default=[1, 4],
+                        help="batch sizes of the speed table, comma-separated")
     parser.add_argument("--prompt-sets", type=int, default=4, help="sets of prompts each speed cell decodes in turn")
     parser.add_argument("--offset", type=int, default=1000, help="the character where the first prompt starts (the "
                         "reported runs use 1000; tune anything on other prompts, e.g. 600000)")

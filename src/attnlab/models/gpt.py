@@ -8,8 +8,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..layers import (FFN_KINDS, NORMS, KVCache, LearnedPositions, RecomputeState, RotaryEmbedding,
-                      SinusoidalPositions, StaticKVCache, TransformerBlock, VocabProjection, make_norm, padding_mask,
-                      positions_from_mask)
+                      SinusoidalPositions, StaticKVCache, TransformerBlock, VocabProjection, causal_mask, combine_masks,
+                      make_norm, padding_mask, positions_from_mask)
 from ..layers.attention import BACKENDS
 from ..layers.sparse_attention import SlidingWindowAttention
 from ..processors import TextProcessor
@@ -130,8 +130,13 @@ class GPT(Model):
             x = x + self.pos_emb(position_ids)
         x = self.drop(x)
         mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, L + T)
+        causal = True
+        if t > 1 and (mask is not None or seen > t) and self.config.attn_window is None:
+            # the mask each layer would otherwise build from padding and causality  (B or 1, 1, T, L + T)
+            mask, causal = combine_masks(mask, causal_mask(t, seen, device=input_ids.device)), False
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, causal=True, rotary=self.rotary, position_ids=position_ids, cache=state, layer_idx=i)
+            x = block(x, mask=mask, causal=causal, rotary=self.rotary, position_ids=position_ids, cache=state,
+                      layer_idx=i)
         x = self.norm_f(x)
         if only_last:
             x = x[:, -1:]

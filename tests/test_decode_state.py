@@ -54,16 +54,18 @@ def test_state_equals_recompute_and_batched_equals_alone(name):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_state_logits_equal_the_full_forward_with_left_padding(name):
-    """Prefill a left-padded batch, then feed tokens one at a time: each real position's
-    logits equal those of the row's unpadded sequence read in one forward."""
+    """Prefill a left-padded batch, then feed a chunk of three (as speculative decoding verifies
+    drafts), then tokens one at a time: each real position's logits equal those of the row's
+    unpadded sequence read in one forward."""
     model = model_of(name)
     ids = torch.randint(1, 40, (2, 11))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # row 1: 4 columns of left padding
     state = model.init_state(2, 4)
     with torch.no_grad():
-        logits = [model(ids[:, :6], attention_mask=mask[:, :6], state=state).logits]
-        logits += [model(ids[:, t:t + 1], state=state).logits for t in range(6, 11)]
+        logits = [model(ids[:, :6], attention_mask=mask[:, :6], state=state).logits,
+                  model(ids[:, 6:9], state=state).logits]
+        logits += [model(ids[:, t:t + 1], state=state).logits for t in range(9, 11)]
         stepped = torch.cat(logits, dim=1)
         assert state.length == 11 and state.mask[1, :4].sum() == 0
         for row, start in ((0, 0), (1, 4)):

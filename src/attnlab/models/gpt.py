@@ -132,7 +132,7 @@ class GPT(Model):
         mask = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, L + T)
         causal = True
         if t > 1 and (mask is not None or seen > t) and self.config.attn_window is None:
-            # the mask each layer would otherwise build from padding and causality  (B or 1, 1, T, L + T)
+            # the mask each layer would otherwise build: (B, 1, T, L + T), or (T, L + T) without padding
             mask, causal = combine_masks(mask, causal_mask(t, seen, device=input_ids.device)), False
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, causal=causal, rotary=self.rotary, position_ids=position_ids, cache=state,

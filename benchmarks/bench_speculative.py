@@ -17,9 +17,10 @@ next-token distributions and takes its tokenizer), which is what makes its draft
 
 (A draft trained on the text alone, without `train.teacher`, is the baseline it is compared with.)
 RESULTS.md (issue 21) also reports a deeper target, `model.n_layer=12` (9.5 M parameters), with a
-draft distilled from it the same way: the speed-up is bounded by what a draft step and a
-(k + 1)-token verify cost against one target step, and against 6 layers a 1-layer draft is heavier
-than speculative decoding's drafts usually are.
+draft distilled from it the same way (its best: `model.d_model=128 train.max_steps=8000`, run with
+`--k 8`): the speed-up is bounded by what a draft step and a (k + 1)-token verify cost against one
+target step, and against 6 layers a 1-layer draft is heavier than speculative decoding's drafts
+usually are.
 `--smoke` runs the same code on two small random models (checks the script, measures nothing).
 The last table splits one speculative run's time into drafting, the target's verify pass and the
 rest (acceptance, cache truncation, bookkeeping).

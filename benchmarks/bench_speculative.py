@@ -230,6 +230,14 @@ def split_table(target, draft, tokenizer, text, args):
                   f"{split['the rest']:.3f} | {split['total']:.3f} |")
 
 
+def batch_sizes(text: str) -> list:
+    """"1,4" -> [1, 4]; anything else is refused by argparse as an invalid batch_sizes value."""
+    sizes = [int(size) for size in text.split(",")]
+    if min(sizes) < 1:
+        raise ValueError(text)
+    return sizes
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("target", nargs="?")
@@ -239,7 +247,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-chars", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")], default=[1, 4],
+    parser.add_argument("--batches", type=batch_sizes, default=[1, 4],
                         help="batch sizes of the speed table, comma-separated")
     parser.add_argument("--prompt-sets", type=int, default=4, help="sets of prompts each speed cell decodes in turn")
     parser.add_argument("--offset", type=int, default=1000, help="the character where the first prompt starts (the "

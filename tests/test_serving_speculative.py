@@ -17,6 +17,7 @@ from attnlab.errors import UserError
 from attnlab.inference import Sampling, generate
 from attnlab.inference.speculative import DraftLength, LookupDrafter, ModelDrafter, speculative_generate
 from attnlab.models import GPT, GPTConfig, TransformerXL, TransformerXLConfig
+from attnlab.serving import engine
 from attnlab.serving.app import ServeConfig, create_app
 from attnlab.tokenizers import CharTokenizer
 
@@ -68,6 +69,23 @@ def test_greedy_speculative_completions_are_the_targets_batched_and_streamed(tok
         assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == expected[1]
         speculation = client.get("/health").json()["speculation"]
     assert 0 < speculation["acceptance_rate"] <= 1 and speculation["draft_tokens"] >= 1
+
+
+def test_rows_moving_in_lockstep_complete_as_the_target_alone(tokenizer, monkeypatch):
+    """Prompts of one length decode unpadded; where `DraftLength.lockstep` holds, every row emits the
+    fewest tokens any row accepted, and each completion is still the target's."""
+    monkeypatch.setattr(DraftLength, "lockstep", lambda self, padded: not padded)
+    rounds = []  # (accepted, counts) of each round
+    tokens_of = engine.emitted
+    monkeypatch.setattr(engine, "emitted", lambda drafted, bonus, accepted, counts:
+                        rounds.append((accepted.tolist(), counts.tolist())) or tokens_of(drafted, bonus, accepted, counts))
+    prompts = ["the cat sat", "a dog, a do"]
+    app = create_app(gpt(0), tokenizer, ServeConfig(max_batch=8, draft_tokens=3), LookupDrafter())
+    with TestClient(app) as client:
+        body = complete(client, prompt=prompts)
+    assert [c["text"] for c in body["choices"]] == [alone(tokenizer, p, 20) for p in prompts]
+    assert any(len(set(accepted)) > 1 for accepted, _ in rounds)  # rows that would have parted
+    assert all(len(set(counts)) == 1 for _, counts in rounds)
 
 
 def test_a_stop_string_ends_a_row_inside_a_round(tokenizer):
@@ -137,8 +155,11 @@ def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_a
     def plain():  # 100 tokens/s
         length.update(accepted=0, drafted=0, emitted=1, seconds=0.010)
 
-    def draft(tokens):  # tokens / 0.013 s: 1 is 77 tokens/s, 3 is 231
-        length.update(accepted=tokens - 1, drafted=4, emitted=tokens, seconds=0.013)
+    def draft(tokens, seconds=0.013):  # tokens / 0.013 s: 1 is 77 tokens/s, 3 is 231
+        length.update(accepted=tokens - 1, drafted=4, emitted=tokens, seconds=seconds)
+
+    def slow_draft():  # keeps a draft, 80 tokens/s
+        draft(2, seconds=0.025)
 
     def pause_length():
         rounds = 0
@@ -149,13 +170,13 @@ def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_a
 
     assert pause_length() == DraftLength.PLAIN_FIRST and length.k == DraftLength.START  # plain first, to know it
     for _ in range(DraftLength.LOOK - 1):  # slower, but not judged before LOOK drafting rounds
-        draft(1)
+        slow_draft()
     plain()  # nothing to copy this round: a plain step, still drafting
     assert length.k == DraftLength.START
-    draft(1)
+    slow_draft()
     assert pause_length() == DraftLength.PAUSE
     for _ in range(DraftLength.LOOK):  # another look that does not pay: twice as long a pause
-        draft(1)
+        slow_draft()
     assert pause_length() == 2 * DraftLength.PAUSE
     for _ in range(DraftLength.LOOK):  # a look that pays: it goes on drafting
         draft(3)
@@ -164,6 +185,7 @@ def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_a
         assert length.k == DraftLength.START
         draft(1)
     assert pause_length() == DraftLength.PAUSE  # the look paid, so the pause is short again
+    assert not length.rarely_kept and not length.lockstep(padded=False)  # 16 of 76 drafts kept
     free, model = DraftLength("auto", free=True), DraftLength("auto")
     for _ in range(DraftLength.PLAIN_FIRST):
         free.update(accepted=0, drafted=0, emitted=1, seconds=0.010)
@@ -174,6 +196,31 @@ def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_a
     for _ in range(5):
         fixed.update(accepted=0, drafted=4, emitted=1, seconds=1.0)
     assert fixed.k == 4
+
+
+def test_where_drafts_rarely_hold_a_look_is_judged_every_round_and_unpadded_rows_move_together():
+    length = DraftLength("auto", free=True)  # plain rounds: 400 tokens/s over 4 rows
+    for _ in range(DraftLength.PLAIN_FIRST):
+        length.update(accepted=0, drafted=0, emitted=4, seconds=0.010)
+    assert length.lockstep(padded=False) and not length.lockstep(padded=True)  # lookup, unproven: rarely right
+    length.update(accepted=0, drafted=DraftLength.EVIDENCE - 1, emitted=4, seconds=0.011)
+    assert length.k == DraftLength.START  # slower, but too few drafts to tell
+    length.update(accepted=0, drafted=16, emitted=4, seconds=0.011)  # none kept of 47: judged at once
+    assert length.k == 0 and length.lockstep(padded=False)
+    for _ in range(DraftLength.PAUSE):
+        length.update(accepted=0, drafted=0, emitted=4, seconds=0.010)
+    length.update(accepted=1, drafted=16, emitted=5, seconds=0.011)  # 1 of 63 kept; 455 tokens/s: it goes on
+    assert length.k == DraftLength.START and length.lockstep(padded=False)
+    length.update(accepted=0, drafted=16, emitted=4, seconds=0.013)  # the look falls to 375 tokens/s
+    assert length.k == 0 and length.paused == 2 * DraftLength.PAUSE
+    often = DraftLength("auto", free=True)  # a fifth of the drafts kept: a look is judged after LOOK rounds
+    for _ in range(DraftLength.PLAIN_FIRST):
+        often.update(accepted=0, drafted=0, emitted=4, seconds=0.010)
+    often.update(accepted=8, drafted=5 * 8, emitted=12, seconds=0.040)  # 300 tokens/s
+    assert often.k == DraftLength.START and not often.lockstep(padded=False)
+    model = DraftLength("auto")  # a draft model is not presumed wrong
+    model.update(accepted=0, drafted=4, emitted=4, seconds=0.011)
+    assert not model.lockstep(padded=False)
 
 
 def test_paced_prompt_lookup_stays_exact_and_drafts_less():

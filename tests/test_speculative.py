@@ -7,8 +7,8 @@ import torch
 from attnlab.errors import UserError
 from attnlab.inference import Sampling, generate
 from attnlab.inference import speculative
-from attnlab.inference.speculative import (Draws, LookupDrafter, ModelDrafter, accept, accept_rows,
-                                          speculative_generate)
+from attnlab.inference.speculative import (Draws, LookupDrafter, ModelDrafter, accept, accept_rows, emitted,
+                                          round_counts, speculative_generate)
 from attnlab.models.base import CAUSAL_LM, FAMILIES, PRESETS, build_model, family_spec, preset
 
 CAUSAL = [spec for name, spec in sorted(FAMILIES.items()) if spec.kind == CAUSAL_LM]
@@ -40,6 +40,29 @@ def test_the_emitted_tokens_follow_the_target_and_acceptance_is_the_overlap():
         assert 0.5 * (frequencies - p[j]).abs().sum() < 0.01, j
     first_kept = (accepted >= 1).double().mean()
     assert abs(first_kept - torch.minimum(p[0], q[0]).sum()) < 0.01
+
+
+def test_rows_in_lockstep_emit_prefixes_of_exact_samples():
+    """Pairs of rows cut to the fewest tokens either emits: a row's count is then fixed by the other
+    row's draws, so its j-th token, where it emits one, still follows p_j. (Cutting a pair only when
+    it loses at most two tokens looks at a row's own later draws, and fails here: 0.02 at j = 1.)"""
+    torch.manual_seed(0)
+    pairs, k, vocab = 100_000, 3, 6
+    p = torch.rand(k + 1, vocab).double().pow(3)
+    p = p / p.sum(-1, keepdim=True)
+    q = torch.rand(k, vocab).double().pow(3)
+    q = 0.6 * p[:k] + 0.4 * q / q.sum(-1, keepdim=True)  # drafts mostly kept, so that rows reach j = k
+    generator = torch.Generator().manual_seed(1)
+    rows = 2 * pairs
+    drafted = torch.stack([torch.multinomial(q[j], rows, replacement=True, generator=generator) for j in range(k)], 1)
+    accepted, bonus = accept(p.expand(rows, -1, -1), q.expand(rows, -1, -1), drafted, generator)
+    counts = torch.cat([round_counts(pair, lockstep=True) for pair in accepted.view(pairs, 2)])
+    assert bool((counts <= accepted + 1).all()) and (counts < accepted + 1).any()
+    tokens = emitted(drafted, bonus, accepted, counts)
+    for j in range(k + 1):
+        kept = torch.tensor([row[j] for row in tokens if len(row) > j])
+        frequencies = torch.bincount(kept, minlength=vocab).double() / len(kept)
+        assert 0.5 * (frequencies - p[j]).abs().sum() < 0.01, j
 
 
 def test_certain_drafts_and_greedy_rows_take_the_one_hot_arithmetic_without_building_it():
@@ -119,6 +142,30 @@ def test_rows_that_keep_different_counts_fill_the_window_with_padding_that_is_tr
     got, stats = speculative_generate(target, ModelDrafter(tiny(spec, 1)), prompts, greedy, draft_tokens=4)
     assert got == expected and len(decoders) == 2  # the target's and the draft's, never rebuilt
     assert 0 < stats.acceptance_rate < 1
+
+
+def test_rows_told_to_move_in_lockstep_stay_unpadded_and_exact(monkeypatch):
+    """Where `DraftLength.lockstep` says so (drafts rarely hold), rows that accept different counts
+    all emit the fewest, so the states never take padding; greedy output is still the target's."""
+    spec = next(s for s in CAUSAL if s.name == "gpt")
+    target = tiny(spec, 0)
+    prompts = [[5, 6, 7, 8, 9], [3, 1, 3, 1, 3]]  # equal lengths: no padding at the start
+    greedy = Sampling(max_new_tokens=20, temperature=0)
+    monkeypatch.setattr(speculative.DraftLength, "lockstep", lambda self, padded: not padded)
+    decoders, rounds = [], []
+    monkeypatch.setattr(speculative.Decoder, "__init__", counted(speculative.Decoder.__init__, decoders))
+    monkeypatch.setattr(speculative, "accept_rows", returned(speculative.accept_rows, rounds))
+    got, _ = speculative_generate(target, ModelDrafter(tiny(spec, 1)), prompts, greedy, draft_tokens=3)
+    assert got == generate(target, prompts, greedy)
+    assert any(accepted[0] != accepted[1] for accepted, _ in rounds)  # rows that would have parted
+    assert not any(decoder.state.padded for decoder, *_ in decoders)
+
+
+def returned(function, results: list):
+    def wrapper(*args, **kwargs):
+        results.append(function(*args, **kwargs))
+        return results[-1]
+    return wrapper
 
 
 def counted(function, calls: list):

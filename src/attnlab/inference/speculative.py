@@ -18,9 +18,10 @@ probability one; no model at all). The number drafted per round is fixed, or ada
 Each row keeps what it accepted. Where every decode state can forget columns row by row (a KV
 cache, a re-read window), rows then hold different numbers of tokens, and `truncate` with a length
 per row right-aligns them again. A state that cannot forget (a memory, an SSM state) is restored
-from a copy and re-fed, which takes one count for every row: there the batch advances by the
-fewest tokens any row accepted, plus one (the tokens a row accepted beyond that are a prefix of an
-exact sample, so dropping them keeps the output exact).
+from a copy and re-fed, which takes one count for every row: there the batch moves in lockstep, by
+the fewest tokens any row accepted, plus one (the tokens a row accepted beyond that are a prefix
+of an exact sample, so dropping them keeps the output exact). So does a batch whose states hold no
+padding while drafts rarely hold (`DraftLength.lockstep`), to keep them unpadded.
 
 Rows draw with their own sampling settings and generators (`Draws`; the server's requests each
 have theirs); rows that share one `Draws` are warped and drawn together.
@@ -63,10 +64,13 @@ class DraftLength:
     LOOK rounds; while it is slower, drafting pauses, first for PAUSE rounds and twice as long after
     each look that did not pay (up to LONGEST_PAUSE). The break-even acceptance depends on what a
     wider verification costs on the machine at the batch size, which a measured speed knows and a
-    fixed threshold does not."""
+    fixed threshold does not. Where drafts rarely hold (`rarely_kept`: under RARELY of the at least
+    EVIDENCE drafted so far, as prompt lookup under sampling), a look is judged after each of its
+    rounds, so that one that does not pay costs about one wider verification, not LOOK."""
 
     START, MOST, GROW_ABOVE, SHRINK_BELOW, MEMORY = 4, 16, 0.8, 0.5, 0.5
     PLAIN_FIRST, WINDOW, LOOK, PAUSE, LONGEST_PAUSE = 2, 8, 4, 16, 256
+    RARELY, EVIDENCE = 0.1, 32
 
     def __init__(self, k: Union[int, str], free: bool = False):
         self.adaptive = k == "auto"
@@ -80,6 +84,7 @@ class DraftLength:
         self.recent = {"plain": collections.deque(maxlen=self.WINDOW), "drafting": collections.deque(maxlen=self.WINDOW)}
         self.paused = self.PLAIN_FIRST if self.adaptive and free else 0
         self.next_pause = self.PAUSE
+        self.kept = self.drafted = 0  # over every round so far
 
     @property
     def k(self) -> int:
@@ -89,6 +94,7 @@ class DraftLength:
     def update(self, accepted: int, drafted: int, emitted: int, seconds: float):
         """After a round that drafted `drafted` tokens over its rows, of which `accepted` held, and
         emitted `emitted` tokens in `seconds`."""
+        self.kept, self.drafted = self.kept + accepted, self.drafted + drafted
         if not self.adaptive:
             return
         if self.free:
@@ -101,6 +107,23 @@ class DraftLength:
             elif self.rate < self.SHRINK_BELOW:
                 self.size = max(self.size - 1, 1)
 
+    @property
+    def rarely_kept(self) -> bool:
+        """Whether the drafts so far, at least EVIDENCE of them, held less often than RARELY."""
+        return self.drafted >= self.EVIDENCE and self.kept < self.RARELY * self.drafted
+
+    def lockstep(self, padded: bool) -> bool:
+        """Whether the rows of the coming round emit the fewest tokens any of them accepted
+        (`round_counts`), with `padded` whether a decode state holds padding. Rows that emit
+        different counts leave padding in front of the shorter ones, and from then on every step
+        of the batch takes the masked path (4-5 % slower for the 12-layer target of
+        benchmarks/RESULTS.md, issue 21); where drafts rarely hold, that costs more than the few
+        tokens a row kept beyond the others. A free drafter (prompt lookup) is presumed rarely
+        right until EVIDENCE drafts say otherwise: its first look would otherwise pad the states.
+        Decided from the rounds before, so exact."""
+        unproven = self.free and self.drafted < self.EVIDENCE
+        return not padded and (unproven or self.rarely_kept)
+
     def _pace(self, drafting: bool, emitted: int, seconds: float):
         looking = self.recent["drafting"]
         self.recent["drafting" if drafting else "plain"].append((emitted, seconds))
@@ -109,12 +132,14 @@ class DraftLength:
                 self.paused -= 1
                 if not self.paused:
                     looking.clear()  # the next look is judged on its own rounds
-        elif len(looking) >= self.LOOK:
-            if self._speed("drafting") >= self._speed("plain"):
-                if len(looking) == self.LOOK:
-                    self.next_pause = self.PAUSE  # a look that paid
-            else:
-                self.paused, self.next_pause = self.next_pause, min(2 * self.next_pause, self.LONGEST_PAUSE)
+            return
+        if len(looking) < self.LOOK and not self.rarely_kept:
+            return
+        if self._speed("drafting") >= self._speed("plain"):
+            if len(looking) == self.LOOK:
+                self.next_pause = self.PAUSE  # a look that paid
+        else:
+            self.paused, self.next_pause = self.next_pause, min(2 * self.next_pause, self.LONGEST_PAUSE)
 
     def _speed(self, kind: str) -> float:
         rounds = self.recent[kind]
@@ -205,6 +230,15 @@ def accept(p: torch.Tensor, q: Optional[torch.Tensor], drafted: torch.Tensor, ge
     return accepted, torch.multinomial(pick, 1, generator=generator).squeeze(-1)
 
 
+def round_counts(accepted: torch.Tensor, lockstep: bool) -> torch.Tensor:
+    """accepted (B,): each row's accepted drafts -> how many tokens each row emits this round: its
+    accepted drafts plus one, or in lockstep, the fewest any row emits. In lockstep a row's count
+    is fixed by the other rows' draws, not by its own beyond that point, so what it emits is a prefix
+    of an exact sample and the output stays exact; which of the two applies must likewise be decided
+    before the round's draws are seen."""
+    return (accepted.min() + 1).expand_as(accepted) if lockstep else accepted + 1
+
+
 def emitted(drafted: torch.Tensor, bonus: torch.Tensor, accepted: torch.Tensor, counts: torch.Tensor) -> list:
     """-> each row's counts[r] new tokens: its first counts[r] - 1 drafts, then the target's own token
     where the row stopped at its own acceptance, else (a batch held back to a shorter count) its next draft."""
@@ -247,6 +281,10 @@ class Decoder:
         self.state = self.snapshot  # a memory cannot forget: redo the kept tokens from the copy
         if int(counts[0]):
             self.model(fed[:, :int(counts[0])], state=self.state)
+
+    @property
+    def padded(self) -> bool:
+        return self.state.padded
 
     def room(self, tokens: int) -> bool:
         return self.recurrent or self.state.length + tokens <= self.window
@@ -305,6 +343,10 @@ class ModelDrafter:
             self.decoder.feed(self.last_drafted[:, None])
         self.decoder.rewind(counts)
 
+    @property
+    def padded(self) -> bool:
+        return self.decoder.padded
+
     def room(self, tokens: int) -> bool:
         return self.decoder.room(tokens)
 
@@ -329,6 +371,7 @@ class LookupDrafter:
 
     window = float("inf")
     truncatable = True
+    padded = False  # no state
     free = True  # proposing costs nothing and keeps no state: DraftLength may pause it
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
@@ -416,7 +459,7 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         target_decoder.mark()
         logits = target_decoder.feed(torch.cat([last[:, None], drafted], dim=1))  # (B, k' + 1, V)
         accepted, bonus = accept_rows(logits, q, drafted, groups)
-        counts = accepted + 1 if per_row else (accepted.min() + 1).expand_as(accepted)  # tokens each row emits
+        counts = round_counts(accepted, not per_row or length.lockstep(target_decoder.padded or drafter.padded))
         kept = int(accepted.sum())
         stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + drafted.numel(), stats.accepted + kept
         target_decoder.rewind(counts)

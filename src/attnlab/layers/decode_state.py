@@ -65,6 +65,11 @@ class DecodeState:
     def length(self) -> int:
         return self.mask.size(1)
 
+    @property
+    def padded(self) -> bool:
+        """Whether any column in use is padding (rows of different lengths)."""
+        return not bool(self.mask.all())
+
     def select(self, rows: torch.Tensor) -> None:
         raise NotImplementedError
 

@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..inference import Sampling, next_token
 from ..inference.generate import cut_at_stop, emittable_prefix
-from ..inference.speculative import DraftLength, SpeculationStats, accept_rows, emitted, row_groups
+from ..inference.speculative import DraftLength, SpeculationStats, accept_rows, emitted, round_counts, row_groups
 
 log = logging.getLogger("attnlab.serving")
 
@@ -313,7 +313,7 @@ class SpeculativeEngine(Engine):
         start = self.state.length
         logits = self.model(torch.cat([self.last[:, None], drafted], dim=1), state=self.state).logits
         accepted, bonus = accept_rows(logits.float().cpu(), None if q is None else q.cpu(), drafted.cpu(), groups)
-        counts = accepted + 1
+        counts = round_counts(accepted, self.length.lockstep(self.state.padded or self.drafter.padded))
         self.state.truncate(start + counts.to(self.device))
         self.drafter.rewind(counts.to(self.device))
         kept = int(accepted.sum())

@@ -196,6 +196,8 @@ def test_a_free_drafter_drafts_while_that_is_measured_faster_and_pauses_longer_a
     for _ in range(5):
         fixed.update(accepted=0, drafted=4, emitted=1, seconds=1.0)
     assert fixed.k == 4
+    lookup_default, model_default = DraftLength(None, free=True), DraftLength(None)
+    assert lookup_default.adaptive and (model_default.adaptive, model_default.k) == (False, DraftLength.START)
 
 
 def test_where_drafts_rarely_hold_a_look_is_judged_every_round_and_unpadded_rows_move_together():

@@ -3,6 +3,7 @@ with an encoder-decoder."""
 
 import json
 import sys
+from typing import Optional
 
 from ..checkpoint import load_checkpoint
 from ..tokenizers import TOKENIZER_FILE
@@ -42,12 +43,15 @@ def speculation_arguments(p):
                    "drafts tokens that the model checks in one pass (the output is distributed as without it)")
     p.add_argument("--prompt-lookup", action="store_true",
                    help="speculative decoding with drafts copied from earlier text (no draft model)")
-    p.add_argument("--draft-tokens", default="4",
-                   help="tokens drafted per round, or 'auto': follow the acceptance rate (default 4)")
+    p.add_argument("--draft-tokens",
+                   help="tokens drafted per round, or 'auto': follow the acceptance rate (prompt lookup: draft "
+                   "only while measured faster); default 4 with --draft, auto with --prompt-lookup")
 
 
-def draft_tokens(text: str):
-    """--draft-tokens -> a positive integer or 'auto'."""
+def draft_tokens(text: Optional[str]):
+    """--draft-tokens -> a positive integer, 'auto', or None (not given: the drafter's default)."""
+    if text is None:
+        return None
     if text != "auto" and not (text.isdigit() and int(text) >= 1):
         raise UserError(f"--draft-tokens must be a positive integer or 'auto', got {text!r}")
     return text if text == "auto" else int(text)
@@ -119,8 +123,8 @@ def _speculate(args, model, tokenizer, prompts, sampling):
             print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False))
         else:
             print(prompt + completion)
-    print(f"speculative decoding: {stats.rounds} rounds, {stats.drafted} tokens drafted ({args.draft_tokens} per "
-          f"round), {stats.acceptance_rate:.1%} accepted", file=sys.stderr)
+    print(f"speculative decoding: {stats.rounds} rounds, {stats.drafted} tokens drafted "
+          f"({args.draft_tokens or 'default'} per round), {stats.acceptance_rate:.1%} accepted", file=sys.stderr)
 
 
 def load_draft(draft, checkpoint, model, verb: str):

@@ -51,7 +51,8 @@ class SpeculationStats:
 
 
 class DraftLength:
-    """Tokens drafted per round: a fixed k, or "auto": start at 4, then after each round that drafted
+    """Tokens drafted per round: a fixed k, or "auto" (None: 4 for a draft model, "auto" for a free
+    drafter, whose fixed k loses under sampling: benchmarks/RESULTS.md, issue 21). "auto": start at 4, then after each round that drafted
     anything grow by one (up to 16) while the running acceptance rate is above 0.8 and shrink by one
     (down to 1) while it is below 0.5. A longer draft is accepted less often per token, so k settles
     where the drafts mostly hold. Any k keeps the output exact: each round is a complete check.
@@ -72,7 +73,8 @@ class DraftLength:
     PLAIN_FIRST, WINDOW, LOOK, PAUSE, LONGEST_PAUSE = 2, 8, 4, 16, 256
     RARELY, EVIDENCE = 0.1, 32
 
-    def __init__(self, k: Union[int, str], free: bool = False):
+    def __init__(self, k: Union[int, str, None], free: bool = False):
+        k = ("auto" if free else self.START) if k is None else k
         self.adaptive = k == "auto"
         if not self.adaptive and not (isinstance(k, int) and k >= 1):
             raise UserError(f"draft tokens must be a positive integer or 'auto', got {k!r}")
@@ -421,9 +423,10 @@ class LookupDrafter:
 
 @torch.no_grad()
 def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos_id=None,
-                         draft_tokens: Union[int, str] = 4) -> tuple:
+                         draft_tokens: Union[int, str, None] = None) -> tuple:
     """-> (new-token id lists, one per prompt, without eos; SpeculationStats). A model drafter
-    must share the target's tokenizer. draft_tokens: k per round, or "auto" (`DraftLength`)."""
+    must share the target's tokenizer. draft_tokens: k per round, "auto", or None: the drafter's
+    default (`DraftLength`)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
     length = DraftLength(draft_tokens, free=drafter.free)

@@ -66,7 +66,7 @@ class ServeConfig:
     max_input_bytes: int = 8 * 2 ** 20  # per decoded file sent to an image/audio/video classifier; more get 413
     max_nodes: int = 50_000  # nodes of a graph posted to a graph network; more get 413
     max_edges: int = 1_000_000  # edges of a posted graph; more get 413
-    draft_tokens: Union[int, str] = 4  # with a drafter: tokens drafted per row and step, or "auto"
+    draft_tokens: Union[int, str, None] = None  # with a drafter: tokens per row and step, "auto", or its default
 
 
 # -- request bodies (unknown fields and wrong types are refused) -----------------------------

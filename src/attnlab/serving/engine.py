@@ -270,11 +270,12 @@ class Engine:
 
 class SpeculativeEngine(Engine):
     """The engine with speculative decoding: `drafter` (a ModelDrafter or a LookupDrafter) proposes
-    `draft_tokens` per row and step (an int, or "auto": `DraftLength`). Every row keeps what it
-    accepted, so the model's and the draft model's states must forget columns row by row (a KV cache
-    or a re-read window; a memory cannot), and the draft model must see as far as the model."""
+    `draft_tokens` per row and step (an int, "auto", or None for the drafter's default:
+    `DraftLength`). Every row keeps what it accepted, so the model's and the draft model's states
+    must forget columns row by row (a KV cache or a re-read window; a memory cannot), and the draft
+    model must see as far as the model."""
 
-    def __init__(self, model, drafter, draft_tokens=4, config: EngineConfig = None):
+    def __init__(self, model, drafter, draft_tokens=None, config: EngineConfig = None):
         super().__init__(model, config)
         self.drafter, self.length = drafter, DraftLength(draft_tokens, free=drafter.free)
         self.stats = SpeculationStats()

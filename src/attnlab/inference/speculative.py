@@ -52,10 +52,12 @@ class SpeculationStats:
 
 class DraftLength:
     """Tokens drafted per round: a fixed k, or "auto" (None: 4 for a draft model, "auto" for a free
-    drafter, whose fixed k loses under sampling: benchmarks/RESULTS.md, issue 21). "auto": start at 4, then after each round that drafted
-    anything grow by one (up to 16) while the running acceptance rate is above 0.8 and shrink by one
-    (down to 1) while it is below 0.5. A longer draft is accepted less often per token, so k settles
-    where the drafts mostly hold. Any k keeps the output exact: each round is a complete check.
+    drafter, whose fixed k loses under sampling: benchmarks/RESULTS.md, issue 21).
+
+    "auto": start at 4, then after each round that drafted anything grow by one (up to 16) while
+    the running acceptance rate is above 0.8 and shrink by one (down to 1) while it is below 0.5.
+    A longer draft is accepted less often per token, so k settles where the drafts mostly hold. Any
+    k keeps the output exact: each round is a complete check.
 
     A `free` drafter (prompt lookup: no model, no state) only pays for the wider verification, and
     its hits come in runs (a copied passage, then nothing), so under "auto" it keeps k = 4 and drafts

@@ -3,6 +3,7 @@ import torch
 
 from attnlab.errors import UserError
 from attnlab.inference import Sampling, generate, generate_text, next_token, stream_text
+from attnlab.inference.generate import sample
 from attnlab.models import GPTConfig, build_model
 from attnlab.tokenizers import CharTokenizer
 
@@ -47,6 +48,21 @@ def test_top_k_and_top_p_restrict_the_support():
     nucleus = next_token(logits, Sampling(temperature=1.0, top_p=0.8), torch.Generator().manual_seed(0))
     assert set(nucleus.tolist()) == {0, 1}
     assert (next_token(logits, Sampling(temperature=0)) == 0).all()
+
+
+def test_draws_follow_the_probabilities_and_never_pick_an_impossible_token():
+    """200,000 draws from rows with zeros at both ends and in the middle, unnormalised."""
+    torch.manual_seed(0)
+    probs = torch.rand(4, 9).pow(3) * torch.tensor([0, 1, 1, 1, 0, 1, 1, 1, 0])
+    probs[1] *= 1e-6  # a row's total need not be 1
+    rows = probs.repeat(50_000, 1)
+    drawn = sample(rows, torch.Generator().manual_seed(1)).view(50_000, 4)
+    for row in range(4):
+        frequencies = torch.bincount(drawn[:, row], minlength=9).double() / 50_000
+        expected = (probs[row] / probs[row].sum()).double()
+        assert 0.5 * (frequencies - expected).abs().sum() < 0.01 and not frequencies[expected == 0].any()
+    one_hot = torch.zeros(3, 7).index_fill_(1, torch.tensor([6]), 1.0)  # all the mass on the last token
+    assert sample(one_hot).tolist() == [6, 6, 6]
 
 
 @pytest.mark.parametrize("temperature", [5e-324, 1e-40])

@@ -36,7 +36,7 @@ from typing import Optional, Union
 import torch
 
 from ..errors import UserError
-from .generate import Sampling, left_pad, warped_probabilities
+from .generate import Sampling, left_pad, sample, warped_probabilities
 
 
 @dataclasses.dataclass
@@ -188,7 +188,7 @@ def draw(probs: torch.Tensor, groups: list) -> torch.Tensor:
     """probs (B, V) -> one token per row (B,), from its own generator (greedy: the argmax)."""
     def one(p, d):
         return (p.argmax(-1) if d.sampling.temperature == 0 else
-                torch.multinomial(p, 1, generator=d.generator).squeeze(-1),)
+                sample(p, d.generator),)
     return by_group(groups, one, probs)[0]
 
 
@@ -209,7 +209,7 @@ def accept_rows(logits: torch.Tensor, q: Optional[torch.Tensor], drafted: torch.
         p = warped_probabilities(x, d.sampling)
         if drafted.size(1) == 0:
             nothing = torch.zeros(len(p), dtype=torch.long, device=p.device)
-            return nothing, torch.multinomial(p[:, 0], 1, generator=d.generator).squeeze(-1)
+            return nothing, sample(p[:, 0], d.generator)
         return accept(p, q, drafted, d.generator)
     return by_group(groups, one, logits, q, drafted)
 
@@ -231,7 +231,7 @@ def accept(p: torch.Tensor, q: Optional[torch.Tensor], drafted: torch.Tensor, ge
     residual = (p_next - q_next).clamp(min=0)
     mass = residual.sum(-1, keepdim=True)
     pick = torch.where(mass > 0, residual / mass.clamp(min=1e-300), p_next)  # p == q: no residual
-    return accepted, torch.multinomial(pick, 1, generator=generator).squeeze(-1)
+    return accepted, sample(pick, generator)
 
 
 def round_counts(accepted: torch.Tensor, lockstep: bool) -> torch.Tensor:

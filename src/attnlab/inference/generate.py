@@ -50,7 +50,7 @@ def next_token(logits, sampling: Sampling, generator=None):
 def sample(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """probs (B, V), non-negative, each row with some mass -> one index per row (B,), drawn in
     proportion: where a uniform draw falls in the row's cumulative distribution (in float64). A
-    token of probability 0 is never drawn. Same law as torch.multinomial, which took 26x as long
+    token of probability 0 is never drawn. Same law as torch.multinomial, which took 25x as long
     at GPT-2's vocabulary on a CPU (benchmarks/bench_sampling.py)."""
     cumulative = probs.double().cumsum(-1)  # (B, V)
     u = torch.rand(len(probs), 1, generator=generator, dtype=torch.float64, device=probs.device)

@@ -17,7 +17,7 @@ from attnlab.inference import Sampling, generate
 from attnlab.inference import speculative
 from attnlab.inference.speculative import ModelDrafter, speculative_generate
 from attnlab.models.base import build_model, preset
-from common import interleaved_ratios, machine
+from common import interleaved_ratios, machine, rate
 
 generation = importlib.import_module("attnlab.inference.generate")  # the module, not the function
 
@@ -31,6 +31,14 @@ SAMPLERS = {"torch.multinomial": multinomial, "sample": generation.sample}
 
 def using(sampler):
     generation.sample = speculative.sample = sampler
+
+
+def runs_per_second(run, sampler):
+    """A runner for interleaved_ratios: one run drawing with `sampler`."""
+    def timed():
+        using(sampler)
+        return rate(run, items=1)
+    return timed
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -53,7 +61,7 @@ def main():
         us = {name: median_seconds(lambda: draw(probs, generator), 2000) * 1e6 for name, draw in SAMPLERS.items()}
         print(f"| V = {vocab} | {us['torch.multinomial']:.1f} | {us['sample']:.1f} | "
               f"{us['torch.multinomial'] / us['sample']:.1f}x |")
-    torch.manual_seed(0)  # runs of one kind interleaved, medians of 7
+    torch.manual_seed(0)
     sizes = {"vocab_size": 50257, "max_seq_len": 256}
     target = build_model(preset("gpt-tiny", n_layer=4, d_model=256, n_head=4, **sizes)).eval()
     draft = build_model(preset("gpt-tiny", n_layer=1, d_model=64, n_head=2, **sizes)).eval()
@@ -64,11 +72,12 @@ def main():
                                                              draft_tokens=8)}
     print("\n| 64 sampled tokens, V = 50257 | torch.multinomial ms | sample ms | x faster (min-max) |\n|---|---|---|---|")
     for name, run in runs.items():
-        runners = {sampler: lambda draw=draw: using(draw) or 1 / median_seconds(run, 1) for sampler, draw in SAMPLERS.items()}
+        runners = {kind: runs_per_second(run, sampler) for kind, sampler in SAMPLERS.items()}
         ratios = interleaved_ratios(runners, "torch.multinomial", 7)
         using(SAMPLERS["sample"])
         (old, _, _, _), (new, ratio, low, high) = ratios["torch.multinomial"], ratios["sample"]
         print(f"| {name} | {1e3 / old:.1f} | {1e3 / new:.1f} | {ratio:.2f}x ({low:.2f}-{high:.2f}) |")
+
 
 if __name__ == "__main__":
     main()

@@ -88,7 +88,7 @@ class DraftLength:
         self.recent = {"plain": collections.deque(maxlen=self.WINDOW), "drafting": collections.deque(maxlen=self.WINDOW)}
         self.paused = self.PLAIN_FIRST if self.adaptive and free else 0
         self.next_pause = self.PAUSE
-        self.kept = self.drafted = 0  # over every round so far
+        self.stats = SpeculationStats()  # every round so far
 
     @property
     def k(self) -> int:
@@ -98,7 +98,8 @@ class DraftLength:
     def update(self, accepted: int, drafted: int, emitted: int, seconds: float):
         """After a round that drafted `drafted` tokens over its rows, of which `accepted` held, and
         emitted `emitted` tokens in `seconds`."""
-        self.kept, self.drafted = self.kept + accepted, self.drafted + drafted
+        stats = self.stats
+        stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + drafted, stats.accepted + accepted
         if not self.adaptive:
             return
         if self.free:
@@ -114,7 +115,7 @@ class DraftLength:
     @property
     def rarely_kept(self) -> bool:
         """Whether the drafts so far, at least EVIDENCE of them, held less often than RARELY."""
-        return self.drafted >= self.EVIDENCE and self.kept < self.RARELY * self.drafted
+        return self.stats.drafted >= self.EVIDENCE and self.stats.accepted < self.RARELY * self.stats.drafted
 
     def lockstep(self, padded: bool) -> bool:
         """Whether the rows of the coming round emit the fewest tokens any of them accepted
@@ -125,7 +126,7 @@ class DraftLength:
         tokens a row kept beyond the others. A free drafter (prompt lookup) is presumed rarely
         right until EVIDENCE drafts say otherwise: its first look would otherwise pad the states.
         Decided from the rounds before, so exact."""
-        unproven = self.free and self.drafted < self.EVIDENCE
+        unproven = self.free and self.stats.drafted < self.EVIDENCE
         return not padded and (unproven or self.rarely_kept)
 
     def _pace(self, drafting: bool, emitted: int, seconds: float):
@@ -433,7 +434,7 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         raise UserError("every prompt needs at least one token")
     length = DraftLength(draft_tokens, free=drafter.free)
     if sampling.max_new_tokens == 0:
-        return [[] for _ in prompts], SpeculationStats()
+        return [[] for _ in prompts], length.stats
     device = next(target.parameters()).device
     draws = Draws(sampling, None if sampling.seed is None else torch.Generator(device).manual_seed(sampling.seed))
     extra = sampling.max_new_tokens + length.most + 1
@@ -446,7 +447,6 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
     groups = [(None, draws)]  # one group: every row draws alike
     first = draw(warp(target_decoder.logits, groups), groups)
     last = torch.tensor(run.emit([[t] for t in first.tolist()]), device=device)
-    stats = SpeculationStats()
     while len(run.alive):
         started, k = time.perf_counter(), length.k
         if run.dropped:  # a row finished: the states keep the others (a copy of every cache)
@@ -465,13 +465,11 @@ def speculative_generate(target, drafter, prompts: list, sampling: Sampling, eos
         logits = target_decoder.feed(torch.cat([last[:, None], drafted], dim=1))  # (B, k' + 1, V)
         accepted, bonus = accept_rows(logits, q, drafted, groups)
         counts = round_counts(accepted, not per_row or length.lockstep(target_decoder.padded or drafter.padded))
-        kept = int(accepted.sum())
-        stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + drafted.numel(), stats.accepted + kept
         target_decoder.rewind(counts)
         drafter.rewind(counts)
-        length.update(kept, drafted.numel(), int(counts.sum()), time.perf_counter() - started)
+        length.update(int(accepted.sum()), drafted.numel(), int(counts.sum()), time.perf_counter() - started)
         last = torch.tensor(run.emit(emitted(drafted, bonus, accepted, counts)), dtype=torch.long, device=device)
-    return run.outputs, stats
+    return run.outputs, length.stats
 
 
 class Run:

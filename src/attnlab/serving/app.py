@@ -427,7 +427,7 @@ def create_app(model, tokenizer, config: ServeConfig = None, drafter=None) -> Fa
     @app.get("/health")
     async def health():
         speculation = {} if drafter is None else {"speculation": {
-            "draft_tokens": worker.length.k, "acceptance_rate": worker.stats.acceptance_rate}}
+            "draft_tokens": worker.length.k, "acceptance_rate": worker.length.stats.acceptance_rate}}
         return {"status": "ok", "model": config.model_name, "family": model.config.family,
                 "kind": kind, "context": context,
                 "queue_depth": worker.queue_depth, "running": worker.running, **speculation}

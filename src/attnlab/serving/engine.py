@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..inference import Sampling, next_token
 from ..inference.generate import cut_at_stop, emittable_prefix
-from ..inference.speculative import DraftLength, SpeculationStats, accept_rows, emitted, round_counts, row_groups
+from ..inference.speculative import DraftLength, accept_rows, emitted, round_counts, row_groups
 
 log = logging.getLogger("attnlab.serving")
 
@@ -278,7 +278,6 @@ class SpeculativeEngine(Engine):
     def __init__(self, model, drafter, draft_tokens=None, config: EngineConfig = None):
         super().__init__(model, config)
         self.drafter, self.length = drafter, DraftLength(draft_tokens, free=drafter.free)
-        self.stats = SpeculationStats()
         family = model.config.family
         if not (model.init_state(1, 1).truncatable and drafter.truncatable):
             raise UserError(f"speculative serving needs decode states that can forget drafted tokens row by row (a "
@@ -317,9 +316,6 @@ class SpeculativeEngine(Engine):
         counts = round_counts(accepted, self.length.lockstep(self.state.padded or self.drafter.padded))
         self.state.truncate(start + counts.to(self.device))
         self.drafter.rewind(counts.to(self.device))
-        kept = int(accepted.sum())
-        self.stats.rounds, self.stats.drafted = self.stats.rounds + 1, self.stats.drafted + drafted.numel()
-        self.stats.accepted += kept
-        self.length.update(kept, drafted.numel(), int(counts.sum()), time.perf_counter() - started)
+        self.length.update(int(accepted.sum()), drafted.numel(), int(counts.sum()), time.perf_counter() - started)
         rows = emitted(drafted.cpu(), bonus, accepted, counts)
         self._advance(lambda i, seq: rows[i])
